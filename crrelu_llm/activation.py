@@ -1,0 +1,87 @@
+"""CRReLU: the entropy-corrected ReLU of Sun et al. (arXiv 2405.12954, ICLR 2025).
+
+    CRReLU(x) = relu(x) + eps * x * exp(-x**2 / 2)
+
+applied element-wise, with ``eps`` a learnable scalar (one per module, i.e. one per
+transformer block when patched into a model), initialised to 0.01 and unconstrained.
+
+Derivatives (used by the fused backward)::
+
+    d/dx   = 1[x > 0] + eps * (1 - x**2) * exp(-x**2 / 2)
+    d/deps = x * exp(-x**2 / 2)            (summed over all elements)
+
+The forward and backward are one ``torch.autograd.Function`` that saves only its input
+(and the 0-dim ``eps``): the activation memory is the same as GELU's, whereas the naive
+expression keeps the relu output, the exponential and the product alive for backward.
+Half-precision inputs are computed in float32 and rounded once, and the eps gradient is
+accumulated in float32. Kernels for other devices live in :mod:`crrelu_llm.kernels`; this
+module only chooses between them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import kernels
+
+DEFAULT_EPSILON_INIT = 0.01
+
+
+class CRReLUFunction(torch.autograd.Function):
+    """Fused CRReLU: ``forward(x, eps)`` saves ``x`` and ``eps`` only."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, eps)
+        return kernels.crrelu_forward(x, eps)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        x, eps = ctx.saved_tensors
+        need_x, need_eps = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_x, grad_eps = kernels.crrelu_backward(grad_output, x, eps, need_x, need_eps)
+        return grad_x, grad_eps
+
+
+def crrelu(x: torch.Tensor, eps: torch.Tensor | float = DEFAULT_EPSILON_INIT) -> torch.Tensor:
+    """Functional CRReLU. ``eps`` may be a float or a 0-dim tensor (learnable or not)."""
+    if not isinstance(eps, torch.Tensor):
+        eps = torch.tensor(float(eps), device=x.device)
+    if eps.dim() != 0:
+        raise ValueError(f"crrelu: eps must be a scalar (0-dim tensor), got shape {tuple(eps.shape)}")
+    return CRReLUFunction.apply(x, eps)
+
+
+def crrelu_reference(x: torch.Tensor, eps: torch.Tensor | float) -> torch.Tensor:
+    """The naive expression, as the paper's snippet writes it. For tests and benchmarks only:
+    autograd keeps several intermediates of this alive for backward."""
+    return torch.relu(x) + eps * x * torch.exp(-(x**2) / 2)
+
+
+class CRReLU(nn.Module):
+    """``relu(x) + eps * x * exp(-x**2 / 2)`` with a learnable 0-dim parameter ``epsilon``.
+
+    Args:
+        epsilon_init: initial value of ``epsilon`` (the paper uses 0.01).
+    """
+
+    def __init__(self, epsilon_init: float = DEFAULT_EPSILON_INIT):
+        super().__init__()
+        epsilon_init = float(epsilon_init)
+        if epsilon_init != epsilon_init or epsilon_init in (float("inf"), float("-inf")):
+            raise ValueError(f"CRReLU: epsilon_init must be a finite number, got {epsilon_init}")
+        self.epsilon_init = epsilon_init
+        self.epsilon = nn.Parameter(torch.tensor(epsilon_init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return CRReLUFunction.apply(x, self.epsilon)
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.epsilon.fill_(self.epsilon_init)
+
+    def extra_repr(self) -> str:
+        if self.epsilon.is_meta:
+            return f"epsilon_init={self.epsilon_init}"
+        return f"epsilon={self.epsilon.item():.6g}"

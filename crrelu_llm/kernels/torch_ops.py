@@ -1,0 +1,48 @@
+"""CRReLU forward and backward in plain PyTorch operations (any device, any float dtype).
+
+Half-precision inputs are upcast to float32 for the arithmetic and the result is rounded
+once; the eps gradient is always accumulated in float32. Temporaries are updated in place
+so that eager mode makes as few full-size allocations as it can.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
+
+
+def crrelu_forward(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    xc = x.to(_compute_dtype(x))
+    eps_c = eps.to(xc.dtype)
+    # eps * x * exp(-x^2/2) + relu(x), one fresh buffer reused in place
+    out = torch.square(xc).mul_(-0.5).exp_().mul_(xc).mul_(eps_c)
+    out.add_(torch.relu(xc))
+    return out.to(x.dtype)
+
+
+def crrelu_backward(
+    grad_output: torch.Tensor,
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    need_x: bool = True,
+    need_eps: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    cdt = _compute_dtype(x)
+    xc = x.to(cdt)
+    g = grad_output.to(cdt)
+    x2 = torch.square(xc)
+    gauss = torch.mul(x2, -0.5).exp_()  # exp(-x^2/2)
+    grad_eps = None
+    if need_eps:
+        grad_eps = torch.sum(g * xc * gauss, dtype=torch.float32).to(eps.dtype)
+    grad_x = None
+    if need_x:
+        # 1[x>0] + eps * (1 - x^2) * exp(-x^2/2)
+        deriv = torch.rsub(x2, 1.0).mul_(gauss).mul_(eps.to(cdt)).add_(xc > 0)
+        grad_x = deriv.mul_(g).to(x.dtype)
+    return grad_x, grad_eps
