@@ -26,6 +26,8 @@ class ModelLoadError(RuntimeError):
 def _hint(name: str) -> str:
     if Path(name).exists():
         return f"{name!r} exists locally but is not a transformers checkpoint (no loadable config.json?)"
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        return f"{name!r} looks like a path but no such local directory exists"
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         return "HF_HUB_OFFLINE=1 is set and the model is not in the local cache; pass a local directory"
     return (

@@ -47,14 +47,15 @@ def tiny_config(model_type: str, **overrides) -> PretrainedConfig:
             if current is None and key in {"sliding_window", "head_dim", "rotary_dim"}:
                 continue
             _set(config, key, value)
-    layer_types = getattr(config, "layer_types", None)
-    if isinstance(layer_types, list) and hasattr(config, "num_hidden_layers"):
-        _set(config, "layer_types", layer_types[: config.num_hidden_layers])
     for token in ("bos_token_id", "eos_token_id", "pad_token_id"):
         if isinstance(getattr(config, token, None), int) and getattr(config, token) >= config.vocab_size:
             _set(config, token, config.vocab_size - 1)
     for key, value in overrides.items():
         setattr(config, key, value)
+    layer_types = getattr(config, "layer_types", None)
+    if isinstance(layer_types, list) and layer_types and hasattr(config, "num_hidden_layers"):
+        n = config.num_hidden_layers
+        _set(config, "layer_types", [layer_types[i % len(layer_types)] for i in range(n)])
     return config
 
 
@@ -66,3 +67,20 @@ def tiny_causal_lm(model_type: str = "gpt2", seed: int = 0, **overrides) -> torc
     config = tiny_config(model_type, **overrides)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config).eval()
+
+
+def tiny_tokenizer():
+    """A character-level fast tokenizer (printable ASCII and newline, 100 ids) built offline
+    with the ``tokenizers`` library; ids fit the tiny models' 128-entry vocabulary."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<unk>"]
+    chars = ["\n"] + [chr(i) for i in range(32, 127)]
+    vocab = {token: i for i, token in enumerate(specials + chars)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>", bos_token="<eos>"
+    )

@@ -1,7 +1,7 @@
 """CRReLU forward and backward in plain PyTorch operations (any device, any float dtype).
 
 Half-precision inputs are upcast to float32 for the arithmetic and the result is rounded
-once; the eps gradient is always accumulated in float32. Temporaries are updated in place
+once; the eps gradient is accumulated in float32 (float64 for float64 inputs). Temporaries are updated in place
 so that eager mode makes as few full-size allocations as it can.
 """
 
@@ -39,7 +39,7 @@ def crrelu_backward(
     gauss = torch.mul(x2, -0.5).exp_()  # exp(-x^2/2)
     grad_eps = None
     if need_eps:
-        grad_eps = torch.sum(g * xc * gauss, dtype=torch.float32).to(eps.dtype)
+        grad_eps = torch.sum(g * xc * gauss, dtype=torch.promote_types(cdt, torch.float32)).to(eps.dtype)
     grad_x = None
     if need_x:
         # 1[x>0] + eps * (1 - x^2) * exp(-x^2/2)

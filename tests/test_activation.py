@@ -1,0 +1,130 @@
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM
+from transformers.activations import ACT2FN
+
+from crrelu_llm import CRReLU, CRReLUFunction, crrelu
+from crrelu_llm.activation import crrelu_reference
+from crrelu_llm.tiny import tiny_config
+
+
+def _saved_bytes(fn, x):
+    """Bytes autograd keeps for backward while running ``fn(x)``."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x)
+    return total
+
+
+def test_forward_is_the_formula_everywhere():
+    x = torch.linspace(-8, 8, 20001, dtype=torch.float64)
+    eps = 0.37
+    expected = torch.clamp(x, min=0) + eps * x * torch.exp(-x * x / 2)
+    got = crrelu(x, torch.tensor(eps, dtype=torch.float64))
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    # negative inputs are corrected too, not only the positive half
+    assert (got[x < -0.5] < 0).all()
+
+
+def test_module_has_one_learnable_scalar_named_epsilon():
+    act = CRReLU()
+    params = dict(act.named_parameters())
+    assert list(params) == ["epsilon"]
+    assert params["epsilon"].dim() == 0 and params["epsilon"].requires_grad
+    assert params["epsilon"].item() == pytest.approx(0.01)
+    assert CRReLU(epsilon_init=-0.2).epsilon.item() == pytest.approx(-0.2)
+    with pytest.raises(ValueError, match="finite"):
+        CRReLU(epsilon_init=float("nan"))
+
+
+def test_gradcheck_float64_for_x_and_eps():
+    x = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    for eps_value in (0.01, -0.8, 2.5):
+        eps = torch.tensor(eps_value, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(CRReLUFunction.apply, (x, eps))
+        assert torch.autograd.gradgradcheck(CRReLUFunction.apply, (x, eps))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_matches_naive_expression(dtype, tol):
+    torch.manual_seed(0)
+    x0 = (torch.randn(64, 96) * 2).to(dtype)
+    g = torch.randn(64, 96).to(dtype)
+    results = []
+    for fn in (lambda x, e: CRReLUFunction.apply(x, e), crrelu_reference):
+        x = x0.clone().requires_grad_()
+        eps = torch.tensor(0.3, dtype=dtype, requires_grad=True)
+        y = fn(x, eps)
+        y.backward(g)
+        results.append((y.float(), x.grad.float(), eps.grad.float()))
+    (y1, gx1, ge1), (y2, gx2, ge2) = results
+    torch.testing.assert_close(y1, y2, rtol=tol, atol=tol)
+    torch.testing.assert_close(gx1, gx2, rtol=tol, atol=tol)
+    # the eps gradient is a sum over 6144 elements: compare relative to its scale
+    assert abs(ge1.item() - ge2.item()) <= tol * max(1.0, abs(ge2.item())) * (10 if dtype == torch.bfloat16 else 1)
+
+
+def test_bf16_eps_gradient_is_accurate_against_float64():
+    torch.manual_seed(1)
+    x = torch.randn(256, 512)
+    g = torch.randn(256, 512)
+    eps64 = torch.tensor(0.01, dtype=torch.float64, requires_grad=True)
+    CRReLUFunction.apply(x.double(), eps64).backward(g.double())
+    eps16 = torch.tensor(0.01, dtype=torch.bfloat16, requires_grad=True)
+    CRReLUFunction.apply(x.bfloat16(), eps16).backward(g.bfloat16())
+    # accumulated in float32: error of the order of bf16 rounding of the inputs, not of the sum
+    assert abs(eps16.grad.float().item() - eps64.grad.item()) < 0.02 * abs(eps64.grad.item()) + 1.0
+
+
+def test_saves_only_its_input_like_gelu():
+    x = torch.randn(128, 256, requires_grad=True)
+    act = CRReLU()
+    gelu_bytes = _saved_bytes(nn.GELU(), x)
+    crrelu_bytes = _saved_bytes(act, x)
+    naive_bytes = _saved_bytes(lambda t: crrelu_reference(t, act.epsilon), x)
+    input_bytes = x.numel() * x.element_size()
+    assert gelu_bytes == input_bytes
+    assert crrelu_bytes - gelu_bytes <= 8  # the 0-dim epsilon, nothing full-size
+    assert naive_bytes >= 2.5 * gelu_bytes  # what the fused function avoids
+
+
+def test_works_under_torch_compile():
+    torch.manual_seed(0)
+    act = CRReLU(0.2)
+    compiled = torch.compile(act, fullgraph=True)
+    x1 = torch.randn(16, 32, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    y_eager = act(x1)
+    y_eager.sum().backward()
+    eager_eps_grad = act.epsilon.grad.clone()
+    act.epsilon.grad = None
+    y_comp = compiled(x2)
+    y_comp.sum().backward()
+    torch.testing.assert_close(y_comp, y_eager)
+    torch.testing.assert_close(x2.grad, x1.grad)
+    torch.testing.assert_close(act.epsilon.grad, eager_eps_grad)
+
+
+def test_registered_name_builds_distinct_modules():
+    a, b = ACT2FN["crrelu"], ACT2FN["crrelu"]
+    assert isinstance(a, CRReLU) and a is not b and a.epsilon is not b.epsilon
+
+
+@pytest.mark.parametrize(
+    "model_type,field",
+    [("gpt2", "activation_function"), ("llama", "hidden_act"), ("gemma2", "hidden_activation"), ("opt", "activation_function")],
+)
+def test_config_activation_name_builds_crrelu_per_layer(model_type, field):
+    config = tiny_config(model_type, num_hidden_layers=3) if model_type != "gpt2" else tiny_config("gpt2", n_layer=3)
+    setattr(config, field, "crrelu")
+    model = AutoModelForCausalLM.from_config(config)
+    acts = [m for m in model.modules() if isinstance(m, CRReLU)]
+    assert len(acts) == 3
+    assert len({id(m.epsilon) for m in acts}) == 3

@@ -1,0 +1,85 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from crrelu_llm import CRReLU, epsilon_values
+from crrelu_llm.cli import main
+from crrelu_llm.tiny import tiny_causal_lm, tiny_tokenizer
+
+
+def test_inspect_lists_activation_modules(capsys):
+    assert main(["inspect", "tiny-bloom"]) == 0
+    out = capsys.readouterr().out
+    assert "MLP  transformer.h.0.mlp.gelu_impl: BloomGelu" in out
+    assert "2 in feed-forward blocks would be replaced" in out
+
+
+def test_inspect_json_marks_non_mlp_activations(capsys):
+    assert main(["inspect", "tiny-jamba", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    verdicts = {a["path"]: a["feed_forward"] for a in data["activations"]}
+    assert verdicts["model.layers.0.mamba.act"] is False
+    assert verdicts["model.layers.0.feed_forward.act_fn"] is True
+
+
+def test_patch_writes_a_loadable_checkpoint_with_tokenizer(tmp_path, capsys):
+    source = tmp_path / "source"
+    tiny_causal_lm("gpt_neox").save_pretrained(source)
+    tiny_tokenizer().save_pretrained(source)
+    out = tmp_path / "patched"
+    assert main(["patch", str(source), "--out", str(out), "--epsilon-init", "0.02", "--layers", "1"]) == 0
+    assert "NeoX" in capsys.readouterr().out
+    report = json.loads((out / "patch_report.json").read_text())
+    assert report["count"] == 1 and report["layers"] == [1]
+    assert (out / "tokenizer.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert [type(layer.mlp.act).__name__ for layer in model.gpt_neox.layers] == ["GELUActivation", "CRReLU"]
+    assert list(epsilon_values(model).values()) == [pytest.approx(0.02)]
+    # inspect reads the record back
+    assert main(["inspect", str(out)]) == 0
+    assert "Already patched: 1 module(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["patch", "tiny-gpt2", "--activation", "crelu"], "Did you mean 'crrelu'"),
+        (["patch", "tiny-gpt2", "--layers", "7"], "out of range: the model has 2 blocks"),
+        (["patch", "tiny-mamba"], "no activation module in a feed-forward block"),
+        (["inspect", "tiny-gtp2"], "did you mean gpt2"),
+        (["inspect", "/no/such/dir"], "no such local directory exists"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message_and_writes_nothing(argv, message, tmp_path, capsys):
+    if argv[0] == "patch":
+        argv = argv + ["--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == []  # no half-written temporary directory left behind
+
+
+def test_existing_output_is_kept_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["patch", "tiny-gpt2", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err and (out / "keep.txt").exists()
+    assert main(["patch", "tiny-gpt2", "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert sum(isinstance(m, CRReLU) for m in model.modules()) == 2
+
+
+def test_bad_flag_values_are_argparse_errors(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["patch", "tiny-gpt2", "--out", "x", "--layers", "a,b"])
+    assert exc.value.code == 2 and "--layers takes comma-separated block indices" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "crrelu_llm.cli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and "crrelu-llm" in result.stdout
