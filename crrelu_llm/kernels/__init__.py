@@ -1,9 +1,80 @@
 """Kernels for CRReLU, kept apart from the module and from the code that patches models.
 
-``crrelu_forward`` / ``crrelu_backward`` pick an implementation for the tensor's device:
-PyTorch operations (:mod:`.torch_ops`) everywhere.
+``crrelu_forward`` / ``crrelu_backward`` choose an implementation per call:
+
+- ``triton`` (:mod:`.triton_ops`): one-pass Triton kernels, used for CUDA tensors in eager mode
+  when Triton is installed;
+- ``torch`` (:mod:`.torch_ops`): plain PyTorch operations, everywhere else, and always while
+  ``torch.compile`` traces (inductor then fuses them into its own kernel);
+- ``compiled``: the PyTorch operations compiled once by ``torch.compile`` (dynamic shapes), an
+  opt-in for eager CPU training, where it is much faster than ``torch`` after a compile
+  that takes tens of seconds per dtype.
+
+The environment variable ``CRRELU_LLM_KERNEL`` (``auto``, ``torch``, ``triton``, ``compiled``)
+or :func:`set_kernel` overrides the choice, for benchmarks and debugging.
 """
 
-from .torch_ops import crrelu_backward, crrelu_forward
+from __future__ import annotations
 
-__all__ = ["crrelu_forward", "crrelu_backward"]
+import functools
+import importlib.util
+import os
+
+import torch
+
+from . import torch_ops
+
+KERNELS = ("auto", "torch", "triton", "compiled")
+_choice = os.environ.get("CRRELU_LLM_KERNEL", "auto")
+
+
+def set_kernel(name: str) -> None:
+    """Choose the implementation: ``auto`` (default), ``torch``, ``triton`` or ``compiled``."""
+    global _choice
+    if name not in KERNELS:
+        raise ValueError(f"unknown CRReLU kernel {name!r}; choose one of {', '.join(KERNELS)}")
+    if name == "triton" and not triton_available():
+        raise RuntimeError("the triton kernel needs the triton package (pip install 'crrelu-llm[triton]')")
+    _choice = name
+
+
+def get_kernel() -> str:
+    return _choice
+
+
+@functools.cache
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+@functools.cache
+def _compiled():
+    forward = torch.compile(torch_ops.crrelu_forward, dynamic=True, fullgraph=True)
+    backward = torch.compile(torch_ops.crrelu_backward, dynamic=True, fullgraph=True)
+    return forward, backward
+
+
+def _implementation(x: torch.Tensor):
+    if torch.compiler.is_compiling():
+        return torch_ops.crrelu_forward, torch_ops.crrelu_backward
+    choice = _choice
+    if choice == "auto":
+        choice = "triton" if x.is_cuda and triton_available() else "torch"
+    if choice == "triton":
+        from . import triton_ops
+
+        return triton_ops.crrelu_forward, triton_ops.crrelu_backward
+    if choice == "compiled":
+        return _compiled()
+    return torch_ops.crrelu_forward, torch_ops.crrelu_backward
+
+
+def crrelu_forward(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    return _implementation(x)[0](x, eps)
+
+
+def crrelu_backward(grad_output, x, eps, need_x: bool = True, need_eps: bool = True):
+    return _implementation(x)[1](grad_output, x, eps, need_x, need_eps)
+
+
+__all__ = ["crrelu_forward", "crrelu_backward", "set_kernel", "get_kernel", "triton_available", "KERNELS"]
