@@ -9,6 +9,7 @@ interleaved in a shuffled order on every repeat:
   crrelu           crrelu_llm.CRReLU, eager (kernel 'auto': Triton on CUDA, PyTorch ops elsewhere)
   crrelu-compiled  torch.compile(CRReLU())
   crrelu-kernel=compiled   eager module with the opt-in compiled kernel (CPU)
+  crrelu-kernel=torch      eager module with the PyTorch-ops kernel (CUDA, against Triton)
 
 and prints the median time and the bytes saved for backward (saved-tensor hooks), each as a
 ratio to GELU's. --json FILE writes every figure.
@@ -50,35 +51,20 @@ def saved_bytes(fn, x: torch.Tensor) -> int:
     return total
 
 
-class KernelOverride(nn.Module):
-    """Runs a CRReLU module with a chosen kernel for the duration of each call."""
-
-    def __init__(self, module: nn.Module, kernel: str):
-        super().__init__()
-        self.module, self.kernel = module, kernel
-
-    def forward(self, x):
-        previous = kernels.get_kernel()
-        kernels.set_kernel(self.kernel)
-        try:
-            return self.module(x)
-        finally:
-            kernels.set_kernel(previous)
-
-
-def variants(device: str, include_compiled: bool) -> dict[str, nn.Module]:
+def variants(device: str, include_compiled: bool) -> dict[str, tuple[object, str]]:
+    """name -> (callable, CRReLU kernel to select for its whole forward+backward)."""
     crrelu = crrelu_llm.CRReLU().to(device)
     out = {
-        "gelu": nn.GELU(),
-        "naive": lambda x: crrelu_reference(x, crrelu.epsilon),
-        "crrelu": crrelu,
+        "gelu": (nn.GELU(), "auto"),
+        "naive": (lambda x: crrelu_reference(x, crrelu.epsilon), "auto"),
+        "crrelu": (crrelu, "auto"),
     }
     if include_compiled:
-        out["crrelu-compiled"] = torch.compile(crrelu_llm.CRReLU().to(device))
+        out["crrelu-compiled"] = (torch.compile(crrelu_llm.CRReLU().to(device)), "auto")
         if device == "cpu":
-            out["crrelu-kernel=compiled"] = KernelOverride(crrelu_llm.CRReLU().to(device), "compiled")
+            out["crrelu-kernel=compiled"] = (crrelu_llm.CRReLU().to(device), "compiled")
     if device == "cuda" and kernels.triton_available():
-        out["crrelu-kernel=torch"] = KernelOverride(crrelu_llm.CRReLU().to(device), "torch")
+        out["crrelu-kernel=torch"] = (crrelu_llm.CRReLU().to(device), "torch")
     return out
 
 
@@ -87,13 +73,18 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_once(fn, x: torch.Tensor, grad: torch.Tensor, device: str) -> float:
+def time_once(variant, x: torch.Tensor, grad: torch.Tensor, device: str) -> float:
+    fn, kernel = variant
     x.grad = None
-    sync(device)
-    start = time.perf_counter()
-    fn(x).backward(grad)
-    sync(device)
-    return time.perf_counter() - start
+    kernels.set_kernel(kernel)  # held for the backward too
+    try:
+        sync(device)
+        start = time.perf_counter()
+        fn(x).backward(grad)
+        sync(device)
+        return time.perf_counter() - start
+    finally:
+        kernels.set_kernel("auto")
 
 
 def bench(dtype: torch.dtype, width: int, tokens: int, repeats: int, device: str, include_compiled: bool):
@@ -112,8 +103,8 @@ def bench(dtype: torch.dtype, width: int, tokens: int, repeats: int, device: str
             times[name].append(time_once(fns[name], x, grad, device))
     rows = []
     base_time = statistics.median(times["gelu"])
-    base_bytes = saved_bytes(fns["gelu"], x)
-    for name, fn in fns.items():
+    base_bytes = saved_bytes(fns["gelu"][0], x)
+    for name, (fn, _) in fns.items():
         median = statistics.median(times[name])
         nbytes = saved_bytes(fn, x)
         rows.append({

@@ -1,0 +1,56 @@
+"""CUDA checks of the Triton kernel and the patched model. They need a GPU: on the CPU-only CI
+machine they are skipped (and reported as skipped); scripts/gpu_check.sh runs them on a GPU."""
+
+import pytest
+import torch
+
+import crrelu_llm
+from crrelu_llm import CRReLU, kernels
+from crrelu_llm.activation import crrelu_reference
+from crrelu_llm.kernels import torch_ops
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh)")
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
+def test_triton_kernel_matches_pytorch_ops_on_cuda(dtype, tol):
+    from crrelu_llm.kernels import triton_ops
+
+    torch.manual_seed(0)
+    for shape in ((8192, 3072), (3, 5), (4099,)):
+        x = (torch.randn(shape, device="cuda") * 2).to(dtype)
+        g = torch.randn(shape, device="cuda").to(dtype)
+        eps = torch.tensor(0.3, device="cuda")
+        torch.testing.assert_close(triton_ops.crrelu_forward(x, eps).float(), torch_ops.crrelu_forward(x, eps).float(),
+                                   rtol=tol, atol=tol)
+        gx1, ge1 = triton_ops.crrelu_backward(g, x, eps)
+        gx2, ge2 = torch_ops.crrelu_backward(g, x, eps)
+        torch.testing.assert_close(gx1.float(), gx2.float(), rtol=tol, atol=tol)
+        assert abs(ge1.item() - ge2.item()) <= 1e-4 * max(1.0, abs(ge2.item()))
+
+
+def test_auto_kernel_is_triton_on_cuda_and_module_matches_naive():
+    assert kernels._implementation(torch.zeros(1, device="cuda"))[0].__module__.endswith("triton_ops")
+    act = CRReLU(0.2).cuda()
+    x = torch.randn(1024, 4096, device="cuda", requires_grad=True)
+    act(x).sum().backward()
+    gx, ge = x.grad.clone(), act.epsilon.grad.clone()
+    x.grad = None
+    eps = act.epsilon.detach().clone().requires_grad_()
+    crrelu_reference(x, eps).sum().backward()
+    torch.testing.assert_close(gx, x.grad)
+    torch.testing.assert_close(ge, eps.grad, rtol=1e-4, atol=1e-3)
+
+
+def test_patched_model_trains_and_compiles_on_cuda():
+    from crrelu_llm.tiny import tiny_causal_lm
+
+    model = tiny_causal_lm("gpt2").cuda()
+    crrelu_llm.patch_model(model)
+    tokens = torch.randint(3, 100, (2, 16), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model(tokens, labels=tokens).loss
+    loss.backward()
+    assert all(p.grad is not None for p in crrelu_llm.epsilon_parameters(model).values())
+    compiled = torch.compile(model)
+    torch.testing.assert_close(compiled(tokens).logits, model(tokens).logits, rtol=1e-3, atol=1e-3)
