@@ -2,6 +2,8 @@
 
     crrelu-llm inspect MODEL                 which activation modules a model has, and where
     crrelu-llm patch MODEL --out DIR         swap them for CRReLU and save a loadable checkpoint
+    crrelu-llm sft --config RECIPE [--key value ...]    patch (per the recipe), then SFT with TRL
+    crrelu-llm dpo --config RECIPE [--key value ...]    patch (per the recipe), then DPO with TRL
 
 MODEL is a hub id, a local checkpoint directory, or ``tiny-<model_type>`` (built offline).
 """
@@ -60,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--dtype", default="auto", help="auto (as stored), float32, bfloat16 or float16")
     patch.add_argument("--trust-remote-code", action="store_true", help="allow custom modeling code from the hub")
     patch.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
+    for name, text in (("sft", "patch per a recipe, then supervised fine-tuning (TRL SFTTrainer)"),
+                       ("dpo", "patch per a recipe, then preference tuning (TRL DPOTrainer)")):
+        sub = commands.add_parser(name, help=text, add_help=False)
+        sub.add_argument("recipe_args", nargs=argparse.REMAINDER, help="--config RECIPE.yaml and --key value overrides")
     return parser
 
 
@@ -145,13 +151,23 @@ COMMANDS = {"inspect": _inspect, "patch": _patch}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     from .loading import ModelLoadError
     from .patch import NoActivationFoundError
 
+    expected = (ModelLoadError, NoActivationFoundError, FileExistsError, ValueError, TypeError)
+    if argv and argv[0] in ("sft", "dpo"):  # TRL's parser owns these flags (--help lists them all)
+        from . import train
+
+        try:
+            return train.main(argv[0], argv[1:])
+        except expected as err:
+            print(f"crrelu-llm {argv[0]}: error: {err}", file=sys.stderr)
+            return 2
+    args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ModelLoadError, NoActivationFoundError, FileExistsError, ValueError, TypeError) as err:
+    except expected as err:
         print(f"crrelu-llm {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,313 @@
+"""Preference and SFT data: hub datasets by name, local files, one validated format out.
+
+Everything becomes TRL's preference format, ``prompt`` / ``chosen`` / ``rejected``, either
+as strings (standard) or as lists of ``{"role", "content"}`` messages (conversational):
+
+- Anthropic HH (``Anthropic/hh-rlhf``, or files with its ``chosen``/``rejected`` transcripts):
+  the shared conversation up to the last ``"\\n\\nAssistant:"`` becomes the prompt.
+- Stanford SHP (``stanfordnlp/SHP``, or files with ``history``, ``human_ref_A``/``B``,
+  ``labels``, ``score_A``/``B``): the preferred reply (``labels``) is chosen; optionally only
+  pairs whose score ratio is at least ``shp_min_score_ratio`` (the DPO paper used 2).
+- UltraFeedback binarized (``HuggingFaceH4/ultrafeedback_binarized``,
+  ``trl-lib/ultrafeedback_binarized``): conversational; the last assistant turn is the response.
+- Local ``.json``/``.jsonl``/``.parquet`` files (or a directory of them) already in TRL's
+  standard or conversational preference format, or in the HH/SHP layouts above.
+
+Malformed rows (a missing column, an empty or non-string field, chosen == rejected) stop with an
+error naming the file, the row and the column, or are dropped and counted when
+``drop_invalid_rows`` is set. SFT data is the prompt + chosen response of the same pairs, or a
+given SFT dataset (``text``, ``prompt``/``completion`` or ``messages``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict, load_dataset
+
+logger = logging.getLogger(__name__)
+
+HH_ASSISTANT = "\n\nAssistant:"
+FORMATS = ("auto", "hh", "shp", "ultrafeedback", "preference")
+_KNOWN_HUB_FORMATS = {
+    "anthropic/hh-rlhf": "hh",
+    "stanfordnlp/shp": "shp",
+    "huggingfaceh4/ultrafeedback_binarized": "ultrafeedback",
+    "trl-lib/ultrafeedback_binarized": "ultrafeedback",
+}
+_DEFAULT_SPLITS = {"ultrafeedback": ("train_prefs", "test_prefs")}
+_LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+class DataError(ValueError):
+    """Bad data: the message names the source, the row and the column."""
+
+
+@dataclass
+class DataArguments:
+    """Where the data comes from and how it is cut (recipe keys of crrelu-llm)."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Hub dataset id (Anthropic/hh-rlhf, stanfordnlp/SHP, HuggingFaceH4/ultrafeedback_binarized) "
+                  "or a local .json/.jsonl/.parquet file or directory."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration (subset) name."})
+    dataset_format: str = field(
+        default="auto", metadata={"help": "auto, hh, shp, ultrafeedback or preference (TRL's own format)."}
+    )
+    dataset_train_split: str | None = field(default=None, metadata={"help": "Training split (default: train)."})
+    dataset_test_split: str | None = field(
+        default=None, metadata={"help": "Evaluation split (default: test). If absent, eval_fraction is held out."}
+    )
+    eval_fraction: float = field(
+        default=0.05, metadata={"help": "Share of the training split held out when there is no evaluation split."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep at most this many training pairs."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep at most this many evaluation pairs."})
+    shp_min_score_ratio: float | None = field(
+        default=None, metadata={"help": "SHP: keep pairs whose score ratio is at least this (the DPO paper used 2)."}
+    )
+    drop_invalid_rows: bool = field(
+        default=False, metadata={"help": "Drop (and count) malformed rows instead of stopping at the first one."}
+    )
+    sft_dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "SFT data (text, prompt/completion or messages). Default: prompt + chosen of the pairs."},
+    )
+    split_seed: int = field(default=42, metadata={"help": "Seed for the held-out split and sample limits."})
+
+    def __post_init__(self):
+        if self.dataset_format not in FORMATS:
+            raise ValueError(f"dataset_format must be one of {', '.join(FORMATS)}, got {self.dataset_format!r}")
+        if not 0 < self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction must be between 0 and 1, got {self.eval_fraction}")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive number of rows or null, got {value}")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _local_files(path: Path) -> list[Path]:
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(p for p in path.rglob("*") if p.suffix in _LOCAL_SUFFIXES)
+    if not files:
+        raise DataError(f"{path}: no .json, .jsonl or .parquet files found")
+    kinds = {_LOCAL_SUFFIXES.get(p.suffix) for p in files}
+    if None in kinds or len(kinds) > 1:
+        raise DataError(f"{path}: expected .json/.jsonl or .parquet files (one kind), found {[p.name for p in files]}")
+    return files
+
+
+def load_raw(name: str, config: str | None = None) -> tuple[DatasetDict, str]:
+    """The dataset as stored (every split), and a label for error messages."""
+    path = Path(name).expanduser()
+    if path.exists():
+        files = _local_files(path)
+        builder = _LOCAL_SUFFIXES[files[0].suffix]
+        by_split: dict[str, list[str]] = {}
+        for f in files:  # files named like train*.jsonl / test*.jsonl are splits; others are train
+            split = next((s for s in ("train", "test", "validation", "eval") if f.stem.startswith(s)), "train")
+            by_split.setdefault(split, []).append(str(f))
+        return load_dataset(builder, data_files=by_split), str(path)
+    try:
+        return load_dataset(name, config), name
+    except Exception as err:  # noqa: BLE001 - datasets raises many kinds; ours names the input
+        raise DataError(
+            f"Could not load dataset {name!r}: it is not a local file or directory, and the hub load failed "
+            f"({type(err).__name__}: {err})"
+        ) from err
+
+
+def detect_format(columns: list[str], name: str = "") -> str:
+    known = _KNOWN_HUB_FORMATS.get(name.lower())
+    if known:
+        return known
+    cols = set(columns)
+    if {"history", "human_ref_A", "human_ref_B", "labels"} <= cols:
+        return "shp"
+    if {"prompt", "chosen", "rejected"} <= cols:
+        return "preference"
+    if {"chosen", "rejected"} <= cols:
+        return "hh"
+    raise DataError(
+        f"{name or 'dataset'}: cannot tell the format from columns {sorted(cols)}; expected prompt/chosen/rejected "
+        "(TRL preference), chosen/rejected transcripts (Anthropic HH) or history/human_ref_A/human_ref_B/labels (SHP)"
+    )
+
+
+# --------------------------------------------------------------------------- conversion of one row
+
+
+def _text(row: dict, column: str) -> str:
+    value = row.get(column)
+    if not isinstance(value, str):
+        raise KeyError(column, f"must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise KeyError(column, "is empty")
+    return value
+
+
+def convert_hh(row: dict) -> dict:
+    chosen, rejected = _text(row, "chosen"), _text(row, "rejected")
+    cut = chosen.rfind(HH_ASSISTANT)
+    if cut < 0:
+        raise KeyError("chosen", f"has no {HH_ASSISTANT!r} turn")
+    prompt = chosen[: cut + len(HH_ASSISTANT)]
+    if not rejected.startswith(prompt):
+        raise KeyError("rejected", "does not share the chosen transcript's conversation prefix")
+    return {"prompt": prompt, "chosen": chosen[len(prompt):], "rejected": rejected[len(prompt):]}
+
+
+def convert_shp(row: dict) -> dict:
+    history, a, b = _text(row, "history"), _text(row, "human_ref_A"), _text(row, "human_ref_B")
+    label = row.get("labels")
+    if label not in (0, 1):
+        raise KeyError("labels", f"must be 0 or 1, got {label!r}")
+    chosen, rejected = (a, b) if label == 1 else (b, a)
+    return {"prompt": f"\n\nHuman: {history}{HH_ASSISTANT}", "chosen": " " + chosen, "rejected": " " + rejected}
+
+
+def _messages(value, column: str) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise KeyError(column, "must be a non-empty list of messages")
+    for m in value:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise KeyError(column, "holds a message without string 'role' and 'content'")
+        if not m["content"].strip():
+            raise KeyError(column, f"holds an empty {m['role']} message")
+    return value
+
+
+def convert_ultrafeedback(row: dict) -> dict:
+    chosen, rejected = _messages(row.get("chosen"), "chosen"), _messages(row.get("rejected"), "rejected")
+    if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+        raise KeyError("chosen", "must end with an assistant message")
+    return {"prompt": chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]}
+
+
+def convert_preference(row: dict) -> dict:
+    if isinstance(row.get("chosen"), list):
+        prompt = row.get("prompt")
+        out = {"prompt": _messages(prompt, "prompt") if isinstance(prompt, list) else [{"role": "user", "content": _text(row, "prompt")}],
+               "chosen": _messages(row.get("chosen"), "chosen"), "rejected": _messages(row.get("rejected"), "rejected")}
+    else:
+        out = {"prompt": _text(row, "prompt"), "chosen": _text(row, "chosen"), "rejected": _text(row, "rejected")}
+    return out
+
+
+CONVERTERS = {"hh": convert_hh, "shp": convert_shp, "ultrafeedback": convert_ultrafeedback, "preference": convert_preference}
+
+
+def _score_ratio_ok(row: dict, min_ratio: float | None) -> bool:
+    if min_ratio is None:
+        return True
+    a, b = row.get("score_A"), row.get("score_B")
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or min(a, b) <= 0:
+        return False
+    return max(a, b) / min(a, b) >= min_ratio
+
+
+def convert_rows(raw: Dataset, fmt: str, source: str, split: str, args: DataArguments) -> Dataset:
+    """Convert and validate every row; errors name source, split, row and column."""
+    convert = CONVERTERS[fmt]
+    rows, dropped, filtered = [], 0, 0
+    from tqdm.auto import tqdm
+
+    for index, row in enumerate(tqdm(raw, desc=f"Converting {source} [{split}]", leave=False, mininterval=1.0)):
+        try:
+            if fmt == "shp" and not _score_ratio_ok(row, args.shp_min_score_ratio):
+                filtered += 1
+                continue
+            out = convert(row)
+            if out["chosen"] == out["rejected"]:
+                raise KeyError("chosen", "is identical to rejected")
+        except KeyError as err:
+            column, problem = (err.args + ("is missing",))[:2]
+            if args.drop_invalid_rows:
+                dropped += 1
+                continue
+            raise DataError(
+                f"{source} [{split}] row {index}: column {column!r} {problem}. "
+                "Fix the row, or set drop_invalid_rows: true to drop such rows and count them."
+            ) from None
+        rows.append(out)
+    if dropped or filtered:
+        logger.warning("%s [%s]: dropped %d malformed row(s), filtered %d by score ratio", source, split, dropped, filtered)
+    if not rows:
+        raise DataError(f"{source} [{split}]: no usable rows (dropped {dropped}, filtered {filtered})")
+    dataset = Dataset.from_list(rows)
+    dataset.info.description = f"dropped={dropped} filtered={filtered}"
+    return dataset
+
+
+# --------------------------------------------------------------------------- public entry points
+
+
+def load_preference_splits(args: DataArguments) -> tuple[Dataset, Dataset, dict]:
+    """Training and evaluation preference pairs, plus a summary for the run's outputs."""
+    if not args.dataset_name:
+        raise DataError("dataset_name is required: a hub id or a local .json/.jsonl/.parquet file or directory")
+    raw, source = load_raw(args.dataset_name, args.dataset_config)
+    first = next(iter(raw.values()))
+    fmt = detect_format(first.column_names, args.dataset_name) if args.dataset_format == "auto" else args.dataset_format
+    default_train, default_test = _DEFAULT_SPLITS.get(fmt, ("train", "test"))
+    train_split = args.dataset_train_split or default_train
+    test_split = args.dataset_test_split or default_test
+    if train_split not in raw:
+        raise DataError(f"{source}: no split {train_split!r}; it has {list(raw)} (set dataset_train_split)")
+    train = convert_rows(raw[train_split], fmt, source, train_split, args)
+    if test_split in raw:
+        evaluation = convert_rows(raw[test_split], fmt, source, test_split, args)
+    elif args.dataset_test_split:
+        raise DataError(f"{source}: no split {test_split!r}; it has {list(raw)}")
+    else:
+        parts = train.train_test_split(test_size=args.eval_fraction, seed=args.split_seed)
+        train, evaluation = parts["train"], parts["test"]
+        test_split = f"{args.eval_fraction:g} of {train_split}"
+    if args.max_train_samples:
+        train = train.shuffle(seed=args.split_seed).select(range(min(args.max_train_samples, len(train))))
+    if args.max_eval_samples:
+        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+    summary = {"source": source, "format": fmt, "train_split": train_split, "eval_split": test_split,
+               "train_rows": len(train), "eval_rows": len(evaluation)}
+    return train, evaluation, summary
+
+
+def preference_to_sft(dataset: Dataset) -> Dataset:
+    """Prompt + chosen response as TRL prompt-completion SFT examples."""
+    return dataset.map(lambda row: {"prompt": row["prompt"], "completion": row["chosen"]},
+                       remove_columns=dataset.column_names, desc="Building SFT examples")
+
+
+def load_sft_splits(args: DataArguments) -> tuple[Dataset, Dataset, dict]:
+    """SFT data: a given SFT dataset, or the chosen responses of the preference pairs."""
+    if not args.sft_dataset_name:
+        train, evaluation, summary = load_preference_splits(args)
+        return preference_to_sft(train), preference_to_sft(evaluation), {**summary, "sft_from": "chosen responses"}
+    raw, source = load_raw(args.sft_dataset_name)
+    split = args.dataset_train_split or "train"
+    if split not in raw:
+        raise DataError(f"{source}: no split {split!r}; it has {list(raw)}")
+    columns = set(raw[split].column_names)
+    if not ({"text"} <= columns or {"prompt", "completion"} <= columns or {"messages"} <= columns):
+        raise DataError(f"{source}: SFT data needs a 'text', 'prompt'+'completion' or 'messages' column; has {sorted(columns)}")
+    data = raw[split]
+    test = args.dataset_test_split or "test"
+    if test in raw:
+        evaluation = raw[test]
+    else:
+        parts = data.train_test_split(test_size=args.eval_fraction, seed=args.split_seed)
+        data, evaluation = parts["train"], parts["test"]
+    if args.max_train_samples:
+        data = data.select(range(min(args.max_train_samples, len(data))))
+    if args.max_eval_samples:
+        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+    return data, evaluation, {"source": source, "format": "sft", "train_rows": len(data), "eval_rows": len(evaluation)}
