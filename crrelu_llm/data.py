@@ -38,7 +38,11 @@ _KNOWN_HUB_FORMATS = {
     "trl-lib/ultrafeedback_binarized": "ultrafeedback",
 }
 _DEFAULT_SPLITS = {"ultrafeedback": ("train_prefs", "test_prefs")}
-_LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".json.gz": "json", ".jsonl.gz": "json", ".parquet": "parquet"}
+
+
+def _suffix(path: Path) -> str:
+    return "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
 
 
 class DataError(ValueError):
@@ -97,10 +101,10 @@ def _local_files(path: Path) -> list[Path]:
     if path.is_file():
         files = [path]
     else:
-        files = sorted(p for p in path.rglob("*") if p.suffix in _LOCAL_SUFFIXES)
+        files = sorted(p for p in path.rglob("*") if _suffix(p) in _LOCAL_SUFFIXES)
     if not files:
-        raise DataError(f"{path}: no .json, .jsonl or .parquet files found")
-    kinds = {_LOCAL_SUFFIXES.get(p.suffix) for p in files}
+        raise DataError(f"{path}: no .json, .jsonl (optionally .gz) or .parquet files found")
+    kinds = {_LOCAL_SUFFIXES.get(_suffix(p)) for p in files}
     if None in kinds or len(kinds) > 1:
         raise DataError(f"{path}: expected .json/.jsonl or .parquet files (one kind), found {[p.name for p in files]}")
     return files
@@ -111,7 +115,7 @@ def load_raw(name: str, config: str | None = None) -> tuple[DatasetDict, str]:
     path = Path(name).expanduser()
     if path.exists():
         files = _local_files(path)
-        builder = _LOCAL_SUFFIXES[files[0].suffix]
+        builder = _LOCAL_SUFFIXES[_suffix(files[0])]
         by_split: dict[str, list[str]] = {}
         for f in files:  # files named like train*.jsonl / test*.jsonl are splits; others are train
             split = next((s for s in ("train", "test", "validation", "eval") if f.stem.startswith(s)), "train")

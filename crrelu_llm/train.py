@@ -23,6 +23,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import sys
 import time
 import types
@@ -123,19 +124,24 @@ def _dataclass_types(command: str):
     return (CRReLUArguments, DataArguments, DPOConfig if command == "dpo" else SFTConfig, ModelConfig)
 
 
-def _field_index(types_) -> dict[str, dataclasses.Field]:
+def _field_index(types_) -> dict[str, object]:
+    """Recipe key -> declared type. Read from the class annotations: HfArgumentParser rewrites
+    ``Field.type`` in place (``str | list[str] | None`` becomes ``str``) once a parser is built."""
     index = {}
     for cls in types_:
+        hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if f.init:
-                index.setdefault(f.name, f)
+                index.setdefault(f.name, hints.get(f.name, f.type))
     return index
 
 
 def _simple_type(annotation):
     """float/int/bool/str when the annotation is one of those (or Optional of one), else None."""
     if isinstance(annotation, str):
-        annotation = {"float": float, "int": int, "bool": bool, "str": str}.get(annotation.split("|")[0].strip())
+        parts = [part.strip() for part in annotation.split("|") if part.strip() not in ("None", "")]
+        simple = {"float": float, "int": int, "bool": bool, "str": str}
+        return simple.get(parts[0]) if len(parts) == 1 else None
     if isinstance(annotation, (types.UnionType,)) or typing.get_origin(annotation) is typing.Union:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return args[0] if len(args) == 1 and args[0] in (float, int, bool, str) else None
@@ -156,7 +162,7 @@ def check_recipe_keys(config: dict, command: str, path: str) -> None:
             close = difflib.get_close_matches(key, list(index), n=1)
             problems.append(f"unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
             continue
-        expected = _simple_type(index[key].type)
+        expected = _simple_type(index[key])
         if value is None or expected is None:
             continue
         ok = (isinstance(value, bool) if expected is bool else
@@ -443,6 +449,11 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
 
         from .patch import peft_modules_to_save
 
+        targets = model_args.lora_target_modules
+        if isinstance(targets, str) and targets != "all-linear" and re.fullmatch(r"[\w.]+", targets):
+            # TRL's ModelConfig turns a one-element list into a string, which PEFT reads as a regex
+            # that must match the whole module path: `[c_attn]` would then target nothing.
+            model_args.lora_target_modules = [targets]
         peft_config = get_peft_config(model_args)
         extra = peft_modules_to_save(model) if crrelu_args.epsilon_mode != "freeze" else []
         peft_config.modules_to_save = list(peft_config.modules_to_save or []) + extra

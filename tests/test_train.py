@@ -1,0 +1,227 @@
+"""The SFT -> DPO pipeline on tiny models: recipes, eps training, references, outputs, resume."""
+
+import json
+import random
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+import crrelu_llm
+from crrelu_llm.cli import main as cli_main
+from crrelu_llm.train import RecipeError, parse_recipe, prepare, run
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+    rows = []
+    for _ in range(48):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        rows.append({"prompt": f"{a}+{b}=", "chosen": f"{a + b}.", "rejected": f"{a + b + 1}!"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def recipe(tmp_path, pairs_file, **overrides):
+    config = {
+        "model_name_or_path": "tiny-gpt2", "dataset_name": str(pairs_file), "eval_fraction": 0.1,
+        "output_dir": str(tmp_path / "run"), "max_steps": 4, "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4, "learning_rate": 1e-3, "epsilon_learning_rate": 1e-2,
+        "logging_steps": 1, "save_steps": 2, "bf16": False, "use_cpu": True, "gradient_checkpointing": False,
+        "max_length": 32, "report_to": [], "seed": 0, "dataloader_num_workers": 0,
+    }
+    config.update(overrides)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def parse(command, path, *flags):
+    return parse_recipe(command, ["--config", str(path), *flags])
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ({"betta": 0.1}, "unknown key 'betta'; did you mean 'beta'?"),
+        ({"max_prompt_length": 128}, "'max_prompt_length' was removed from TRL: TRL truncates prompt+completion"),
+        ({"rpo_alpha": 1.0}, "loss_type: [sigmoid, sft]"),
+        ({"beta": "high"}, "'beta' must be a float, got 'high'"),
+        ({"activation": "crelu"}, "Did you mean 'crrelu'"),
+        ({"epsilon_mode": "maybe"}, "epsilon_mode must be one of train, freeze, only"),
+        ({"use_liger_kernel": True}, "silently bypassed"),
+    ],
+)
+def test_bad_recipes_stop_before_any_model_is_loaded(tmp_path, pairs_file, bad, message, capsys):
+    path = recipe(tmp_path, pairs_file, **bad)
+    assert cli_main(["dpo", "--config", str(path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_flags_override_the_file_and_keys_are_trl_fields(tmp_path, pairs_file):
+    crrelu_args, data_args, training_args, model_args = parse("dpo", recipe(tmp_path, pairs_file, beta=0.1),
+                                                              "--beta", "0.3", "--output_dir", str(tmp_path / "b"))
+    assert training_args.beta == 0.3 and training_args.output_dir == str(tmp_path / "b")
+    assert model_args.model_name_or_path == "tiny-gpt2" and crrelu_args.activation == "crrelu"
+    assert data_args.dataset_name == str(pairs_file)
+    with pytest.raises(RecipeError, match="does not exist"):
+        parse_recipe("dpo", ["--config", str(tmp_path / "nope.yaml")])
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_dpo_run_trains_epsilon_in_its_own_group_and_writes_its_outputs(tmp_path, pairs_file):
+    args = parse("dpo", recipe(tmp_path, pairs_file, weight_decay=0.1))
+    prepared = prepare("dpo", *args)
+    optimizer = prepared.trainer.create_optimizer()
+    eps_groups = [g for g in optimizer.param_groups if g.get("name") == "crrelu_epsilon"]
+    assert len(eps_groups) == 1 and eps_groups[0]["lr"] == 1e-2 and eps_groups[0]["weight_decay"] == 0.0
+    assert len(eps_groups[0]["params"]) == 2
+    others = [p for g in optimizer.param_groups if g is not eps_groups[0] for p in g["params"]]
+    assert not {id(p) for p in eps_groups[0]["params"]} & {id(p) for p in others}
+
+    metrics = run("dpo", *parse("dpo", recipe(tmp_path, pairs_file)))
+    out = tmp_path / "run"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "recipe.yaml", "patch_report.json",
+                 "reference.json", "README.md", "final_metrics.json", "rank_consistency.json"):
+        assert (out / name).exists(), name
+    model = AutoModelForCausalLM.from_pretrained(out)
+    eps = crrelu_llm.epsilon_values(model)
+    assert len(eps) == 2 and all(v != pytest.approx(0.01, abs=1e-4) for v in eps.values())  # it moved
+    assert sorted(eps.values()) == pytest.approx(sorted([metrics["final_epsilon/00"], metrics["final_epsilon/01"]]))
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    logged = [entry for entry in state["log_history"] if "epsilon/00" in entry]
+    assert len(logged) >= 4 and logged[0]["epsilon/00"] != logged[-1]["epsilon/00"]
+    card = (out / "README.md").read_text()
+    assert "tiny-gpt2" in card and "NewGELUActivation -> crrelu" in card and "start of DPO" in card
+    assert "eval_rewards/accuracies" in card
+    assert json.loads((out / "reference.json").read_text())["reference"] == "policy"
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["beta"] == 0.1
+
+
+def test_baseline_arm_is_the_same_recipe_with_the_patch_off(tmp_path, pairs_file):
+    run("sft", *parse("sft", recipe(tmp_path, pairs_file, activation=None, max_steps=2)))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    assert not any(isinstance(m, crrelu_llm.CRReLU) for m in model.modules())
+    assert crrelu_llm.patch_record(model) is None
+    assert json.loads((tmp_path / "run" / "patch_report.json").read_text()) is None
+
+
+@pytest.mark.parametrize("mode", ["freeze", "only"])
+def test_epsilon_can_be_frozen_or_trained_alone(tmp_path, pairs_file, mode):
+    from crrelu_llm.tiny import tiny_causal_lm
+
+    run("sft", *parse("sft", recipe(tmp_path, pairs_file, epsilon_mode=mode, max_steps=2)))
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    start = tiny_causal_lm("gpt2", seed=0)
+    eps = list(crrelu_llm.epsilon_values(trained).values())
+    weights_moved = not torch.equal(trained.transformer.h[0].mlp.c_fc.weight, start.transformer.h[0].mlp.c_fc.weight)
+    if mode == "freeze":
+        assert eps == [pytest.approx(0.01)] * 2 and weights_moved
+    else:
+        assert all(v != pytest.approx(0.01) for v in eps) and not weights_moved
+
+
+# --------------------------------------------------------------------------- the reference model
+
+
+def completion_logps(model, batch):
+    """Summed log-probabilities of the completion tokens, computed independently of TRL."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    tokens = batch["input_ids"][:, 1:]
+    logps = logits.float().log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return (logps * batch["completion_mask"][:, 1:]).sum(1).chunk(2)
+
+
+def _expected(choice, tmp_path):
+    from crrelu_llm.tiny import tiny_causal_lm
+
+    if choice == "original":
+        return tiny_causal_lm("gpt2", seed=0)
+    if choice == "policy":
+        model = tiny_causal_lm("gpt2", seed=0)
+        crrelu_llm.patch_model(model)
+        return model
+    return AutoModelForCausalLM.from_pretrained(choice).eval()
+
+
+@pytest.fixture(scope="module")
+def sft_checkpoint(tmp_path_factory, pairs_file):
+    tmp = tmp_path_factory.mktemp("sft")
+    run("sft", *parse("sft", recipe(tmp, pairs_file, max_steps=3)))
+    return str(tmp / "run")
+
+
+@pytest.mark.parametrize("precompute", [False, True])
+@pytest.mark.parametrize("peft", [False, True])
+@pytest.mark.parametrize("choice", ["policy", "original", "sft"])
+def test_the_reference_is_the_one_the_recipe_chose(tmp_path, pairs_file, sft_checkpoint, choice, precompute, peft):
+    reference = sft_checkpoint if choice == "sft" else choice
+    extra = {"use_peft": True, "lora_r": 4, "lora_target_modules": ["c_attn"]} if peft else {}
+    args = parse("dpo", recipe(tmp_path, pairs_file, reference=reference, precompute_ref_log_probs=precompute, **extra))
+    prepared = prepare("dpo", *args)
+    trainer = prepared.trainer
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer.data_collator(rows)
+    expected_chosen, expected_rejected = completion_logps(_expected(reference, tmp_path), batch)
+    if precompute:
+        got_chosen = torch.tensor([r["ref_chosen_logps"] for r in rows])
+        got_rejected = torch.tensor([r["ref_rejected_logps"] for r in rows])
+    else:
+        got_chosen, got_rejected = completion_logps(trainer.ref_model, batch)
+    torch.testing.assert_close(got_chosen, expected_chosen, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_rejected, expected_rejected, rtol=1e-4, atol=1e-4)
+    # and it is not one of the other candidates
+    for other in {"policy", "original", sft_checkpoint} - {reference}:
+        other_chosen, _ = completion_logps(_expected(other, tmp_path), batch)
+        assert not torch.allclose(other_chosen, expected_chosen, atol=1e-4), other
+    assert all(not p.requires_grad for p in trainer.ref_model.parameters())
+    info = json.loads((tmp_path / "run" / "reference.json").read_text())
+    assert info["reference"] == reference and info["precompute_ref_log_probs"] == precompute and info["peft"] == peft
+
+
+# --------------------------------------------------------------------------- resume
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_weights_and_epsilon(tmp_path, pairs_file, caplog):
+    from transformers import TrainerCallback
+
+    class CrashAfterStep3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise _Crash()
+
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    run("dpo", *parse("dpo", recipe(straight, pairs_file)))
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    path = recipe(resumed, pairs_file)
+    with pytest.raises(_Crash):
+        run("dpo", *parse("dpo", path), callbacks=[CrashAfterStep3()])
+    assert (resumed / "run" / "checkpoint-2").exists() and not (resumed / "run" / "model.safetensors").exists()
+    caplog.clear()
+    run("dpo", *parse("dpo", path))  # picks up checkpoint-2 by itself
+    assert f"resuming from {resumed / 'run' / 'checkpoint-2'}" in caplog.text
+    state = json.loads((resumed / "run" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+
+    a = AutoModelForCausalLM.from_pretrained(straight / "run")
+    b = AutoModelForCausalLM.from_pretrained(resumed / "run")
+    assert crrelu_llm.epsilon_values(a) == crrelu_llm.epsilon_values(b)
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=1e-6, msg=name)
