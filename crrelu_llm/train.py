@@ -43,8 +43,9 @@ logger = logging.getLogger("crrelu_llm.train")
 REFERENCE_CHOICES = ("policy", "original")
 EPSILON_MODES = ("train", "freeze", "only")
 
-# Keys TRL has removed (DPO) and what to do instead.
+# Keys TRL or transformers have removed and what to do instead.
 REMOVED_KEYS = {
+    "warmup_ratio": "transformers 5 takes the ratio in warmup_steps: a float in [0, 1) is a share of all steps",
     "max_prompt_length": "TRL truncates prompt+completion together now: use max_length (and truncation_mode)",
     "max_completion_length": "use max_length (and truncation_mode)",
     "max_target_length": "use max_length",
@@ -329,6 +330,18 @@ def build_reference(choice: str, policy, original, model_args, crrelu_args):
     return ref, {"reference": choice, "source": source, "activations": _activation_summary(ref)}
 
 
+def _already_patched(model, activation: str) -> bool:
+    """True when the checkpoint's recorded patch already put ``activation`` everywhere it would go."""
+    from .patch import find_activations, patch_record
+
+    record = patch_record(model)
+    if not record:
+        return False
+    recorded = {path for path, entry in record["modules"].items() if entry["activation"] == activation}
+    sites = {s.path for s in find_activations(model) if s.feed_forward}
+    return bool(recorded) and sites <= recorded
+
+
 def _apply_epsilon_mode(model, mode: str) -> None:
     eps = _active_epsilons(model)
     if mode == "freeze":
@@ -345,9 +358,12 @@ def _apply_epsilon_mode(model, mode: str) -> None:
 
 def _model_card(command, model_args, crrelu_args, data_summary, patch_report, reference_info, metrics) -> str:
     patch = ("none (baseline arm)" if patch_report is None else
+             f"{crrelu_args.activation}, {patch_report['count']} modules, kept from the checkpoint (already patched)"
+             if patch_report.get("already_patched") else
              f"{patch_report['count']} x {patch_report['replaced'][0]['old_type']} -> {crrelu_args.activation}"
              + (f", epsilon_init {crrelu_args.epsilon_init}" if crrelu_args.activation == "crrelu" else "")
-             + (f", blocks {patch_report['layers']}" if patch_report["layers"] is not None else ", all blocks"))
+             + ("" if patch_report.get("already_patched") else
+                f", blocks {patch_report['layers']}" if patch_report["layers"] is not None else ", all blocks"))
     lines = [
         "---", "library_name: transformers", "tags: [crrelu-llm, " + command + "]", "---", "",
         f"# {command.upper()} run of crrelu-llm", "",
@@ -396,8 +412,11 @@ class RankConsistencyCallback(TrainerCallback):
                             for r in everyone)
             if not identical:
                 logger.warning("ranks ended with different weights or epsilons: %s", everyone)
+            from accelerate.state import PartialState
+
+            kind = str(PartialState().distributed_type).split(".")[-1]
             _write_atomic(self.output_dir / "rank_consistency.json",
-                          json.dumps({"identical": identical, "ranks": everyone}, indent=2) + "\n")
+                          json.dumps({"identical": identical, "distributed_type": kind, "ranks": everyone}, indent=2) + "\n")
 
 
 def _value_sum(p: torch.Tensor) -> float:
@@ -412,7 +431,7 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
     from . import kernels
     from .data import load_preference_splits, load_sft_splits
     from .loading import load_causal_lm
-    from .patch import patch_model
+    from .patch import patch_model, patch_record
 
     kernels.set_kernel(crrelu_args.crrelu_kernel)
     output_dir = Path(training_args.output_dir)
@@ -429,7 +448,15 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
                            seed=training_args.seed)
     original = copy.deepcopy(model) if command == "dpo" and crrelu_args.reference == "original" else None
     patch_report = None
-    if crrelu_args.activation is not None:
+    if crrelu_args.activation is not None and _already_patched(model, crrelu_args.activation):
+        # e.g. DPO starting from an SFT checkpoint of this project: re-patching would reset the
+        # epsilons it learned, so keep them and say so.
+        record = patch_record(model)
+        logger.warning("%s is already patched with %s (%d modules): keeping its modules and trained epsilons",
+                       model_args.model_name_or_path, crrelu_args.activation, len(record["modules"]))
+        patch_report = {"already_patched": True, "activation": crrelu_args.activation, "count": len(record["modules"]),
+                        "layers": None, "modules": record["modules"], "epsilon": epsilon_logs(model)}
+    elif crrelu_args.activation is not None:
         patch_report = patch_model(model, activation=crrelu_args.activation, epsilon_init=crrelu_args.epsilon_init,
                                    layers=crrelu_args.patch_layers).to_dict()
     _apply_epsilon_mode(model, crrelu_args.epsilon_mode)

@@ -225,3 +225,13 @@ def test_interrupted_run_resumes_to_the_same_weights_and_epsilon(tmp_path, pairs
     assert crrelu_llm.epsilon_values(a) == crrelu_llm.epsilon_values(b)
     for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
         torch.testing.assert_close(pa, pb, rtol=0, atol=1e-6, msg=name)
+
+
+def test_dpo_from_a_patched_sft_checkpoint_keeps_its_trained_epsilon(tmp_path, pairs_file, sft_checkpoint, caplog):
+    sft_eps = crrelu_llm.epsilon_values(AutoModelForCausalLM.from_pretrained(sft_checkpoint))
+    assert all(v != pytest.approx(0.01) for v in sft_eps.values())
+    args = parse("dpo", recipe(tmp_path, pairs_file, model_name_or_path=sft_checkpoint, activation="crrelu"))
+    prepared = prepare("dpo", *args)
+    assert "already patched with crrelu" in caplog.text
+    assert crrelu_llm.epsilon_values(prepared.trainer.model) == sft_eps
+    assert prepared.patch_report["already_patched"] is True
