@@ -4,6 +4,8 @@
     crrelu-llm patch MODEL --out DIR         swap them for CRReLU and save a loadable checkpoint
     crrelu-llm sft --config RECIPE [--key value ...]    patch (per the recipe), then SFT with TRL
     crrelu-llm dpo --config RECIPE [--key value ...]    patch (per the recipe), then DPO with TRL
+    crrelu-llm eval rewards|winrate|drift ...            evaluate checkpoints (see --help of each)
+    crrelu-llm compare RUN [RUN ...] --out DIR           report.md, report.json and plots
 
 MODEL is a hub id, a local checkpoint directory, or ``tiny-<model_type>`` (built offline).
 """
@@ -11,8 +13,10 @@ MODEL is a hub id, a local checkpoint directory, or ``tiny-<model_type>`` (built
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -66,6 +70,47 @@ def build_parser() -> argparse.ArgumentParser:
                        ("dpo", "patch per a recipe, then preference tuning (TRL DPOTrainer)")):
         sub = commands.add_parser(name, help=text, add_help=False)
         sub.add_argument("recipe_args", nargs=argparse.REMAINDER, help="--config RECIPE.yaml and --key value overrides")
+    evaluate = commands.add_parser("eval", help="evaluate checkpoints: rewards, winrate, drift")
+    kinds = evaluate.add_subparsers(dest="eval_command", required=True, metavar="KIND")
+
+    def data_options(sub):
+        sub.add_argument("--data", required=True, help="preference data: hub id or local file/directory")
+        sub.add_argument("--data-format", default="auto", help="auto, hh, shp, ultrafeedback or preference")
+        sub.add_argument("--split", default=None, help="evaluation split (default: test, else a held-out share)")
+        sub.add_argument("--out", type=Path, default=None, help="output directory (default: MODEL/eval)")
+        sub.add_argument("--batch-size", type=int, default=8)
+        sub.add_argument("--max-length", type=int, default=1024)
+
+    rewards = kinds.add_parser("rewards", help="DPO implicit-reward accuracy and margins for several betas")
+    rewards.add_argument("--model", required=True)
+    rewards.add_argument("--reference", required=True, help="the reference model (e.g. the SFT checkpoint)")
+    rewards.add_argument("--beta", type=float, nargs="+", default=[0.1])
+    rewards.add_argument("--max-samples", type=int, default=None)
+    data_options(rewards)
+
+    winrate = kinds.add_parser("winrate", help="generate with both models and judge the pairs")
+    winrate.add_argument("--model", required=True)
+    winrate.add_argument("--baseline", required=True)
+    winrate.add_argument("--judge", required=True,
+                         help="reward-model:<id or path> | openai:<model>@<base url> ($OPENAI_API_KEY) | rule:<task>")
+    winrate.add_argument("--num-prompts", type=int, default=200)
+    winrate.add_argument("--max-new-tokens", type=int, default=128)
+    winrate.add_argument("--sample", action="store_true", help="sample (default: greedy)")
+    winrate.add_argument("--temperature", type=float, default=1.0)
+    winrate.add_argument("--top-p", type=float, default=1.0)
+    winrate.add_argument("--seed", type=int, default=0)
+    winrate.add_argument("--chat-template", action="store_true", help="apply the tokenizer's chat template")
+    data_options(winrate)
+
+    drift = kinds.add_parser("drift", help="perplexity and per-token KL of a patched model against the original")
+    drift.add_argument("--model", required=True, help="the patched (or trained) model")
+    drift.add_argument("--original", required=True, help="the original model")
+    drift.add_argument("--max-samples", type=int, default=200)
+    data_options(drift)
+
+    compare = commands.add_parser("compare", help="report over run directories: report.md, report.json, plots")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="run directory, or LABEL=DIR (same label: seeds)")
+    compare.add_argument("--out", type=Path, required=True)
     return parser
 
 
@@ -147,7 +192,119 @@ def _patch(args) -> int:
     return 0
 
 
-COMMANDS = {"inspect": _inspect, "patch": _patch}
+def _eval_data(args, limit: int | None):
+    from .data import DataArguments, load_preference_splits
+
+    data_args = DataArguments(dataset_name=args.data, dataset_format=args.data_format,
+                              dataset_test_split=args.split, max_eval_samples=limit)
+    _, evaluation, summary = load_preference_splits(data_args)
+    return evaluation, summary
+
+
+def _eval_out(args, model: str) -> Path:
+    out = args.out or (Path(model) / "eval" if Path(model).is_dir() else Path("eval"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _same_tokenizer(a: str, b: str, trust_remote_code: bool = False):
+    from .evaluate import EvaluationError
+    from .loading import load_tokenizer
+
+    first, second = load_tokenizer(a, trust_remote_code), load_tokenizer(b, trust_remote_code)
+    if first.get_vocab() != second.get_vocab():
+        raise EvaluationError(f"the tokenizers of {a} and {b} disagree (different vocabularies): "
+                              "rewards need a policy and a reference that share one tokenizer")
+    return first
+
+
+def _eval(args) -> int:
+    from .evaluate import (GenerationSettings, drift, generate, preference_logps, read_jsonl, reward_metrics,
+                           write_jsonl)
+    from .loading import load_causal_lm, load_tokenizer
+    from .train import _write_atomic
+
+    if args.eval_command == "rewards":
+        tokenizer = _same_tokenizer(args.model, args.reference)
+        data, summary = _eval_data(args, args.max_samples)
+        out = _eval_out(args, args.model)
+        model, reference = load_causal_lm(args.model), load_causal_lm(args.reference)
+        logps = preference_logps(model, reference, tokenizer, data, args.max_length, args.batch_size)
+        result = {"model": args.model, "reference": args.reference, "data": summary, **reward_metrics(logps, args.beta)}
+        _write_atomic(out / "rewards.json", json.dumps(result, indent=2) + "\n")
+        for b in result["betas"]:
+            lo, hi = b["accuracy_interval"]
+            print(f"beta {b['beta']}: reward accuracy {b['accuracy']:.3f} [{lo:.3f}, {hi:.3f}], ties {b['ties']:.3f}, "
+                  f"margin {b['margin']:.4f}")
+        print(f"reference-free preference accuracy {result['preference_accuracy']:.3f} -> {out / 'rewards.json'}")
+        return 0
+
+    if args.eval_command == "drift":
+        tokenizer = _same_tokenizer(args.model, args.original)
+        data, summary = _eval_data(args, args.max_samples)
+        out = _eval_out(args, args.model)
+        texts = [r["prompt"] + r["chosen"] for r in data if isinstance(r["prompt"], str)]
+        result = {"model": args.model, "original": args.original, "data": summary,
+                  **drift(load_causal_lm(args.model), load_causal_lm(args.original), tokenizer, texts,
+                          args.max_length, args.batch_size)}
+        _write_atomic(out / "drift.json", json.dumps(result, indent=2) + "\n")
+        print(f"perplexity {result['perplexity_patched']:.3f} (original {result['perplexity_original']:.3f}), "
+              f"KL(patched || original) {result['kl_patched_original']:.4f}/token -> {out / 'drift.json'}")
+        return 0
+
+    # winrate
+    from .judges import make_judge
+    from .stats import win_rate
+
+    data, summary = _eval_data(args, args.num_prompts)
+    out = _eval_out(args, args.model)
+    judge = make_judge(args.judge, cache_dir=out)  # a bad judge spec fails before any generation
+    prompts = list(data["prompt"])
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
+                                  top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+                                  chat_template=args.chat_template)
+    completions = {}
+    for side, name in (("model", args.model), ("baseline", args.baseline)):
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.strip("/"))[-80:]
+        file = out / f"generations-{slug}.jsonl"
+        record = {"model": name, "settings": dataclasses.asdict(settings)}
+        cached = read_jsonl(file) if file.exists() else []
+        if cached and cached[0] == record and [r["prompt"] for r in cached[1:]] == prompts:
+            completions[side] = [r["completion"] for r in cached[1:]]
+            print(f"{side}: reusing {file}")
+            continue
+        texts = generate(load_causal_lm(name), load_tokenizer(name), prompts, settings, desc=f"Generating ({side})")
+        write_jsonl(file, [record] + [{"prompt": p, "completion": c} for p, c in zip(prompts, texts)])
+        completions[side] = texts
+    outcomes = judge.judge(prompts, list(zip(completions["model"], completions["baseline"])))
+    stats = win_rate([o.winner for o in outcomes], completions["model"], completions["baseline"],
+                     [o.consistent for o in outcomes])
+    judge_slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", judge.name)[-60:]
+    write_jsonl(out / f"judgments-{judge_slug}.jsonl",
+                [{"prompt": p, "model": a, "baseline": b, "winner": o.winner, "consistent": o.consistent,
+                  "detail": o.detail} for p, a, b, o in zip(prompts, completions["model"], completions["baseline"], outcomes)])
+    result = {"model": args.model, "baseline": args.baseline, "judge": judge.name, "data": summary,
+              "settings": dataclasses.asdict(settings), "stats": stats.to_dict()}
+    _write_atomic(out / f"winrate-{judge_slug}.json", json.dumps(result, indent=2) + "\n")
+    lo, hi = stats.interval
+    print(f"{args.model} vs {args.baseline} ({judge.name}): {stats.wins}/{stats.ties}/{stats.losses} W/T/L, "
+          f"win rate {stats.win_rate:.3f} [{lo:.3f}, {hi:.3f}], sign test p={stats.sign_test_p:.3g} "
+          f"-> {out / f'winrate-{judge_slug}.json'}")
+    return 0
+
+
+def _compare(args) -> int:
+    from .report import compare
+
+    report = compare(args.runs, args.out)
+    for label, arm in report["arms"].items():
+        acc = arm.get("final_eval_reward_accuracy")
+        print(f"{label}: {len(arm['runs'])} run(s)" + (f", final eval reward accuracy {acc['mean']:.3f}" if acc else ""))
+    print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
+COMMANDS = {"inspect": _inspect, "patch": _patch, "eval": _eval, "compare": _compare}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,7 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     from .loading import ModelLoadError
     from .patch import NoActivationFoundError
 
-    expected = (ModelLoadError, NoActivationFoundError, FileExistsError, ValueError, TypeError)
+    from .evaluate import EvaluationError
+    from .judges import JudgeError
+
+    expected = (ModelLoadError, NoActivationFoundError, FileExistsError, ValueError, TypeError, EvaluationError,
+                JudgeError)
     if argv and argv[0] in ("sft", "dpo"):  # TRL's parser owns these flags (--help lists them all)
         from . import train
 
@@ -168,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except expected as err:
-        print(f"crrelu-llm {args.command}: error: {err}", file=sys.stderr)
+        command = args.command + (f" {args.eval_command}" if args.command == "eval" else "")
+        print(f"crrelu-llm {command}: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -120,7 +120,13 @@ def load_raw(name: str, config: str | None = None) -> tuple[DatasetDict, str]:
         for f in files:  # files named like train*.jsonl / test*.jsonl are splits; others are train
             split = next((s for s in ("train", "test", "validation", "eval") if f.stem.startswith(s)), "train")
             by_split.setdefault(split, []).append(str(f))
-        return load_dataset(builder, data_files=by_split), str(path)
+        empty = [f for f in files if f.stat().st_size == 0]
+        if empty:
+            raise DataError(f"{empty[0]} is empty: it needs one preference pair per line (JSONL) or a JSON/Parquet table")
+        try:
+            return load_dataset(builder, data_files=by_split), str(path)
+        except Exception as err:  # noqa: BLE001 - arrow/json errors of many kinds; ours names the file
+            raise DataError(f"could not read {path} as {builder}: {type(err).__name__}: {err}") from err
     try:
         return load_dataset(name, config), name
     except Exception as err:  # noqa: BLE001 - datasets raises many kinds; ours names the input

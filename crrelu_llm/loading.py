@@ -105,3 +105,20 @@ def check_stored_epsilons(model: torch.nn.Module, checkpoint_dir: Path) -> None:
                 f"{name} loaded as {param.item()!r} but {checkpoint_dir} stores {stored[name].item()!r}: "
                 "the checkpoint was not loaded faithfully (was crrelu_llm imported before loading?)"
             )
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    """The tokenizer of a hub id or local checkpoint (``tiny-*``: the offline character tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from .tiny import tiny_tokenizer
+
+    if name_or_path.startswith(TINY_MODEL_PREFIX) and not Path(name_or_path).exists():
+        return tiny_tokenizer()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"No tokenizer could be loaded from {name_or_path!r}: {_hint(name_or_path)} ({err})") from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -290,22 +290,6 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _load_tokenizer(name: str, trust_remote_code: bool):
-    from transformers import AutoTokenizer
-
-    from .tiny import TINY_MODEL_PREFIX, tiny_tokenizer
-
-    if name.startswith(TINY_MODEL_PREFIX) and not Path(name).exists():
-        return tiny_tokenizer()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise RecipeError(f"no tokenizer could be loaded from {name!r}: set tokenizer_name_or_path ({err})") from err
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 def _activation_summary(model) -> dict[str, int]:
     from .patch import find_activations
 
@@ -430,7 +414,7 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
     """Data, tokenizer, model (patched per the recipe), reference and trainer; nothing trained yet."""
     from . import kernels
     from .data import load_preference_splits, load_sft_splits
-    from .loading import load_causal_lm
+    from .loading import load_causal_lm, load_tokenizer
     from .patch import patch_model, patch_record
 
     kernels.set_kernel(crrelu_args.crrelu_kernel)
@@ -441,8 +425,8 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
     loader = load_preference_splits if command == "dpo" else load_sft_splits
     train_data, eval_data, data_summary = loader(data_args)
 
-    tokenizer = _load_tokenizer(crrelu_args.tokenizer_name_or_path or model_args.model_name_or_path,
-                                getattr(training_args, "trust_remote_code", False))
+    tokenizer = load_tokenizer(crrelu_args.tokenizer_name_or_path or model_args.model_name_or_path,
+                               getattr(training_args, "trust_remote_code", False))
     model = load_causal_lm(model_args.model_name_or_path, dtype=model_args.dtype or "auto",
                            trust_remote_code=getattr(training_args, "trust_remote_code", False),
                            seed=training_args.seed)
@@ -523,6 +507,7 @@ def run(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments, tr
     eps = epsilon_logs(trainer.model)
     metrics.update({f"final_{k}": v for k, v in eps.items()})
     trainer.save_model(str(output_dir))
+    trainer.save_state()  # trainer_state.json (log history, epsilon per step) beside the model
     if _is_main_process():
         prepared.tokenizer.save_pretrained(output_dir)
         card = _model_card(command, model_args, crrelu_args, prepared.data_summary, prepared.patch_report,

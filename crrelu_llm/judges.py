@@ -1,0 +1,227 @@
+"""Judges of completion pairs, behind one interface.
+
+    outcomes = judge(prompts, [(model_completion, baseline_completion), ...])
+
+Each outcome says which side won: ``winner`` 0 (first), 1 (second) or ``None`` (tie), plus
+``consistent`` for judges that look at both orders. A new judge is a small class with a
+``judge`` method (and a ``name``):
+
+- :class:`RewardModelJudge`: any ``AutoModelForSequenceClassification`` reward model scores
+  each response alone; the higher score wins (order cannot matter).
+- :class:`PairwiseLLMJudge`: an OpenAI-compatible chat endpoint compares the two responses in
+  both orders; a verdict that flips with the order is a tie (MT-Bench practice). Retries with
+  exponential backoff; every verdict is cached on disk, so an interrupted run resumes without
+  asking again. The API key is read from an environment variable and never logged or saved.
+- :class:`RuleBasedJudge`: a function scores each completion (the built-in synthetic tasks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    winner: int | None  # 0: first completion, 1: second, None: tie
+    consistent: bool | None = None  # pairwise judges: same verdict in both orders
+    detail: dict | None = None
+
+
+class Judge(Protocol):
+    name: str
+
+    def judge(self, prompts: list[str], completion_pairs: list[tuple[str, str]]) -> list[Outcome]: ...
+
+
+class JudgeError(RuntimeError):
+    """The judge could not give verdicts; what it judged before failing is kept (cache)."""
+
+
+def _by_score(a: float, b: float) -> int | None:
+    return 0 if a > b else 1 if b > a else None
+
+
+# --------------------------------------------------------------------------- rule-based
+
+
+class RuleBasedJudge:
+    """``score(prompt, completion) -> float``; the higher score wins, equal scores tie."""
+
+    def __init__(self, score: Callable[[str, str], float], name: str = "rule"):
+        self.score, self.name = score, name
+
+    def judge(self, prompts, completion_pairs):
+        outcomes = []
+        for prompt, (a, b) in zip(prompts, completion_pairs, strict=True):
+            sa, sb = self.score(prompt, a), self.score(prompt, b)
+            outcomes.append(Outcome(_by_score(sa, sb), detail={"scores": [sa, sb]}))
+        return outcomes
+
+
+# --------------------------------------------------------------------------- reward model
+
+
+class RewardModelJudge:
+    """Scores prompt + response with a sequence-classification reward model (logit 0)."""
+
+    def __init__(self, model_name_or_path: str | None = None, model=None, tokenizer=None, batch_size: int = 8,
+                 max_length: int = 1024, device: str | None = None):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if model is None:
+            model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path)
+            tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size, self.max_length = batch_size, max_length
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
+        self.name = f"reward-model:{model_name_or_path or type(model).__name__}"
+
+    @torch.no_grad()
+    def scores(self, prompts: list[str], completions: list[str]) -> list[float]:
+        out = []
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        for start in range(0, len(prompts), self.batch_size):
+            batch = self.tokenizer(prompts[start:start + self.batch_size], completions[start:start + self.batch_size],
+                                   return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)
+            logits = self.model(**batch.to(self.device)).logits
+            out.extend(logits[:, 0].float().cpu().tolist())
+        return out
+
+    def judge(self, prompts, completion_pairs):
+        first = self.scores(prompts, [a for a, _ in completion_pairs])
+        second = self.scores(prompts, [b for _, b in completion_pairs])
+        return [Outcome(_by_score(a, b), detail={"scores": [a, b]}) for a, b in zip(first, second)]
+
+
+# --------------------------------------------------------------------------- pairwise LLM
+
+JUDGE_PROMPT = """You compare two assistant responses to the same user prompt and decide which one is better:
+more helpful, correct and harmless. Answer with exactly one letter: A or B.
+
+[Prompt]
+{prompt}
+
+[Response A]
+{a}
+
+[Response B]
+{b}
+
+Which response is better? Answer A or B."""
+_VERDICT = re.compile(r"^\W*([AB])\b", re.I)
+
+
+class PairwiseLLMJudge:
+    """An OpenAI-compatible ``/chat/completions`` endpoint as a pairwise judge."""
+
+    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY",
+                 cache_path: str | Path | None = None, max_retries: int = 4, backoff: float = 1.0,
+                 timeout: float = 60.0, temperature: float = 0.0):
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key_env = api_key_env
+        self.max_retries, self.backoff, self.timeout, self.temperature = max_retries, backoff, timeout, temperature
+        self.name = f"pairwise:{model}"
+        self.cache_path = Path(cache_path) if cache_path else None
+        self.cache: dict[str, str] = {}
+        if self.cache_path and self.cache_path.exists():
+            for line in self.cache_path.read_text().splitlines():
+                if line.strip():
+                    entry = json.loads(line)
+                    self.cache[entry["key"]] = entry["verdict"]
+
+    def _key(self, prompt: str, a: str, b: str) -> str:
+        payload = json.dumps([self.base_url, self.model, JUDGE_PROMPT, prompt, a, b], ensure_ascii=False)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def _request(self, content: str) -> str:
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        body = json.dumps({"model": self.model, "temperature": self.temperature, "max_tokens": 4,
+                           "messages": [{"role": "user", "content": content}]}).encode()
+        request = urllib.request.Request(f"{self.base_url}/chat/completions", data=body, headers=headers)
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            data = json.loads(response.read().decode())
+        return data["choices"][0]["message"]["content"]
+
+    def verdict(self, prompt: str, a: str, b: str) -> str:
+        """'A' or 'B' for one ordering, from the cache or the endpoint."""
+        key = self._key(prompt, a, b)
+        if key in self.cache:
+            return self.cache[key]
+        last_error = None
+        for attempt in range(self.max_retries + 1):
+            try:
+                answer = self._request(JUDGE_PROMPT.format(prompt=prompt, a=a, b=b))
+                match = _VERDICT.match(answer or "")
+                if not match:
+                    raise ValueError(f"unparseable verdict {answer[:60]!r}")
+                verdict = match.group(1).upper()
+                break
+            except (urllib.error.URLError, TimeoutError, ConnectionError, ValueError, KeyError, IndexError,
+                    json.JSONDecodeError) as err:
+                last_error = err  # the message never includes the key: it lives in a header only
+                if attempt < self.max_retries:
+                    time.sleep(self.backoff * 2**attempt)
+        else:
+            raise JudgeError(
+                f"judge {self.model} at {self.base_url} gave no usable verdict after {self.max_retries + 1} tries "
+                f"({type(last_error).__name__}: {last_error}); {len(self.cache)} verdicts so far are cached"
+                + (f" in {self.cache_path}" if self.cache_path else "")
+            )
+        self.cache[key] = verdict
+        if self.cache_path:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.cache_path.open("a") as f:
+                f.write(json.dumps({"key": key, "verdict": verdict}) + "\n")
+        return verdict
+
+    def judge(self, prompts, completion_pairs):
+        outcomes = []
+        for prompt, (a, b) in zip(prompts, completion_pairs, strict=True):
+            forward = self.verdict(prompt, a, b)  # a shown as A
+            backward = self.verdict(prompt, b, a)  # a shown as B
+            first_wins_forward = forward == "A"
+            first_wins_backward = backward == "B"
+            consistent = first_wins_forward == first_wins_backward
+            winner = (0 if first_wins_forward else 1) if consistent else None
+            outcomes.append(Outcome(winner, consistent, {"verdicts": [forward, backward]}))
+        return outcomes
+
+
+def make_judge(spec: str, cache_dir: Path | None = None, **kwargs) -> Judge:
+    """``reward-model:<path or id>``, ``openai:<model>@<base_url>`` or ``rule:<task>``."""
+    kind, _, rest = spec.partition(":")
+    if kind == "reward-model" and rest:
+        return RewardModelJudge(rest, **kwargs)
+    if kind == "openai" and "@" in rest:
+        model, _, base_url = rest.partition("@")
+        cache = (cache_dir / f"judge-cache-{hashlib.sha256(spec.encode()).hexdigest()[:12]}.jsonl") if cache_dir else None
+        return PairwiseLLMJudge(base_url, model, cache_path=cache, **kwargs)
+    if kind == "rule" and rest:
+        from .tasks import scorer
+
+        return RuleBasedJudge(scorer(rest), name=f"rule:{rest}")
+    raise ValueError(
+        f"unknown judge {spec!r}: use reward-model:<model id or path>, openai:<model>@<base url> "
+        "(key from $OPENAI_API_KEY) or rule:<task>"
+    )

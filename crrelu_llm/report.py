@@ -1,0 +1,266 @@
+"""``crrelu-llm compare``: a report over run directories (arms, optionally several seeds each).
+
+Reads from each run directory: ``trainer_state.json`` (training curves, epsilon per layer),
+``final_metrics.json``, ``reference.json``, and the evaluation outputs under ``eval/``
+(``rewards.json``, ``winrate*.json``, ``drift.json``). Writes ``report.md``, ``report.json`` and
+PNG plots. Every number in the report carries the path of the file it was read from.
+
+Runs are grouped into arms by label: ``LABEL=DIR`` on the command line, otherwise the directory
+name with a trailing ``-seed<N>`` removed, so ``gelu-seed0 gelu-seed1`` form one arm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .stats import paired_permutation_test
+
+TRAIN_CURVES = ("loss", "rewards/accuracies", "rewards/margins")
+
+
+class ReportError(ValueError):
+    pass
+
+
+@dataclass
+class Run:
+    label: str
+    path: Path
+    log_history: list[dict] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+    final: dict = field(default_factory=dict)
+    rewards: dict | None = None
+    winrates: dict[str, dict] = field(default_factory=dict)
+    drift: dict | None = None
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path} is not valid JSON ({err})") from None
+
+
+def _trainer_state(path: Path) -> Path | None:
+    if (path / "trainer_state.json").exists():
+        return path / "trainer_state.json"
+    checkpoints = sorted(path.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1]))
+    return checkpoints[-1] if checkpoints else None
+
+
+def load_run(spec: str) -> Run:
+    label, _, location = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    path = Path(location)
+    if not path.is_dir():
+        raise ReportError(f"{path}: no such run directory")
+    label = label or re.sub(r"-seed\d+$", "", path.name)
+    run = Run(label, path)
+    state = _trainer_state(path)
+    if state:
+        run.log_history = _read_json(state).get("log_history", [])
+        run.sources["log_history"] = str(state)
+    if (path / "final_metrics.json").exists():
+        run.final = _read_json(path / "final_metrics.json")
+        run.sources["final"] = str(path / "final_metrics.json")
+    evaluation = path / "eval"
+    if (evaluation / "rewards.json").exists():
+        run.rewards = _read_json(evaluation / "rewards.json")
+        run.sources["rewards"] = str(evaluation / "rewards.json")
+    for file in sorted(evaluation.glob("winrate*.json")):
+        run.winrates[file.stem] = _read_json(file)
+        run.sources[file.stem] = str(file)
+    if (evaluation / "drift.json").exists():
+        run.drift = _read_json(evaluation / "drift.json")
+        run.sources["drift"] = str(evaluation / "drift.json")
+    if not (run.log_history or run.final or run.rewards or run.winrates or run.drift):
+        raise ReportError(f"{path}: nothing to report (no trainer_state.json, final_metrics.json or eval/ outputs)")
+    return run
+
+
+def _series(run: Run, key: str) -> tuple[list[int], list[float]]:
+    points = [(e["step"], e[key]) for e in run.log_history if key in e and "step" in e]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _plots(arms: dict[str, list[Run]], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    colours = {label: f"C{i}" for i, label in enumerate(arms)}
+    if any(r.log_history for runs in arms.values() for r in runs):
+        fig, axes = plt.subplots(1, len(TRAIN_CURVES), figsize=(5 * len(TRAIN_CURVES), 3.6), sharex=True)
+        for ax, key in zip(axes, TRAIN_CURVES):
+            for label, runs in arms.items():
+                for i, run in enumerate(runs):
+                    x, y = _series(run, key)
+                    if x:
+                        ax.plot(x, y, color=colours[label], alpha=0.9 if i == 0 else 0.5, label=label if i == 0 else None)
+            ax.set_title(key)
+            ax.set_xlabel("step")
+        axes[0].legend()
+        fig.tight_layout()
+        fig.savefig(out / "training_curves.png", dpi=110)
+        plt.close(fig)
+        files.append("training_curves.png")
+    eps_arms = {label: runs[0] for label, runs in arms.items()
+                if any(k.startswith("epsilon/") and k[8:].isdigit() for e in runs[0].log_history for k in e)}
+    if eps_arms:
+        fig, axes = plt.subplots(1, len(eps_arms), figsize=(5 * len(eps_arms), 3.6), squeeze=False)
+        for ax, (label, run) in zip(axes[0], eps_arms.items()):
+            keys = sorted({k for e in run.log_history for k in e if k.startswith("epsilon/") and k[8:].isdigit()})
+            for key in keys:
+                x, y = _series(run, key)
+                ax.plot(x, y, label=f"block {int(key[8:])}")
+            ax.set_title(f"epsilon per block: {label}")
+            ax.set_xlabel("step")
+            if len(keys) <= 12:
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "epsilon.png", dpi=110)
+        plt.close(fig)
+        files.append("epsilon.png")
+    reward_arms = {label: runs[0] for label, runs in arms.items() if runs[0].rewards}
+    if reward_arms:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for label, run in reward_arms.items():
+            betas = run.rewards["betas"]
+            x = [b["beta"] for b in betas]
+            y = [b["accuracy"] for b in betas]
+            err = [[b["accuracy"] - b["accuracy_interval"][0] for b in betas],
+                   [b["accuracy_interval"][1] - b["accuracy"] for b in betas]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colours[label], label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("beta")
+        ax.set_ylabel("reward accuracy (95% bootstrap)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "reward_accuracy.png", dpi=110)
+        plt.close(fig)
+        files.append("reward_accuracy.png")
+    bars = [(f"{label}: {name}", run.winrates[name]) for label, runs in arms.items() for run in runs[:1]
+            for name in run.winrates]
+    if bars:
+        fig, ax = plt.subplots(figsize=(7, 0.6 * len(bars) + 1.2))
+        for i, (name, w) in enumerate(bars):
+            lo, hi = w["stats"]["interval"]
+            ax.barh(i, w["stats"]["win_rate"], xerr=[[w["stats"]["win_rate"] - lo], [hi - w["stats"]["win_rate"]]],
+                    capsize=4, color="C0")
+        ax.axvline(0.5, color="grey", linestyle="--")
+        ax.set_yticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("win rate, ties as 1/2 (95% Wilson)")
+        fig.tight_layout()
+        fig.savefig(out / "win_rates.png", dpi=110)
+        plt.close(fig)
+        files.append("win_rates.png")
+    return files
+
+
+def _final_accuracy(run: Run) -> float | None:
+    value = run.final.get("eval_rewards/accuracies")
+    return float(value) if value is not None else None
+
+
+def compare(specs: list[str], out: Path) -> dict:
+    """Write report.md, report.json and plots for the runs; return the report dict."""
+    if not specs:
+        raise ReportError("give at least one run directory")
+    runs = [load_run(s) for s in specs]
+    arms: dict[str, list[Run]] = {}
+    for run in runs:
+        arms.setdefault(run.label, []).append(run)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"arms": {}, "plots": []}
+    for label, members in arms.items():
+        entry = {"runs": [str(r.path) for r in members], "sources": [r.sources for r in members]}
+        accs = [a for a in (_final_accuracy(r) for r in members) if a is not None]
+        if accs:
+            entry["final_eval_reward_accuracy"] = {
+                "values": accs, "mean": statistics.fmean(accs),
+                "stdev": statistics.stdev(accs) if len(accs) > 1 else 0.0, "from": [r.sources.get("final") for r in members]}
+        first = members[0]
+        if first.rewards:
+            entry["rewards"] = {"per_beta": first.rewards["betas"], "preference_accuracy": first.rewards["preference_accuracy"],
+                                "from": first.sources["rewards"]}
+        if first.winrates:
+            entry["win_rates"] = {name: {**w["stats"], "judge": w.get("judge"), "baseline": w.get("baseline"),
+                                         "from": first.sources[name]} for name, w in first.winrates.items()}
+        if first.drift:
+            entry["drift"] = {**first.drift, "from": first.sources["drift"]}
+        eps = {k: v for k, v in first.final.items() if k.startswith("final_epsilon/")}
+        if eps:
+            entry["final_epsilon"] = {**eps, "from": first.sources.get("final")}
+        report["arms"][label] = entry
+    labels = list(arms)
+    if len(labels) >= 2:
+        a, b = arms[labels[0]], arms[labels[1]]
+        accs_a = [_final_accuracy(r) for r in a]
+        accs_b = [_final_accuracy(r) for r in b]
+        if len(a) == len(b) >= 2 and None not in accs_a + accs_b:
+            report["paired_test"] = {"arms": labels[:2], "metric": "final eval_rewards/accuracies",
+                                     "pairs": len(a), "p_value": paired_permutation_test(accs_a, accs_b),
+                                     "test": "exact sign-flip permutation over seeds"}
+    report["plots"] = _plots(arms, out)
+    _write(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+    _write(out / "report.md", _markdown(report))
+    return report
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _markdown(report: dict) -> str:
+    lines = ["# crrelu-llm comparison", ""]
+    rows = []
+    for label, arm in report["arms"].items():
+        acc = arm.get("final_eval_reward_accuracy")
+        rows.append(f"| {label} | {len(arm['runs'])} | "
+                    + (f"{acc['mean']:.3f} ± {acc['stdev']:.3f}" if acc else "–") + " | "
+                    + (_fmt(arm["rewards"]["preference_accuracy"]) if "rewards" in arm else "–") + " | "
+                    + (f"{arm['drift']['kl_patched_original']:.4f}" if "drift" in arm else "–") + " |")
+    lines += ["| arm | runs | final eval reward accuracy (mean ± sd) | preference accuracy (reference-free) | KL to original |",
+              "|---|---|---|---|---|", *rows, ""]
+    for label, arm in report["arms"].items():
+        if "rewards" in arm:
+            lines += [f"## Reward accuracy per beta: {label}", f"(from `{arm['rewards']['from']}`)", "",
+                      "| beta | accuracy | 95% CI | ties | margin |", "|---|---|---|---|---|"]
+            for b in arm["rewards"]["per_beta"]:
+                lo, hi = b["accuracy_interval"]
+                lines.append(f"| {b['beta']} | {b['accuracy']:.3f} | [{lo:.3f}, {hi:.3f}] | {b['ties']:.3f} | {b['margin']:.4f} |")
+            lines.append("")
+        for name, w in arm.get("win_rates", {}).items():
+            lo, hi = w["interval"]
+            lines += [f"## {label} vs {w.get('baseline')}: {name} (judge {w.get('judge')})", f"(from `{w['from']}`)", "",
+                      f"- wins / ties / losses: {w['wins']} / {w['ties']} / {w['losses']} of {w['n']}",
+                      f"- win rate (ties as 1/2): {w['win_rate']:.3f}, 95% Wilson [{lo:.3f}, {hi:.3f}]",
+                      f"- exact sign test on decisive pairs: p = {w['sign_test_p']:.4g}",
+                      f"- position consistency: {_fmt(w['position_consistency'])}",
+                      f"- mean response length (chars): model {w['length_model']['mean']:.1f}, "
+                      f"baseline {w['length_baseline']['mean']:.1f}", ""]
+        if "drift" in arm:
+            d = arm["drift"]
+            lines += [f"## Drift: {label}", f"(from `{d['from']}`)", "",
+                      f"- perplexity: patched {d['perplexity_patched']:.3f}, original {d['perplexity_original']:.3f}",
+                      f"- mean per-token KL(patched || original): {d['kl_patched_original']:.4f} over {d['tokens']} tokens", ""]
+    if "paired_test" in report:
+        t = report["paired_test"]
+        lines += ["## Paired test over seeds", "",
+                  f"{t['arms'][0]} vs {t['arms'][1]}, {t['metric']}, {t['pairs']} pairs: p = {t['p_value']:.4g} ({t['test']})", ""]
+    for plot in report["plots"]:
+        lines.append(f"![{plot}]({plot})")
+    return "\n".join(lines) + "\n"
