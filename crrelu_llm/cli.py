@@ -6,6 +6,8 @@
     crrelu-llm dpo --config RECIPE [--key value ...]    patch (per the recipe), then DPO with TRL
     crrelu-llm eval rewards|winrate|drift ...            evaluate checkpoints (see --help of each)
     crrelu-llm compare RUN [RUN ...] --out DIR           report.md, report.json and plots
+    crrelu-llm experiment --config EXPERIMENT.yaml       arms x betas x seeds, resumable stages
+    crrelu-llm demo                                      the embedded offline experiment (CPU, minutes)
 
 MODEL is a hub id, a local checkpoint directory, or ``tiny-<model_type>`` (built offline).
 """
@@ -20,6 +22,7 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -107,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("--original", required=True, help="the original model")
     drift.add_argument("--max-samples", type=int, default=200)
     data_options(drift)
+
+    experiment = commands.add_parser("experiment", help="run an experiment recipe: arms x betas x seeds, resumable")
+    experiment.add_argument("--config", required=True, help="experiment recipe (recipes/experiments/*.yaml)")
+    experiment.add_argument("--out", default=None, help="output directory (default: the recipe's output_dir)")
+    demo = commands.add_parser("demo", help="the embedded offline GELU vs CRReLU vs ReLU experiment (CPU, minutes)")
+    demo.add_argument("--out", default=None, help="output directory (default: runs/demo)")
 
     compare = commands.add_parser("compare", help="report over run directories: report.md, report.json, plots")
     compare.add_argument("runs", nargs="+", metavar="RUN", help="run directory, or LABEL=DIR (same label: seeds)")
@@ -219,7 +228,7 @@ def _same_tokenizer(a: str, b: str, trust_remote_code: bool = False):
 
 
 def _eval(args) -> int:
-    from .evaluate import (GenerationSettings, drift, generate, preference_logps, read_jsonl, reward_metrics,
+    from .evaluate import (GenerationSettings, drift, generate, preference_logps, read_jsonl, reward_metrics, slug,
                            write_jsonl)
     from .loading import load_causal_lm, load_tokenizer
     from .train import _write_atomic
@@ -265,8 +274,7 @@ def _eval(args) -> int:
                                   chat_template=args.chat_template)
     completions = {}
     for side, name in (("model", args.model), ("baseline", args.baseline)):
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.strip("/"))[-80:]
-        file = out / f"generations-{slug}.jsonl"
+        file = out / f"generations-{slug(name)}.jsonl"
         record = {"model": name, "settings": dataclasses.asdict(settings)}
         cached = read_jsonl(file) if file.exists() else []
         if cached and cached[0] == record and [r["prompt"] for r in cached[1:]] == prompts:
@@ -279,17 +287,17 @@ def _eval(args) -> int:
     outcomes = judge.judge(prompts, list(zip(completions["model"], completions["baseline"])))
     stats = win_rate([o.winner for o in outcomes], completions["model"], completions["baseline"],
                      [o.consistent for o in outcomes])
-    judge_slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", judge.name)[-60:]
-    write_jsonl(out / f"judgments-{judge_slug}.jsonl",
+    label = f"{slug(judge.name, 1)}-vs-{slug(args.baseline)}"
+    write_jsonl(out / f"judgments-{label}.jsonl",
                 [{"prompt": p, "model": a, "baseline": b, "winner": o.winner, "consistent": o.consistent,
                   "detail": o.detail} for p, a, b, o in zip(prompts, completions["model"], completions["baseline"], outcomes)])
     result = {"model": args.model, "baseline": args.baseline, "judge": judge.name, "data": summary,
               "settings": dataclasses.asdict(settings), "stats": stats.to_dict()}
-    _write_atomic(out / f"winrate-{judge_slug}.json", json.dumps(result, indent=2) + "\n")
+    _write_atomic(out / f"winrate-{label}.json", json.dumps(result, indent=2) + "\n")
     lo, hi = stats.interval
     print(f"{args.model} vs {args.baseline} ({judge.name}): {stats.wins}/{stats.ties}/{stats.losses} W/T/L, "
           f"win rate {stats.win_rate:.3f} [{lo:.3f}, {hi:.3f}], sign test p={stats.sign_test_p:.3g} "
-          f"-> {out / f'winrate-{judge_slug}.json'}")
+          f"-> {out / f'winrate-{label}.json'}")
     return 0
 
 
@@ -304,19 +312,31 @@ def _compare(args) -> int:
     return 0
 
 
-COMMANDS = {"inspect": _inspect, "patch": _patch, "eval": _eval, "compare": _compare}
+def _experiment(args) -> int:
+    from . import experiment
+
+    config = experiment.DEMO_RECIPE if args.command == "demo" else args.config
+    return experiment.main(config, args.out)
+
+
+COMMANDS = {"inspect": _inspect, "patch": _patch, "eval": _eval, "compare": _compare, "experiment": _experiment,
+            "demo": _experiment}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # transformers 5 warns on every run that TRL 1.x still sets `gradient_checkpointing`:
+    # library-to-library deprecation noise that a user of this command cannot act on.
+    warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6.*", category=FutureWarning)
     from .loading import ModelLoadError
     from .patch import NoActivationFoundError
 
     from .evaluate import EvaluationError
+    from .experiment import ExperimentError
     from .judges import JudgeError
 
     expected = (ModelLoadError, NoActivationFoundError, FileExistsError, ValueError, TypeError, EvaluationError,
-                JudgeError)
+                JudgeError, ExperimentError)
     if argv and argv[0] in ("sft", "dpo"):  # TRL's parser owns these flags (--help lists them all)
         from . import train
 

@@ -182,6 +182,14 @@ def generate(model, tokenizer, prompts: list, settings: GenerationSettings, desc
     return outputs
 
 
+def slug(name: str, parts: int = 2) -> str:
+    """A file-name-safe label for a model: the last ``parts`` components of its path or hub id."""
+    import re
+
+    tail = "/".join(Path(str(name).rstrip("/")).parts[-parts:])
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", tail)[-80:]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     """Atomic JSONL write."""
     path.parent.mkdir(parents=True, exist_ok=True)

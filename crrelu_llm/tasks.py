@@ -1,6 +1,6 @@
 """Built-in synthetic preference tasks with verifiable answers (offline, deterministic).
 
-- ``arithmetic``: ``"12+7="`` -> ``"19."``; rejected answers are off by a small amount.
+- ``arithmetic``: ``"12+7="`` -> ``"19."``; rejected answers are off by one or two.
 - ``repeat`` (constraint following): ``"Write x 4 times:"`` -> ``"xxxx."``; rejected answers
   miss the count by one or use the wrong letter.
 
@@ -22,9 +22,11 @@ _REPEAT = re.compile(r"^Write ([a-z]) (\d+) times:$")
 
 
 def _arithmetic(rng: random.Random) -> dict:
-    a, b = rng.randint(0, 49), rng.randint(0, 49)
-    wrong = a + b + rng.choice([-2, -1, 1, 2, 10])
-    return {"prompt": f"{a}+{b}=", "chosen": f"{a + b}.", "rejected": f"{max(wrong, 0) if wrong != a + b else wrong + 1}."}
+    a, b = rng.randint(0, 99), rng.randint(0, 99)
+    wrong = a + b + rng.choice([-2, -1, 1, 2])
+    if wrong < 0:
+        wrong = a + b + 1
+    return {"prompt": f"{a}+{b}=", "chosen": f"{a + b}.", "rejected": f"{wrong}."}
 
 
 def _repeat(rng: random.Random) -> dict:

@@ -409,6 +409,30 @@ def _value_sum(p: torch.Tensor) -> float:
     return float(t.detach().double().sum().item()) if t.numel() else 0.0
 
 
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin",
+            "pytorch_model.bin.index.json")
+
+
+def last_complete_checkpoint(output_dir: Path) -> str | None:
+    """The newest ``checkpoint-N`` that has its weights and trainer state. A run killed while
+    writing a checkpoint leaves a partial one: it is renamed ``checkpoint-N.incomplete`` (kept
+    for inspection, ignored by the Trainer) and the one before it is used."""
+    checkpoints = sorted((p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                         key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for checkpoint in checkpoints:
+        if (checkpoint / "trainer_state.json").exists() and any((checkpoint / w).exists() for w in _WEIGHTS):
+            return str(checkpoint)
+        if _is_main_process():
+            aside = checkpoint.with_name(f"{checkpoint.name}.incomplete")
+            logger.warning("%s is incomplete (interrupted while saving): moved to %s", checkpoint, aside.name)
+            if aside.exists():
+                import shutil
+
+                shutil.rmtree(aside)
+            checkpoint.rename(aside)
+    return None
+
+
 def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments, training_args, model_args,
             callbacks=None) -> PreparedRun:
     """Data, tokenizer, model (patched per the recipe), reference and trainer; nothing trained yet."""
@@ -490,14 +514,12 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
 def run(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments, training_args, model_args,
         callbacks=None) -> dict:
     """Prepare, train (resuming from the last checkpoint in output_dir), evaluate, save."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     start = time.time()
     prepared = prepare(command, crrelu_args, data_args, training_args, model_args, callbacks)
     trainer, output_dir = prepared.trainer, prepared.output_dir
     resume = training_args.resume_from_checkpoint
     if resume is None:
-        resume = get_last_checkpoint(str(output_dir))
+        resume = last_complete_checkpoint(output_dir)
         if resume:
             logger.warning("resuming from %s", resume)
     train_result = trainer.train(resume_from_checkpoint=resume)

@@ -12,7 +12,8 @@ import yaml
 from crrelu_llm.train import parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate_configs" not in p.parts)
+RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml")
+                 if "accelerate_configs" not in p.parts and "experiments" not in p.parts)
 PROFILES = sorted((ROOT / "recipes" / "accelerate_configs").glob("*.yaml"))
 
 

@@ -1,0 +1,130 @@
+"""The experiment runner: a reduced demo end to end, skipping of finished stages, resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crrelu_llm.experiment import DEMO_RECIPE, load_experiment
+from crrelu_llm.experiment import main as experiment_main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def reduced_demo(tmp_path: Path, dpo_steps: int = 12, save_steps: int = 6) -> Path:
+    """The embedded demo recipe with everything made small (a minute or two on 2 CPU cores)."""
+    recipe = yaml.safe_load(DEMO_RECIPE.read_text())
+    recipe["task"].update(n_train=300, n_test=40)
+    recipe["pretrain"]["config"].update(n_layer=2, n_embd=32, n_inner=64)
+    recipe["pretrain"]["train"].update(max_steps=40, per_device_train_batch_size=32, save_steps=20, logging_steps=10)
+    recipe["sft"].update(max_steps=6, save_steps=3, logging_steps=2)
+    recipe["dpo"].update(max_steps=dpo_steps, save_steps=save_steps, logging_steps=2)
+    recipe["evaluations"]["rewards"].update(max_samples=40)
+    recipe["evaluations"]["winrate"].update(num_prompts=40)
+    recipe["evaluations"]["drift"].update(max_samples=20)
+    path = tmp_path / "demo_small.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    out = tmp / "out"
+    assert experiment_main(reduced_demo(tmp), str(out)) == 0
+    return tmp, out
+
+
+def test_reduced_demo_runs_every_stage_and_reports(demo_run, capsys):
+    _, out = demo_run
+    summary = json.loads((out / "summary.json").read_text())
+    ran = {s["stage"] for s in summary["stages"] if s["status"] == "ran"}
+    assert {"data", "init", "original", "gelu/sft", "crrelu/sft", "relu/sft", "crrelu/patched drift"} <= ran
+    assert {r["arm"] for r in summary["rows"]} == {"gelu", "crrelu", "relu"}
+    for row in summary["rows"]:
+        lo, hi = row["winrate_vs-sft"]["interval"]
+        assert lo <= row["winrate_vs-sft"]["win_rate"] <= hi
+        if row["arm"] != "gelu":
+            assert "winrate_vs-gelu" in row and row["kl_step0"] > 0
+    crrelu = next(r for r in summary["rows"] if r["arm"] == "crrelu")
+    assert crrelu["epsilon_range"] is not None
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert set(report["arms"]) == {"gelu", "crrelu", "relu"}
+    assert set(report["plots"]) == {"training_curves.png", "epsilon.png", "reward_accuracy.png", "win_rates.png"}
+    assert len(report["arms"]["crrelu"]["rewards"]["per_beta"]) == 3
+    assert len(report["arms"]["crrelu"]["win_rates"]) == 2  # vs its own SFT start and vs the GELU arm
+    md = (out / "report" / "report.md").read_text()
+    assert "Reward accuracy per beta: crrelu" in md and "crrelu vs " in md and "![win_rates.png]" in md
+    # the data are ordinary preference files
+    first = json.loads((out / "data" / "train.jsonl").read_text().splitlines()[0])
+    assert set(first) == {"prompt", "chosen", "rejected"}
+
+
+def test_running_again_skips_every_finished_stage(demo_run, capsys):
+    tmp, out = demo_run
+    assert experiment_main(reduced_demo(tmp), str(out)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stages"] and all(s["status"] == "skipped" for s in summary["stages"])
+    assert "DPO vs own SFT" in capsys.readouterr().out
+
+
+def test_killed_experiment_resumes_mid_stage(tmp_path):
+    recipe = reduced_demo(tmp_path, dpo_steps=40, save_steps=4)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "crrelu_llm.cli", "experiment", "--config", str(recipe), "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first_dpo = out / "crrelu" / "dpo-beta0.5-seed0"
+    deadline = time.time() + 400
+    try:
+        while not list(first_dpo.glob("checkpoint-*/trainer_state.json")):
+            assert proc.poll() is None, "the experiment ended before it could be interrupted"
+            assert time.time() < deadline, "no DPO checkpoint appeared"
+            time.sleep(0.5)
+        time.sleep(1.0)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (first_dpo / "final_metrics.json").exists()
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stderr and str(first_dpo) in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    status = {s["stage"]: s["status"] for s in summary["stages"]}
+    assert status["original"] == "skipped" and status["crrelu/sft"] == "skipped"
+    assert status["crrelu/dpo beta=0.5 seed=0"] == "ran"
+    assert json.loads((first_dpo / "trainer_state.json").read_text())["global_step"] == 40
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"arms": {"gelu": {"activation": None}, "crrelu": {"activaton": "crrelu"}}}, "unknown key 'activaton'"),
+        ({"betaz": [0.1]}, "unknown key 'betaz'; did you mean 'betas'"),
+        ({"dataset_name": "x"}, "exactly one of 'task'"),
+        ({"baseline_arm": "silu"}, "baseline_arm 'silu' is not one of the arms"),
+        ({"dpo": {"max_prompt_length": 10}}, "removed from TRL"),
+    ],
+)
+def test_bad_experiment_recipes_fail_before_anything_runs(tmp_path, change, message):
+    recipe = yaml.safe_load(DEMO_RECIPE.read_text())
+    recipe.update(change)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(ValueError, match=message):  # ExperimentError, or RecipeError for a stage's keys
+        load_experiment(path)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["paper_gpt2_hh", "paper_gpt2_shp"])
+def test_shipped_paper_experiments_parse(name):
+    exp = load_experiment(ROOT / "recipes" / "experiments" / f"{name}.yaml")
+    assert set(exp.arms) == {"gelu", "crrelu", "relu"} and exp.seeds == [0, 1, 2] and len(exp.betas) == 4
+    assert exp.original == "openai-community/gpt2-large" and exp.launcher.startswith("accelerate launch")
+    assert exp.evaluations["winrate"]["judge"].startswith("reward-model:")
