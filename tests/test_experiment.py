@@ -75,7 +75,7 @@ def test_running_again_skips_every_finished_stage(demo_run, capsys):
 
 
 def test_killed_experiment_resumes_mid_stage(tmp_path):
-    recipe = reduced_demo(tmp_path, dpo_steps=40, save_steps=4)
+    recipe = reduced_demo(tmp_path, dpo_steps=200, save_steps=10)  # long enough to be killed mid-way
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "crrelu_llm.cli", "experiment", "--config", str(recipe), "--out", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -86,8 +86,7 @@ def test_killed_experiment_resumes_mid_stage(tmp_path):
         while not list(first_dpo.glob("checkpoint-*/trainer_state.json")):
             assert proc.poll() is None, "the experiment ended before it could be interrupted"
             assert time.time() < deadline, "no DPO checkpoint appeared"
-            time.sleep(0.5)
-        time.sleep(1.0)
+            time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -99,7 +98,7 @@ def test_killed_experiment_resumes_mid_stage(tmp_path):
     status = {s["stage"]: s["status"] for s in summary["stages"]}
     assert status["original"] == "skipped" and status["crrelu/sft"] == "skipped"
     assert status["crrelu/dpo beta=0.5 seed=0"] == "ran"
-    assert json.loads((first_dpo / "trainer_state.json").read_text())["global_step"] == 40
+    assert json.loads((first_dpo / "trainer_state.json").read_text())["global_step"] == 200
 
 
 @pytest.mark.parametrize(
