@@ -34,21 +34,15 @@ from torch import nn
 import crrelu_llm
 from crrelu_llm import kernels
 from crrelu_llm.activation import crrelu_reference
+from crrelu_llm.memory import count_saved_bytes
 
 WIDTHS = {"gpt2-small": 3072, "gpt2-medium": 4096, "gpt2-large": 5120}
 
 
 def saved_bytes(fn, x: torch.Tensor) -> int:
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with count_saved_bytes() as saved:
         fn(x)
-    return total
+    return saved["bytes"]
 
 
 def variants(device: str, include_compiled: bool) -> dict[str, tuple[object, str]]:

@@ -103,17 +103,12 @@ def memory_of_step(trainer, batch, device: str) -> int:
         torch.cuda.reset_peak_memory_stats()
         step(trainer, batch, device)
         return torch.cuda.max_memory_allocated()
-    total = 0
+    from crrelu_llm.memory import count_saved_bytes
 
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with count_saved_bytes() as saved:
         trainer.training_step(trainer.model, batch)
     trainer.optimizer.zero_grad(set_to_none=True)
-    return total
+    return saved["bytes"]
 
 
 def main() -> None:

@@ -6,21 +6,15 @@ from transformers.activations import ACT2FN
 
 from crrelu_llm import CRReLU, CRReLUFunction, crrelu
 from crrelu_llm.activation import crrelu_reference
+from crrelu_llm.memory import count_saved_bytes
 from crrelu_llm.tiny import tiny_config
 
 
 def _saved_bytes(fn, x):
     """Bytes autograd keeps for backward while running ``fn(x)``."""
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with count_saved_bytes() as saved:
         fn(x)
-    return total
+    return saved["bytes"]
 
 
 def test_forward_is_the_formula_everywhere():

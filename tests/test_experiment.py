@@ -127,3 +127,24 @@ def test_shipped_paper_experiments_parse(name):
     assert set(exp.arms) == {"gelu", "crrelu", "relu"} and exp.seeds == [0, 1, 2] and len(exp.betas) == 4
     assert exp.original == "openai-community/gpt2-large" and exp.launcher.startswith("accelerate launch")
     assert exp.evaluations["winrate"]["judge"].startswith("reward-model:")
+
+
+def test_training_stages_run_under_the_recipes_launcher(tmp_path):
+    """`launcher:` makes every training stage a subprocess of accelerate launch."""
+    recipe = yaml.safe_load(reduced_demo(tmp_path).read_text())
+    recipe["launcher"] = f"{sys.executable} -m accelerate.commands.launch --num_processes 1 --num_machines 1 " \
+                         "--mixed_precision no --dynamo_backend no"
+    recipe["arms"] = {"gelu": {"activation": None}, "crrelu": {"activation": "crrelu"}}
+    recipe["evaluations"] = {"rewards": {"betas": [0.5], "max_samples": 20, "max_length": 32}}
+    path = tmp_path / "launched.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "out"
+    assert experiment_main(path, str(out)) == 0
+    for stage in ("original", "gelu/sft", "crrelu/sft", "crrelu/dpo-beta0.5-seed0"):
+        run_dir = out / stage
+        assert (run_dir / "final_metrics.json").exists(), stage
+        written = yaml.safe_load(next(run_dir.glob("*_stage.yaml")).read_text())
+        assert written["output_dir"] == str(run_dir)
+        consistency = json.loads((run_dir / "rank_consistency.json").read_text())
+        assert len(consistency["ranks"]) == 1
+    assert (out / "crrelu" / "dpo-beta0.5-seed0" / "eval" / "rewards.json").exists()
