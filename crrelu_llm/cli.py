@@ -265,9 +265,9 @@ def _eval(args) -> int:
     from .judges import make_judge
     from .stats import win_rate
 
-    data, summary = _eval_data(args, args.num_prompts)
     out = _eval_out(args, args.model)
-    judge = make_judge(args.judge, cache_dir=out)  # a bad judge spec fails before any generation
+    judge = make_judge(args.judge, cache_dir=out)  # a bad judge spec fails before data or generation
+    data, summary = _eval_data(args, args.num_prompts)
     prompts = list(data["prompt"])
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
                                   top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
