@@ -42,9 +42,9 @@ def _build(make_config):
 def architecture_coverage(model_types: list[str] | None = None) -> list[ArchitectureOutcome]:
     outcomes = []
     for model_type in sorted(model_types or MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
-        model, err = _build(lambda: CONFIG_MAPPING[model_type]())
+        model, err = _build(lambda mt=model_type: CONFIG_MAPPING[mt]())
         if model is None:  # some default configs are incomplete; the tiny one fills in sizes
-            model, err = _build(lambda: tiny_config(model_type))
+            model, err = _build(lambda mt=model_type: tiny_config(mt))
         if model is None:
             outcomes.append(ArchitectureOutcome(model_type, "build-failed", 0, [], f"{type(err).__name__}: {err}"[:200]))
             continue

@@ -222,7 +222,7 @@ def run_experiment(exp: Experiment) -> dict:
         if "rewards" in evals:
             r = evals["rewards"]
             _stage(f"{arm}/rewards beta={beta:g} seed={seed}", out / "eval" / "rewards.json",
-                   lambda o=out, a=arm: _cli(["eval", "rewards", "--model", str(o), "--reference", str(sft_dirs[a]),
+                   lambda o=out, a=arm, r=r: _cli(["eval", "rewards", "--model", str(o), "--reference", str(sft_dirs[a]),
                                               "--data", data, "--beta", *[str(b) for b in r.get("betas", exp.betas)],
                                               "--max-samples", str(r.get("max_samples", 500)),
                                               "--max-length", str(r.get("max_length", 1024))]), exp._log)

@@ -12,6 +12,7 @@ before the weights (and the learned ``epsilon`` values) are loaded.
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import re
 from collections import Counter
@@ -274,7 +275,7 @@ def _placement(root: nn.Module, path: str) -> tuple[torch.device, torch.dtype]:
     """Device and float dtype of the parameters next to ``path`` (for the new module)."""
     parent_path = path.rpartition(".")[0]
     parent = root.get_submodule(parent_path) if parent_path else root
-    for p in list(parent.parameters()) + list(root.parameters()):
+    for p in itertools.chain(parent.parameters(), root.parameters()):
         if p.is_floating_point():
             return p.device, p.dtype
     return torch.device("cpu"), torch.get_default_dtype()

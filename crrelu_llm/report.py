@@ -149,7 +149,7 @@ def _plots(arms: dict[str, list[Run]], out: Path) -> list[str]:
             for name in run.winrates]
     if bars:
         fig, ax = plt.subplots(figsize=(7, 0.6 * len(bars) + 1.2))
-        for i, (name, w) in enumerate(bars):
+        for i, (_, w) in enumerate(bars):
             lo, hi = w["stats"]["interval"]
             ax.barh(i, w["stats"]["win_rate"], xerr=[[w["stats"]["win_rate"] - lo], [hi - w["stats"]["win_rate"]]],
                     capsize=4, color="C0")

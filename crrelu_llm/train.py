@@ -40,7 +40,6 @@ from .data import DataArguments
 
 logger = logging.getLogger("crrelu_llm.train")
 
-REFERENCE_CHOICES = ("policy", "original")
 EPSILON_MODES = ("train", "freeze", "only")
 
 # Keys TRL or transformers have removed and what to do instead.

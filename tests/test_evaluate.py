@@ -4,7 +4,6 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ import crrelu_llm
 from crrelu_llm.cli import main as cli_main
 from crrelu_llm.evaluate import (EvaluationError, GenerationSettings, drift, generate, preference_logps,
                                  reward_metrics)
-from crrelu_llm.judges import JudgeError, PairwiseLLMJudge, RewardModelJudge, RuleBasedJudge, make_judge
+from crrelu_llm.judges import JudgeError, PairwiseLLMJudge, RewardModelJudge, make_judge
 from crrelu_llm.stats import paired_permutation_test, sign_test, wilson_interval, win_rate
 from crrelu_llm.tasks import generate_task_data, score_arithmetic, score_repeat, write_task_files
 from crrelu_llm.tiny import tiny_causal_lm, tiny_tokenizer
