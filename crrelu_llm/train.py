@@ -269,6 +269,38 @@ class EpsilonTrainingMixin:
         return super().log(logs, *args, **kwargs)
 
 
+def fsdp2_share_epsilons(plugin, model) -> list:
+    """Make an FSDP2 plugin leave the CRReLU epsilons unsharded, and keep them in sync.
+
+    ``fully_shard`` refuses 0-dim parameters ("doesn't support scalar parameters"), and the
+    epsilons are 0-dim. They are tiny, so they stay whole on every rank: the CRReLU modules go
+    into the plugin's ``ignored_modules``, and since FSDP then does not reduce their gradients, a
+    hook averages each epsilon's gradient over the ranks (the same data-parallel mean FSDP takes).
+    Returns the CRReLU modules it added."""
+    from .activation import CRReLU
+
+    if plugin is None or getattr(plugin, "fsdp_version", 1) != 2:
+        return []
+    modules = [m for m in model.modules() if isinstance(m, CRReLU)]
+    if not modules:
+        return []
+    existing = plugin.ignored_modules
+    if isinstance(existing, str):  # accelerate's regex form: resolve it to modules
+        existing = [m for n, m in model.named_modules() if re.fullmatch(existing, n)]
+    plugin.ignored_modules = list(existing or []) + [m for m in modules if m not in (existing or [])]
+    for module in modules:
+        module.epsilon.register_post_accumulate_grad_hook(_average_over_ranks)
+    return modules
+
+
+def _average_over_ranks(param: torch.Tensor) -> None:
+    import torch.distributed as dist
+
+    if param.grad is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+        param.grad.div_(dist.get_world_size())
+
+
 def _trainer_class(command: str):
     from trl import DPOTrainer, SFTTrainer
 
@@ -498,6 +530,10 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
     trainer = trainer_cls(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
                           processing_class=tokenizer, callbacks=[RankConsistencyCallback(output_dir), *(callbacks or [])],
                           **trainer_kwargs)
+    if trainer.is_fsdp_enabled:  # before train() prepares (shards) the model
+        shared = fsdp2_share_epsilons(trainer.accelerator.state.fsdp_plugin, trainer.model)
+        if shared:
+            logger.info("FSDP2: %d CRReLU epsilons kept unsharded, gradients averaged over ranks", len(shared))
 
     if _is_main_process():
         recipe = {**dataclasses.asdict(crrelu_args), **dataclasses.asdict(data_args),

@@ -1,0 +1,46 @@
+"""Run by tests/test_fsdp2.py under torchrun: FSDP2 over gloo with the CRReLU epsilons shared."""
+import json
+import sys
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+
+import crrelu_llm
+from crrelu_llm.tiny import tiny_causal_lm
+from crrelu_llm.train import fsdp2_share_epsilons
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+mesh = init_device_mesh("cpu", (world,))
+model = tiny_causal_lm("gpt2")
+crrelu_llm.patch_model(model)
+plugin = SimpleNamespace(fsdp_version=2, ignored_modules=None)
+share = sys.argv[2] == "share"
+if share:
+    fsdp2_share_epsilons(plugin, model)
+    ignored = {p for m in plugin.ignored_modules for p in m.parameters()}
+else:
+    ignored = None
+try:
+    for block in model.transformer.h:
+        fully_shard(block, mesh=mesh, ignored_params=ignored)
+    fully_shard(model, mesh=mesh, ignored_params=ignored)
+except ValueError as err:
+    if rank == 0:
+        json.dump({"error": str(err)}, open(sys.argv[1], "w"))
+    sys.exit(0)
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+tokens = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(rank))  # different data per rank
+for _ in range(3):
+    model(tokens, labels=tokens).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+values = [m.epsilon.item() for m in model.modules() if isinstance(m, crrelu_llm.CRReLU)]
+gathered = [None] * world
+dist.all_gather_object(gathered, values)
+if rank == 0:
+    json.dump({"ranks": gathered}, open(sys.argv[1], "w"))
+dist.destroy_process_group()

@@ -1,0 +1,45 @@
+"""FSDP2 refuses 0-dim parameters; crrelu-llm keeps the epsilons whole and averages their gradients."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import crrelu_llm
+from crrelu_llm.tiny import tiny_causal_lm
+from crrelu_llm.train import fsdp2_share_epsilons
+
+WORKER = Path(__file__).with_name("fsdp2_epsilon_worker.py")
+
+
+def _torchrun(tmp_path, mode):
+    out = tmp_path / f"{mode}.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(WORKER), str(out), mode]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_fsdp2_refuses_the_0_dim_epsilon_unless_it_is_shared(tmp_path):
+    plain = _torchrun(tmp_path, "plain")
+    assert "scalar parameters" in plain["error"]
+    shared = _torchrun(tmp_path, "share")
+    first, second = shared["ranks"]
+    assert first == second  # ranks saw different data, yet hold the same epsilons
+    assert all(v != pytest.approx(0.01) for v in first)
+
+
+def test_plugin_gets_the_crrelu_modules_added_to_its_ignored_modules():
+    model = tiny_causal_lm("gpt2")
+    crrelu_llm.patch_model(model)
+    plugin = SimpleNamespace(fsdp_version=2, ignored_modules="lm_head")
+    added = fsdp2_share_epsilons(plugin, model)
+    assert len(added) == 2 and plugin.ignored_modules[0] is model.lm_head
+    assert all(isinstance(m, crrelu_llm.CRReLU) for m in plugin.ignored_modules[1:])
+    fsdp1 = SimpleNamespace(fsdp_version=1, ignored_modules=None)
+    assert fsdp2_share_epsilons(fsdp1, model) == [] and fsdp1.ignored_modules is None
