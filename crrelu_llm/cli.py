@@ -230,7 +230,7 @@ def _eval(args) -> int:
     from .evaluate import (GenerationSettings, drift, generate, preference_logps, read_jsonl, reward_metrics, slug,
                            write_jsonl)
     from .loading import load_causal_lm, load_tokenizer
-    from .train import _write_atomic
+    from .files import write_text_atomic as _write_atomic
 
     if args.eval_command == "rewards":
         tokenizer = _same_tokenizer(args.model, args.reference)

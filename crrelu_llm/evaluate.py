@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .files import write_text_atomic
 from .stats import bootstrap_interval
 
 logger = logging.getLogger(__name__)
@@ -192,12 +193,7 @@ def slug(name: str, parts: int = 2) -> str:
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     """Atomic JSONL write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import yaml
 
+from .files import write_text_atomic
+
 logger = logging.getLogger("crrelu_llm.experiment")
 
 DEMO_RECIPE = Path(__file__).with_name("demo.yaml")
@@ -59,6 +61,7 @@ class Experiment:
     pretrain: dict | None = None
     launcher: str | None = None
     baseline_arm: str = "gelu"
+    stage_log: list[dict] = field(default_factory=list)  # what ran and what was skipped, for summary.json
 
 
 def load_experiment(path: str | Path, output_dir: str | None = None, overrides: dict | None = None) -> Experiment:
@@ -155,7 +158,7 @@ def _prepare_data(exp: Experiment) -> str:
         task = dict(exp.task)
         write_task_files(task.pop("name"), data, task.pop("n_train"), task.pop("n_test"), task.pop("seed", 0))
 
-    _stage("data", data / "test.jsonl", make, exp._log)
+    _stage("data", data / "test.jsonl", make, exp.stage_log)
     return str(data)
 
 
@@ -172,9 +175,9 @@ def _prepare_original(exp: Experiment, data: str) -> str:
         model.save_pretrained(init)
         tiny_tokenizer().save_pretrained(init)
 
-    _stage("init", init / "config.json", build, exp._log)
+    _stage("init", init / "config.json", build, exp.stage_log)
     keys = {"model_name_or_path": str(init), "dataset_name": data, "activation": None, **exp.pretrain.get("train", {})}
-    _stage("original", original / "final_metrics.json", lambda: _train(exp, "sft", keys, original), exp._log)
+    _stage("original", original / "final_metrics.json", lambda: _train(exp, "sft", keys, original), exp.stage_log)
     return str(original)
 
 
@@ -186,7 +189,7 @@ def _stage_dirs(exp: Experiment):
 
 
 def run_experiment(exp: Experiment) -> dict:
-    exp._log = []
+    exp.stage_log = []
     exp.output_dir.mkdir(parents=True, exist_ok=True)
     data = _prepare_data(exp)
     original = _prepare_original(exp, data)
@@ -200,14 +203,14 @@ def run_experiment(exp: Experiment) -> dict:
             _stage(f"{arm}/patched", patched / "patch_report.json",
                    lambda a=arm_keys, p=patched: _cli(["patch", original, "--out", str(p), "--activation",
                                                        a["activation"], "--epsilon-init",
-                                                       str(a.get("epsilon_init", 0.01)), "--overwrite"]), exp._log)
+                                                       str(a.get("epsilon_init", 0.01)), "--overwrite"]), exp.stage_log)
             _stage(f"{arm}/patched drift", patched / "eval" / "drift.json",
                    lambda p=patched: _cli(["eval", "drift", "--model", str(p), "--original", original, "--data", data,
-                                           "--max-samples", str(evals["drift"].get("max_samples", 200))]), exp._log)
+                                           "--max-samples", str(evals["drift"].get("max_samples", 200))]), exp.stage_log)
         if exp.sft is not None:
             sft = exp.output_dir / arm / "sft"
             keys = {**common, **exp.sft, **arm_keys, "model_name_or_path": original}
-            _stage(f"{arm}/sft", sft / "final_metrics.json", lambda k=keys, d=sft: _train(exp, "sft", k, d), exp._log)
+            _stage(f"{arm}/sft", sft / "final_metrics.json", lambda k=keys, d=sft: _train(exp, "sft", k, d), exp.stage_log)
             sft_dirs[arm] = sft
         else:
             sft_dirs[arm] = Path(original)
@@ -215,7 +218,7 @@ def run_experiment(exp: Experiment) -> dict:
         keys = {**common, **exp.dpo, **exp.arms[arm], "model_name_or_path": str(sft_dirs[arm]), "beta": beta,
                 "seed": seed, "reference": "policy"}
         _stage(f"{arm}/dpo beta={beta:g} seed={seed}", out / "final_metrics.json",
-               lambda k=keys, d=out: _train(exp, "dpo", k, d), exp._log)
+               lambda k=keys, d=out: _train(exp, "dpo", k, d), exp.stage_log)
     dpo_runs = []
     for arm, beta, seed, out in _stage_dirs(exp):
         dpo_runs.append(out)
@@ -225,7 +228,7 @@ def run_experiment(exp: Experiment) -> dict:
                    lambda o=out, a=arm, r=r: _cli(["eval", "rewards", "--model", str(o), "--reference", str(sft_dirs[a]),
                                               "--data", data, "--beta", *[str(b) for b in r.get("betas", exp.betas)],
                                               "--max-samples", str(r.get("max_samples", 500)),
-                                              "--max-length", str(r.get("max_length", 1024))]), exp._log)
+                                              "--max-length", str(r.get("max_length", 1024))]), exp.stage_log)
         if "winrate" in evals:
             w = evals["winrate"]
             flags = ["--data", data, "--judge", w["judge"], "--num-prompts", str(w.get("num_prompts", 200)),
@@ -237,11 +240,11 @@ def run_experiment(exp: Experiment) -> dict:
                 _stage(f"{arm}/winrate {out.name} vs {baseline.parent.name}/{baseline.name}",
                        winrate_file(out, w["judge"], baseline),
                        lambda o=out, b=baseline, f=flags: _cli(["eval", "winrate", "--model", str(o), "--baseline",
-                                                                str(b), *f]), exp._log)
+                                                                str(b), *f]), exp.stage_log)
     report_dir = exp.output_dir / "report"
     _cli(["compare", *[f"{run.parent.name}={run}" for run in dpo_runs], "--out", str(report_dir)])
     summary = summarise(exp, dpo_runs, sft_dirs)
-    (exp.output_dir / "summary.json").write_text(json.dumps({"stages": exp._log, **summary}, indent=2) + "\n")
+    write_text_atomic(exp.output_dir / "summary.json", json.dumps({"stages": exp.stage_log, **summary}, indent=2) + "\n")
     return summary
 
 

@@ -12,12 +12,12 @@ name with a trailing ``-seed<N>`` removed, so ``gelu-seed0 gelu-seed1`` form one
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .files import write_text_atomic
 from .stats import paired_permutation_test
 
 TRAIN_CURVES = ("loss", "rewards/accuracies", "rewards/margins")
@@ -209,15 +209,9 @@ def compare(specs: list[str], out: Path) -> dict:
                                      "pairs": len(a), "p_value": paired_permutation_test(accs_a, accs_b),
                                      "test": "exact sign-flip permutation over seeds"}
     report["plots"] = _plots(arms, out)
-    _write(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
-    _write(out / "report.md", _markdown(report))
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_text_atomic(out / "report.md", _markdown(report))
     return report
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _fmt(value) -> str:

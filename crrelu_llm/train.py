@@ -37,6 +37,7 @@ import yaml
 from transformers import TrainerCallback
 
 from .data import DataArguments
+from .files import write_text_atomic as _write_atomic
 
 logger = logging.getLogger("crrelu_llm.train")
 
@@ -309,12 +310,6 @@ def _trainer_class(command: str):
 
 
 # --------------------------------------------------------------------------- the run
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _is_main_process() -> bool:
