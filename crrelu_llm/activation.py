@@ -41,6 +41,8 @@ class CRReLUFunction(torch.autograd.Function):
         x, eps = ctx.saved_tensors
         need_x, need_eps = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_x, grad_eps = kernels.crrelu_backward(grad_output, x, eps, need_x, need_eps)
+        if grad_eps is not None:
+            grad_eps = grad_eps.reshape(eps.shape)  # (1,) under DeepSpeed, see CRReLU
         return grad_x, grad_eps
 
 
@@ -59,8 +61,24 @@ def crrelu_reference(x: torch.Tensor, eps: torch.Tensor | float) -> torch.Tensor
     return torch.relu(x) + eps * x * torch.exp(-(x**2) / 2)
 
 
+def _deepspeed_zero3() -> bool:
+    """True in a process that trains with DeepSpeed ZeRO-3, where modules are built inside
+    ``deepspeed.zero.Init`` and their parameters are broadcast as bytes at once, which a 0-dim
+    tensor cannot do ("self.dim() cannot be 0 to view Float as Byte")."""
+    try:
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    return is_deepspeed_zero3_enabled()
+
+
 class CRReLU(nn.Module):
     """``relu(x) + eps * x * exp(-x**2 / 2)`` with a learnable 0-dim parameter ``epsilon``.
+
+    Under DeepSpeed the parameter is held with shape ``(1,)`` instead, since DeepSpeed cannot
+    broadcast 0-dim parameters: built so under ZeRO-3, converted by :meth:`use_vector_epsilon`
+    otherwise. Whatever the shape in memory, ``state_dict()`` and checkpoints hold a 0-dim
+    ``epsilon``, and either shape loads.
 
     Args:
         epsilon_init: initial value of ``epsilon`` (the paper uses 0.01).
@@ -72,7 +90,24 @@ class CRReLU(nn.Module):
         if epsilon_init != epsilon_init or epsilon_init in (float("inf"), float("-inf")):
             raise ValueError(f"CRReLU: epsilon_init must be a finite number, got {epsilon_init}")
         self.epsilon_init = epsilon_init
-        self.epsilon = nn.Parameter(torch.tensor(epsilon_init))
+        shape = (1,) if _deepspeed_zero3() else ()
+        self.epsilon = nn.Parameter(torch.full(shape, epsilon_init))
+        self._register_state_dict_hook(_scalar_epsilon_in_state_dict)
+
+    def use_vector_epsilon(self) -> None:
+        """Hold ``epsilon`` with shape ``(1,)`` (same value, new Parameter) for DeepSpeed. Call
+        before the optimizer is built."""
+        if self.epsilon.dim() == 0:
+            self.epsilon = nn.Parameter(self.epsilon.detach().reshape(1).clone(),
+                                        requires_grad=self.epsilon.requires_grad)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "epsilon"
+        value = state_dict.get(key)
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and value.shape != self.epsilon.shape \
+                and self.epsilon.numel() == 1:
+            state_dict[key] = value.reshape(self.epsilon.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return CRReLUFunction.apply(x, self.epsilon)
@@ -82,6 +117,14 @@ class CRReLU(nn.Module):
             self.epsilon.fill_(self.epsilon_init)
 
     def extra_repr(self) -> str:
-        if self.epsilon.is_meta:
+        if self.epsilon.is_meta or self.epsilon.numel() != 1:  # meta, or partitioned by ZeRO-3
             return f"epsilon_init={self.epsilon_init}"
         return f"epsilon={self.epsilon.item():.6g}"
+
+
+def _scalar_epsilon_in_state_dict(module, state_dict, prefix, local_metadata):
+    key = prefix + "epsilon"
+    value = state_dict.get(key)
+    if isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() == 1:
+        state_dict[key] = value.reshape(())
+    return state_dict

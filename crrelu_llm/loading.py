@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from .patch import epsilon_parameters, verify_patch
+from .patch import epsilon_parameters, epsilon_tensor, verify_patch
 from .tiny import TINY_MODEL_PREFIX, tiny_causal_lm, tiny_config
 
 
@@ -99,10 +99,11 @@ def check_stored_epsilons(model: torch.nn.Module, checkpoint_dir: Path) -> None:
     for name, param in epsilon_parameters(model).items():
         if name not in stored:
             continue
-        expected = stored[name].to(param.dtype)
-        if not torch.equal(param.detach().cpu(), expected):
+        expected = stored[name].to(param.dtype).reshape(())
+        loaded = epsilon_tensor(param).cpu()
+        if not torch.equal(loaded, expected):
             raise RuntimeError(
-                f"{name} loaded as {param.item()!r} but {checkpoint_dir} stores {stored[name].item()!r}: "
+                f"{name} loaded as {loaded.item()!r} but {checkpoint_dir} stores {stored[name].item()!r}: "
                 "the checkpoint was not loaded faithfully (was crrelu_llm imported before loading?)"
             )
 

@@ -458,13 +458,40 @@ def verify_patch(model: nn.Module) -> None:
 
 def epsilon_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """``{parameter name: parameter}`` for every CRReLU ``epsilon`` (names as in ``named_parameters``)."""
-    return {name: p for name, p in model.named_parameters() if name.endswith(".epsilon") and p.dim() == 0}
+    return {f"{path}.epsilon" if path else "epsilon": module.epsilon
+            for path, module in model.named_modules() if isinstance(module, CRReLU)}
+
+
+def use_vector_epsilons(model: nn.Module) -> int:
+    """Hold every CRReLU ``epsilon`` with shape ``(1,)``, for DeepSpeed (which cannot broadcast
+    0-dim parameters). Values, ``state_dict()`` and checkpoints are unchanged. Returns how many
+    were converted. Call before the optimizer is built."""
+    converted = 0
+    for module in model.modules():
+        if isinstance(module, CRReLU) and module.epsilon.dim() == 0:
+            module.use_vector_epsilon()
+            converted += 1
+    return converted
+
+
+def epsilon_tensor(param: torch.Tensor) -> torch.Tensor:
+    """A CRReLU ``epsilon`` as a detached 0-dim tensor, however it is held: plain (0-dim, or
+    ``(1,)`` under DeepSpeed), an FSDP2 DTensor, or partitioned by DeepSpeed ZeRO-3 (gathered;
+    a collective, so every rank must call it)."""
+    full = getattr(param, "full_tensor", None)  # FSDP2 DTensor
+    t = full() if callable(full) else param
+    if t.numel() == 0 and hasattr(param, "ds_id"):  # ZeRO-3 partitioned
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([param]):
+            return param.detach().clone().reshape(())
+    return t.detach().reshape(())
 
 
 def epsilon_values(model: nn.Module) -> dict[str, float]:
     """Current ``epsilon`` of every CRReLU module, keyed by module path."""
     return {
-        path: module.epsilon.detach().float().item()
+        path: epsilon_tensor(module.epsilon).float().item()
         for path, module in model.named_modules()
         if isinstance(module, CRReLU)
     }

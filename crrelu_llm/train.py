@@ -217,14 +217,9 @@ def _active_epsilons(model) -> dict[str, torch.nn.Parameter]:
 
 
 def _value(p: torch.Tensor) -> float:
-    full = getattr(p, "full_tensor", None)  # FSDP2 DTensor
-    t = full() if callable(full) else p
-    if t.numel() == 0:  # DeepSpeed ZeRO-3 partitioned
-        import deepspeed
+    from .patch import epsilon_tensor
 
-        with deepspeed.zero.GatheredParameters([p]):
-            return float(p.detach().float().item())
-    return float(t.detach().float().item())
+    return float(epsilon_tensor(p).float().item())
 
 
 def epsilon_logs(model) -> dict[str, float]:
@@ -268,6 +263,17 @@ class EpsilonTrainingMixin:
     def log(self, logs: dict, *args, **kwargs):
         logs.update(epsilon_logs(self.model))
         return super().log(logs, *args, **kwargs)
+
+    def _save(self, output_dir=None, state_dict=None):
+        # A ZeRO-3 consolidated state dict is built from the parameters themselves, where the
+        # epsilons are (1,)-shaped (see CRReLU): store them 0-dim like every other checkpoint.
+        if state_dict:
+            from .patch import epsilon_parameters
+
+            names = set(epsilon_parameters(self.model))
+            state_dict = {k: (v.reshape(()) if k in names and v.dim() == 1 and v.numel() == 1 else v)
+                          for k, v in state_dict.items()}
+        return super()._save(output_dir, state_dict=state_dict)
 
 
 def fsdp2_share_epsilons(plugin, model) -> list:
@@ -322,12 +328,14 @@ def _activation_summary(model) -> dict[str, int]:
     return dict(Counter(s.module_type for s in find_activations(model) if s.feed_forward))
 
 
-def build_reference(choice: str, policy, original, model_args, crrelu_args):
-    """The DPO reference: a frozen model, and a description for the run's outputs."""
+def build_reference(choice: str, policy_copy, original, model_args):
+    """The DPO reference: a frozen model, and a description for the run's outputs.
+    ``policy_copy()`` makes a copy of the patched policy as it is at the start of DPO;
+    ``original`` is the unpatched model (needed for ``choice == "original"``)."""
     from .loading import load_causal_lm
 
     if choice == "policy":
-        ref, source = copy.deepcopy(policy), "the patched policy as it is at the start of DPO"
+        ref, source = policy_copy(), "the patched policy as it is at the start of DPO"
     elif choice == "original":
         ref, source = original, f"the unpatched original ({model_args.model_name_or_path})"
     else:
@@ -338,6 +346,30 @@ def build_reference(choice: str, policy, original, model_args, crrelu_args):
         source = f"the checkpoint at {choice}"
     ref.eval().requires_grad_(False)
     return ref, {"reference": choice, "source": source, "activations": _activation_summary(ref)}
+
+
+def _deepspeed_zero3() -> bool:
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled()
+
+
+def apply_recipe_patch(model, crrelu_args, source: str) -> dict | None:
+    """Patch ``model`` as the recipe says; the patch report (None for the unpatched baseline)."""
+    from .patch import patch_model, patch_record
+
+    if crrelu_args.activation is None:
+        return None
+    if _already_patched(model, crrelu_args.activation):
+        # e.g. DPO starting from an SFT checkpoint of this project: re-patching would reset the
+        # epsilons it learned, so keep them and say so.
+        record = patch_record(model)
+        logger.warning("%s is already patched with %s (%d modules): keeping its modules and trained epsilons",
+                       source, crrelu_args.activation, len(record["modules"]))
+        return {"already_patched": True, "activation": crrelu_args.activation, "count": len(record["modules"]),
+                "layers": None, "modules": record["modules"], "epsilon": epsilon_logs(model)}
+    return patch_model(model, activation=crrelu_args.activation, epsilon_init=crrelu_args.epsilon_init,
+                       layers=crrelu_args.patch_layers).to_dict()
 
 
 def _already_patched(model, activation: str) -> bool:
@@ -430,9 +462,15 @@ class RankConsistencyCallback(TrainerCallback):
 
 
 def _value_sum(p: torch.Tensor) -> float:
-    full = getattr(p, "full_tensor", None)
-    t = full() if callable(full) else p
-    return float(t.detach().double().sum().item()) if t.numel() else 0.0
+    full = getattr(p, "full_tensor", None)  # FSDP2 DTensor
+    if callable(full):
+        p = full()
+    elif p.numel() == 0 and hasattr(p, "ds_id"):  # partitioned by ZeRO-3: gather it (collective)
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([p]):
+            return float(p.detach().double().sum().item())
+    return float(p.detach().double().sum().item()) if p.numel() else 0.0
 
 
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin",
@@ -465,7 +503,7 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
     from . import kernels
     from .data import load_preference_splits, load_sft_splits
     from .loading import load_causal_lm, load_tokenizer
-    from .patch import patch_model, patch_record
+    from .patch import use_vector_epsilons
 
     kernels.set_kernel(crrelu_args.crrelu_kernel)
     output_dir = Path(training_args.output_dir)
@@ -477,28 +515,37 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
 
     tokenizer = load_tokenizer(crrelu_args.tokenizer_name_or_path or model_args.model_name_or_path,
                                getattr(training_args, "trust_remote_code", False))
-    model = load_causal_lm(model_args.model_name_or_path, dtype=model_args.dtype or "auto",
-                           trust_remote_code=getattr(training_args, "trust_remote_code", False),
-                           seed=training_args.seed)
-    original = copy.deepcopy(model) if command == "dpo" and crrelu_args.reference == "original" else None
-    patch_report = None
-    if crrelu_args.activation is not None and _already_patched(model, crrelu_args.activation):
-        # e.g. DPO starting from an SFT checkpoint of this project: re-patching would reset the
-        # epsilons it learned, so keep them and say so.
-        record = patch_record(model)
-        logger.warning("%s is already patched with %s (%d modules): keeping its modules and trained epsilons",
-                       model_args.model_name_or_path, crrelu_args.activation, len(record["modules"]))
-        patch_report = {"already_patched": True, "activation": crrelu_args.activation, "count": len(record["modules"]),
-                        "layers": None, "modules": record["modules"], "epsilon": epsilon_logs(model)}
-    elif crrelu_args.activation is not None:
-        patch_report = patch_model(model, activation=crrelu_args.activation, epsilon_init=crrelu_args.epsilon_init,
-                                   layers=crrelu_args.patch_layers).to_dict()
+    def load_model():
+        return load_causal_lm(model_args.model_name_or_path, dtype=model_args.dtype or "auto",
+                              trust_remote_code=getattr(training_args, "trust_remote_code", False),
+                              seed=training_args.seed)
+
+    # Under ZeRO-3 the parameters are partitioned as they load, and a deepcopy of such a model
+    # is not a working model: copies are loaded again instead (same source, seed and patch).
+    zero3 = _deepspeed_zero3()
+    model = load_model()
+    original = None
+    if command == "dpo" and crrelu_args.reference == "original":
+        original = load_model() if zero3 else copy.deepcopy(model)
+    patch_report = apply_recipe_patch(model, crrelu_args, model_args.model_name_or_path)
     _apply_epsilon_mode(model, crrelu_args.epsilon_mode)
+    deepspeed = training_args.deepspeed_plugin is not None
+    if deepspeed:  # DeepSpeed cannot broadcast 0-dim parameters: hold the epsilons as (1,)
+        use_vector_epsilons(model)
 
     trainer_kwargs = {}
     reference_info = None
     if command == "dpo":
-        ref, reference_info = build_reference(crrelu_args.reference, model, original, model_args, crrelu_args)
+        def policy_copy():
+            if not zero3:
+                return copy.deepcopy(model)
+            fresh = load_model()
+            apply_recipe_patch(fresh, crrelu_args, model_args.model_name_or_path)
+            return fresh
+
+        ref, reference_info = build_reference(crrelu_args.reference, policy_copy, original, model_args)
+        if deepspeed:
+            use_vector_epsilons(ref)
         reference_info["precompute_ref_log_probs"] = training_args.precompute_ref_log_probs
         reference_info["peft"] = bool(model_args.use_peft)
         trainer_kwargs["ref_model"] = ref  # always explicit: TRL's implicit choices differ by setting

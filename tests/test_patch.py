@@ -151,6 +151,60 @@ def test_stored_epsilon_mismatch_is_detected(tmp_path):
         check_stored_epsilons(model, tmp_path)
 
 
+def test_vector_epsilon_for_deepspeed_keeps_values_gradients_and_checkpoint_format(tmp_path, tokens):
+    """DeepSpeed cannot broadcast 0-dim parameters, so under DeepSpeed eps is held as (1,).
+    Nothing else may change: outputs, gradients, the optimizer's view, and 0-dim checkpoints."""
+    model = tiny_causal_lm("gpt2")
+    patch_model(model, epsilon_init=0.05)
+    with torch.no_grad():
+        model.transformer.h[1].mlp.act.epsilon.fill_(-0.2)
+    before = _logits(model, tokens)
+    assert crrelu_llm.patch.use_vector_epsilons(model) == 2
+    assert crrelu_llm.patch.use_vector_epsilons(model) == 0  # idempotent
+    eps = epsilon_parameters(model)
+    assert sorted(eps) == ["transformer.h.0.mlp.act.epsilon", "transformer.h.1.mlp.act.epsilon"]
+    assert all(p.shape == (1,) for p in eps.values())
+    assert list(epsilon_values(model).values()) == [pytest.approx(0.05), pytest.approx(-0.2)]
+    torch.testing.assert_close(_logits(model, tokens), before, rtol=0, atol=0)
+    model(tokens, labels=tokens).loss.backward()
+    assert all(p.grad is not None and p.grad.shape == (1,) and p.grad.abs().item() > 0 for p in eps.values())
+    # checkpoints keep the 0-dim format and load back into either shape
+    assert all(model.state_dict()[name].shape == () for name in eps)
+    model.save_pretrained(tmp_path)
+    assert load_file(os.path.join(tmp_path, "model.safetensors"))["transformer.h.1.mlp.act.epsilon"].shape == ()
+    loaded = load_causal_lm(str(tmp_path))
+    assert list(epsilon_values(loaded).values()) == [pytest.approx(0.05), pytest.approx(-0.2)]
+    vector = CRReLU()
+    vector.use_vector_epsilon()
+    vector.load_state_dict({"epsilon": torch.tensor(0.7)})
+    assert vector.epsilon.shape == (1,) and vector.epsilon.item() == pytest.approx(0.7)
+    scalar = CRReLU()
+    scalar.load_state_dict(vector.state_dict())
+    assert scalar.epsilon.shape == () and scalar.epsilon.item() == pytest.approx(0.7)
+
+
+def test_trainer_save_stores_vector_epsilons_as_scalars(tmp_path):
+    """What a ZeRO-3 consolidated state dict looks like: (1,) epsilons, saved 0-dim."""
+    from crrelu_llm.train import EpsilonTrainingMixin
+
+    model = tiny_causal_lm("gpt2")
+    patch_model(model)
+    crrelu_llm.patch.use_vector_epsilons(model)
+    state = {k: v.clone() for k, v in model.named_parameters()}  # parameters as they are, no hooks
+    assert state["transformer.h.0.mlp.act.epsilon"].shape == (1,)
+    saved = {}
+
+    class Base:
+        def _save(self, output_dir=None, state_dict=None):
+            saved.update(state_dict)
+
+    trainer = type("T", (EpsilonTrainingMixin, Base), {})()
+    trainer.model = model
+    trainer._save(str(tmp_path), state_dict=state)
+    assert saved["transformer.h.0.mlp.act.epsilon"].shape == ()
+    assert saved["transformer.wte.weight"].shape == state["transformer.wte.weight"].shape
+
+
 def test_local_checkpoint_with_tokenizer_loads_like_a_hub_one(tmp_path):
     from crrelu_llm.tiny import tiny_tokenizer
 
