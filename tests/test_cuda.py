@@ -54,3 +54,13 @@ def test_patched_model_trains_and_compiles_on_cuda():
     assert all(p.grad is not None for p in crrelu_llm.epsilon_parameters(model).values())
     compiled = torch.compile(model)
     torch.testing.assert_close(compiled(tokens).logits, model(tokens).logits, rtol=1e-3, atol=1e-3)
+    # gradients too: torch 2.11 compiled an in-place forward into all-zero gradients
+    eps = crrelu_llm.epsilon_parameters(model)
+    model.zero_grad()
+    model(tokens, labels=tokens).loss.backward()
+    eager = {name: p.grad.clone() for name, p in eps.items()}
+    model.zero_grad()
+    compiled(tokens, labels=tokens).loss.backward()
+    for name, p in eps.items():
+        assert eager[name].abs().item() > 0
+        torch.testing.assert_close(p.grad, eager[name], rtol=1e-3, atol=1e-5)

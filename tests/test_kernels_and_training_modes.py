@@ -55,6 +55,29 @@ def test_triton_kernel_matches_reference_in_interpreter_mode():
     assert "TRITON-OK" in result.stdout
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_functional_form_used_under_compile_equals_the_in_place_form(dtype, tol):
+    """torch.compile traces the functional form (torch 2.11 zeroes the gradients of the in-place
+    one); both must compute the same thing, including need_x/need_eps and the fp32 upcast."""
+    from crrelu_llm.kernels import torch_ops
+
+    torch.manual_seed(0)
+    x, g = (torch.randn(37, 301) * 2).to(dtype), torch.randn(37, 301).to(dtype)
+    eps = torch.tensor(0.3, dtype=torch.float32)
+    y = torch_ops.crrelu_forward_functional(x, eps)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y, torch_ops.crrelu_forward(x, eps), rtol=tol, atol=tol)
+    for need_x, need_eps in ((True, True), (True, False), (False, True)):
+        gx1, ge1 = torch_ops.crrelu_backward_functional(g, x, eps, need_x, need_eps)
+        gx2, ge2 = torch_ops.crrelu_backward(g, x, eps, need_x, need_eps)
+        assert (gx1 is None) == (not need_x) and (ge1 is None) == (not need_eps)
+        if need_x:
+            assert gx1.dtype == dtype
+            torch.testing.assert_close(gx1, gx2, rtol=tol, atol=tol)
+        if need_eps:
+            assert ge1.dtype == eps.dtype and ge1.item() == pytest.approx(ge2.item(), rel=1e-5)
+
+
 def test_kernel_choice_is_validated():
     with pytest.raises(ValueError, match="unknown CRReLU kernel 'cuda'"):
         kernels.set_kernel("cuda")

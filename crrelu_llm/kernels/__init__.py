@@ -5,7 +5,7 @@
 - ``triton`` (:mod:`.triton_ops`): one-pass Triton kernels, used for CUDA tensors in eager mode
   when Triton is installed;
 - ``torch`` (:mod:`.torch_ops`): plain PyTorch operations, everywhere else, and always while
-  ``torch.compile`` traces (inductor then fuses them into its own kernel);
+  ``torch.compile`` traces (their functional form: inductor then fuses them into its own kernel);
 - ``compiled``: the PyTorch operations compiled once by ``torch.compile`` (dynamic shapes), an
   opt-in for eager CPU training, where it is much faster than ``torch`` after a compile
   that takes tens of seconds per dtype.
@@ -49,14 +49,14 @@ def triton_available() -> bool:
 
 @functools.cache
 def _compiled():
-    forward = torch.compile(torch_ops.crrelu_forward, dynamic=True, fullgraph=True)
-    backward = torch.compile(torch_ops.crrelu_backward, dynamic=True, fullgraph=True)
+    forward = torch.compile(torch_ops.crrelu_forward_functional, dynamic=True, fullgraph=True)
+    backward = torch.compile(torch_ops.crrelu_backward_functional, dynamic=True, fullgraph=True)
     return forward, backward
 
 
 def _implementation(x: torch.Tensor):
     if torch.compiler.is_compiling():
-        return torch_ops.crrelu_forward, torch_ops.crrelu_backward
+        return torch_ops.crrelu_forward_functional, torch_ops.crrelu_backward_functional
     choice = _choice
     if choice == "auto":
         choice = "triton" if x.is_cuda and triton_available() else "torch"
