@@ -244,6 +244,22 @@ class EpsilonTrainingMixin:
 
     epsilon_learning_rate: float | None = None
 
+    def __init__(self, *args, **kwargs):
+        self._crrelu_reference = kwargs.get("ref_model")
+        super().__init__(*args, **kwargs)
+
+    def create_accelerator_and_postprocess(self):
+        # Runs inside Trainer.__init__, once the accelerator (and its FSDP plugin) exists and
+        # before anything is sharded: TRL shards the DPO reference right after Trainer.__init__.
+        super().create_accelerator_and_postprocess()
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        shared = []
+        for model in (self.model, self._crrelu_reference):
+            shared += fsdp2_share_epsilons(plugin, model, self.accelerator.device)
+        if shared:
+            logger.info("FSDP2: %d CRReLU epsilons kept unsharded on %s, gradients averaged over ranks",
+                        len(shared), self.accelerator.device)
+
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
         if getattr(self, "_epsilon_group_built", False):
@@ -276,17 +292,19 @@ class EpsilonTrainingMixin:
         return super()._save(output_dir, state_dict=state_dict)
 
 
-def fsdp2_share_epsilons(plugin, model) -> list:
-    """Make an FSDP2 plugin leave the CRReLU epsilons unsharded, and keep them in sync.
+def fsdp2_share_epsilons(plugin, model, device=None) -> list:
+    """Make an FSDP2 plugin leave the CRReLU epsilons of ``model`` unsharded, and keep them in sync.
 
     ``fully_shard`` refuses 0-dim parameters ("doesn't support scalar parameters"), and the
     epsilons are 0-dim. They are tiny, so they stay whole on every rank: the CRReLU modules go
-    into the plugin's ``ignored_modules``, and since FSDP then does not reduce their gradients, a
-    hook averages each epsilon's gradient over the ranks (the same data-parallel mean FSDP takes).
-    Returns the CRReLU modules it added."""
+    into the plugin's ``ignored_modules``. ``fully_shard`` does not move ignored parameters, so
+    they are moved to ``device`` (the accelerator's) here. FSDP does not reduce their gradients
+    either, so a hook averages each trainable epsilon's gradient over the ranks (the same
+    data-parallel mean FSDP takes). Call it for the policy and for a DPO reference (frozen: no
+    hook) before either is sharded. Returns the CRReLU modules it added."""
     from .activation import CRReLU
 
-    if plugin is None or getattr(plugin, "fsdp_version", 1) != 2:
+    if plugin is None or getattr(plugin, "fsdp_version", 1) != 2 or model is None:
         return []
     modules = [m for m in model.modules() if isinstance(m, CRReLU)]
     if not modules:
@@ -294,9 +312,14 @@ def fsdp2_share_epsilons(plugin, model) -> list:
     existing = plugin.ignored_modules
     if isinstance(existing, str):  # accelerate's regex form: resolve it to modules
         existing = [m for n, m in model.named_modules() if re.fullmatch(existing, n)]
-    plugin.ignored_modules = list(existing or []) + [m for m in modules if m not in (existing or [])]
+    existing = list(existing or [])
+    plugin.ignored_modules = existing + [m for m in modules if not any(m is e for e in existing)]
     for module in modules:
-        module.epsilon.register_post_accumulate_grad_hook(_average_over_ranks)
+        if device is not None:
+            module.to(device)
+        if module.epsilon.requires_grad and not getattr(module.epsilon, "_crrelu_rank_mean_hook", False):
+            module.epsilon.register_post_accumulate_grad_hook(_average_over_ranks)
+            module.epsilon._crrelu_rank_mean_hook = True
     return modules
 
 
@@ -572,10 +595,6 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
     trainer = trainer_cls(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
                           processing_class=tokenizer, callbacks=[RankConsistencyCallback(output_dir), *(callbacks or [])],
                           **trainer_kwargs)
-    if trainer.is_fsdp_enabled:  # before train() prepares (shards) the model
-        shared = fsdp2_share_epsilons(trainer.accelerator.state.fsdp_plugin, trainer.model)
-        if shared:
-            logger.info("FSDP2: %d CRReLU epsilons kept unsharded, gradients averaged over ranks", len(shared))
 
     if _is_main_process():
         recipe = {**dataclasses.asdict(crrelu_args), **dataclasses.asdict(data_args),

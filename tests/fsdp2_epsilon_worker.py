@@ -17,17 +17,22 @@ rank, world = dist.get_rank(), dist.get_world_size()
 mesh = init_device_mesh("cpu", (world,))
 model = tiny_causal_lm("gpt2")
 crrelu_llm.patch_model(model)
+reference = tiny_causal_lm("gpt2")  # a frozen DPO reference, sharded the way TRL does it
+crrelu_llm.patch_model(reference)
+reference.requires_grad_(False)
 plugin = SimpleNamespace(fsdp_version=2, ignored_modules=None)
 share = sys.argv[2] == "share"
 if share:
-    fsdp2_share_epsilons(plugin, model)
+    fsdp2_share_epsilons(plugin, model, torch.device("cpu"))
+    fsdp2_share_epsilons(plugin, reference, torch.device("cpu"))
     ignored = {p for m in plugin.ignored_modules for p in m.parameters()}
 else:
     ignored = None
 try:
-    for block in model.transformer.h:
+    for block in model.transformer.h:  # accelerate: one unit per block, then the root
         fully_shard(block, mesh=mesh, ignored_params=ignored)
     fully_shard(model, mesh=mesh, ignored_params=ignored)
+    fully_shard(reference, mesh=mesh, ignored_params=ignored)  # TRL's prepare_fsdp: the root only
 except ValueError as err:
     if rank == 0:
         json.dump({"error": str(err)}, open(sys.argv[1], "w"))
@@ -35,7 +40,10 @@ except ValueError as err:
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
 tokens = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(rank))  # different data per rank
 for _ in range(3):
-    model(tokens, labels=tokens).loss.backward()
+    with torch.no_grad():
+        reference_logits = reference(tokens).logits
+    loss = model(tokens, labels=tokens).loss + 0.0 * reference_logits.float().mean()
+    loss.backward()
     optimizer.step()
     optimizer.zero_grad()
 values = [m.epsilon.item() for m in model.modules() if isinstance(m, crrelu_llm.CRReLU)]

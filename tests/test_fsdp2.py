@@ -43,3 +43,39 @@ def test_plugin_gets_the_crrelu_modules_added_to_its_ignored_modules():
     assert all(isinstance(m, crrelu_llm.CRReLU) for m in plugin.ignored_modules[1:])
     fsdp1 = SimpleNamespace(fsdp_version=1, ignored_modules=None)
     assert fsdp2_share_epsilons(fsdp1, model) == [] and fsdp1.ignored_modules is None
+
+
+def test_trainer_shares_policy_and_reference_epsilons_before_the_reference_is_sharded():
+    """TRL's DPOTrainer shards the reference right after Trainer.__init__ creates the
+    accelerator, so the epsilons of both models must be in ignored_modules by then, on the
+    accelerator's device; only the policy's get the gradient-averaging hook."""
+    import copy
+
+    import torch
+
+    from crrelu_llm.train import EpsilonTrainingMixin
+
+    policy = tiny_causal_lm("gpt2")
+    crrelu_llm.patch_model(policy)
+    reference = copy.deepcopy(policy).requires_grad_(False)
+    plugin = SimpleNamespace(fsdp_version=2, ignored_modules=None)
+    seen = {}
+
+    class TrainerOrder:  # what Trainer.__init__ then DPOTrainer.__init__ do, in this order
+        def __init__(self, model=None, ref_model=None):
+            self.model = model
+            self.create_accelerator_and_postprocess()
+            seen["ignored when the reference is sharded"] = list(plugin.ignored_modules or [])
+
+        def create_accelerator_and_postprocess(self):
+            self.accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), device=torch.device("meta"))
+
+    type("T", (EpsilonTrainingMixin, TrainerOrder), {})(model=policy, ref_model=reference)
+    ignored = seen["ignored when the reference is sharded"]
+    for model in (policy, reference):
+        crrelus = [m for m in model.modules() if isinstance(m, crrelu_llm.CRReLU)]
+        assert len(crrelus) == 2 and all(any(m is i for i in ignored) for m in crrelus)
+        assert all(m.epsilon.device.type == "meta" for m in crrelus)  # moved to the accelerator's device
+    assert len(ignored) == 4
+    assert all(getattr(p, "_crrelu_rank_mean_hook", False) for p in crrelu_llm.epsilon_parameters(policy).values())
+    assert not any(getattr(p, "_crrelu_rank_mean_hook", False) for p in crrelu_llm.epsilon_parameters(reference).values())
