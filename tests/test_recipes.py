@@ -84,6 +84,29 @@ def test_slurm_launcher_is_valid_bash():
     subprocess.run(["bash", "-n", str(ROOT / "scripts/launch.slurm")], check=True)
 
 
+def test_gpu_check_is_valid_bash_names_real_files_and_refuses_cpu_unless_rehearsing(tmp_path):
+    """The full CPU rehearsal (GPU_CHECK_ALLOW_CPU=1) takes minutes and is run by hand; here: the
+    script parses, every script, test and profile it runs exists, and without CUDA it stops
+    before doing anything."""
+    script = ROOT / "scripts" / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    for name in ("scripts/bench_activation.py", "scripts/bench_train_step.py", "scripts/distributed_check.py",
+                 "tests/test_cuda.py", "tests/test_activation.py"):
+        assert name in text and (ROOT / name).is_file(), name
+    for profile in ("fsdp", "zero3"):
+        assert (ROOT / "recipes" / "accelerate_configs" / f"{profile}.yaml").is_file()
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the refusal is for CPU-only machines")
+    env = {k: v for k, v in os.environ.items() if k != "GPU_CHECK_ALLOW_CPU"}
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120,
+                            env={**env, "OUT": str(tmp_path / "out")})
+    assert result.returncode == 1 and "set GPU_CHECK_ALLOW_CPU=1 to rehearse on CPU" in result.stdout
+    assert not (tmp_path / "out" / "log.txt").exists()
+
+
 @pytest.mark.parametrize("profile,expected", [("multi_gpu", "MULTI_CPU"), ("zero2", "DEEPSPEED"), ("zero3", "DEEPSPEED")])
 def test_sft_then_dpo_under_accelerate_launch_with_two_cpu_processes(profile, expected, tmp_path):
     """scripts/distributed_check.py: SFT patches a GELU model, DPO starts from that checkpoint;
