@@ -474,18 +474,24 @@ def use_vector_epsilons(model: nn.Module) -> int:
     return converted
 
 
-def epsilon_tensor(param: torch.Tensor) -> torch.Tensor:
-    """A CRReLU ``epsilon`` as a detached 0-dim tensor, however it is held: plain (0-dim, or
-    ``(1,)`` under DeepSpeed), an FSDP2 DTensor, or partitioned by DeepSpeed ZeRO-3 (gathered;
-    a collective, so every rank must call it)."""
+def full_parameter(param: torch.Tensor) -> torch.Tensor:
+    """A detached copy of the whole parameter, however it is held: plain, an FSDP2 DTensor, or
+    partitioned by DeepSpeed ZeRO-3 (gathered; a collective, so every rank must call it)."""
     full = getattr(param, "full_tensor", None)  # FSDP2 DTensor
-    t = full() if callable(full) else param
-    if t.numel() == 0 and hasattr(param, "ds_id"):  # ZeRO-3 partitioned
+    if callable(full):
+        return full().detach()
+    if param.numel() == 0 and hasattr(param, "ds_id"):  # ZeRO-3 partitioned
         import deepspeed
 
         with deepspeed.zero.GatheredParameters([param]):
-            return param.detach().clone().reshape(())
-    return t.detach().reshape(())
+            return param.detach().clone()
+    return param.detach()
+
+
+def epsilon_tensor(param: torch.Tensor) -> torch.Tensor:
+    """A CRReLU ``epsilon`` as a detached 0-dim tensor, however it is held (0-dim, or ``(1,)``
+    under DeepSpeed; see :func:`full_parameter`)."""
+    return full_parameter(param).reshape(())
 
 
 def epsilon_values(model: nn.Module) -> dict[str, float]:

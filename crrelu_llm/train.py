@@ -485,15 +485,10 @@ class RankConsistencyCallback(TrainerCallback):
 
 
 def _value_sum(p: torch.Tensor) -> float:
-    full = getattr(p, "full_tensor", None)  # FSDP2 DTensor
-    if callable(full):
-        p = full()
-    elif p.numel() == 0 and hasattr(p, "ds_id"):  # partitioned by ZeRO-3: gather it (collective)
-        import deepspeed
+    from .patch import full_parameter
 
-        with deepspeed.zero.GatheredParameters([p]):
-            return float(p.detach().double().sum().item())
-    return float(p.detach().double().sum().item()) if p.numel() else 0.0
+    t = full_parameter(p)
+    return float(t.double().sum().item()) if t.numel() else 0.0
 
 
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin",
