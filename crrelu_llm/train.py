@@ -149,6 +149,30 @@ def _simple_type(annotation):
     return annotation if annotation in (float, int, bool, str) else None
 
 
+def _unknown_key_problem(key: str, index: dict, flag: bool = False) -> str:
+    show = (lambda k: f"--{k}") if flag else repr
+    if key in REMOVED_KEYS:
+        return f"{show(key)} was removed from TRL: {REMOVED_KEYS[key]}"
+    close = difflib.get_close_matches(key, list(index), n=1)
+    return f"unknown {'flag' if flag else 'key'} {show(key)}" + (f"; did you mean {show(close[0])}?" if close else "")
+
+
+def check_flag_names(argv: list[str], command: str) -> None:
+    """Unknown or removed ``--key`` flags on the command line, named before anything else is
+    checked (a later error, such as bf16 on a CPU, would otherwise hide the typo)."""
+    index = _field_index(_dataclass_types(command))
+    problems = []
+    for arg in argv:
+        if not arg.startswith("--") or len(arg) == 2:
+            continue
+        name = arg[2:].split("=", 1)[0].replace("-", "_")  # HfArgumentParser also takes --output-dir
+        if name in index or name in ("config", "help") or (name.startswith("no_") and name[3:] in index):
+            continue
+        problems.append(_unknown_key_problem(name, index, flag=True))
+    if problems:
+        raise RecipeError("command line: " + "; ".join(problems))
+
+
 def check_recipe_keys(config: dict, command: str, path: str) -> None:
     """Unknown, removed or badly typed keys stop here, before any model is loaded."""
     index = _field_index(_dataclass_types(command))
@@ -156,12 +180,8 @@ def check_recipe_keys(config: dict, command: str, path: str) -> None:
     for key, value in config.items():
         if key == "env":
             continue
-        if key in REMOVED_KEYS and key not in index:
-            problems.append(f"{key!r} was removed from TRL: {REMOVED_KEYS[key]}")
-            continue
         if key not in index:
-            close = difflib.get_close_matches(key, list(index), n=1)
-            problems.append(f"unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+            problems.append(_unknown_key_problem(key, index))
             continue
         expected = _simple_type(index[key])
         if value is None or expected is None:
@@ -181,6 +201,7 @@ def parse_recipe(command: str, argv: list[str]):
     from trl import TrlParser
 
     argv = list(argv)
+    check_flag_names(argv, command)
     if "--config" in argv:
         path = argv[argv.index("--config") + 1]
         try:
