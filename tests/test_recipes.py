@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crrelu_llm.train import parse_recipe
+from crrelu_llm.config import parse_recipe
+from crrelu_llm.errors import RecipeError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml")
@@ -17,39 +18,55 @@ RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml")
 PROFILES = sorted((ROOT / "recipes" / "accelerate_configs").glob("*.yaml"))
 
 
+def _arms(path: Path) -> list:
+    return list(yaml.safe_load(path.read_text()).get("arms") or {}) or [None]
+
+
+CASES = [(path, arm) for path in RECIPES for arm in _arms(path)]
+
+
 def test_the_shipped_set_is_complete():
+    """One SFT and one DPO recipe per model and dataset, the arms as overrides inside them."""
     names = {str(p.relative_to(ROOT / "recipes")) for p in RECIPES}
     for data in ("hh", "shp"):
         for stage in ("sft", "dpo"):
-            for arm in ("gelu", "crrelu", "relu"):
-                assert f"gpt2-large/{data}/{stage}_{arm}.yaml" in names
+            assert f"gpt2-large/{data}/{stage}.yaml" in names
+            assert _arms(ROOT / f"recipes/gpt2-large/{data}/{stage}.yaml") == ["gelu", "crrelu", "relu"]
+    assert not [n for n in names if n.startswith("gpt2-large") and "_" in Path(n).stem]  # no per-arm copies
     assert any(n.startswith("pythia") for n in names) and any("lora" in n for n in names)
     assert {p.stem for p in PROFILES} == {"single_gpu", "multi_gpu", "fsdp", "zero2", "zero3"}
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT / "recipes")))
-def test_recipe_parses_and_validates(path):
+@pytest.mark.parametrize("path,arm", CASES, ids=lambda c: str(c.relative_to(ROOT / "recipes")) if isinstance(c, Path)
+                         else str(c))
+def test_recipe_parses_and_validates(path, arm):
     command = path.stem.split("_")[0]
-    assert command in ("sft", "dpo"), f"{path.name}: recipes are named sft_* or dpo_*"
+    assert command in ("sft", "dpo"), f"{path.name}: recipes are named sft* or dpo*"
     # bf16 needs a GPU to validate; everything else is checked as shipped
+    arm_flags = ["--arm", arm] if arm else []
     crrelu_args, data_args, training_args, model_args = parse_recipe(
-        command, ["--config", str(path), "--bf16", "false", "--use_cpu", "true"])
+        command, ["--config", str(path), *arm_flags, "--bf16", "false", "--use_cpu", "true"])
     assert model_args.model_name_or_path and data_args.dataset_name and training_args.output_dir.startswith("runs/")
-    arm = path.stem.split("_")[1]
+    arm = arm or path.stem.split("_")[1]
     assert crrelu_args.activation == {"gelu": None, "crrelu": "crrelu", "relu": "relu"}[arm]
+    assert "{arm}" not in training_args.output_dir + model_args.model_name_or_path
+    if "gpt2-large" in str(path):
+        assert training_args.output_dir == f"runs/gpt2-large-{path.parent.name}-{command}-{arm}"
     if command == "dpo" and "gpt2-large" in str(path):
         assert model_args.model_name_or_path == f"runs/gpt2-large-{path.parent.name}-sft-{arm}"
         assert crrelu_args.reference == "policy"
+    if arm == "crrelu":
+        assert training_args.epsilon_learning_rate == 1e-4  # the eps settings travel in the trainer's args
 
 
-def test_arms_differ_only_in_the_patch():
-    for data in ("hh", "shp"):
-        for stage in ("sft", "dpo"):
-            configs = {arm: yaml.safe_load((ROOT / f"recipes/gpt2-large/{data}/{stage}_{arm}.yaml").read_text())
-                       for arm in ("gelu", "crrelu", "relu")}
-            ignore = {"activation", "epsilon_init", "epsilon_learning_rate", "output_dir", "model_name_or_path"}
-            strip = [{k: v for k, v in c.items() if k not in ignore} for c in configs.values()]
-            assert strip[0] == strip[1] == strip[2], (data, stage)
+def test_a_recipe_with_arms_needs_one_chosen():
+    path = ROOT / "recipes/gpt2-large/hh/dpo.yaml"
+    with pytest.raises(RecipeError, match="defines the arms gelu, crrelu, relu: pass --arm NAME"):
+        parse_recipe("dpo", ["--config", str(path)])
+    with pytest.raises(RecipeError, match="has no such arm .*did you mean 'crrelu'"):
+        parse_recipe("dpo", ["--config", str(path), "--arm", "crelu"])
+    with pytest.raises(RecipeError, match="defines no arms"):
+        parse_recipe("dpo", ["--config", str(ROOT / "recipes/pythia-410m/hh/dpo_crrelu.yaml"), "--arm", "gelu"])
 
 
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
@@ -78,6 +95,11 @@ def test_sweep_script_runs_each_beta_once(tmp_path):
     assert "beta 0.1: done" in result.stdout
     assert f"RUN dpo --config {recipe} --beta 0.5 --output_dir {tmp_path}/out-beta0.5 --seed 1" in result.stdout
     assert result.stdout.count("RUN ") == 1
+    shipped = ROOT / "recipes/gpt2-large/hh/dpo.yaml"  # a recipe with arms: the arm's output_dir
+    result = subprocess.run(["bash", str(ROOT / "scripts/sweep_beta.sh"), str(shipped), "--arm", "relu", "0.2"],
+                            env=env, capture_output=True, text=True, check=True)
+    assert (f"RUN dpo --config {shipped} --arm relu --beta 0.2 --output_dir runs/gpt2-large-hh-dpo-relu-beta0.2"
+            in result.stdout)
 
 
 def test_slurm_launcher_is_valid_bash():
