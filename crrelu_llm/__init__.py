@@ -4,8 +4,7 @@ Importing the package registers ``"crrelu"`` as a transformers activation name a
 ``from_pretrained`` rebuild patched checkpoints (see :mod:`crrelu_llm.patch`).
 """
 
-__version__ = "0.1.0"
-
+from .version import __version__  # noqa: E402
 from .activation import DEFAULT_EPSILON_INIT, CRReLU, CRReLUFunction, crrelu  # noqa: E402
 from .patch import (  # noqa: E402
     NoActivationFoundError,

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from . import kernels
+from .errors import UsageError
+from .runtime import deepspeed_zero3_enabled
 
 DEFAULT_EPSILON_INIT = 0.01
 
@@ -61,17 +63,6 @@ def crrelu_reference(x: torch.Tensor, eps: torch.Tensor | float) -> torch.Tensor
     return torch.relu(x) + eps * x * torch.exp(-(x**2) / 2)
 
 
-def _deepspeed_zero3() -> bool:
-    """True in a process that trains with DeepSpeed ZeRO-3, where modules are built inside
-    ``deepspeed.zero.Init`` and their parameters are broadcast as bytes at once, which a 0-dim
-    tensor cannot do ("self.dim() cannot be 0 to view Float as Byte")."""
-    try:
-        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return False
-    return is_deepspeed_zero3_enabled()
-
-
 class CRReLU(nn.Module):
     """``relu(x) + eps * x * exp(-x**2 / 2)`` with a learnable 0-dim parameter ``epsilon``.
 
@@ -88,9 +79,9 @@ class CRReLU(nn.Module):
         super().__init__()
         epsilon_init = float(epsilon_init)
         if epsilon_init != epsilon_init or epsilon_init in (float("inf"), float("-inf")):
-            raise ValueError(f"CRReLU: epsilon_init must be a finite number, got {epsilon_init}")
+            raise UsageError(f"CRReLU: epsilon_init must be a finite number, got {epsilon_init}")
         self.epsilon_init = epsilon_init
-        shape = (1,) if _deepspeed_zero3() else ()
+        shape = (1,) if deepspeed_zero3_enabled() else ()
         self.epsilon = nn.Parameter(torch.full(shape, epsilon_init))
         self._register_state_dict_hook(_scalar_epsilon_in_state_dict)
 

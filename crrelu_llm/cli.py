@@ -15,16 +15,14 @@ MODEL is a hub id, a local checkpoint directory, or ``tiny-<model_type>`` (built
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
-import shutil
+import logging
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
-from . import __version__
+from .errors import CRReLULLMError
+from .version import __version__
 
 
 def _parse_layers(text: str) -> list[int]:
@@ -123,180 +121,76 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _inspect(args) -> int:
-    import torch
-    from transformers import AutoModelForCausalLM
+    from .checkpoints import inspect_model
 
-    from .loading import load_config
-    from .patch import find_activations, patch_record
-
-    config = load_config(args.model, trust_remote_code=args.trust_remote_code)
-    with torch.device("meta"):  # the module tree only: no weights are downloaded or allocated
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=args.trust_remote_code)
-    sites = find_activations(model)
-    record = patch_record(model)
+    info = inspect_model(args.model, trust_remote_code=args.trust_remote_code)
     if args.json:
-        print(json.dumps({"model": args.model, "model_class": type(model).__name__,
-                          "activations": [vars(s) for s in sites], "patch_record": record}, indent=2))
+        print(json.dumps(info, indent=2))
         return 0
-    print(f"{args.model}: {type(model).__name__}, {len(sites)} activation module(s)")
+    sites = info["activations"]
+    print(f"{args.model}: {info['model_class']}, {len(sites)} activation module(s)")
     for s in sites:
-        mark = "MLP " if s.feed_forward else "--- "
-        print(f"  {mark} {s.path}: {s.module_type} ({s.reason})")
-    n = sum(s.feed_forward for s in sites)
-    print(f"{n} in feed-forward blocks would be replaced by `crrelu-llm patch` (marked MLP).")
-    if record:
-        print(f"Already patched: {len(record['modules'])} module(s) recorded in config.crrelu_llm_patch.")
+        print(f"  {'MLP ' if s['feed_forward'] else '--- '} {s['path']}: {s['module_type']} ({s['reason']})")
+    print(f"{sum(s['feed_forward'] for s in sites)} in feed-forward blocks would be replaced by `crrelu-llm patch` "
+          "(marked MLP).")
+    if info["patch_record"]:
+        print(f"Already patched: {len(info['patch_record']['modules'])} module(s) recorded in config.crrelu_llm_patch.")
     return 0
 
 
-def _write_atomically(out: Path, overwrite: bool, write) -> None:
-    """Call ``write(tmp_dir)`` and move the result to ``out`` only once it is complete."""
-    out = out.resolve()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        write(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
 def _patch(args) -> int:
-    from .loading import load_causal_lm
-    from .patch import make_activation, patch_model
+    from .checkpoints import patch_checkpoint
 
-    make_activation(args.activation, args.epsilon_init)  # fail on a bad name before any download
-    if args.out.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it or choose another --out")
-    model = load_causal_lm(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
-    report = patch_model(model, activation=args.activation, epsilon_init=args.epsilon_init, layers=args.layers)
-    tokenizer = None
-    if not args.model.startswith("tiny-") or Path(args.model).exists():
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-        except (OSError, ValueError):
-            print(f"note: no tokenizer found for {args.model}; the checkpoint holds the model only", file=sys.stderr)
-
-    def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        (tmp / "patch_report.json").write_text(report.to_json() + "\n")
-
-    _write_atomically(args.out, args.overwrite, write)
+    report = patch_checkpoint(args.model, args.out, activation=args.activation, epsilon_init=args.epsilon_init,
+                              layers=args.layers, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                              overwrite=args.overwrite)
     print(report)
     print(f"Saved to {args.out} (load it with AutoModelForCausalLM.from_pretrained after `import crrelu_llm`).")
     return 0
 
 
-def _eval_data(args, limit: int | None):
-    from .data import DataArguments, load_preference_splits
-
-    data_args = DataArguments(dataset_name=args.data, dataset_format=args.data_format,
-                              dataset_test_split=args.split, max_eval_samples=limit)
-    _, evaluation, summary = load_preference_splits(data_args)
-    return evaluation, summary
+def _data_kwargs(args) -> dict:
+    return {"data_format": args.data_format, "split": args.split, "out": args.out}
 
 
-def _eval_out(args, model: str) -> Path:
-    out = args.out or (Path(model) / "eval" if Path(model).is_dir() else Path("eval"))
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def _eval_rewards(args) -> int:
+    from .evaluate import rewards_file, run_rewards
+
+    result = run_rewards(args.model, args.reference, args.data, betas=args.beta, max_samples=args.max_samples,
+                         max_length=args.max_length, batch_size=args.batch_size, **_data_kwargs(args))
+    for b in result["betas"]:
+        lo, hi = b["accuracy_interval"]
+        print(f"beta {b['beta']}: reward accuracy {b['accuracy']:.3f} [{lo:.3f}, {hi:.3f}], ties {b['ties']:.3f}, "
+              f"margin {b['margin']:.4f}")
+    print(f"reference-free preference accuracy {result['preference_accuracy']:.3f} "
+          f"-> {rewards_file(args.model, args.out)}")
+    return 0
 
 
-def _same_tokenizer(a: str, b: str, trust_remote_code: bool = False):
-    from .evaluate import EvaluationError
-    from .loading import load_tokenizer
+def _eval_drift(args) -> int:
+    from .evaluate import drift_file, run_drift
 
-    first, second = load_tokenizer(a, trust_remote_code), load_tokenizer(b, trust_remote_code)
-    if first.get_vocab() != second.get_vocab():
-        raise EvaluationError(f"the tokenizers of {a} and {b} disagree (different vocabularies): "
-                              "rewards need a policy and a reference that share one tokenizer")
-    return first
+    result = run_drift(args.model, args.original, args.data, max_samples=args.max_samples,
+                       max_length=args.max_length, batch_size=args.batch_size, **_data_kwargs(args))
+    print(f"perplexity {result['perplexity_patched']:.3f} (original {result['perplexity_original']:.3f}), "
+          f"KL(patched || original) {result['kl_patched_original']:.4f}/token -> {drift_file(args.model, args.out)}")
+    return 0
 
 
-def _eval(args) -> int:
-    from .evaluate import (GenerationSettings, drift, generate, preference_logps, read_jsonl, reward_metrics, slug,
-                           write_jsonl)
-    from .loading import load_causal_lm, load_tokenizer
-    from .files import write_text_atomic as _write_atomic
+def _eval_winrate(args) -> int:
+    from .evaluate import run_winrate, winrate_file
+    from .generation import GenerationSettings
 
-    if args.eval_command == "rewards":
-        tokenizer = _same_tokenizer(args.model, args.reference)
-        data, summary = _eval_data(args, args.max_samples)
-        out = _eval_out(args, args.model)
-        model, reference = load_causal_lm(args.model), load_causal_lm(args.reference)
-        logps = preference_logps(model, reference, tokenizer, data, args.max_length, args.batch_size)
-        result = {"model": args.model, "reference": args.reference, "data": summary, **reward_metrics(logps, args.beta)}
-        _write_atomic(out / "rewards.json", json.dumps(result, indent=2) + "\n")
-        for b in result["betas"]:
-            lo, hi = b["accuracy_interval"]
-            print(f"beta {b['beta']}: reward accuracy {b['accuracy']:.3f} [{lo:.3f}, {hi:.3f}], ties {b['ties']:.3f}, "
-                  f"margin {b['margin']:.4f}")
-        print(f"reference-free preference accuracy {result['preference_accuracy']:.3f} -> {out / 'rewards.json'}")
-        return 0
-
-    if args.eval_command == "drift":
-        tokenizer = _same_tokenizer(args.model, args.original)
-        data, summary = _eval_data(args, args.max_samples)
-        out = _eval_out(args, args.model)
-        texts = [r["prompt"] + r["chosen"] for r in data if isinstance(r["prompt"], str)]
-        result = {"model": args.model, "original": args.original, "data": summary,
-                  **drift(load_causal_lm(args.model), load_causal_lm(args.original), tokenizer, texts,
-                          args.max_length, args.batch_size)}
-        _write_atomic(out / "drift.json", json.dumps(result, indent=2) + "\n")
-        print(f"perplexity {result['perplexity_patched']:.3f} (original {result['perplexity_original']:.3f}), "
-              f"KL(patched || original) {result['kl_patched_original']:.4f}/token -> {out / 'drift.json'}")
-        return 0
-
-    # winrate
-    from .judges import make_judge
-    from .stats import win_rate
-
-    out = _eval_out(args, args.model)
-    judge = make_judge(args.judge, cache_dir=out)  # a bad judge spec fails before data or generation
-    data, summary = _eval_data(args, args.num_prompts)
-    prompts = list(data["prompt"])
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
-                                  top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
-                                  chat_template=args.chat_template)
-    completions = {}
-    for side, name in (("model", args.model), ("baseline", args.baseline)):
-        file = out / f"generations-{slug(name)}.jsonl"
-        record = {"model": name, "settings": dataclasses.asdict(settings)}
-        cached = read_jsonl(file) if file.exists() else []
-        if cached and cached[0] == record and [r["prompt"] for r in cached[1:]] == prompts:
-            completions[side] = [r["completion"] for r in cached[1:]]
-            print(f"{side}: reusing {file}")
-            continue
-        texts = generate(load_causal_lm(name), load_tokenizer(name), prompts, settings, desc=f"Generating ({side})")
-        write_jsonl(file, [record] + [{"prompt": p, "completion": c} for p, c in zip(prompts, texts)])
-        completions[side] = texts
-    outcomes = judge.judge(prompts, list(zip(completions["model"], completions["baseline"])))
-    stats = win_rate([o.winner for o in outcomes], completions["model"], completions["baseline"],
-                     [o.consistent for o in outcomes])
-    label = f"{slug(judge.name, 1)}-vs-{slug(args.baseline)}"
-    write_jsonl(out / f"judgments-{label}.jsonl",
-                [{"prompt": p, "model": a, "baseline": b, "winner": o.winner, "consistent": o.consistent,
-                  "detail": o.detail} for p, a, b, o in zip(prompts, completions["model"], completions["baseline"], outcomes)])
-    result = {"model": args.model, "baseline": args.baseline, "judge": judge.name, "data": summary,
-              "settings": dataclasses.asdict(settings), "stats": stats.to_dict()}
-    _write_atomic(out / f"winrate-{label}.json", json.dumps(result, indent=2) + "\n")
-    lo, hi = stats.interval
-    print(f"{args.model} vs {args.baseline} ({judge.name}): {stats.wins}/{stats.ties}/{stats.losses} W/T/L, "
-          f"win rate {stats.win_rate:.3f} [{lo:.3f}, {hi:.3f}], sign test p={stats.sign_test_p:.3g} "
-          f"-> {out / f'winrate-{label}.json'}")
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                                  temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                                  batch_size=args.batch_size, chat_template=args.chat_template)
+    result = run_winrate(args.model, args.baseline, args.data, args.judge, num_prompts=args.num_prompts,
+                         settings=settings, **_data_kwargs(args))
+    stats = result["stats"]
+    lo, hi = stats["interval"]
+    print(f"{args.model} vs {args.baseline} ({result['judge']}): {stats['wins']}/{stats['ties']}/{stats['losses']} "
+          f"W/T/L, win rate {stats['win_rate']:.3f} [{lo:.3f}, {hi:.3f}], sign test p={stats['sign_test_p']:.3g} "
+          f"-> {winrate_file(args.model, args.judge, args.baseline, args.out)}")
     return 0
 
 
@@ -312,43 +206,43 @@ def _compare(args) -> int:
 
 
 def _experiment(args) -> int:
-    from . import experiment
+    from .experiment import DEMO_RECIPE, format_table, load_experiment, run_experiment
 
-    config = experiment.DEMO_RECIPE if args.command == "demo" else args.config
-    return experiment.main(config, args.out)
+    exp = load_experiment(DEMO_RECIPE if args.command == "demo" else args.config, args.out)
+    summary = run_experiment(exp)
+    print(f"\n{exp.name}: {len(summary['rows'])} DPO runs, {summary['seconds']:.0f}s ({exp.output_dir})")
+    print(format_table(summary, exp.baseline_arm))
+    print(f"report: {summary['report']}")
+    return 0
 
 
-COMMANDS = {"inspect": _inspect, "patch": _patch, "eval": _eval, "compare": _compare, "experiment": _experiment,
-            "demo": _experiment}
+def _train(args) -> int:
+    from . import train
+
+    return train.main(args.command, args.recipe_args)
+
+
+COMMANDS = {"inspect": _inspect, "patch": _patch, "sft": _train, "dpo": _train, "compare": _compare,
+            "experiment": _experiment, "demo": _experiment, "eval rewards": _eval_rewards,
+            "eval winrate": _eval_winrate, "eval drift": _eval_drift}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse, call one function, print. Errors crrelu-llm raises on purpose (:mod:`crrelu_llm.errors`)
+    become one line on stderr and exit status 2; anything else keeps its traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # transformers 5 warns on every run that TRL 1.x still sets `gradient_checkpointing`:
     # library-to-library deprecation noise that a user of this command cannot act on.
     warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6.*", category=FutureWarning)
-    from .loading import ModelLoadError
-    from .patch import NoActivationFoundError
-
-    from .evaluate import EvaluationError
-    from .experiment import ExperimentError
-    from .judges import JudgeError
-
-    expected = (ModelLoadError, NoActivationFoundError, FileExistsError, ValueError, TypeError, EvaluationError,
-                JudgeError, ExperimentError)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if argv and argv[0] in ("sft", "dpo"):  # TRL's parser owns these flags (--help lists them all)
-        from . import train
-
-        try:
-            return train.main(argv[0], argv[1:])
-        except expected as err:
-            print(f"crrelu-llm {argv[0]}: error: {err}", file=sys.stderr)
-            return 2
-    args = build_parser().parse_args(argv)
+        args = argparse.Namespace(command=argv[0], recipe_args=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
+    command = args.command + (f" {args.eval_command}" if args.command == "eval" else "")
     try:
-        return COMMANDS[args.command](args)
-    except expected as err:
-        command = args.command + (f" {args.eval_command}" if args.command == "eval" else "")
+        return COMMANDS[command](args)
+    except CRReLULLMError as err:
         print(f"crrelu-llm {command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset
 
+from .errors import DataError, MalformedRowError, RecipeError
+
 logger = logging.getLogger(__name__)
 
 HH_ASSISTANT = "\n\nAssistant:"
@@ -43,10 +45,6 @@ _LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".json.gz": "json", ".json
 
 def _suffix(path: Path) -> str:
     return "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
-
-
-class DataError(ValueError):
-    """Bad data: the message names the source, the row and the column."""
 
 
 @dataclass
@@ -85,13 +83,13 @@ class DataArguments:
 
     def __post_init__(self):
         if self.dataset_format not in FORMATS:
-            raise ValueError(f"dataset_format must be one of {', '.join(FORMATS)}, got {self.dataset_format!r}")
+            raise RecipeError(f"dataset_format must be one of {', '.join(FORMATS)}, got {self.dataset_format!r}")
         if not 0 < self.eval_fraction < 1:
-            raise ValueError(f"eval_fraction must be between 0 and 1, got {self.eval_fraction}")
+            raise RecipeError(f"eval_fraction must be between 0 and 1, got {self.eval_fraction}")
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be a positive number of rows or null, got {value}")
+                raise RecipeError(f"{name} must be a positive number of rows or null, got {value}")
 
 
 # --------------------------------------------------------------------------- loading
@@ -156,12 +154,20 @@ def detect_format(columns: list[str], name: str = "") -> str:
 # --------------------------------------------------------------------------- conversion of one row
 
 
+class RowProblem(Exception):
+    """Raised by a row converter: ``column`` and what is wrong with it (the caller adds the row)."""
+
+    def __init__(self, column: str, problem: str = "is missing"):
+        super().__init__(column, problem)
+        self.column, self.problem = column, problem
+
+
 def _text(row: dict, column: str) -> str:
     value = row.get(column)
     if not isinstance(value, str):
-        raise KeyError(column, f"must be a string, got {type(value).__name__}")
+        raise RowProblem(column, f"must be a string, got {type(value).__name__}")
     if not value.strip():
-        raise KeyError(column, "is empty")
+        raise RowProblem(column, "is empty")
     return value
 
 
@@ -169,10 +175,10 @@ def convert_hh(row: dict) -> dict:
     chosen, rejected = _text(row, "chosen"), _text(row, "rejected")
     cut = chosen.rfind(HH_ASSISTANT)
     if cut < 0:
-        raise KeyError("chosen", f"has no {HH_ASSISTANT!r} turn")
+        raise RowProblem("chosen", f"has no {HH_ASSISTANT!r} turn")
     prompt = chosen[: cut + len(HH_ASSISTANT)]
     if not rejected.startswith(prompt):
-        raise KeyError("rejected", "does not share the chosen transcript's conversation prefix")
+        raise RowProblem("rejected", "does not share the chosen transcript's conversation prefix")
     return {"prompt": prompt, "chosen": chosen[len(prompt):], "rejected": rejected[len(prompt):]}
 
 
@@ -180,26 +186,26 @@ def convert_shp(row: dict) -> dict:
     history, a, b = _text(row, "history"), _text(row, "human_ref_A"), _text(row, "human_ref_B")
     label = row.get("labels")
     if label not in (0, 1):
-        raise KeyError("labels", f"must be 0 or 1, got {label!r}")
+        raise RowProblem("labels", f"must be 0 or 1, got {label!r}")
     chosen, rejected = (a, b) if label == 1 else (b, a)
     return {"prompt": f"\n\nHuman: {history}{HH_ASSISTANT}", "chosen": " " + chosen, "rejected": " " + rejected}
 
 
 def _messages(value, column: str) -> list[dict]:
     if not isinstance(value, list) or not value:
-        raise KeyError(column, "must be a non-empty list of messages")
+        raise RowProblem(column, "must be a non-empty list of messages")
     for m in value:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise KeyError(column, "holds a message without string 'role' and 'content'")
+            raise RowProblem(column, "holds a message without string 'role' and 'content'")
         if not m["content"].strip():
-            raise KeyError(column, f"holds an empty {m['role']} message")
+            raise RowProblem(column, f"holds an empty {m['role']} message")
     return value
 
 
 def convert_ultrafeedback(row: dict) -> dict:
     chosen, rejected = _messages(row.get("chosen"), "chosen"), _messages(row.get("rejected"), "rejected")
     if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
-        raise KeyError("chosen", "must end with an assistant message")
+        raise RowProblem("chosen", "must end with an assistant message")
     return {"prompt": chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]}
 
 
@@ -225,37 +231,60 @@ def _score_ratio_ok(row: dict, min_ratio: float | None) -> bool:
     return max(a, b) / min(a, b) >= min_ratio
 
 
-def convert_rows(raw: Dataset, fmt: str, source: str, split: str, args: DataArguments) -> Dataset:
-    """Convert and validate every row; errors name source, split, row and column."""
-    convert = CONVERTERS[fmt]
-    rows, dropped, filtered = [], 0, 0
-    from tqdm.auto import tqdm
+def _problem(convert, row: dict) -> tuple[str, str] | None:
+    """(column, problem) of a row that cannot be converted, else None."""
+    try:
+        out = convert(row)
+        if out["chosen"] == out["rejected"]:
+            raise RowProblem("chosen", "is identical to rejected")
+    except RowProblem as err:
+        return err.column, err.problem
+    return None
 
-    for index, row in enumerate(tqdm(raw, desc=f"Converting {source} [{split}]", leave=False, mininterval=1.0)):
-        try:
-            if fmt == "shp" and not _score_ratio_ok(row, args.shp_min_score_ratio):
-                filtered += 1
-                continue
-            out = convert(row)
-            if out["chosen"] == out["rejected"]:
-                raise KeyError("chosen", "is identical to rejected")
-        except KeyError as err:
-            column, problem = (err.args + ("is missing",))[:2]
-            if args.drop_invalid_rows:
-                dropped += 1
-                continue
-            raise DataError(
-                f"{source} [{split}] row {index}: column {column!r} {problem}. "
-                "Fix the row, or set drop_invalid_rows: true to drop such rows and count them."
-            ) from None
-        rows.append(out)
+
+def convert_rows(raw: Dataset, fmt: str, source: str, split: str, args: DataArguments) -> Dataset:
+    """Convert and validate every row (``Dataset.filter`` then ``Dataset.map``); a malformed row
+    stops with a :class:`MalformedRowError` naming source, split, row and column, or is dropped
+    and counted with ``drop_invalid_rows``."""
+    convert = CONVERTERS[fmt]
+    ratio = args.shp_min_score_ratio if fmt == "shp" else None
+
+    def usable(row: dict, index: int) -> bool:
+        if not _score_ratio_ok(row, ratio):
+            return False
+        problem = _problem(convert, row)
+        if problem is None:
+            return True
+        if args.drop_invalid_rows:
+            return False
+        raise MalformedRowError(source, split, index, *problem)
+
+    kept = raw.filter(usable, with_indices=True, load_from_cache_file=False, desc=f"Checking {source} [{split}]")
+    filtered = 0 if ratio is None else sum(not _score_ratio_ok(row, ratio) for row in raw)
+    dropped = len(raw) - len(kept) - filtered
     if dropped or filtered:
         logger.warning("%s [%s]: dropped %d malformed row(s), filtered %d by score ratio", source, split, dropped, filtered)
-    if not rows:
+    if not len(kept):
         raise DataError(f"{source} [{split}]: no usable rows (dropped {dropped}, filtered {filtered})")
-    dataset = Dataset.from_list(rows)
+    dataset = kept.map(convert, remove_columns=kept.column_names, load_from_cache_file=False,
+                       desc=f"Converting {source} [{split}]")
     dataset.info.description = f"dropped={dropped} filtered={filtered}"
     return dataset
+
+
+def _cut(train: Dataset, evaluation: Dataset | None, args: DataArguments, train_split: str,
+         test_split: str | None) -> tuple[Dataset, Dataset, str]:
+    """The evaluation split, or a seeded ``eval_fraction`` of train held out; then the sample
+    limits (training rows: a seeded random subset; evaluation rows: the first ones)."""
+    if evaluation is None:
+        parts = train.train_test_split(test_size=args.eval_fraction, seed=args.split_seed)
+        train, evaluation = parts["train"], parts["test"]
+        test_split = f"{args.eval_fraction:g} of {train_split}"
+    if args.max_train_samples:
+        train = train.shuffle(seed=args.split_seed).select(range(min(args.max_train_samples, len(train))))
+    if args.max_eval_samples:
+        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+    return train, evaluation, test_split
 
 
 # --------------------------------------------------------------------------- public entry points
@@ -279,13 +308,8 @@ def load_preference_splits(args: DataArguments) -> tuple[Dataset, Dataset, dict]
     elif args.dataset_test_split:
         raise DataError(f"{source}: no split {test_split!r}; it has {list(raw)}")
     else:
-        parts = train.train_test_split(test_size=args.eval_fraction, seed=args.split_seed)
-        train, evaluation = parts["train"], parts["test"]
-        test_split = f"{args.eval_fraction:g} of {train_split}"
-    if args.max_train_samples:
-        train = train.shuffle(seed=args.split_seed).select(range(min(args.max_train_samples, len(train))))
-    if args.max_eval_samples:
-        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+        evaluation = None
+    train, evaluation, test_split = _cut(train, evaluation, args, train_split, test_split)
     summary = {"source": source, "format": fmt, "train_split": train_split, "eval_split": test_split,
                "train_rows": len(train), "eval_rows": len(evaluation)}
     return train, evaluation, summary
@@ -309,15 +333,6 @@ def load_sft_splits(args: DataArguments) -> tuple[Dataset, Dataset, dict]:
     columns = set(raw[split].column_names)
     if not ({"text"} <= columns or {"prompt", "completion"} <= columns or {"messages"} <= columns):
         raise DataError(f"{source}: SFT data needs a 'text', 'prompt'+'completion' or 'messages' column; has {sorted(columns)}")
-    data = raw[split]
     test = args.dataset_test_split or "test"
-    if test in raw:
-        evaluation = raw[test]
-    else:
-        parts = data.train_test_split(test_size=args.eval_fraction, seed=args.split_seed)
-        data, evaluation = parts["train"], parts["test"]
-    if args.max_train_samples:
-        data = data.select(range(min(args.max_train_samples, len(data))))
-    if args.max_eval_samples:
-        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+    data, evaluation, _ = _cut(raw[split], raw[test] if test in raw else None, args, split, test)
     return data, evaluation, {"source": source, "format": "sft", "train_rows": len(data), "eval_rows": len(evaluation)}

@@ -1,235 +1,153 @@
-"""Evaluation of checkpoints: DPO implicit rewards, generation, judged win rates, drift.
+"""Evaluation stages as functions: load what they need, compute, write one result file, return it.
 
-Reward metrics are per example. With ``r(y) = beta * (log pi(y|x) - log pi_ref(y|x))``, an
-example is *correct* when r(chosen) > r(rejected), a *tie* when they are equal (a policy equal
-to its reference ties everywhere: TRL's ``rewards/accuracies`` counts that as wrong), and the
-margin is r(chosen) - r(rejected). Intervals are percentile bootstraps over examples. The
-reference-free preference accuracy (does the policy give the chosen response the higher
-log-probability, summed and per token) compares arms that have different references.
+    from crrelu_llm import evaluate
+    evaluate.run_rewards("runs/crrelu/dpo", "runs/crrelu/sft", data="Anthropic/hh-rlhf", betas=[0.1])
+    evaluate.run_winrate("runs/crrelu/dpo", "runs/gelu/dpo", data=..., judge="rule:arithmetic")
+    evaluate.run_drift("runs/crrelu/patched", "gpt2", data=...)
 
-Examples are tokenized and truncated by TRL's own ``DPOTrainer`` pipeline, so the numbers
-agree with what ``DPOTrainer.evaluate()`` logs for the same model, data and reference.
+Each function owns its model loading, its caching (generations are reused when the model,
+the settings and the prompts are the same) and the name of its result file, which the
+``*_file`` functions compute for anyone who needs to find it (``crrelu-llm eval``, the
+experiment runner, ``compare``). Results go to ``MODEL/eval/`` unless ``out`` is given.
+The arithmetic lives in :mod:`crrelu_llm.scoring`, generation in :mod:`crrelu_llm.generation`.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import math
-import os
-import statistics
-from dataclasses import asdict, dataclass, field
+import re
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
+from .data import DataArguments, load_preference_splits
+from .errors import EvaluationError
+from .files import read_jsonl, write_json, write_jsonl
+from .generation import GenerationSettings, generate
+from .judges import judge_name, make_judge
+from .loading import load_causal_lm, load_tokenizer
+from .scoring import drift, preference_logps, reward_metrics
+from .stats import win_rate
 
-from .files import write_text_atomic
-from .stats import bootstrap_interval
-
-logger = logging.getLogger(__name__)
-
-
-class EvaluationError(RuntimeError):
-    """Inputs that cannot be evaluated; the message says which and why."""
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-@torch.no_grad()
-def completion_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed completion log-probabilities and completion token counts, one per row."""
-    device = _device(model)
-    input_ids = batch["input_ids"].to(device)
-    logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device)).logits[:, :-1]
-    logps = logits.float().log_softmax(-1).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    mask = batch["completion_mask"][:, 1:].to(device).float()
-    return (logps * mask).sum(1).cpu(), mask.sum(1).cpu()
-
-
-def _check_tokenizers(tokenizer, *models) -> None:
-    vocab = len(tokenizer)
-    for model in models:
-        size = model.get_input_embeddings().weight.shape[0]
-        if size < vocab:
-            raise EvaluationError(
-                f"{model.config._name_or_path or type(model).__name__} has {size} embeddings but the tokenizer has "
-                f"{vocab} tokens: the tokenizer does not belong to this model"
-            )
-
-
-def preference_logps(model, reference, tokenizer, dataset, max_length: int = 1024, batch_size: int = 8) -> dict:
-    """Per-example log-probs of chosen and rejected under the policy and the reference."""
-    from trl import DPOConfig, DPOTrainer
-
-    if len(dataset) == 0:
-        raise EvaluationError("the evaluation data is empty")
-    _check_tokenizers(tokenizer, model, reference)
-    args = DPOConfig(output_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), "crrelu-llm-eval"),
-                     per_device_eval_batch_size=batch_size, max_length=max_length, report_to=[],
-                     bf16=False, use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
-                     dataloader_num_workers=0)
-    trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=dataset, eval_dataset=dataset,
-                         processing_class=tokenizer)
-    out = {k: [] for k in ("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected", "tokens_chosen",
-                           "tokens_rejected")}
-    for batch in tqdm(trainer.get_eval_dataloader(), desc="Scoring preference pairs", leave=False):
-        p, tokens = completion_logps(trainer.model, batch)
-        r, _ = completion_logps(trainer.ref_model, batch)
-        for name, values in (("policy", p), ("ref", r)):
-            chosen, rejected = values.chunk(2)
-            out[f"{name}_chosen"] += chosen.tolist()
-            out[f"{name}_rejected"] += rejected.tolist()
-        chosen_tokens, rejected_tokens = tokens.chunk(2)
-        out["tokens_chosen"] += chosen_tokens.tolist()
-        out["tokens_rejected"] += rejected_tokens.tolist()
-    return out
-
-
-@dataclass
-class RewardMetrics:
-    beta: float
-    n: int
-    accuracy: float  # strictly correct, ties are not correct (as TRL counts)
-    ties: float  # share of exact ties
-    accuracy_ties_half: float
-    accuracy_interval: tuple[float, float]
-    margin: float
-    margin_interval: tuple[float, float]
-    chosen_reward: float
-    rejected_reward: float
-
-
-def reward_metrics(logps: dict, betas: list[float], n_boot: int = 1000, seed: int = 0) -> dict:
-    """Reward accuracy and margins for each beta, plus reference-free preference accuracy."""
-    n = len(logps["policy_chosen"])
-    chosen_ratio = [p - r for p, r in zip(logps["policy_chosen"], logps["ref_chosen"])]
-    rejected_ratio = [p - r for p, r in zip(logps["policy_rejected"], logps["ref_rejected"])]
-    per_beta = []
-    for beta in betas:
-        margins = [beta * (c - r) for c, r in zip(chosen_ratio, rejected_ratio)]
-        correct = [1.0 if m > 0 else 0.0 for m in margins]
-        ties = [1.0 if m == 0 else 0.0 for m in margins]
-        half = [c + t / 2 for c, t in zip(correct, ties)]
-        per_beta.append(asdict(RewardMetrics(
-            beta=beta, n=n, accuracy=statistics.fmean(correct), ties=statistics.fmean(ties),
-            accuracy_ties_half=statistics.fmean(half),
-            accuracy_interval=bootstrap_interval(correct, n_boot=n_boot, seed=seed),
-            margin=statistics.fmean(margins), margin_interval=bootstrap_interval(margins, n_boot=n_boot, seed=seed),
-            chosen_reward=beta * statistics.fmean(chosen_ratio), rejected_reward=beta * statistics.fmean(rejected_ratio),
-        )))
-    summed = [1.0 if c > r else 0.0 for c, r in zip(logps["policy_chosen"], logps["policy_rejected"])]
-    per_token = [1.0 if c / max(tc, 1) > r / max(tr, 1) else 0.0 for c, r, tc, tr in
-                 zip(logps["policy_chosen"], logps["policy_rejected"], logps["tokens_chosen"], logps["tokens_rejected"])]
-    return {
-        "n": n,
-        "betas": per_beta,
-        "preference_accuracy": statistics.fmean(summed),
-        "preference_accuracy_interval": bootstrap_interval(summed, n_boot=n_boot, seed=seed),
-        "preference_accuracy_per_token": statistics.fmean(per_token),
-        "preference_accuracy_per_token_interval": bootstrap_interval(per_token, n_boot=n_boot, seed=seed),
-    }
-
-
-# --------------------------------------------------------------------------- generation
-
-
-@dataclass
-class GenerationSettings:
-    max_new_tokens: int = 128
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
-    batch_size: int = 8
-    chat_template: bool = False  # apply the tokenizer's chat template to each prompt
-    extra: dict = field(default_factory=dict)
-
-
-def _render(tokenizer, prompt, chat_template: bool) -> str:
-    if chat_template:
-        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    if isinstance(prompt, list):
-        raise EvaluationError("conversational prompts need chat_template: true (and a tokenizer with a template)")
-    return prompt
-
-
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list, settings: GenerationSettings, desc: str = "Generating") -> list[str]:
-    """Completions for ``prompts``, batched, left-padded, reproducible for a given seed."""
-    if not prompts:
-        raise EvaluationError("no prompts to generate from")
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.eval()
-    device = _device(model)
-    texts = [_render(tokenizer, p, settings.chat_template) for p in prompts]
-    outputs = []
-    for start in tqdm(range(0, len(texts), settings.batch_size), desc=desc, leave=False):
-        torch.manual_seed(settings.seed + start)
-        batch = tokenizer(texts[start:start + settings.batch_size], return_tensors="pt", padding=True,
-                          add_special_tokens=not settings.chat_template).to(device)
-        kwargs = dict(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
-                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **settings.extra)
-        if settings.do_sample:
-            kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
-        generated = model.generate(**batch, **kwargs)
-        new_tokens = generated[:, batch["input_ids"].shape[1]:]
-        outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-    return outputs
+logger = logging.getLogger("crrelu_llm.evaluate")
 
 
 def slug(name: str, parts: int = 2) -> str:
     """A file-name-safe label for a model: the last ``parts`` components of its path or hub id."""
-    import re
-
     tail = "/".join(Path(str(name).rstrip("/")).parts[-parts:])
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", tail)[-80:]
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    """Atomic JSONL write."""
-    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+# --------------------------------------------------------------------------- where results go
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+def eval_dir(model: str | Path, out: str | Path | None = None) -> Path:
+    """``out``, else ``MODEL/eval`` for a local model, else ``./eval``."""
+    if out is not None:
+        return Path(out)
+    return Path(model) / "eval" if Path(model).is_dir() else Path("eval")
 
 
-# --------------------------------------------------------------------------- drift
+def rewards_file(model, out=None) -> Path:
+    return eval_dir(model, out) / "rewards.json"
 
 
-@torch.no_grad()
-def drift(patched, original, tokenizer, texts: list[str], max_length: int = 512, batch_size: int = 8) -> dict:
-    """Perplexity of both models and the mean per-token KL(patched || original) on the same text."""
-    if not texts:
-        raise EvaluationError("no text to measure drift on")
-    _check_tokenizers(tokenizer, patched, original)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
-    nll = {"patched": 0.0, "original": 0.0}
-    kl_sum, tokens = 0.0, 0
-    for start in tqdm(range(0, len(texts), batch_size), desc="Measuring drift", leave=False):
-        batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True,
-                          max_length=max_length)
-        ids = batch["input_ids"]
-        mask = batch["attention_mask"][:, 1:].float()
-        logp = {}
-        for name, model in (("patched", patched), ("original", original)):
-            device = _device(model)
-            out = model(input_ids=ids.to(device), attention_mask=batch["attention_mask"].to(device)).logits[:, :-1]
-            logp[name] = out.float().log_softmax(-1).cpu()
-            token_logp = logp[name].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-            nll[name] -= float((token_logp * mask).sum())
-        kl = (logp["patched"].exp() * (logp["patched"] - logp["original"])).sum(-1)
-        kl_sum += float((kl * mask).sum())
-        tokens += int(mask.sum())
-    if tokens == 0:
-        raise EvaluationError("the drift text has no tokens to predict (each text needs at least two tokens)")
-    return {"tokens": tokens, "perplexity_patched": math.exp(nll["patched"] / tokens),
-            "perplexity_original": math.exp(nll["original"] / tokens), "kl_patched_original": kl_sum / tokens}
+def drift_file(model, out=None) -> Path:
+    return eval_dir(model, out) / "drift.json"
+
+
+def winrate_file(model, judge: str, baseline, out=None) -> Path:
+    """The win-rate result of ``model`` against ``baseline`` judged by the judge spec ``judge``."""
+    return eval_dir(model, out) / f"winrate-{_winrate_label(judge, baseline)}.json"
+
+
+def _winrate_label(judge: str, baseline) -> str:
+    return f"{slug(judge_name(judge), 1)}-vs-{slug(str(baseline))}"
+
+
+def generations_file(model, name, out=None) -> Path:
+    return eval_dir(model, out) / f"generations-{slug(str(name))}.jsonl"
+
+
+# --------------------------------------------------------------------------- shared steps
+
+
+def _data(data: str, data_format: str, split: str | None, limit: int | None):
+    args = DataArguments(dataset_name=data, dataset_format=data_format, dataset_test_split=split,
+                         max_eval_samples=limit)
+    _, evaluation, summary = load_preference_splits(args)
+    return evaluation, summary
+
+
+def _shared_tokenizer(a: str, b: str, need: str):
+    first, second = load_tokenizer(str(a)), load_tokenizer(str(b))
+    if first.get_vocab() != second.get_vocab():
+        raise EvaluationError(f"the tokenizers of {a} and {b} disagree (different vocabularies): {need}")
+    return first
+
+
+# --------------------------------------------------------------------------- the stages
+
+
+def run_rewards(model, reference, data: str, *, data_format: str = "auto", split: str | None = None,
+                betas=(0.1,), max_samples: int | None = None, max_length: int = 1024, batch_size: int = 8,
+                out=None) -> dict:
+    """DPO implicit-reward accuracy and margins of ``model`` against ``reference``, per beta;
+    written to :func:`rewards_file`."""
+    model, reference = str(model), str(reference)
+    tokenizer = _shared_tokenizer(model, reference, "rewards need a policy and a reference that share one tokenizer")
+    evaluation, summary = _data(data, data_format, split, max_samples)
+    logps = preference_logps(load_causal_lm(model), load_causal_lm(reference), tokenizer, evaluation, max_length,
+                             batch_size)
+    result = {"model": model, "reference": reference, "data": summary, **reward_metrics(logps, list(betas))}
+    write_json(rewards_file(model, out), result)
+    return result
+
+
+def run_drift(model, original, data: str, *, data_format: str = "auto", split: str | None = None,
+              max_samples: int | None = 200, max_length: int = 1024, batch_size: int = 8, out=None) -> dict:
+    """Perplexity of both models and the per-token KL(model || original) on the prompts and
+    chosen responses of ``data``; written to :func:`drift_file`."""
+    model, original = str(model), str(original)
+    tokenizer = _shared_tokenizer(model, original, "drift compares a model with its original, which must share "
+                                  "one tokenizer")
+    evaluation, summary = _data(data, data_format, split, max_samples)
+    texts = [r["prompt"] + r["chosen"] for r in evaluation if isinstance(r["prompt"], str)]
+    result = {"model": model, "original": original, "data": summary,
+              **drift(load_causal_lm(model), load_causal_lm(original), tokenizer, texts, max_length, batch_size)}
+    write_json(drift_file(model, out), result)
+    return result
+
+
+def _completions(model: str, prompts: list, settings: GenerationSettings, file: Path, side: str) -> list[str]:
+    """Generations of ``model``, reused from ``file`` when model, settings and prompts match."""
+    record = {"model": model, "settings": dataclasses.asdict(settings)}
+    cached = read_jsonl(file) if file.exists() else []
+    if cached and cached[0] == record and [r["prompt"] for r in cached[1:]] == prompts:
+        logger.info("%s: reusing %s", side, file)
+        return [r["completion"] for r in cached[1:]]
+    texts = generate(load_causal_lm(model), load_tokenizer(model), prompts, settings, desc=f"Generating ({side})")
+    write_jsonl(file, [record] + [{"prompt": p, "completion": c} for p, c in zip(prompts, texts)])
+    return texts
+
+
+def run_winrate(model, baseline, data: str, judge: str, *, data_format: str = "auto", split: str | None = None,
+                num_prompts: int | None = 200, settings: GenerationSettings | None = None, out=None) -> dict:
+    """Generate with ``model`` and ``baseline`` from the same prompts, judge the pairs with the
+    judge spec ``judge`` and write the win rate to :func:`winrate_file` (judgments beside it)."""
+    model, baseline = str(model), str(baseline)
+    settings = settings or GenerationSettings()
+    folder = eval_dir(model, out)
+    judged_by = make_judge(judge, cache_dir=folder)  # a bad judge spec fails before data or generation
+    evaluation, summary = _data(data, data_format, split, num_prompts)
+    prompts = list(evaluation["prompt"])
+    ours = _completions(model, prompts, settings, generations_file(model, model, out), "model")
+    theirs = _completions(baseline, prompts, settings, generations_file(model, baseline, out), "baseline")
+    outcomes = judged_by.judge(prompts, list(zip(ours, theirs)))
+    stats = win_rate([o.winner for o in outcomes], ours, theirs, [o.consistent for o in outcomes])
+    write_jsonl(folder / f"judgments-{_winrate_label(judge, baseline)}.jsonl",
+                [{"prompt": p, "model": a, "baseline": b, "winner": o.winner, "consistent": o.consistent,
+                  "detail": o.detail} for p, a, b, o in zip(prompts, ours, theirs, outcomes)])
+    result = {"model": model, "baseline": baseline, "judge": judged_by.name, "data": summary,
+              "settings": dataclasses.asdict(settings), "stats": stats.to_dict()}
+    write_json(winrate_file(model, judge, baseline, out), result)
+    return result

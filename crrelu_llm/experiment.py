@@ -14,35 +14,35 @@ An experiment recipe (YAML) says:
   ``accelerate launch --config_file ...``) to run the training stages under accelerate.
 
 Stages: data, original, per arm ``patched`` (step 0) and ``sft``, per arm/beta/seed ``dpo``,
-their evaluations, then the ``compare`` report. A stage is skipped when its completion file
-exists; a training stage that was interrupted resumes from its last checkpoint.
+their evaluations, then the ``compare`` report. Every stage is a library call in this process
+(:func:`crrelu_llm.train.run_keys`, :mod:`crrelu_llm.evaluate`, :func:`crrelu_llm.report.compare`);
+only a ``launcher`` turns training stages into commands. A stage is skipped when its
+completion file exists; a training stage that was interrupted resumes from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import shlex
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .files import write_text_atomic
+from . import evaluate
+from .config import check_recipe_keys
+from .generation import GenerationSettings
+from .errors import ExperimentError
+from .files import read_json, write_json, write_text_atomic
 
 logger = logging.getLogger("crrelu_llm.experiment")
 
 DEMO_RECIPE = Path(__file__).with_name("demo.yaml")
 KEYS = {"name", "output_dir", "task", "dataset_name", "original", "pretrain", "arms", "sft", "dpo", "betas", "seeds",
         "evaluations", "launcher", "baseline_arm"}
-
-
-class ExperimentError(ValueError):
-    pass
 
 
 @dataclass
@@ -87,8 +87,6 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
     baseline = raw.get("baseline_arm", "gelu")
     if baseline not in raw["arms"]:
         raise ExperimentError(f"{path}: baseline_arm {baseline!r} is not one of the arms {sorted(raw['arms'])}")
-    from .train import check_recipe_keys
-
     stage_keys = {"model_name_or_path": "x", "dataset_name": "x", "output_dir": "x"}
     dpo_keys = {"beta": 0.1, "seed": 0, "reference": "policy"}
     for arm, keys in raw["arms"].items():  # every stage's keys, checked before anything runs
@@ -112,26 +110,22 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
 
 
 def _train(exp: Experiment, command: str, keys: dict, output_dir: Path) -> None:
-    """One training stage, in process or under the recipe's launcher; resumes by itself."""
-    output_dir.mkdir(parents=True, exist_ok=True)
+    """One training stage: in this process (:func:`crrelu_llm.train.run_keys`), or as a command
+    under the recipe's launcher; resumes by itself. The stage's keys are kept beside its outputs."""
+    keys = {**keys, "output_dir": str(output_dir)}
     recipe = output_dir / f"{command}_stage.yaml"
-    recipe.write_text(yaml.safe_dump({**keys, "output_dir": str(output_dir)}, sort_keys=True))
+    write_text_atomic(recipe, yaml.safe_dump(keys, sort_keys=True))
     if exp.launcher:
         cmd = [*shlex.split(exp.launcher), "-m", "crrelu_llm.cli", command, "--config", str(recipe)]
         logger.info("running %s", " ".join(cmd))
-        subprocess.run(cmd, check=True)
+        result = subprocess.run(cmd)
+        if result.returncode != 0:
+            raise ExperimentError(f"stage {command} in {output_dir} failed under the launcher (exit "
+                                  f"{result.returncode}); its output is above, and rerunning resumes it")
         return
-    from .train import parse_recipe, run
+    from .train import run_keys
 
-    run(command, *parse_recipe(command, ["--config", str(recipe)]))
-
-
-def _cli(argv: list[str]) -> None:
-    from .cli import main
-
-    code = main(argv)
-    if code != 0:
-        raise ExperimentError(f"stage `crrelu-llm {' '.join(argv)}` failed (exit {code})")
+    run_keys(command, keys, source=str(recipe))
 
 
 def _stage(name: str, done: Path, action, log: list) -> None:
@@ -188,7 +182,16 @@ def _stage_dirs(exp: Experiment):
                 yield arm, beta, seed, exp.output_dir / arm / f"dpo-beta{beta:g}-seed{seed}"
 
 
+def _patch(original: str, out: Path, arm_keys: dict) -> None:
+    from .checkpoints import patch_checkpoint
+
+    patch_checkpoint(original, out, activation=arm_keys["activation"],
+                     epsilon_init=arm_keys.get("epsilon_init", 0.01), overwrite=True)
+
+
 def run_experiment(exp: Experiment) -> dict:
+    """Run (or skip, when done) every stage of ``exp``; the summary also goes to ``summary.json``."""
+    start = time.time()
     exp.stage_log = []
     exp.output_dir.mkdir(parents=True, exist_ok=True)
     data = _prepare_data(exp)
@@ -201,12 +204,11 @@ def run_experiment(exp: Experiment) -> dict:
         if activation and evals.get("drift"):
             patched = exp.output_dir / arm / "patched"
             _stage(f"{arm}/patched", patched / "patch_report.json",
-                   lambda a=arm_keys, p=patched: _cli(["patch", original, "--out", str(p), "--activation",
-                                                       a["activation"], "--epsilon-init",
-                                                       str(a.get("epsilon_init", 0.01)), "--overwrite"]), exp.stage_log)
-            _stage(f"{arm}/patched drift", patched / "eval" / "drift.json",
-                   lambda p=patched: _cli(["eval", "drift", "--model", str(p), "--original", original, "--data", data,
-                                           "--max-samples", str(evals["drift"].get("max_samples", 200))]), exp.stage_log)
+                   lambda a=arm_keys, p=patched: _patch(original, p, a), exp.stage_log)
+            _stage(f"{arm}/patched drift", evaluate.drift_file(patched),
+                   lambda p=patched: evaluate.run_drift(p, original, data,
+                                                        max_samples=evals["drift"].get("max_samples", 200)),
+                   exp.stage_log)
         if exp.sft is not None:
             sft = exp.output_dir / arm / "sft"
             keys = {**common, **exp.sft, **arm_keys, "model_name_or_path": original}
@@ -224,35 +226,27 @@ def run_experiment(exp: Experiment) -> dict:
         dpo_runs.append(out)
         if "rewards" in evals:
             r = evals["rewards"]
-            _stage(f"{arm}/rewards beta={beta:g} seed={seed}", out / "eval" / "rewards.json",
-                   lambda o=out, a=arm, r=r: _cli(["eval", "rewards", "--model", str(o), "--reference", str(sft_dirs[a]),
-                                              "--data", data, "--beta", *[str(b) for b in r.get("betas", exp.betas)],
-                                              "--max-samples", str(r.get("max_samples", 500)),
-                                              "--max-length", str(r.get("max_length", 1024))]), exp.stage_log)
+            _stage(f"{arm}/rewards beta={beta:g} seed={seed}", evaluate.rewards_file(out),
+                   lambda o=out, a=arm, r=r: evaluate.run_rewards(
+                       o, sft_dirs[a], data, betas=r.get("betas", exp.betas), max_samples=r.get("max_samples", 500),
+                       max_length=r.get("max_length", 1024)), exp.stage_log)
         if "winrate" in evals:
             w = evals["winrate"]
-            flags = ["--data", data, "--judge", w["judge"], "--num-prompts", str(w.get("num_prompts", 200)),
-                     "--max-new-tokens", str(w.get("max_new_tokens", 128)), "--batch-size", str(w.get("batch_size", 16))]
+            settings = GenerationSettings(max_new_tokens=w.get("max_new_tokens", 128), batch_size=w.get("batch_size", 16))
             baselines = [sft_dirs[arm]] if w.get("against_sft", True) else []
             if arm != exp.baseline_arm:
                 baselines.append(exp.output_dir / exp.baseline_arm / out.name)
             for baseline in baselines:
                 _stage(f"{arm}/winrate {out.name} vs {baseline.parent.name}/{baseline.name}",
-                       winrate_file(out, w["judge"], baseline),
-                       lambda o=out, b=baseline, f=flags: _cli(["eval", "winrate", "--model", str(o), "--baseline",
-                                                                str(b), *f]), exp.stage_log)
-    report_dir = exp.output_dir / "report"
-    _cli(["compare", *[f"{run.parent.name}={run}" for run in dpo_runs], "--out", str(report_dir)])
-    summary = summarise(exp, dpo_runs, sft_dirs)
-    write_text_atomic(exp.output_dir / "summary.json", json.dumps({"stages": exp.stage_log, **summary}, indent=2) + "\n")
+                       evaluate.winrate_file(out, w["judge"], baseline),
+                       lambda o=out, b=baseline, w=w, s=settings: evaluate.run_winrate(
+                           o, b, data, w["judge"], num_prompts=w.get("num_prompts", 200), settings=s), exp.stage_log)
+    from .report import compare
+
+    compare([f"{run.parent.name}={run}" for run in dpo_runs], exp.output_dir / "report")
+    summary = {**summarise(exp, dpo_runs, sft_dirs), "seconds": round(time.time() - start, 1)}
+    write_json(exp.output_dir / "summary.json", {"stages": exp.stage_log, **summary})
     return summary
-
-
-def winrate_file(model: Path, judge: str, baseline: Path) -> Path:
-    """Where ``crrelu-llm eval winrate`` writes its result (see cli._eval)."""
-    from .evaluate import slug
-
-    return model / "eval" / f"winrate-{slug(judge, 1)}-vs-{slug(str(baseline))}.json"
 
 
 # --------------------------------------------------------------------------- summary
@@ -263,21 +257,21 @@ def summarise(exp: Experiment, dpo_runs: list[Path], sft_dirs: dict) -> dict:
     for out in dpo_runs:
         arm = out.parent.name
         row = {"arm": arm, "run": str(out)}
-        final = json.loads((out / "final_metrics.json").read_text())
+        final = read_json(out / "final_metrics.json")
         row["eval_reward_accuracy"] = final.get("eval_rewards/accuracies")
         eps = [v for k, v in final.items() if k.startswith("final_epsilon/") and k[14:].isdigit()]
         row["epsilon_range"] = [min(eps), max(eps)] if eps else None
         judge = exp.evaluations.get("winrate", {}).get("judge")
         baselines = {"vs-sft": sft_dirs[arm], f"vs-{exp.baseline_arm}": exp.output_dir / exp.baseline_arm / out.name}
         for name, baseline in baselines.items():
-            file = winrate_file(out, judge, baseline) if judge else None
+            file = evaluate.winrate_file(out, judge, baseline) if judge else None
             if file and file.exists() and baseline != out:
-                stats = json.loads(file.read_text())["stats"]
+                stats = read_json(file)["stats"]
                 row[f"winrate_{name}"] = {"win_rate": stats["win_rate"], "interval": stats["interval"],
                                          "wins": stats["wins"], "ties": stats["ties"], "losses": stats["losses"]}
-        drift_file = exp.output_dir / arm / "patched" / "eval" / "drift.json"
-        if drift_file.exists():
-            row["kl_step0"] = json.loads(drift_file.read_text())["kl_patched_original"]
+        drift = evaluate.drift_file(exp.output_dir / arm / "patched")
+        if drift.exists():
+            row["kl_step0"] = read_json(drift)["kl_patched_original"]
         rows.append(row)
     return {"rows": rows, "report": str(exp.output_dir / "report" / "report.md")}
 
@@ -299,14 +293,3 @@ def format_table(summary: dict, baseline: str) -> str:
         lines.append(f"{run:34s} {wr(r.get('winrate_vs-sft')):>20s} {wr(r.get(f'winrate_vs-{baseline}')):>20s} "
                      f"{acc:>10s} {kl:>9s} {eps:>17s}")
     return "\n".join(lines)
-
-
-def main(config: str | Path, output_dir: str | None = None, overrides: dict | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    exp = load_experiment(config, output_dir, overrides)
-    start = time.time()
-    summary = run_experiment(exp)
-    print(f"\n{exp.name}: {len(summary['rows'])} DPO runs, {time.time() - start:.0f}s ({exp.output_dir})")
-    print(format_table(summary, exp.baseline_arm))
-    print(f"report: {summary['report']}")
-    return 0

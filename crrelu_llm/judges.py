@@ -31,6 +31,8 @@ from typing import Callable, Protocol
 
 import torch
 
+from .errors import JudgeError, UsageError
+
 logger = logging.getLogger(__name__)
 
 
@@ -45,10 +47,6 @@ class Judge(Protocol):
     name: str
 
     def judge(self, prompts: list[str], completion_pairs: list[tuple[str, str]]) -> list[Outcome]: ...
-
-
-class JudgeError(RuntimeError):
-    """The judge could not give verdicts; what it judged before failing is kept (cache)."""
 
 
 def _by_score(a: float, b: float) -> int | None:
@@ -83,8 +81,12 @@ class RewardModelJudge:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if model is None:
-            model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path)
-            tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+            try:
+                model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path)
+                tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+            except (OSError, ValueError) as err:
+                raise JudgeError(f"reward-model judge {model_name_or_path!r} could not be loaded: give a local "
+                                 f"directory or a reachable hub id ({type(err).__name__}: {str(err)[:200]})") from err
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size, self.max_length = batch_size, max_length
@@ -133,12 +135,12 @@ class PairwiseLLMJudge:
 
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY",
                  cache_path: str | Path | None = None, max_retries: int = 4, backoff: float = 1.0,
-                 timeout: float = 60.0, temperature: float = 0.0):
+                 timeout: float = 60.0, temperature: float = 0.0, name: str | None = None):
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key_env = api_key_env
         self.max_retries, self.backoff, self.timeout, self.temperature = max_retries, backoff, timeout, temperature
-        self.name = f"pairwise:{model}"
+        self.name = name or f"pairwise:{model}"
         self.cache_path = Path(cache_path) if cache_path else None
         self.cache: dict[str, str] = {}
         if self.cache_path and self.cache_path.exists():
@@ -208,20 +210,37 @@ class PairwiseLLMJudge:
         return outcomes
 
 
+JUDGE_SPECS = ("reward-model:<model id or path>, openai:<model>@<base url> (key from $OPENAI_API_KEY) "
+               "or rule:<task>")
+
+
+def _parse_spec(spec: str) -> tuple[str, str, str]:
+    """(kind, model or task, base url) of a judge spec; a bad spec is a one-line usage error."""
+    kind, _, rest = str(spec).partition(":")
+    if kind == "openai" and rest and "@" not in rest:
+        raise UsageError(f"judge {spec!r}: the base URL is missing; write openai:{rest}@<base url>, "
+                         "e.g. openai:gpt-4o@https://api.openai.com/v1")
+    model, _, url = rest.partition("@") if kind == "openai" else (rest, "", "")
+    if kind not in ("reward-model", "openai", "rule") or not model or (kind == "openai" and not url):
+        raise UsageError(f"unknown judge {spec!r}: use {JUDGE_SPECS}")
+    return kind, model, url
+
+
+def judge_name(spec: str) -> str:
+    """The name a judge built from ``spec`` carries (and that result files are named by),
+    without building it (a reward model is not loaded)."""
+    kind, model, _ = _parse_spec(spec)
+    return {"openai": f"pairwise:{model}"}.get(kind, f"{kind}:{model}")
+
+
 def make_judge(spec: str, cache_dir: Path | None = None, **kwargs) -> Judge:
     """``reward-model:<path or id>``, ``openai:<model>@<base_url>`` or ``rule:<task>``."""
-    kind, _, rest = spec.partition(":")
-    if kind == "reward-model" and rest:
-        return RewardModelJudge(rest, **kwargs)
-    if kind == "openai" and "@" in rest:
-        model, _, base_url = rest.partition("@")
+    kind, model, url = _parse_spec(spec)
+    if kind == "reward-model":
+        return RewardModelJudge(model, **kwargs)
+    if kind == "openai":
         cache = (cache_dir / f"judge-cache-{hashlib.sha256(spec.encode()).hexdigest()[:12]}.jsonl") if cache_dir else None
-        return PairwiseLLMJudge(base_url, model, cache_path=cache, **kwargs)
-    if kind == "rule" and rest:
-        from .tasks import scorer
+        return PairwiseLLMJudge(url, model, cache_path=cache, name=judge_name(spec), **kwargs)
+    from .tasks import scorer
 
-        return RuleBasedJudge(scorer(rest), name=f"rule:{rest}")
-    raise ValueError(
-        f"unknown judge {spec!r}: use reward-model:<model id or path>, openai:<model>@<base url> "
-        "(key from $OPENAI_API_KEY) or rule:<task>"
-    )
+    return RuleBasedJudge(scorer(model), name=judge_name(spec))

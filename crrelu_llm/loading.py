@@ -15,12 +15,9 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
+from .errors import ModelLoadError, UsageError
 from .patch import epsilon_parameters, epsilon_tensor, verify_patch
-from .tiny import TINY_MODEL_PREFIX, tiny_causal_lm, tiny_config
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be found or loaded; the message says what to try."""
+from .tiny import TINY_MODEL_PREFIX, tiny_causal_lm, tiny_config, tiny_model_type, tiny_tokenizer
 
 
 def _hint(name: str) -> str:
@@ -38,9 +35,9 @@ def _hint(name: str) -> str:
 
 def load_config(name_or_path: str, trust_remote_code: bool = False) -> PretrainedConfig:
     """The model's config only (no weights are downloaded)."""
-    if name_or_path.startswith(TINY_MODEL_PREFIX) and not Path(name_or_path).exists():
+    if tiny_model_type(name_or_path):
         try:
-            return tiny_config(name_or_path[len(TINY_MODEL_PREFIX) :])
+            return tiny_config(tiny_model_type(name_or_path))
         except ValueError as err:
             raise ModelLoadError(f"{name_or_path!r}: {err}") from err
     try:
@@ -59,15 +56,15 @@ def load_causal_lm(
     """``AutoModelForCausalLM.from_pretrained`` with clear errors, then a check that a patched
     checkpoint came back as saved: the recorded modules are in place and every ``epsilon``
     equals the value stored in the safetensors files, bit for bit."""
-    if name_or_path.startswith(TINY_MODEL_PREFIX) and not Path(name_or_path).exists():
-        model_type = name_or_path[len(TINY_MODEL_PREFIX) :]
+    model_type = tiny_model_type(name_or_path)
+    if model_type:
         try:
             return tiny_causal_lm(model_type, seed=seed)
         except ValueError as err:
             raise ModelLoadError(f"{name_or_path!r}: {err}") from err
     if isinstance(dtype, str) and dtype != "auto":
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise ValueError(f"dtype must be 'auto' or a torch dtype name such as 'float32' or 'bfloat16', got {dtype!r}")
+            raise UsageError(f"dtype must be 'auto' or a torch dtype name such as 'float32' or 'bfloat16', got {dtype!r}")
         dtype = getattr(torch, dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -102,7 +99,7 @@ def check_stored_epsilons(model: torch.nn.Module, checkpoint_dir: Path) -> None:
         expected = stored[name].to(param.dtype).reshape(())
         loaded = epsilon_tensor(param).cpu()
         if not torch.equal(loaded, expected):
-            raise RuntimeError(
+            raise ModelLoadError(
                 f"{name} loaded as {loaded.item()!r} but {checkpoint_dir} stores {stored[name].item()!r}: "
                 "the checkpoint was not loaded faithfully (was crrelu_llm imported before loading?)"
             )
@@ -112,9 +109,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     """The tokenizer of a hub id or local checkpoint (``tiny-*``: the offline character tokenizer)."""
     from transformers import AutoTokenizer
 
-    from .tiny import tiny_tokenizer
-
-    if name_or_path.startswith(TINY_MODEL_PREFIX) and not Path(name_or_path).exists():
+    if tiny_model_type(name_or_path):
         return tiny_tokenizer()
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)

@@ -24,6 +24,9 @@ from transformers.activations import ACT2CLS, ACT2FN
 from transformers.modeling_utils import PreTrainedModel
 
 from .activation import DEFAULT_EPSILON_INIT, CRReLU
+from .distributed import full_parameter
+from .errors import ModelLoadError, NoActivationFoundError, PatchError
+from .version import __version__
 
 PATCH_CONFIG_KEY = "crrelu_llm_patch"
 PATCH_RECORD_VERSION = 1
@@ -86,7 +89,7 @@ def make_activation(name: str, epsilon_init: float = DEFAULT_EPSILON_INIT) -> nn
         return ACT2FN[name]
     close = difflib.get_close_matches(name, available_activations(), n=3)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(
+    raise PatchError(
         f"Unknown activation {name!r}.{hint} Valid names: {', '.join(available_activations())}."
     )
 
@@ -190,7 +193,7 @@ def _classify(root: nn.Module, path: str) -> tuple[bool, str]:
     return False, f"{type(parent).__name__} does not look like a feed-forward block"
 
 
-def _layer_index(path: str) -> int | None:
+def layer_index(path: str) -> int | None:
     match = _LAYER_INDEX.search(path)
     return int(match.group(1)) if match else None
 
@@ -202,15 +205,11 @@ def find_activations(model: nn.Module) -> list[ActivationSite]:
     for path, module in model.named_modules():
         if path and is_activation_module(module):
             feed_forward, reason = _classify(model, path)
-            sites.append(ActivationSite(path, type(module).__name__, _layer_index(path), feed_forward, reason))
+            sites.append(ActivationSite(path, type(module).__name__, layer_index(path), feed_forward, reason))
     return sites
 
 
 # --------------------------------------------------------------------------- patching
-
-
-class NoActivationFoundError(ValueError):
-    """The model has no activation module in a feed-forward block to replace."""
 
 
 @dataclass
@@ -301,15 +300,15 @@ def _normalise_layers(layers, num_blocks: int | None) -> list[int] | None:
         raise TypeError(f"layers must be a list of block indices or None, got {layers!r}")
     layers = list(layers)
     if not layers:
-        raise ValueError("layers is empty: give block indices, or None to patch every block")
+        raise PatchError("layers is empty: give block indices, or None to patch every block")
     if num_blocks is None:
-        raise ValueError("layers was given but this model's activations are not in numbered blocks")
+        raise PatchError("layers was given but this model's activations are not in numbered blocks")
     out = []
     for index in layers:
         if isinstance(index, bool) or not isinstance(index, int):
             raise TypeError(f"layers must hold integers, got {index!r}")
         if not -num_blocks <= index < num_blocks:
-            raise ValueError(
+            raise PatchError(
                 f"layer index {index} is out of range: the model has {num_blocks} blocks "
                 f"(indices 0..{num_blocks - 1}, or negative from the end)"
             )
@@ -389,8 +388,6 @@ def _record_patch(root: nn.Module, report: PatchReport) -> None:
         if report.activation == "crrelu":
             entry["epsilon_init"] = report.epsilon_init
         modules[r.path] = entry
-    from . import __version__
-
     setattr(config, PATCH_CONFIG_KEY, {"version": PATCH_RECORD_VERSION, "crrelu_llm": __version__, "modules": modules})
 
 
@@ -416,7 +413,7 @@ def _resolve(root: nn.Module, path: str) -> str | None:
 
 def _restore_patch(root: nn.Module, record: dict) -> None:
     if record.get("version") != PATCH_RECORD_VERSION:
-        raise ValueError(
+        raise PatchError(
             f"config.{PATCH_CONFIG_KEY} has version {record.get('version')!r}; this crrelu-llm reads "
             f"version {PATCH_RECORD_VERSION}. Upgrade crrelu-llm to load this checkpoint."
         )
@@ -448,7 +445,7 @@ def verify_patch(model: nn.Module) -> None:
         if type(module) is not expected:
             problems.append(f"{path}: {type(module).__name__}, expected {expected.__name__}")
     if problems:
-        raise RuntimeError(
+        raise ModelLoadError(
             f"The model does not match its recorded patch (config.{PATCH_CONFIG_KEY}): " + "; ".join(problems)
         )
 
@@ -460,32 +457,6 @@ def epsilon_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """``{parameter name: parameter}`` for every CRReLU ``epsilon`` (names as in ``named_parameters``)."""
     return {f"{path}.epsilon" if path else "epsilon": module.epsilon
             for path, module in model.named_modules() if isinstance(module, CRReLU)}
-
-
-def use_vector_epsilons(model: nn.Module) -> int:
-    """Hold every CRReLU ``epsilon`` with shape ``(1,)``, for DeepSpeed (which cannot broadcast
-    0-dim parameters). Values, ``state_dict()`` and checkpoints are unchanged. Returns how many
-    were converted. Call before the optimizer is built."""
-    converted = 0
-    for module in model.modules():
-        if isinstance(module, CRReLU) and module.epsilon.dim() == 0:
-            module.use_vector_epsilon()
-            converted += 1
-    return converted
-
-
-def full_parameter(param: torch.Tensor) -> torch.Tensor:
-    """A detached copy of the whole parameter, however it is held: plain, an FSDP2 DTensor, or
-    partitioned by DeepSpeed ZeRO-3 (gathered; a collective, so every rank must call it)."""
-    full = getattr(param, "full_tensor", None)  # FSDP2 DTensor
-    if callable(full):
-        return full().detach()
-    if param.numel() == 0 and hasattr(param, "ds_id"):  # ZeRO-3 partitioned
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters([param]):
-            return param.detach().clone()
-    return param.detach()
 
 
 def epsilon_tensor(param: torch.Tensor) -> torch.Tensor:
@@ -501,6 +472,27 @@ def epsilon_values(model: nn.Module) -> dict[str, float]:
         for path, module in model.named_modules()
         if isinstance(module, CRReLU)
     }
+
+
+def active_epsilons(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The CRReLU epsilons that train (PEFT's frozen ``original_module`` copies left out)."""
+    return {n: p for n, p in epsilon_parameters(model).items() if ".original_module." not in n}
+
+
+def epsilon_logs(model: nn.Module) -> dict[str, float]:
+    """``epsilon/<block>`` for every CRReLU, plus mean/min/max (empty for unpatched models): the
+    names under which trainers log them."""
+    values = {}
+    for name, p in active_epsilons(model).items():
+        layer = layer_index(name)
+        key = f"epsilon/{layer:02d}" if layer is not None else f"epsilon/{name.removesuffix('.epsilon')}"
+        if key in values:  # several per block (e.g. MoE shared + routed experts)
+            key = f"epsilon/{name.removesuffix('.epsilon')}"
+        values[key] = float(epsilon_tensor(p).float().item())
+    if values:
+        v = list(values.values())
+        values.update({"epsilon/mean": sum(v) / len(v), "epsilon/min": min(v), "epsilon/max": max(v)})
+    return values
 
 
 def peft_modules_to_save(model: nn.Module) -> list[str]:

@@ -17,14 +17,11 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .files import write_text_atomic
+from .errors import ReportError
+from .files import write_json, write_text_atomic
 from .stats import paired_permutation_test
 
 TRAIN_CURVES = ("loss", "rewards/accuracies", "rewards/margins")
-
-
-class ReportError(ValueError):
-    pass
 
 
 @dataclass
@@ -209,7 +206,7 @@ def compare(specs: list[str], out: Path) -> dict:
                                      "pairs": len(a), "p_value": paired_permutation_test(accs_a, accs_b),
                                      "test": "exact sign-flip permutation over seeds"}
     report["plots"] = _plots(arms, out)
-    write_text_atomic(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_json(out / "report.json", report)
     write_text_atomic(out / "report.md", _markdown(report))
     return report
 

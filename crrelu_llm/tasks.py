@@ -11,10 +11,12 @@ They are ordinary datasets to the rest of the toolkit: write them as JSONL and p
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
+
+from .errors import UsageError
+from .files import write_jsonl
 
 TASKS = ("arithmetic", "repeat")
 _ARITH = re.compile(r"^\s*(\d+)\s*\+\s*(\d+)\s*=\s*$")
@@ -44,13 +46,13 @@ _MAKERS = {"arithmetic": _arithmetic, "repeat": _repeat}
 def generate_task_data(task: str, n: int, seed: int = 0) -> list[dict]:
     """``n`` distinct prompt/chosen/rejected rows, the same for the same seed."""
     if task not in _MAKERS:
-        raise ValueError(f"unknown task {task!r}; built-in tasks: {', '.join(TASKS)}")
+        raise UsageError(f"unknown task {task!r}; built-in tasks: {', '.join(TASKS)}")
     rng, seen, rows = random.Random(f"{task}-{seed}"), set(), []
     attempts = 0
     while len(rows) < n:
         attempts += 1
         if attempts > 100 * n:
-            raise ValueError(f"task {task!r} has fewer than {n} distinct prompts")
+            raise UsageError(f"task {task!r} has fewer than {n} distinct prompts")
         row = _MAKERS[task](rng)
         if row["prompt"] not in seen and row["chosen"] != row["rejected"]:
             seen.add(row["prompt"])
@@ -61,7 +63,7 @@ def generate_task_data(task: str, n: int, seed: int = 0) -> list[dict]:
 def score_arithmetic(prompt: str, completion: str) -> float:
     match = _ARITH.match(prompt)
     if not match:
-        raise ValueError(f"not an arithmetic prompt: {prompt!r}")
+        raise UsageError(f"not an arithmetic prompt: {prompt!r}")
     answer = re.match(r"\s*(\d+)", completion)
     return 1.0 if answer and int(answer.group(1)) == int(match.group(1)) + int(match.group(2)) else 0.0
 
@@ -69,7 +71,7 @@ def score_arithmetic(prompt: str, completion: str) -> float:
 def score_repeat(prompt: str, completion: str) -> float:
     match = _REPEAT.match(prompt.strip())
     if not match:
-        raise ValueError(f"not a repeat prompt: {prompt!r}")
+        raise UsageError(f"not a repeat prompt: {prompt!r}")
     letter, count = match.group(1), int(match.group(2))
     word = re.match(r"\s*([a-z]*)", completion).group(1)
     return 1.0 if word == letter * count else 0.0
@@ -78,7 +80,7 @@ def score_repeat(prompt: str, completion: str) -> float:
 def scorer(task: str):
     scorers = {"arithmetic": score_arithmetic, "repeat": score_repeat}
     if task not in scorers:
-        raise ValueError(f"no rule-based scorer for task {task!r}; built-in tasks: {', '.join(TASKS)}")
+        raise UsageError(f"no rule-based scorer for task {task!r}; built-in tasks: {', '.join(TASKS)}")
     return scorers[task]
 
 
@@ -87,5 +89,5 @@ def write_task_files(task: str, out_dir: Path, n_train: int, n_test: int, seed: 
     rows = generate_task_data(task, n_train + n_test, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, part in (("train", rows[:n_train]), ("test", rows[n_train:])):
-        (out_dir / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+        write_jsonl(out_dir / f"{name}.jsonl", part)
     return out_dir

@@ -13,6 +13,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from .errors import UsageError
+
 # Size fields across architectures and the tiny value each gets when the config has it.
 _TINY_SIZES = {
     "hidden_size": 32, "n_embd": 32, "d_model": 32, "embed_dim": 32, "dim": 32, "word_embed_proj_dim": 32,
@@ -39,7 +41,7 @@ def tiny_config(model_type: str, **overrides) -> PretrainedConfig:
     if model_type not in CONFIG_MAPPING:
         close = difflib.get_close_matches(model_type, list(CONFIG_MAPPING.keys()), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown transformers model type {model_type!r}{hint}")
+        raise UsageError(f"unknown transformers model type {model_type!r}{hint}")
     config = AutoConfig.for_model(model_type)
     for key, value in _TINY_SIZES.items():
         if key in config.to_dict() or hasattr(config, key):
@@ -60,6 +62,16 @@ def tiny_config(model_type: str, **overrides) -> PretrainedConfig:
 
 
 TINY_MODEL_PREFIX = "tiny-"
+
+
+def tiny_model_type(name: str) -> str | None:
+    """``gpt2`` for ``tiny-gpt2`` (a built-in tiny model), None for anything else, including a
+    local directory that happens to be called ``tiny-...``."""
+    from pathlib import Path
+
+    if name.startswith(TINY_MODEL_PREFIX) and not Path(name).exists():
+        return name[len(TINY_MODEL_PREFIX):]
+    return None
 
 
 def tiny_causal_lm(model_type: str = "gpt2", seed: int = 0, **overrides) -> torch.nn.Module:

@@ -38,7 +38,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from crrelu_llm.files import write_text_atomic  # noqa: E402
+from crrelu_llm.files import write_json  # noqa: E402
 from crrelu_llm.tasks import generate_task_data  # noqa: E402
 
 def expected_distributed_type(profile: dict, cuda: bool) -> str:
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{profile_path.name} x{args.num_processes} on {result['device']}: "
           f"{'passed' if result['passed'] else 'FAILED'} in {total:.0f}s (expected {expected}; logs in {workdir})")
     if args.json:
-        write_text_atomic(Path(args.json), json.dumps(result, indent=2) + "\n")
+        write_json(Path(args.json), result)
     return 0 if result["passed"] else 1
 
 

@@ -1,4 +1,7 @@
 import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))  # helper modules beside the tests (judge_server)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -8,6 +11,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 import crrelu_llm  # noqa: E402,F401  (registers "crrelu" with transformers)
+from judge_server import judge_servers  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -16,3 +20,9 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture
 def tokens():
     return torch.randint(3, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def server():
+    """``server(behaviour)`` starts a loopback OpenAI-compatible judge (see judge_server.py)."""
+    yield from judge_servers()

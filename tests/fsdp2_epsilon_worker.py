@@ -10,7 +10,7 @@ from torch.distributed.fsdp import fully_shard
 
 import crrelu_llm
 from crrelu_llm.tiny import tiny_causal_lm
-from crrelu_llm.train import fsdp2_share_epsilons
+from crrelu_llm.distributed import fsdp2_share_epsilons
 
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()

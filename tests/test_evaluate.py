@@ -1,9 +1,6 @@
 """Evaluation: statistics, reward metrics vs TRL, generation, judges (incl. a real local HTTP judge), drift, report."""
 
 import json
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -11,12 +8,15 @@ from datasets import Dataset
 
 import crrelu_llm
 from crrelu_llm.cli import main as cli_main
-from crrelu_llm.evaluate import (EvaluationError, GenerationSettings, drift, generate, preference_logps,
-                                 reward_metrics)
+from crrelu_llm.errors import EvaluationError
+from crrelu_llm.generation import GenerationSettings, generate
+from crrelu_llm.scoring import drift, preference_logps, reward_metrics
 from crrelu_llm.judges import JudgeError, PairwiseLLMJudge, RewardModelJudge, make_judge
 from crrelu_llm.stats import paired_permutation_test, sign_test, wilson_interval, win_rate
 from crrelu_llm.tasks import generate_task_data, score_arithmetic, score_repeat, write_task_files
 from crrelu_llm.tiny import tiny_causal_lm, tiny_tokenizer
+from judge_server import answer as _answer
+from judge_server import prefers_longer as _prefers_longer
 
 # --------------------------------------------------------------------------- statistics
 
@@ -145,63 +145,6 @@ def test_reward_model_judge_scores_each_response_alone():
     assert forward[2].winner is None
 
 
-class _JudgeServer:
-    """A real OpenAI-compatible endpoint on 127.0.0.1 with a scripted behaviour."""
-
-    def __init__(self, behaviour):
-        self.behaviour, self.requests = behaviour, []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append({"auth": self.headers.get("Authorization"), "body": body})
-                status, payload = outer.behaviour(body["messages"][0]["content"], len(outer.requests))
-                if status is None:
-                    time.sleep(2)
-                    return
-                data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-
-
-def _answer(letter):
-    return 200, {"choices": [{"message": {"content": letter}}]}
-
-
-def _prefers_longer(content, n):
-    a = content.split("[Response A]\n")[1].split("\n\n[Response B]")[0]
-    b = content.split("[Response B]\n")[1].split("\n\nWhich response")[0]
-    return _answer("A" if len(a) >= len(b) else "B")
-
-
-@pytest.fixture
-def server():
-    servers = []
-
-    def start(behaviour):
-        s = _JudgeServer(behaviour)
-        servers.append(s)
-        return s
-
-    yield start
-    for s in servers:
-        s.close()
-
-
 def test_pairwise_judge_asks_both_orders_caches_and_never_stores_the_key(server, tmp_path, monkeypatch):
     monkeypatch.setenv("JUDGE_KEY", "sk-secret-123")
     s = server(_prefers_longer)
@@ -272,7 +215,7 @@ def two_runs(tmp_path_factory, task_dir):
     return dirs
 
 
-def test_eval_commands_write_their_outputs_and_compare_reports_them(two_runs, task_dir, tmp_path, capsys):
+def test_eval_commands_write_their_outputs_and_compare_reports_them(two_runs, task_dir, tmp_path, capsys, caplog):
     gelu0, gelu1, crrelu0, crrelu1 = two_runs
     assert cli_main(["eval", "rewards", "--model", str(crrelu0), "--reference", "tiny-gpt2", "--data", str(task_dir),
                      "--beta", "0.1", "0.5", "--batch-size", "4", "--max-length", "32"]) == 0
@@ -285,10 +228,11 @@ def test_eval_commands_write_their_outputs_and_compare_reports_them(two_runs, ta
     for name in ("rewards.json", "drift.json"):
         assert (crrelu0 / "eval" / name).exists()
     assert len(list((crrelu0 / "eval").glob("winrate-rule_arithmetic-vs-*gelu-seed0.json"))) == 1
-    # a second winrate run reuses the saved generations
+    # a second winrate run reuses the saved generations (and says so in its log)
+    caplog.set_level("INFO", logger="crrelu_llm")
     assert cli_main(["eval", "winrate", "--model", str(crrelu0), "--baseline", str(gelu0), "--data", str(task_dir),
                      "--judge", "rule:arithmetic", "--num-prompts", "6", "--max-new-tokens", "4"]) == 0
-    assert capsys.readouterr().out.count("reusing") == 2
+    assert caplog.text.count("reusing") == 2
 
     report_dir = tmp_path / "report"
     assert cli_main(["compare", str(gelu0), str(gelu1), str(crrelu0), str(crrelu1), "--out", str(report_dir)]) == 0

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,10 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from crrelu_llm.cli import main as cli_main
 from crrelu_llm.experiment import DEMO_RECIPE, load_experiment
-from crrelu_llm.experiment import main as experiment_main
+from judge_server import prefers_longer
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def experiment_main(recipe: Path, out: str) -> int:
+    return cli_main(["experiment", "--config", str(recipe), "--out", str(out)])
 
 
 def reduced_demo(tmp_path: Path, dpo_steps: int = 12, save_steps: int = 6) -> Path:
@@ -72,6 +78,36 @@ def test_running_again_skips_every_finished_stage(demo_run, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stages"] and all(s["status"] == "skipped" for s in summary["stages"])
     assert "DPO vs own SFT" in capsys.readouterr().out
+
+
+def test_an_openai_judged_experiment_finds_its_own_win_rates(demo_run, server, tmp_path):
+    """Win rates judged by an OpenAI-compatible endpoint are written and found under one name
+    (the CLI and the runner once named the file two different ways)."""
+    tmp, out = demo_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    judge = server(prefers_longer)
+    recipe = yaml.safe_load(reduced_demo(tmp).read_text())
+    recipe["evaluations"]["winrate"]["judge"] = f"openai:judge-model@{judge.url}"
+    path = tmp_path / "openai.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert experiment_main(path, str(copy)) == 0
+    summary = json.loads((copy / "summary.json").read_text())
+    ran = {s["stage"] for s in summary["stages"] if s["status"] == "ran"}
+    assert ran == {"gelu/winrate dpo-beta0.5-seed0 vs gelu/sft", "crrelu/winrate dpo-beta0.5-seed0 vs crrelu/sft",
+                   "crrelu/winrate dpo-beta0.5-seed0 vs gelu/dpo-beta0.5-seed0",
+                   "relu/winrate dpo-beta0.5-seed0 vs relu/sft", "relu/winrate dpo-beta0.5-seed0 vs gelu/dpo-beta0.5-seed0"}
+    # five pairings of 40 prompts, both orders; identical (prompt, a, b) questions are asked once
+    assert 0 < len(judge.requests) <= 5 * 40 * 2
+    judgments = list(copy.glob("*/dpo-beta0.5-seed0/eval/judgments-pairwise_judge-model-vs-*.jsonl"))
+    assert len(judgments) == 5 and all(len(f.read_text().splitlines()) == 40 for f in judgments)
+    for row in summary["rows"]:
+        assert 0 <= row["winrate_vs-sft"]["win_rate"] <= 1
+        if row["arm"] != "gelu":
+            assert "winrate_vs-gelu" in row
+    result = json.loads(next((copy / "crrelu" / "dpo-beta0.5-seed0" / "eval").glob("winrate-pairwise_judge-model-vs-*"
+                                                                                    "sft.json")).read_text())
+    assert result["judge"] == "pairwise:judge-model"
 
 
 def test_killed_experiment_resumes_mid_stage(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 
 import crrelu_llm
 from crrelu_llm.tiny import tiny_causal_lm
-from crrelu_llm.train import fsdp2_share_epsilons
+from crrelu_llm.distributed import fsdp2_share_epsilons
 
 WORKER = Path(__file__).with_name("fsdp2_epsilon_worker.py")
 
@@ -53,7 +53,7 @@ def test_trainer_shares_policy_and_reference_epsilons_before_the_reference_is_sh
 
     import torch
 
-    from crrelu_llm.train import EpsilonTrainingMixin
+    from crrelu_llm.trainer import EpsilonTrainingMixin
 
     policy = tiny_causal_lm("gpt2")
     crrelu_llm.patch_model(policy)

@@ -159,8 +159,8 @@ def test_vector_epsilon_for_deepspeed_keeps_values_gradients_and_checkpoint_form
     with torch.no_grad():
         model.transformer.h[1].mlp.act.epsilon.fill_(-0.2)
     before = _logits(model, tokens)
-    assert crrelu_llm.patch.use_vector_epsilons(model) == 2
-    assert crrelu_llm.patch.use_vector_epsilons(model) == 0  # idempotent
+    assert crrelu_llm.distributed.use_vector_epsilons(model) == 2
+    assert crrelu_llm.distributed.use_vector_epsilons(model) == 0  # idempotent
     eps = epsilon_parameters(model)
     assert sorted(eps) == ["transformer.h.0.mlp.act.epsilon", "transformer.h.1.mlp.act.epsilon"]
     assert all(p.shape == (1,) for p in eps.values())
@@ -185,11 +185,11 @@ def test_vector_epsilon_for_deepspeed_keeps_values_gradients_and_checkpoint_form
 
 def test_trainer_save_stores_vector_epsilons_as_scalars(tmp_path):
     """What a ZeRO-3 consolidated state dict looks like: (1,) epsilons, saved 0-dim."""
-    from crrelu_llm.train import EpsilonTrainingMixin
+    from crrelu_llm.trainer import EpsilonTrainingMixin
 
     model = tiny_causal_lm("gpt2")
     patch_model(model)
-    crrelu_llm.patch.use_vector_epsilons(model)
+    crrelu_llm.distributed.use_vector_epsilons(model)
     state = {k: v.clone() for k, v in model.named_parameters()}  # parameters as they are, no hooks
     assert state["transformer.h.0.mlp.act.epsilon"].shape == (1,)
     saved = {}

@@ -10,7 +10,9 @@ from transformers import AutoModelForCausalLM
 
 import crrelu_llm
 from crrelu_llm.cli import main as cli_main
-from crrelu_llm.train import RecipeError, parse_recipe, prepare, run
+from crrelu_llm.config import parse_recipe
+from crrelu_llm.errors import RecipeError
+from crrelu_llm.train import prepare, run
 
 
 @pytest.fixture(scope="module")

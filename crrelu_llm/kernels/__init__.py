@@ -22,6 +22,7 @@ import os
 
 import torch
 
+from ..errors import UsageError
 from . import torch_ops
 
 KERNELS = ("auto", "torch", "triton", "compiled")
@@ -32,9 +33,9 @@ def set_kernel(name: str) -> None:
     """Choose the implementation: ``auto`` (default), ``torch``, ``triton`` or ``compiled``."""
     global _choice
     if name not in KERNELS:
-        raise ValueError(f"unknown CRReLU kernel {name!r}; choose one of {', '.join(KERNELS)}")
+        raise UsageError(f"unknown CRReLU kernel {name!r}; choose one of {', '.join(KERNELS)}")
     if name == "triton" and not triton_available():
-        raise RuntimeError("the triton kernel needs the triton package (pip install 'crrelu-llm[triton]')")
+        raise UsageError("the triton kernel needs the triton package (pip install 'crrelu-llm[triton]')")
     _choice = name
 
 

@@ -1,0 +1,301 @@
+"""Recipe keys and their checks: this project's dataclasses beside TRL's configs.
+
+A recipe is flat YAML whose keys are TRL's own field names (``DPOConfig``/``SFTConfig``,
+``ModelConfig``) plus this project's: :class:`CRReLUArguments` (the patch, the reference),
+:class:`~crrelu_llm.data.DataArguments`, and the eps optimiser settings, which travel in the
+trainer's own ``args`` (:class:`CRReLUDPOConfig`, :class:`CRReLUSFTConfig`, as TRL puts an
+``XConfig`` beside each ``XTrainer``). Command-line flags override the file. Every key is
+checked before any model is loaded.
+
+A recipe may hold ``arms``: name -> keys that override the shared ones for that arm (``{arm}``
+in any string value is replaced by the arm's name). ``--arm NAME`` picks one::
+
+    crrelu-llm sft --config recipes/gpt2-large/hh/sft.yaml --arm crrelu
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from trl import DPOConfig, ModelConfig, SFTConfig
+
+from .data import DataArguments
+from .errors import RecipeError
+
+EPSILON_MODES = ("train", "freeze", "only")
+
+# Keys TRL or transformers have removed and what to do instead.
+REMOVED_KEYS = {
+    "warmup_ratio": "transformers 5 takes the ratio in warmup_steps: a float in [0, 1) is a share of all steps",
+    "max_prompt_length": "TRL truncates prompt+completion together now: use max_length (and truncation_mode)",
+    "max_completion_length": "use max_length (and truncation_mode)",
+    "max_target_length": "use max_length",
+    "rpo_alpha": "use loss_type: [sigmoid, sft] with loss_weights, e.g. [1.0, 1.0]",
+    "generate_during_eval": "TRL no longer generates during eval: use `crrelu-llm eval winrate` afterwards",
+    "reference_free": "choose the reference with this project's `reference` key",
+    "ref_model_init_kwargs": "the reference is chosen with the `reference` key (policy, original or a path)",
+    "force_use_ref_model": "the reference is always passed explicitly here: use the `reference` key",
+    "model_adapter_name": "removed from TRL",
+    "ref_adapter_name": "removed from TRL; choose the reference with the `reference` key",
+    "is_encoder_decoder": "removed from TRL (causal LMs only here)",
+    "label_pad_token_id": "removed from TRL",
+    "padding_value": "removed from TRL: use pad_token",
+}
+
+
+@dataclass
+class CRReLUArguments:
+    """This project's recipe keys: the patch, the eps optimisation, the reference."""
+
+    activation: str | None = field(
+        default="crrelu",
+        metadata={"help": "Activation to put into the MLPs: crrelu, or any transformers name (relu, gelu, ...) for a "
+                  "control arm; null or 'none' keeps the model as it is (the baseline arm)."},
+    )
+    epsilon_init: float = field(default=0.01, metadata={"help": "Initial CRReLU epsilon."})
+    patch_layers: list[int] | None = field(
+        default=None, metadata={"help": "Block indices to patch (negative from the end); default all blocks."}
+    )
+    epsilon_mode: str = field(
+        default="train", metadata={"help": "train (with the model), freeze (eps fixed), only (train eps alone)."}
+    )
+    reference: str = field(
+        default="policy",
+        metadata={"help": "DPO reference model: 'policy' (the patched policy as it is when DPO starts: standard DPO), "
+                  "'original' (the unpatched model), or a checkpoint path (e.g. the SFT run)."},
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer to use (default: the model's)."}
+    )
+    crrelu_kernel: str = field(
+        default="auto", metadata={"help": "CRReLU kernel: auto, torch, triton or compiled (see crrelu_llm.kernels)."}
+    )
+
+    def __post_init__(self):
+        if isinstance(self.activation, str) and self.activation.lower() in ("none", "null", ""):
+            self.activation = None
+        if self.activation is not None:
+            from .patch import make_activation
+
+            make_activation(self.activation, self.epsilon_init)  # unknown name -> closest valid ones
+        if self.epsilon_mode not in EPSILON_MODES:
+            raise RecipeError(f"epsilon_mode must be one of {', '.join(EPSILON_MODES)}, got {self.epsilon_mode!r}")
+        from .kernels import KERNELS
+
+        if self.crrelu_kernel not in KERNELS:
+            raise RecipeError(f"crrelu_kernel must be one of {', '.join(KERNELS)}, got {self.crrelu_kernel!r}")
+
+
+@dataclass
+class EpsilonTrainingArguments:
+    """The eps optimiser settings, carried by the trainer's ``args`` (see :class:`CRReLUDPOConfig`)."""
+
+    epsilon_learning_rate: float | None = field(
+        default=1e-4,
+        metadata={"help": "Learning rate of the epsilon parameter group (no weight decay). At DPO learning rates a "
+                  "scalar epsilon barely moves, hence its own rate; null uses learning_rate (the paper's setup)."},
+    )
+
+    def __post_init__(self):
+        if self.epsilon_learning_rate is not None and self.epsilon_learning_rate < 0:
+            raise RecipeError(f"epsilon_learning_rate must be >= 0, got {self.epsilon_learning_rate}")
+        super().__post_init__()
+
+
+@dataclass
+class CRReLUDPOConfig(EpsilonTrainingArguments, DPOConfig):
+    """TRL's ``DPOConfig`` plus the eps settings that :class:`~crrelu_llm.trainer.CRReLUDPOTrainer` reads."""
+
+
+@dataclass
+class CRReLUSFTConfig(EpsilonTrainingArguments, SFTConfig):
+    """TRL's ``SFTConfig`` plus the eps settings that :class:`~crrelu_llm.trainer.CRReLUSFTTrainer` reads."""
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def recipe_types(command: str):
+    """The dataclasses a ``sft``/``dpo`` recipe fills, in the order :func:`parse_recipe` returns them."""
+    return (CRReLUArguments, DataArguments, CRReLUDPOConfig if command == "dpo" else CRReLUSFTConfig, ModelConfig)
+
+
+def _field_index(types_) -> dict[str, object]:
+    """Recipe key -> declared type. Read from the class annotations: HfArgumentParser rewrites
+    ``Field.type`` in place (``str | list[str] | None`` becomes ``str``) once a parser is built."""
+    index = {}
+    for cls in types_:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.init:
+                index.setdefault(f.name, hints.get(f.name, f.type))
+    return index
+
+
+def _simple_type(annotation):
+    """float/int/bool/str when the annotation is one of those (or Optional of one), else None."""
+    if isinstance(annotation, str):
+        parts = [part.strip() for part in annotation.split("|") if part.strip() not in ("None", "")]
+        simple = {"float": float, "int": int, "bool": bool, "str": str}
+        return simple.get(parts[0]) if len(parts) == 1 else None
+    if isinstance(annotation, (types.UnionType,)) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 and args[0] in (float, int, bool, str) else None
+    return annotation if annotation in (float, int, bool, str) else None
+
+
+def _unknown_key_problem(key: str, index: dict, flag: bool = False) -> str:
+    show = (lambda k: f"--{k}") if flag else repr
+    if key in REMOVED_KEYS:
+        return f"{show(key)} was removed from TRL: {REMOVED_KEYS[key]}"
+    close = difflib.get_close_matches(key, list(index), n=1)
+    return f"unknown {'flag' if flag else 'key'} {show(key)}" + (f"; did you mean {show(close[0])}?" if close else "")
+
+
+def check_flag_names(argv: list[str], command: str) -> None:
+    """Unknown or removed ``--key`` flags on the command line, named before anything else is
+    checked (a later error, such as bf16 on a CPU, would otherwise hide the typo)."""
+    index = _field_index(recipe_types(command))
+    problems = []
+    for arg in argv:
+        if not arg.startswith("--") or len(arg) == 2:
+            continue
+        name = arg[2:].split("=", 1)[0].replace("-", "_")  # HfArgumentParser also takes --output-dir
+        if name in index or name in ("config", "help") or (name.startswith("no_") and name[3:] in index):
+            continue
+        problems.append(_unknown_key_problem(name, index, flag=True))
+    if problems:
+        raise RecipeError("command line: " + "; ".join(problems))
+
+
+def check_recipe_keys(config: dict, command: str, path: str) -> None:
+    """Unknown, removed or badly typed keys stop here, before any model is loaded."""
+    index = _field_index(recipe_types(command))
+    problems = []
+    for key, value in config.items():
+        if key == "env":
+            continue
+        if key not in index:
+            problems.append(_unknown_key_problem(key, index))
+            continue
+        expected = _simple_type(index[key])
+        if value is None or expected is None:
+            continue
+        ok = (isinstance(value, bool) if expected is bool else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if expected is float else
+              isinstance(value, int) and not isinstance(value, bool) if expected is int else
+              isinstance(value, str))
+        if not ok:
+            problems.append(f"{key!r} must be a {expected.__name__}, got {value!r}")
+    if problems:
+        raise RecipeError(f"{path}: " + "; ".join(problems))
+
+
+def read_recipe(path: str | Path) -> dict:
+    """A recipe file as a mapping (not yet checked)."""
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"recipe {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise RecipeError(f"recipe {path} is not valid YAML: {err}") from None
+    if not isinstance(config, dict):
+        raise RecipeError(f"recipe {path} must be a YAML mapping of keys to values")
+    return config
+
+
+def _fill_arm(value, arm: str):
+    if isinstance(value, str):
+        return value.replace("{arm}", arm)
+    if isinstance(value, list):
+        return [_fill_arm(v, arm) for v in value]
+    return value
+
+
+def recipe_arms(config: dict) -> list[str]:
+    """The arm names a recipe defines (empty when it has no ``arms``)."""
+    return list(config.get("arms") or {})
+
+
+def select_arm(config: dict, arm: str | None, path: str) -> dict:
+    """The recipe's shared keys with ``arms[arm]`` laid over them and ``{arm}`` filled in."""
+    arms = config.get("arms")
+    shared = {k: v for k, v in config.items() if k != "arms"}
+    if arms is None:
+        if arm is not None:
+            raise RecipeError(f"--arm {arm}: {path} defines no arms; drop --arm")
+        return shared
+    if not isinstance(arms, dict) or not all(isinstance(v, dict) for v in arms.values()):
+        raise RecipeError(f"{path}: 'arms' must map each arm name to its keys, e.g. crrelu: {{activation: crrelu}}")
+    if arm is None:
+        raise RecipeError(f"{path} defines the arms {', '.join(arms)}: pass --arm NAME to choose one")
+    if arm not in arms:
+        close = difflib.get_close_matches(arm, list(arms), n=1)
+        raise RecipeError(f"--arm {arm}: {path} has no such arm (it has {', '.join(arms)})"
+                          + (f"; did you mean {close[0]!r}?" if close else ""))
+    return {k: _fill_arm(v, arm) for k, v in {**shared, **arms[arm]}.items()}
+
+
+def _take_option(argv: list[str], name: str) -> str | None:
+    """Remove ``name VALUE`` (or ``name=VALUE``) from ``argv`` and return VALUE."""
+    for i, arg in enumerate(argv):
+        if arg == name:
+            if i + 1 >= len(argv):
+                raise RecipeError(f"{name} needs a value")
+            value = argv[i + 1]
+            del argv[i:i + 2]
+            return value
+        if arg.startswith(name + "="):
+            del argv[i]
+            return arg.split("=", 1)[1]
+    return None
+
+
+def parse_recipe(command: str, argv: list[str]):
+    """(CRReLUArguments, DataArguments, CRReLUDPOConfig|CRReLUSFTConfig, ModelConfig) from
+    ``--config RECIPE`` (``--arm NAME`` for a recipe with arms) and ``--key value`` flags."""
+    argv = list(argv)
+    path, arm = _take_option(argv, "--config"), _take_option(argv, "--arm")
+    check_flag_names(argv, command)  # a typo is named before anything else is read
+    if path is None:
+        if arm is not None:
+            raise RecipeError("--arm needs --config RECIPE")
+        return recipe_from_dict(command, {}, argv)
+    config = select_arm(read_recipe(path), arm, path)
+    return recipe_from_dict(command, config, argv, source=path + (f" (arm {arm})" if arm else ""))
+
+
+def recipe_from_dict(command: str, config: dict, argv: list[str] = (), source: str = "recipe"):
+    """The recipe dataclasses from a mapping of keys (a recipe file's content, or the keys an
+    experiment stage is given), with ``--key value`` flags in ``argv`` laid over them."""
+    from trl import TrlParser
+
+    argv = list(argv)
+    check_flag_names(argv, command)
+    check_recipe_keys(config, command, source)
+    config = dict(config)
+    for key, value in (config.pop("env", None) or {}).items():  # TRL's `env:` block
+        os.environ[key] = str(value)
+    parser = TrlParser(recipe_types(command), prog=f"crrelu-llm {command}")
+    parser.set_defaults_with_config(**config)
+    try:
+        crrelu_args, data_args, training_args, model_args = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:
+        raise RecipeError(f"invalid recipe value: {err}") from None
+    if training_args.use_liger_kernel and crrelu_args.activation is not None:
+        raise RecipeError(
+            "use_liger_kernel: true replaces the MLP forward with fused kernels that never call the activation "
+            "module, so the patched activation would be silently bypassed. Set use_liger_kernel: false."
+        )
+    if model_args.model_name_or_path is None:
+        raise RecipeError("model_name_or_path is required (a hub id, a local checkpoint or tiny-<model_type>)")
+    return crrelu_args, data_args, training_args, model_args
+
+

@@ -1,0 +1,28 @@
+"""The model card (``README.md``) every training run writes beside its weights."""
+
+from __future__ import annotations
+
+
+def model_card(command, model_args, crrelu_args, data_summary, patch_report, reference_info, metrics) -> str:
+    patch = ("none (baseline arm)" if patch_report is None else
+             f"{crrelu_args.activation}, {patch_report['count']} modules, kept from the checkpoint (already patched)"
+             if patch_report.get("already_patched") else
+             f"{patch_report['count']} x {patch_report['replaced'][0]['old_type']} -> {crrelu_args.activation}"
+             + (f", epsilon_init {crrelu_args.epsilon_init}" if crrelu_args.activation == "crrelu" else "")
+             + ("" if patch_report.get("already_patched") else
+                f", blocks {patch_report['layers']}" if patch_report["layers"] is not None else ", all blocks"))
+    lines = [
+        "---", "library_name: transformers", "tags: [crrelu-llm, " + command + "]", "---", "",
+        f"# {command.upper()} run of crrelu-llm", "",
+        f"- Base model: `{model_args.model_name_or_path}`",
+        f"- Patch: {patch}",
+        f"- Data: {data_summary.get('source')} ({data_summary.get('format')}), {data_summary.get('train_rows')} training "
+        f"/ {data_summary.get('eval_rows')} evaluation rows",
+    ]
+    if reference_info:
+        lines.append(f"- Reference model: {reference_info['source']}")
+    lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics.items())]
+    lines += ["", "Load with `import crrelu_llm` before `AutoModelForCausalLM.from_pretrained(...)`.",
+              "Files: `recipe.yaml` (resolved recipe), `patch_report.json`, `reference.json` (DPO), `final_metrics.json`."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,121 @@
+"""TRL's trainers with the CRReLU epsilons looked after, and the callbacks a run uses.
+
+:class:`CRReLUDPOTrainer` and :class:`CRReLUSFTTrainer` are TRL's ``DPOTrainer`` and
+``SFTTrainer`` with :class:`EpsilonTrainingMixin`: the epsilons get their own optimizer
+parameter group (``args.epsilon_learning_rate``, no weight decay; built by overriding
+``create_optimizer``, so it also holds under DeepSpeed and FSDP), their values are logged with
+the other metrics (``epsilon/<layer>``, mean, min, max, so they reach ``trainer_state.json``
+and every ``report_to``), FSDP2 keeps them whole (:mod:`crrelu_llm.distributed`), and
+checkpoints hold them 0-dim. Pass a :class:`~crrelu_llm.config.CRReLUDPOConfig` (or SFT) as
+``args``; a plain TRL config trains eps at ``learning_rate``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from trl import DPOTrainer, SFTTrainer
+
+from .distributed import fsdp2_share_epsilons, full_parameter
+from .files import write_json
+from .patch import active_epsilons, epsilon_logs, epsilon_parameters
+
+logger = logging.getLogger("crrelu_llm.trainer")
+
+
+class EpsilonTrainingMixin:
+    """Own optimizer group for CRReLU epsilons, and epsilon values in the logs."""
+
+    def __init__(self, *args, **kwargs):
+        self._crrelu_reference = kwargs.get("ref_model")
+        super().__init__(*args, **kwargs)
+
+    def create_accelerator_and_postprocess(self):
+        # Runs inside Trainer.__init__, once the accelerator (and its FSDP plugin) exists and
+        # before anything is sharded: TRL shards the DPO reference right after Trainer.__init__.
+        super().create_accelerator_and_postprocess()
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        shared = []
+        for model in (self.model, self._crrelu_reference):
+            shared += fsdp2_share_epsilons(plugin, model, self.accelerator.device)
+        if shared:
+            logger.info("FSDP2: %d CRReLU epsilons kept unsharded on %s, gradients averaged over ranks",
+                        len(shared), self.accelerator.device)
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if getattr(self, "_epsilon_group_built", False):
+            return optimizer
+        self._epsilon_group_built = True
+        eps = [p for p in active_epsilons(self.model).values() if p.requires_grad]
+        if not eps:
+            return optimizer
+        ids = {id(p) for p in eps}
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in ids]
+        lr = getattr(self.args, "epsilon_learning_rate", None)
+        lr = self.args.learning_rate if lr is None else lr
+        optimizer.add_param_group({"params": eps, "lr": lr, "weight_decay": 0.0, "name": "crrelu_epsilon"})
+        logger.info("epsilon parameter group: %d parameters, lr %g, no weight decay", len(eps), lr)
+        return optimizer
+
+    def log(self, logs: dict, *args, **kwargs):
+        logs.update(epsilon_logs(self.model))
+        return super().log(logs, *args, **kwargs)
+
+    def _save(self, output_dir=None, state_dict=None):
+        # A ZeRO-3 consolidated state dict is built from the parameters themselves, where the
+        # epsilons are (1,)-shaped (see CRReLU): store them 0-dim like every other checkpoint.
+        if state_dict:
+            names = set(epsilon_parameters(self.model))
+            state_dict = {k: (v.reshape(()) if k in names and v.dim() == 1 and v.numel() == 1 else v)
+                          for k, v in state_dict.items()}
+        return super()._save(output_dir, state_dict=state_dict)
+
+
+class CRReLUDPOTrainer(EpsilonTrainingMixin, DPOTrainer):
+    """TRL's ``DPOTrainer`` with the CRReLU epsilons looked after (see the module docstring)."""
+
+
+class CRReLUSFTTrainer(EpsilonTrainingMixin, SFTTrainer):
+    """TRL's ``SFTTrainer`` with the CRReLU epsilons looked after (see the module docstring)."""
+
+
+TRAINERS = {"dpo": CRReLUDPOTrainer, "sft": CRReLUSFTTrainer}
+
+
+class RankConsistencyCallback(TrainerCallback):
+    """At the end of training, compare a checksum of the weights (and the epsilons) across ranks
+    and write ``rank_consistency.json``: DDP/FSDP/ZeRO ranks must end identical."""
+
+    def __init__(self, output_dir: Path):
+        self.output_dir = output_dir
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        import torch.distributed as dist
+
+        checksum = float(sum(_value_sum(p) for p in model.parameters()))
+        mine = {"rank": int(os.environ.get("RANK", "0")), "checksum": checksum, "epsilon": epsilon_logs(model)}
+        everyone = [mine]
+        if dist.is_available() and dist.is_initialized():
+            everyone = [None] * dist.get_world_size()
+            dist.all_gather_object(everyone, mine)
+        if state.is_world_process_zero:
+            identical = all(r["checksum"] == everyone[0]["checksum"] and r["epsilon"] == everyone[0]["epsilon"]
+                            for r in everyone)
+            if not identical:
+                logger.warning("ranks ended with different weights or epsilons: %s", everyone)
+            from accelerate.state import PartialState
+
+            kind = str(PartialState().distributed_type).split(".")[-1]
+            write_json(self.output_dir / "rank_consistency.json",
+                       {"identical": identical, "distributed_type": kind, "ranks": everyone})
+
+
+def _value_sum(p: torch.Tensor) -> float:
+    t = full_parameter(p)
+    return float(t.double().sum().item()) if t.numel() else 0.0

@@ -1,0 +1,136 @@
+"""The package's shape: no import cycles between modules, one error root that the CLI turns into
+one line (and nothing else), and a thin command line over library calls."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crrelu_llm import errors
+
+PACKAGE = Path(__file__).resolve().parents[1] / "crrelu_llm"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports, at any depth of the file (lazy imports count)."""
+    modules = {}
+    for file in PACKAGE.rglob("*.py"):
+        parts = file.with_suffix("").relative_to(PACKAGE.parent).parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = file
+    graph = {}
+    for name, file in modules.items():
+        package = name if file.name == "__init__.py" else name.rsplit(".", 1)[0]
+        deps = set()
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+                deps |= {f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("crrelu_llm"):
+                deps.add(node.module)
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("crrelu_llm")}
+        graph[name] = {d for d in deps if d in modules and d != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+
+    def visit(node, path):
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                return path + [node, dep]
+            if dep not in state and (cycle := visit(dep, path + [node])):
+                return cycle
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node, [])):
+            return cycle
+    return None
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    assert "crrelu_llm.cli" in graph and graph["crrelu_llm.experiment"]  # the walk found the modules
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_library_modules_do_not_import_the_cli():
+    graph = import_graph()
+    assert not [m for m, deps in graph.items() if "crrelu_llm.cli" in deps]
+
+
+# Where a built-in error is raised on purpose, it is a programming error (a wrong argument type,
+# a length mismatch inside statistics) or caught inside the module (a judge's retry loop).
+BUILT_IN_ALLOWED = {"TypeError": None, "ValueError": {"stats.py", "judges.py", "activation.py"}}
+
+
+def test_every_error_the_project_raises_derives_from_one_root():
+    raised, built_in = set(), []
+    for file in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and isinstance(node.exc.func, ast.Name):
+                name = node.exc.func.id
+                raised.add(name)
+                if name in dir(__builtins__) or name in BUILT_IN_ALLOWED or name.endswith("Error") and not hasattr(
+                        errors, name):
+                    built_in.append((name, file.name, node.lineno))
+    ours = {name for name in raised if hasattr(errors, name)}
+    assert {"RecipeError", "DataError", "MalformedRowError", "ModelLoadError", "EvaluationError", "UsageError"} <= ours
+    for name in ours:
+        assert issubclass(getattr(errors, name), errors.CRReLULLMError), name
+    for name, file, line in built_in:
+        allowed = BUILT_IN_ALLOWED.get(name, ())
+        assert allowed is None or file in allowed, f"{file}:{line} raises {name}: use an error of crrelu_llm.errors"
+
+
+def _cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "crrelu_llm.cli", *args], capture_output=True, text=True,
+                          timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, **kwargs)
+
+
+def test_cli_turns_project_errors_into_one_line_and_exit_2(tmp_path):
+    result = _cli("patch", "tiny-gpt2", "--out", str(tmp_path / "p"), "--activation", "crelu")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("crrelu-llm patch: error: Unknown activation 'crelu'") and "Traceback" not in result.stderr
+
+
+def test_cli_lets_programming_errors_keep_their_traceback(tmp_path, monkeypatch):
+    """A ValueError that is not one of ours is a bug: it must not be dressed up as bad input."""
+    from crrelu_llm import checkpoints, cli
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug inside the library")
+
+    monkeypatch.setattr(checkpoints, "patch_checkpoint", broken)
+    with pytest.raises(ValueError, match="a bug inside the library"):
+        cli.main(["patch", "tiny-gpt2", "--out", str(tmp_path / "p")])
+
+
+def test_cli_functions_are_small():
+    """The CLI parses, calls one library function and prints: no handler grows past a screen."""
+    tree = ast.parse((PACKAGE / "cli.py").read_text())
+    handlers = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("_")]
+    assert len(handlers) >= 8
+    for fn in handlers:
+        assert fn.end_lineno - fn.lineno < 25, f"cli.{fn.name} is {fn.end_lineno - fn.lineno} lines"
+
+
+def test_the_readme_layout_lists_every_module():
+    readme = (PACKAGE.parent / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    for file in PACKAGE.glob("*.py"):
+        if file.name != "__init__.py":
+            assert file.name in layout, f"README's layout section does not describe {file.name}"
