@@ -21,7 +21,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .errors import CRReLULLMError
+from .errors import CRReLULLMError, Interrupted
 from .version import __version__
 
 
@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--out", default=None, help="output directory (default: the recipe's output_dir)")
     demo = commands.add_parser("demo", help="the embedded offline GELU vs CRReLU vs ReLU experiment (CPU, minutes)")
     demo.add_argument("--out", default=None, help="output directory (default: runs/demo)")
+    for sub in (experiment, demo):
+        sub.add_argument("--rerun-changed", action="store_true",
+                         help="recompute finished stages whose inputs changed (and what depends on them) instead of "
+                              "refusing them")
 
     compare = commands.add_parser("compare", help="report over run directories: report.md, report.json, plots")
     compare.add_argument("runs", nargs="+", metavar="RUN", help="run directory, or LABEL=DIR (same label: seeds)")
@@ -158,11 +162,13 @@ def _eval_rewards(args) -> int:
 
     result = run_rewards(args.model, args.reference, args.data, betas=args.beta, max_samples=args.max_samples,
                          max_length=args.max_length, batch_size=args.batch_size, **_data_kwargs(args))
-    for b in result["betas"]:
-        lo, hi = b["accuracy_interval"]
-        print(f"beta {b['beta']}: reward accuracy {b['accuracy']:.3f} [{lo:.3f}, {hi:.3f}], ties {b['ties']:.3f}, "
-              f"margin {b['margin']:.4f}")
-    print(f"reference-free preference accuracy {result['preference_accuracy']:.3f} "
+    lo, hi = result["accuracy_interval"]
+    trained = f", trained with beta {result['training_beta']:g}" if result["training_beta"] is not None else ""
+    print(f"reward accuracy {result['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] (n={result['n']} pairs{trained}; the same "
+          f"at every evaluation beta), ties {result['ties']:.3f}")
+    for b in result["margins_per_evaluation_beta"]:
+        print(f"  margin at evaluation beta {b['beta']:g}: {b['margin']:.4f}")
+    print(f"reference-free preference accuracy {result['preference_accuracy']:.3f} (n={result['n']}) "
           f"-> {rewards_file(args.model, args.out)}")
     return 0
 
@@ -173,7 +179,8 @@ def _eval_drift(args) -> int:
     result = run_drift(args.model, args.original, args.data, max_samples=args.max_samples,
                        max_length=args.max_length, batch_size=args.batch_size, **_data_kwargs(args))
     print(f"perplexity {result['perplexity_patched']:.3f} (original {result['perplexity_original']:.3f}), "
-          f"KL(patched || original) {result['kl_patched_original']:.4f}/token -> {drift_file(args.model, args.out)}")
+          f"KL(patched || original) {result['kl_patched_original']:.4f}/token over {result['tokens']} completion "
+          f"tokens of {result['data']['eval_rows']} examples -> {drift_file(args.model, args.out)}")
     return 0
 
 
@@ -189,7 +196,7 @@ def _eval_winrate(args) -> int:
     stats = result["stats"]
     lo, hi = stats["interval"]
     print(f"{args.model} vs {args.baseline} ({result['judge']}): {stats['wins']}/{stats['ties']}/{stats['losses']} "
-          f"W/T/L, win rate {stats['win_rate']:.3f} [{lo:.3f}, {hi:.3f}], sign test p={stats['sign_test_p']:.3g} "
+          f"W/T/L of n={stats['n']}, win rate {stats['win_rate']:.3f} [{lo:.3f}, {hi:.3f}], sign test p={stats['sign_test_p']:.3g} "
           f"-> {winrate_file(args.model, args.judge, args.baseline, args.out)}")
     return 0
 
@@ -209,7 +216,7 @@ def _experiment(args) -> int:
     from .experiment import DEMO_RECIPE, format_table, load_experiment, run_experiment
 
     exp = load_experiment(DEMO_RECIPE if args.command == "demo" else args.config, args.out)
-    summary = run_experiment(exp)
+    summary = run_experiment(exp, rerun_changed=args.rerun_changed)
     print(f"\n{exp.name}: {len(summary['rows'])} DPO runs, {summary['seconds']:.0f}s ({exp.output_dir})")
     print(format_table(summary, exp.baseline_arm))
     print(f"report: {summary['report']}")
@@ -242,6 +249,13 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command + (f" {args.eval_command}" if args.command == "eval" else "")
     try:
         return COMMANDS[command](args)
+    except Interrupted as err:
+        print(f"crrelu-llm {command}: interrupted: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"crrelu-llm {command}: interrupted; files are written whole or not at all, so rerun it",
+              file=sys.stderr)
+        return 130
     except CRReLULLMError as err:
         print(f"crrelu-llm {command}: error: {err}", file=sys.stderr)
         return 2

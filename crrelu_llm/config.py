@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import logging
 import os
 import types
 import typing
@@ -28,6 +30,8 @@ from trl import DPOConfig, ModelConfig, SFTConfig
 
 from .data import DataArguments
 from .errors import RecipeError
+
+logger = logging.getLogger("crrelu_llm.config")
 
 EPSILON_MODES = ("train", "freeze", "only")
 
@@ -76,6 +80,11 @@ class CRReLUArguments:
     )
     crrelu_kernel: str = field(
         default="auto", metadata={"help": "CRReLU kernel: auto, torch, triton or compiled (see crrelu_llm.kernels)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace an output_dir that holds a different run (another model or recipe). Without it "
+                  "such a directory is refused before anything is written; the same run resumes by itself."},
     )
 
     def __post_init__(self):
@@ -198,6 +207,49 @@ def check_recipe_keys(config: dict, command: str, path: str) -> None:
         raise RecipeError(f"{path}: " + "; ".join(problems))
 
 
+# Numeric keys and the values that make sense, checked before anything is loaded. A value
+# outside these is refused with the key named (a negative beta, for one, would invert DPO).
+_POSITIVE, _NON_NEGATIVE, _FRACTION = (lambda v: v > 0, "> 0"), (lambda v: v >= 0, ">= 0"), (lambda v: 0 <= v <= 1,
+                                                                                                "in [0, 1]")
+RANGES = {
+    "beta": (*_POSITIVE, "beta <= 0 inverts or removes the DPO objective"),
+    "learning_rate": (*_NON_NEGATIVE, ""),
+    "epsilon_learning_rate": (*_NON_NEGATIVE, ""),
+    "weight_decay": (*_NON_NEGATIVE, ""),
+    "max_grad_norm": (*_NON_NEGATIVE, ""),
+    "warmup_steps": (*_NON_NEGATIVE, "an int counts steps, a float below 1 is a share of them"),
+    "eval_fraction": (lambda v: 0 < v < 1, "in (0, 1)", ""),
+    "lora_dropout": (*_FRACTION, ""),
+    "label_smoothing": (lambda v: 0 <= v < 0.5, "in [0, 0.5)", ""),
+    "max_length": (*_POSITIVE, ""),
+    "per_device_train_batch_size": (*_POSITIVE, ""),
+    "per_device_eval_batch_size": (*_POSITIVE, ""),
+    "gradient_accumulation_steps": (*_POSITIVE, ""),
+    "num_train_epochs": (*_POSITIVE, ""),
+    "max_steps": (lambda v: v == -1 or v > 0, "> 0 (or -1: use num_train_epochs)", ""),
+    "logging_steps": (*_POSITIVE, ""),
+    "save_steps": (*_POSITIVE, ""),
+    "eval_steps": (*_POSITIVE, ""),
+    "lora_r": (*_POSITIVE, ""),
+    "lora_alpha": (*_POSITIVE, ""),
+    "max_train_samples": (*_POSITIVE, ""),
+    "max_eval_samples": (*_POSITIVE, ""),
+    "shp_min_score_ratio": (lambda v: v >= 1, ">= 1 (a ratio of the larger score to the smaller)", ""),
+    "epsilon_init": (lambda v: v == v and abs(v) != float("inf"), "a finite number", ""),
+}
+
+
+def check_ranges(values: dict, source: str) -> None:
+    """Refuse numeric values outside :data:`RANGES`, naming every key that is wrong."""
+    problems = []
+    for key, (ok, expected, why) in RANGES.items():
+        value = values.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
+            problems.append(f"{key} must be {expected}, got {value!r}" + (f" ({why})" if why else ""))
+    if problems:
+        raise RecipeError(f"{source}: " + "; ".join(problems))
+
+
 def read_recipe(path: str | Path) -> dict:
     """A recipe file as a mapping (not yet checked)."""
     try:
@@ -281,6 +333,12 @@ def recipe_from_dict(command: str, config: dict, argv: list[str] = (), source: s
     check_flag_names(argv, command)
     check_recipe_keys(config, command, source)
     config = dict(config)
+    if not any(a in ("--bf16", "--bf16=true", "--bf16=True") for a in argv) and "bf16" not in config \
+            and not _accelerator_available():
+        # DPOConfig and SFTConfig default to bf16, which TrainingArguments refuses on a CPU-only
+        # machine: a first run there should train (in fp32) rather than stop on a default.
+        logger.warning("no GPU found: training in float32 on the CPU (bf16 is off; set bf16: true to insist)")
+        config["bf16"] = False
     for key, value in (config.pop("env", None) or {}).items():  # TRL's `env:` block
         os.environ[key] = str(value)
     parser = TrlParser(recipe_types(command), prog=f"crrelu-llm {command}")
@@ -296,6 +354,20 @@ def recipe_from_dict(command: str, config: dict, argv: list[str] = (), source: s
         )
     if model_args.model_name_or_path is None:
         raise RecipeError("model_name_or_path is required (a hub id, a local checkpoint or tiny-<model_type>)")
+    check_ranges(resolved_recipe(crrelu_args, data_args, training_args, model_args), source)
     return crrelu_args, data_args, training_args, model_args
+
+
+def resolved_recipe(crrelu_args, data_args, training_args, model_args) -> dict:
+    """Every key of a parsed recipe with its value (what ``recipe.yaml`` in a run records)."""
+    return {**dataclasses.asdict(crrelu_args), **dataclasses.asdict(data_args), **dataclasses.asdict(model_args),
+            **json.loads(training_args.to_json_string())}
+
+
+def _accelerator_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()) or (
+        torch.backends.mps.is_available())
 
 

@@ -67,3 +67,11 @@ class ReportError(CRReLULLMError, ValueError):
 
 class OutputExistsError(CRReLULLMError, FileExistsError):
     """The output would replace existing files that the user did not ask to replace."""
+
+
+class OutputError(CRReLULLMError, OSError):
+    """An output directory cannot be created or written; the message names it and the fix."""
+
+
+class Interrupted(CRReLULLMError):
+    """The user stopped a run (Ctrl-C); the message says where it can resume from."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .data import DataArguments, load_preference_splits
 from .errors import EvaluationError
-from .files import read_jsonl, write_json, write_jsonl
+from .files import read_jsonl, writable_dir, write_json, write_jsonl
 from .generation import GenerationSettings, generate
 from .judges import judge_name, make_judge
 from .loading import load_causal_lm, load_tokenizer
@@ -94,33 +94,67 @@ def run_rewards(model, reference, data: str, *, data_format: str = "auto", split
     """DPO implicit-reward accuracy and margins of ``model`` against ``reference``, per beta;
     written to :func:`rewards_file`."""
     model, reference = str(model), str(reference)
+    writable_dir(eval_dir(model, out))
     tokenizer = _shared_tokenizer(model, reference, "rewards need a policy and a reference that share one tokenizer")
     evaluation, summary = _data(data, data_format, split, max_samples)
     logps = preference_logps(load_causal_lm(model), load_causal_lm(reference), tokenizer, evaluation, max_length,
                              batch_size)
-    result = {"model": model, "reference": reference, "data": summary, **reward_metrics(logps, list(betas))}
+    result = {"model": model, "reference": reference, "training_beta": _training_beta(model), "data": summary,
+              **reward_metrics(logps, list(betas))}
+    _warn_if_wide("reward accuracy", result["accuracy_interval"], result["n"], "pairs")
     write_json(rewards_file(model, out), result)
     return result
 
 
+def _training_beta(model: str) -> float | None:
+    """The beta ``model`` was trained with, from the ``recipe.yaml`` of its run (None if unknown)."""
+    recipe = Path(model) / "recipe.yaml"
+    if not recipe.exists():
+        return None
+    import yaml
+
+    return (yaml.safe_load(recipe.read_text()) or {}).get("beta")
+
+
+WIDE = 0.10  # a 95% interval wider than +-10 points cannot separate arms that differ by a few points
+
+
+def _warn_if_wide(what: str, interval, n: int, unit: str) -> None:
+    lo, hi = interval
+    if (hi - lo) / 2 > WIDE:
+        logger.warning("%s: the 95%% interval is +-%.0f points with n=%d %s, too wide to tell arms apart by a few "
+                       "points; evaluate on more %s", what, 100 * (hi - lo) / 2, n, unit, unit)
+
+
 def run_drift(model, original, data: str, *, data_format: str = "auto", split: str | None = None,
               max_samples: int | None = 200, max_length: int = 1024, batch_size: int = 8, out=None) -> dict:
-    """Perplexity of both models and the per-token KL(model || original) on the prompts and
-    chosen responses of ``data``; written to :func:`drift_file`."""
+    """Perplexity of both models and the per-token KL(model || original) on the chosen responses
+    of ``data`` (each after its prompt; prompt tokens are not scored); written to :func:`drift_file`."""
     model, original = str(model), str(original)
+    writable_dir(eval_dir(model, out))
     tokenizer = _shared_tokenizer(model, original, "drift compares a model with its original, which must share "
                                   "one tokenizer")
     evaluation, summary = _data(data, data_format, split, max_samples)
-    texts = [r["prompt"] + r["chosen"] for r in evaluation if isinstance(r["prompt"], str)]
+    pairs = [(r["prompt"], r["chosen"]) for r in evaluation if isinstance(r["prompt"], str)]
     result = {"model": model, "original": original, "data": summary,
-              **drift(load_causal_lm(model), load_causal_lm(original), tokenizer, texts, max_length, batch_size)}
+              **drift(load_causal_lm(model), load_causal_lm(original), tokenizer, pairs, max_length, batch_size)}
     write_json(drift_file(model, out), result)
     return result
 
 
+def weights_stamp(model: str) -> list | None:
+    """Name, size and modification time of a local model's weight files: a model retrained in
+    place gets a new stamp, so nothing computed from the old weights is reused."""
+    path = Path(model)
+    if not path.is_dir():
+        return None
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(path.glob("*.safetensors"))]
+
+
 def _completions(model: str, prompts: list, settings: GenerationSettings, file: Path, side: str) -> list[str]:
-    """Generations of ``model``, reused from ``file`` when model, settings and prompts match."""
-    record = {"model": model, "settings": dataclasses.asdict(settings)}
+    """Generations of ``model``, reused from ``file`` when the model (and its weights), the
+    settings and the prompts are the same."""
+    record = {"model": model, "weights": weights_stamp(model), "settings": dataclasses.asdict(settings)}
     cached = read_jsonl(file) if file.exists() else []
     if cached and cached[0] == record and [r["prompt"] for r in cached[1:]] == prompts:
         logger.info("%s: reusing %s", side, file)
@@ -136,7 +170,7 @@ def run_winrate(model, baseline, data: str, judge: str, *, data_format: str = "a
     judge spec ``judge`` and write the win rate to :func:`winrate_file` (judgments beside it)."""
     model, baseline = str(model), str(baseline)
     settings = settings or GenerationSettings()
-    folder = eval_dir(model, out)
+    folder = writable_dir(eval_dir(model, out))
     judged_by = make_judge(judge, cache_dir=folder)  # a bad judge spec fails before data or generation
     evaluation, summary = _data(data, data_format, split, num_prompts)
     prompts = list(evaluation["prompt"])
@@ -149,5 +183,6 @@ def run_winrate(model, baseline, data: str, judge: str, *, data_format: str = "a
                   "detail": o.detail} for p, a, b, o in zip(prompts, ours, theirs, outcomes)])
     result = {"model": model, "baseline": baseline, "judge": judged_by.name, "data": summary,
               "settings": dataclasses.asdict(settings), "stats": stats.to_dict()}
+    _warn_if_wide("win rate", stats.interval, stats.n, "prompts")
     write_json(winrate_file(model, judge, baseline, out), result)
     return result

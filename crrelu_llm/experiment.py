@@ -23,8 +23,11 @@ completion file exists; a training stage that was interrupted resumes from its l
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import logging
 import shlex
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -36,7 +39,7 @@ from . import evaluate
 from .config import check_recipe_keys
 from .generation import GenerationSettings
 from .errors import ExperimentError
-from .files import read_json, write_json, write_text_atomic
+from .files import read_json, writable_dir, write_json, write_text_atomic
 
 logger = logging.getLogger("crrelu_llm.experiment")
 
@@ -128,36 +131,108 @@ def _train(exp: Experiment, command: str, keys: dict, output_dir: Path) -> None:
     run_keys(command, keys, source=str(recipe))
 
 
-def _stage(name: str, done: Path, action, log: list) -> None:
-    if done.exists():
-        logger.info("skip %s (done: %s)", name, done)
-        log.append({"stage": name, "status": "skipped"})
-        return
-    logger.info("stage %s", name)
-    start = time.time()
-    action()
-    if not done.exists():
-        raise ExperimentError(f"stage {name} finished without writing {done}")
-    log.append({"stage": name, "status": "ran", "seconds": round(time.time() - start, 1)})
+class Ledger:
+    """What every stage was computed from, kept in ``<output_dir>/stages.json``.
+
+    A stage's fingerprint covers its resolved keys and the fingerprints of the stages it reads,
+    so a changed key changes the fingerprint of its stage and of everything downstream. A stage
+    is skipped only when its completion file exists *and* its fingerprint is unchanged. A done
+    stage whose fingerprint changed is refused, naming what changed, before anything runs, or
+    recomputed (with its outputs cleared first) when the user passed ``rerun_changed``."""
+
+    def __init__(self, output_dir: Path, rerun_changed: bool = False):
+        self.path = output_dir / "stages.json"
+        self.root = str(output_dir)
+        self.rerun_changed = rerun_changed
+        self.records: dict = read_json(self.path) if self.path.exists() else {}
+        self.fingerprints: dict[str, str] = {}
+        self.dry_run = False
+        self.changed: list[str] = []
+        self.log: list[dict] = []
+
+    @staticmethod
+    def _fingerprint(keys: dict) -> str:
+        return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def stage(self, name: str, done: Path, action, keys: dict, after=(), clear: Path | None = None) -> None:
+        # paths inside the experiment are recorded relative to it, so a moved experiment stays current
+        text = json.dumps({**keys, "after": {dep: self.fingerprints[dep] for dep in after}}, sort_keys=True,
+                          default=str)
+        keys = json.loads(text.replace(json.dumps(self.root)[1:-1], "<out>"))
+        fingerprint = self.fingerprints[name] = self._fingerprint(keys)
+        recorded = self.records.get(name)
+        stale = done.exists() and recorded is not None and recorded["fingerprint"] != fingerprint
+        if self.dry_run:
+            if stale:
+                self.changed.append(f"{name} ({_differences(recorded['keys'], keys)})")
+            return
+        if done.exists() and not stale:
+            logger.info("skip %s (done: %s)", name, done)
+            self.log.append({"stage": name, "status": "skipped"})
+            if recorded is None:  # done before this ledger existed: adopt it as it is
+                self._record(name, fingerprint, keys)
+            return
+        if stale and clear is not None and clear.exists():
+            logger.warning("%s: inputs changed, removing %s to recompute it", name, clear)
+            shutil.rmtree(clear)
+        logger.info("stage %s", name)
+        start = time.time()
+        action()
+        if not done.exists():
+            raise ExperimentError(f"stage {name} finished without writing {done}")
+        self._record(name, fingerprint, keys)
+        self.log.append({"stage": name, "status": "reran" if stale else "ran", "seconds": round(time.time() - start, 1)})
+
+    def _record(self, name: str, fingerprint: str, keys: dict) -> None:
+        self.records[name] = {"fingerprint": fingerprint, "keys": keys}
+        write_json(self.path, self.records)
 
 
-def _prepare_data(exp: Experiment) -> str:
-    if exp.dataset_name:
-        return exp.dataset_name
-    data = exp.output_dir / "data"
+def _differences(old: dict, new: dict) -> str:
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+               if k != "after" and old.get(k) != new.get(k)]
+    upstream = [dep for dep in sorted(set(old.get("after", {})) | set(new.get("after", {})))
+                if old.get("after", {}).get(dep) != new.get("after", {}).get(dep)]
+    if upstream:
+        changed.append("inputs from " + ", ".join(upstream))
+    return "; ".join(changed) or "its record"
 
+
+def _data_identity(exp: Experiment) -> dict:
+    """What the data is: the task spec, or the dataset name plus a digest of local files."""
+    if exp.task:
+        return {"task": exp.task}
+    path = Path(exp.dataset_name).expanduser()
+    if not path.exists():
+        return {"dataset_name": exp.dataset_name}
+    digest = hashlib.sha256()
+    for file in sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file()):
+        digest.update(str(file.relative_to(path.parent)).encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return {"dataset_name": exp.dataset_name, "sha256": digest.hexdigest()}
+
+
+def _prepare_data(exp: Experiment, ledger: Ledger) -> str:
     def make():
         from .tasks import write_task_files
 
         task = dict(exp.task)
         write_task_files(task.pop("name"), data, task.pop("n_train"), task.pop("n_test"), task.pop("seed", 0))
 
-    _stage("data", data / "test.jsonl", make, exp.stage_log)
+    if exp.dataset_name:
+        data = exp.dataset_name
+        ledger.fingerprints["data"] = ledger._fingerprint(_data_identity(exp))
+        return data
+    data = exp.output_dir / "data"
+    ledger.stage("data", data / "test.jsonl", make, _data_identity(exp), clear=data)
     return str(data)
 
 
-def _prepare_original(exp: Experiment, data: str) -> str:
+def _prepare_original(exp: Experiment, data: str, ledger: Ledger) -> str:
     if exp.original:
+        ledger.fingerprints["original"] = ledger._fingerprint({"original": exp.original})
         return exp.original
     init, original = exp.output_dir / "init", exp.output_dir / "original"
 
@@ -169,9 +244,11 @@ def _prepare_original(exp: Experiment, data: str) -> str:
         model.save_pretrained(init)
         tiny_tokenizer().save_pretrained(init)
 
-    _stage("init", init / "config.json", build, exp.stage_log)
+    spec = {k: v for k, v in exp.pretrain.items() if k != "train"}
+    ledger.stage("init", init / "config.json", build, spec, clear=init)
     keys = {"model_name_or_path": str(init), "dataset_name": data, "activation": None, **exp.pretrain.get("train", {})}
-    _stage("original", original / "final_metrics.json", lambda: _train(exp, "sft", keys, original), exp.stage_log)
+    ledger.stage("original", original / "final_metrics.json", lambda: _train(exp, "sft", keys, original), keys,
+                 after=["init", "data"], clear=original)
     return str(original)
 
 
@@ -189,61 +266,89 @@ def _patch(original: str, out: Path, arm_keys: dict) -> None:
                      epsilon_init=arm_keys.get("epsilon_init", 0.01), overwrite=True)
 
 
-def run_experiment(exp: Experiment) -> dict:
-    """Run (or skip, when done) every stage of ``exp``; the summary also goes to ``summary.json``."""
-    start = time.time()
-    exp.stage_log = []
-    exp.output_dir.mkdir(parents=True, exist_ok=True)
-    data = _prepare_data(exp)
-    original = _prepare_original(exp, data)
+def _walk(exp: Experiment, ledger: Ledger) -> tuple[list[Path], dict]:
+    """Declare every stage in dependency order (the ledger runs, skips or, on a dry run, checks them)."""
+    data = _prepare_data(exp, ledger)
+    original = _prepare_original(exp, data, ledger)
     evals = exp.evaluations
     common = {"dataset_name": data}
-    sft_dirs = {}
+    sft_dirs, sft_stage = {}, {}
     for arm, arm_keys in exp.arms.items():
         activation = arm_keys.get("activation")
         if activation and evals.get("drift"):
             patched = exp.output_dir / arm / "patched"
-            _stage(f"{arm}/patched", patched / "patch_report.json",
-                   lambda a=arm_keys, p=patched: _patch(original, p, a), exp.stage_log)
-            _stage(f"{arm}/patched drift", evaluate.drift_file(patched),
-                   lambda p=patched: evaluate.run_drift(p, original, data,
-                                                        max_samples=evals["drift"].get("max_samples", 200)),
-                   exp.stage_log)
+            ledger.stage(f"{arm}/patched", patched / "patch_report.json",
+                         lambda a=arm_keys, p=patched: _patch(original, p, a),
+                         {"activation": activation, "epsilon_init": arm_keys.get("epsilon_init", 0.01)},
+                         after=["original"], clear=patched)
+            drift = evals["drift"]
+            ledger.stage(f"{arm}/patched drift", evaluate.drift_file(patched),
+                         lambda p=patched, d=drift: evaluate.run_drift(p, original, data,
+                                                                      max_samples=d.get("max_samples", 200)),
+                         drift, after=[f"{arm}/patched", "data"])
         if exp.sft is not None:
             sft = exp.output_dir / arm / "sft"
             keys = {**common, **exp.sft, **arm_keys, "model_name_or_path": original}
-            _stage(f"{arm}/sft", sft / "final_metrics.json", lambda k=keys, d=sft: _train(exp, "sft", k, d), exp.stage_log)
-            sft_dirs[arm] = sft
+            ledger.stage(f"{arm}/sft", sft / "final_metrics.json", lambda k=keys, d=sft: _train(exp, "sft", k, d),
+                         keys, after=["original", "data"], clear=sft)
+            sft_dirs[arm], sft_stage[arm] = sft, f"{arm}/sft"
         else:
-            sft_dirs[arm] = Path(original)
+            sft_dirs[arm], sft_stage[arm] = Path(original), "original"
+    dpo_stage = {}
     for arm, beta, seed, out in _stage_dirs(exp):
         keys = {**common, **exp.dpo, **exp.arms[arm], "model_name_or_path": str(sft_dirs[arm]), "beta": beta,
                 "seed": seed, "reference": "policy"}
-        _stage(f"{arm}/dpo beta={beta:g} seed={seed}", out / "final_metrics.json",
-               lambda k=keys, d=out: _train(exp, "dpo", k, d), exp.stage_log)
+        name = dpo_stage[out] = f"{arm}/dpo beta={beta:g} seed={seed}"
+        ledger.stage(name, out / "final_metrics.json", lambda k=keys, d=out: _train(exp, "dpo", k, d), keys,
+                     after=[sft_stage[arm], "data"], clear=out)
     dpo_runs = []
     for arm, beta, seed, out in _stage_dirs(exp):
         dpo_runs.append(out)
         if "rewards" in evals:
             r = evals["rewards"]
-            _stage(f"{arm}/rewards beta={beta:g} seed={seed}", evaluate.rewards_file(out),
-                   lambda o=out, a=arm, r=r: evaluate.run_rewards(
-                       o, sft_dirs[a], data, betas=r.get("betas", exp.betas), max_samples=r.get("max_samples", 500),
-                       max_length=r.get("max_length", 1024)), exp.stage_log)
+            ledger.stage(f"{arm}/rewards beta={beta:g} seed={seed}", evaluate.rewards_file(out),
+                         lambda o=out, a=arm, r=r: evaluate.run_rewards(
+                             o, sft_dirs[a], data, betas=r.get("betas", exp.betas),
+                             max_samples=r.get("max_samples", 500), max_length=r.get("max_length", 1024)),
+                         r, after=[dpo_stage[out], sft_stage[arm]])
         if "winrate" in evals:
             w = evals["winrate"]
             settings = GenerationSettings(max_new_tokens=w.get("max_new_tokens", 128), batch_size=w.get("batch_size", 16))
-            baselines = [sft_dirs[arm]] if w.get("against_sft", True) else []
+            baselines = [(sft_dirs[arm], sft_stage[arm])] if w.get("against_sft", True) else []
             if arm != exp.baseline_arm:
-                baselines.append(exp.output_dir / exp.baseline_arm / out.name)
-            for baseline in baselines:
-                _stage(f"{arm}/winrate {out.name} vs {baseline.parent.name}/{baseline.name}",
-                       evaluate.winrate_file(out, w["judge"], baseline),
-                       lambda o=out, b=baseline, w=w, s=settings: evaluate.run_winrate(
-                           o, b, data, w["judge"], num_prompts=w.get("num_prompts", 200), settings=s), exp.stage_log)
+                other = exp.output_dir / exp.baseline_arm / out.name
+                baselines.append((other, dpo_stage[other]))
+            for baseline, baseline_stage in baselines:
+                ledger.stage(f"{arm}/winrate {out.name} vs {baseline.parent.name}/{baseline.name}",
+                             evaluate.winrate_file(out, w["judge"], baseline),
+                             lambda o=out, b=baseline, w=w, s=settings: evaluate.run_winrate(
+                                 o, b, data, w["judge"], num_prompts=w.get("num_prompts", 200), settings=s),
+                             w, after=[dpo_stage[out], baseline_stage])
+    return dpo_runs, sft_dirs
+
+
+def run_experiment(exp: Experiment, rerun_changed: bool = False) -> dict:
+    """Run (or skip, when done and unchanged) every stage of ``exp``; the summary also goes to
+    ``summary.json``. Stages whose inputs changed since they ran are refused before anything
+    runs, naming the changes, unless ``rerun_changed`` (then they and their dependents rerun)."""
+    start = time.time()
+    writable_dir(exp.output_dir)
+    ledger = Ledger(exp.output_dir, rerun_changed)
+    ledger.dry_run = True
+    _walk(exp, ledger)
+    if ledger.changed and not rerun_changed:
+        shown = "; ".join(ledger.changed[:3]) + (f"; and {len(ledger.changed) - 3} more" if len(ledger.changed) > 3
+                                                   else "")
+        raise ExperimentError(f"{exp.output_dir}: {len(ledger.changed)} finished stage(s) were computed from other "
+                              f"inputs: {shown}. Pass --rerun-changed to recompute them and what depends on them, "
+                              "or choose another --out")
+    ledger.dry_run, ledger.fingerprints = False, {}
+    dpo_runs, sft_dirs = _walk(exp, ledger)
+    exp.stage_log = ledger.log
     from .report import compare
 
-    compare([f"{run.parent.name}={run}" for run in dpo_runs], exp.output_dir / "report")
+    compare([f"{run.parent.name}={run}" for run in dpo_runs], exp.output_dir / "report",
+            step0_drift={arm: evaluate.drift_file(exp.output_dir / arm / "patched") for arm in exp.arms})
     summary = {**summarise(exp, dpo_runs, sft_dirs), "seconds": round(time.time() - start, 1)}
     write_json(exp.output_dir / "summary.json", {"stages": exp.stage_log, **summary})
     return summary
@@ -259,6 +364,11 @@ def summarise(exp: Experiment, dpo_runs: list[Path], sft_dirs: dict) -> dict:
         row = {"arm": arm, "run": str(out)}
         final = read_json(out / "final_metrics.json")
         row["eval_reward_accuracy"] = final.get("eval_rewards/accuracies")
+        rewards = evaluate.rewards_file(out)
+        if rewards.exists():
+            r = read_json(rewards)
+            if "accuracy" in r:
+                row["reward_accuracy"] = {"accuracy": r["accuracy"], "interval": r["accuracy_interval"], "n": r["n"]}
         eps = [v for k, v in final.items() if k.startswith("final_epsilon/") and k[14:].isdigit()]
         row["epsilon_range"] = [min(eps), max(eps)] if eps else None
         judge = exp.evaluations.get("winrate", {}).get("judge")
@@ -268,7 +378,8 @@ def summarise(exp: Experiment, dpo_runs: list[Path], sft_dirs: dict) -> dict:
             if file and file.exists() and baseline != out:
                 stats = read_json(file)["stats"]
                 row[f"winrate_{name}"] = {"win_rate": stats["win_rate"], "interval": stats["interval"],
-                                         "wins": stats["wins"], "ties": stats["ties"], "losses": stats["losses"]}
+                                         "wins": stats["wins"], "ties": stats["ties"], "losses": stats["losses"],
+                                         "n": stats["n"]}
         drift = evaluate.drift_file(exp.output_dir / arm / "patched")
         if drift.exists():
             row["kl_step0"] = read_json(drift)["kl_patched_original"]
@@ -277,19 +388,32 @@ def summarise(exp: Experiment, dpo_runs: list[Path], sft_dirs: dict) -> dict:
 
 
 def format_table(summary: dict, baseline: str) -> str:
-    def wr(entry):
-        if not entry:
-            return "–"
-        lo, hi = entry["interval"]
-        return f"{entry['win_rate']:.2f} [{lo:.2f}, {hi:.2f}]"
+    """The console summary: one row per DPO run, 95% intervals, and the sample sizes under it."""
+    def interval(value, lo, hi):
+        return f"{value:.2f} [{lo:.2f}, {hi:.2f}]"
 
-    lines = [f"{'run':34s} {'DPO vs own SFT':>20s} {'vs ' + baseline + ' DPO':>20s} {'reward acc':>10s} "
-             f"{'KL step 0':>9s} {'eps range':>17s}"]
+    def wr(entry):
+        return interval(entry["win_rate"], *entry["interval"]) if entry else "–"
+
+    def acc(row):
+        if row.get("reward_accuracy"):
+            return interval(row["reward_accuracy"]["accuracy"], *row["reward_accuracy"]["interval"])
+        return f"{row['eval_reward_accuracy']:.2f}" if row.get("eval_reward_accuracy") is not None else "–"
+
+    columns = [("run", 26, "<"), ("DPO vs own SFT", 18, ">"), (f"vs {baseline} DPO", 18, ">"),
+               ("reward accuracy", 18, ">"), ("KL step 0", 9, ">"), ("eps range", 16, ">")]
+    lines = ["  ".join(f"{name:{align}{width}}" for name, width, align in columns)]
+    sizes = set()
     for r in summary["rows"]:
-        run = f"{r['arm']}/{Path(r['run']).name}"
-        eps = f"[{r['epsilon_range'][0]:.3f}, {r['epsilon_range'][1]:.3f}]" if r.get("epsilon_range") else "–"
-        acc = f"{r['eval_reward_accuracy']:.3f}" if r.get("eval_reward_accuracy") is not None else "–"
+        eps = f"[{r['epsilon_range'][0]:.2f}, {r['epsilon_range'][1]:.2f}]" if r.get("epsilon_range") else "–"
         kl = f"{r['kl_step0']:.3f}" if "kl_step0" in r else "–"
-        lines.append(f"{run:34s} {wr(r.get('winrate_vs-sft')):>20s} {wr(r.get(f'winrate_vs-{baseline}')):>20s} "
-                     f"{acc:>10s} {kl:>9s} {eps:>17s}")
+        cells = [f"{r['arm']}/{Path(r['run']).name}", wr(r.get("winrate_vs-sft")), wr(r.get(f"winrate_vs-{baseline}")),
+                 acc(r), kl, eps]
+        lines.append("  ".join(f"{c:{align}{width}}" for c, (_, width, align) in zip(cells, columns)))
+        sizes |= {f"win rates over {w['n']} prompts" for k, w in r.items() if k.startswith("winrate_") and w}
+        if r.get("reward_accuracy"):
+            sizes.add(f"reward accuracy over {r['reward_accuracy']['n']} pairs")
+    if sizes:
+        lines.append("95% intervals (Wilson for win rates, ties as 1/2; bootstrap for accuracy); n: "
+                     + ", ".join(sorted(sizes)))
     return "\n".join(lines)

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import OutputExistsError
+from .errors import OutputError, OutputExistsError
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -38,6 +38,26 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def writable_dir(path: Path, flag: str = "--out") -> Path:
+    """Create ``path`` (and its parents) and check that files can be written in it; otherwise a
+    one-line :class:`OutputError` naming the directory and the option that chooses another."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise OutputError(f"cannot write to {path} ({err.strerror or err}): choose another {flag} or fix its "
+                          "permissions") from None
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_directory_atomic(out: Path, overwrite: bool, write) -> None:
     """Call ``write(tmp_dir)`` and move the result to ``out`` only once it is complete.
 
@@ -46,8 +66,9 @@ def write_directory_atomic(out: Path, overwrite: bool, write) -> None:
     out = Path(out).resolve()
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    writable_dir(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the result gets the user's usual mode
     try:
         write(tmp)
         if out.exists():

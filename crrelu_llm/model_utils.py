@@ -43,8 +43,9 @@ def apply_recipe_patch(model, crrelu_args, source: str) -> dict | None:
         # e.g. DPO starting from an SFT checkpoint of this project: re-patching would reset the
         # epsilons it learned, so keep them and say so.
         record = patch_record(model)
-        logger.warning("%s is already patched with %s (%d modules): keeping its modules and trained epsilons",
-                       source, crrelu_args.activation, len(record["modules"]))
+        kept = "its modules and trained epsilons" if crrelu_args.activation == "crrelu" else "its modules"
+        logger.warning("%s is already patched with %s (%d modules): keeping %s",
+                       source, crrelu_args.activation, len(record["modules"]), kept)
         return {"already_patched": True, "activation": crrelu_args.activation, "count": len(record["modules"]),
                 "layers": None, "modules": record["modules"], "epsilon": epsilon_logs(model)}
     return patch_model(model, activation=crrelu_args.activation, epsilon_init=crrelu_args.epsilon_init,

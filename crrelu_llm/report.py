@@ -5,8 +5,11 @@ Reads from each run directory: ``trainer_state.json`` (training curves, epsilon 
 (``rewards.json``, ``winrate*.json``, ``drift.json``). Writes ``report.md``, ``report.json`` and
 PNG plots. Every number in the report carries the path of the file it was read from.
 
-Runs are grouped into arms by label: ``LABEL=DIR`` on the command line, otherwise the directory
-name with a trailing ``-seed<N>`` removed, so ``gelu-seed0 gelu-seed1`` form one arm.
+Runs are grouped into arms by what they record in ``recipe.yaml`` (the activation, and beta for
+DPO), never by directory names: ``crrelu beta=0.1`` holds every run of that recipe, whatever its
+seed. ``LABEL=DIR`` names an arm explicitly. Runs pooled into one arm must be the same recipe
+but for the seed; anything else is refused with the keys that differ. A directory without a
+``recipe.yaml`` (not written by crrelu-llm) is labelled by its name.
 """
 
 from __future__ import annotations
@@ -17,17 +20,25 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from .errors import ReportError
-from .files import write_json, write_text_atomic
+from .files import writable_dir, write_json, write_text_atomic
 from .stats import paired_permutation_test
 
 TRAIN_CURVES = ("loss", "rewards/accuracies", "rewards/margins")
+
+
+# Keys a pooled run may differ in: the seed, and where it wrote or reported.
+POOLABLE = {"seed", "data_seed", "output_dir", "logging_dir", "run_name", "resume_from_checkpoint",
+            "overwrite_output_dir", "report_to", "hub_token", "push_to_hub", "hub_model_id"}
 
 
 @dataclass
 class Run:
     label: str
     path: Path
+    recipe: dict | None = None
     log_history: list[dict] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
     final: dict = field(default_factory=dict)
@@ -55,8 +66,8 @@ def load_run(spec: str) -> Run:
     path = Path(location)
     if not path.is_dir():
         raise ReportError(f"{path}: no such run directory")
-    label = label or re.sub(r"-seed\d+$", "", path.name)
-    run = Run(label, path)
+    recipe = yaml.safe_load((path / "recipe.yaml").read_text()) if (path / "recipe.yaml").exists() else None
+    run = Run(label or _recorded_label(recipe, path), path, recipe)
     state = _trainer_state(path)
     if state:
         run.log_history = _read_json(state).get("log_history", [])
@@ -68,7 +79,8 @@ def load_run(spec: str) -> Run:
     if (evaluation / "rewards.json").exists():
         run.rewards = _read_json(evaluation / "rewards.json")
         run.sources["rewards"] = str(evaluation / "rewards.json")
-    for file in sorted(evaluation.glob("winrate*.json")):
+    # against the run's own start (SFT) first, then the other arms: the same order in every arm
+    for file in sorted(evaluation.glob("winrate*.json"), key=lambda f: (not f.stem.endswith("_sft"), f.name)):
         run.winrates[file.stem] = _read_json(file)
         run.sources[file.stem] = str(file)
     if (evaluation / "drift.json").exists():
@@ -101,7 +113,8 @@ def _plots(arms: dict[str, list[Run]], out: Path) -> list[str]:
                     if x:
                         ax.plot(x, y, color=colours[label], alpha=0.9 if i == 0 else 0.5, label=label if i == 0 else None)
             ax.set_title(key)
-            ax.set_xlabel("step")
+            ax.set_xlabel("training step")
+            ax.set_ylabel(key)
         axes[0].legend()
         fig.tight_layout()
         fig.savefig(out / "training_curves.png", dpi=110)
@@ -116,34 +129,37 @@ def _plots(arms: dict[str, list[Run]], out: Path) -> list[str]:
             for key in keys:
                 x, y = _series(run, key)
                 ax.plot(x, y, label=f"block {int(key[8:])}")
+            start = (run.recipe or {}).get("epsilon_init")
+            if start is not None:
+                ax.axhline(start, color="grey", linestyle="--", linewidth=1, label=f"epsilon_init {start:g}")
+            ax.set_ylabel("epsilon")
             ax.set_title(f"epsilon per block: {label}")
-            ax.set_xlabel("step")
+            ax.set_xlabel("training step")
             if len(keys) <= 12:
                 ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / "epsilon.png", dpi=110)
         plt.close(fig)
         files.append("epsilon.png")
-    reward_arms = {label: runs[0] for label, runs in arms.items() if runs[0].rewards}
-    if reward_arms:
+    by_activation = _accuracy_by_training_beta(arms)
+    if by_activation:
         fig, ax = plt.subplots(figsize=(6, 3.6))
-        for label, run in reward_arms.items():
-            betas = run.rewards["betas"]
-            x = [b["beta"] for b in betas]
-            y = [b["accuracy"] for b in betas]
-            err = [[b["accuracy"] - b["accuracy_interval"][0] for b in betas],
-                   [b["accuracy_interval"][1] - b["accuracy"] for b in betas]]
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colours[label], label=label)
+        for i, (activation, points) in enumerate(sorted(by_activation.items())):
+            points = sorted(points)
+            x = [p[0] * (1 + 0.03 * (i - 1)) for p in points]  # a little apart, so intervals do not hide each other
+            y = [p[1] for p in points]
+            err = [[p[1] - p[2][0] for p in points], [p[2][1] - p[1] for p in points]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=f"C{i}", label=activation)
         ax.set_xscale("log")
-        ax.set_xlabel("beta")
-        ax.set_ylabel("reward accuracy (95% bootstrap)")
+        ax.set_xlabel("training beta (one DPO run per point)")
+        ax.set_ylabel("reward accuracy, 95% bootstrap CI")
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / "reward_accuracy.png", dpi=110)
         plt.close(fig)
         files.append("reward_accuracy.png")
-    bars = [(f"{label}: {name}", run.winrates[name]) for label, runs in arms.items() for run in runs[:1]
-            for name in run.winrates]
+    bars = [(f"{label} vs {_short(w.get('baseline'))}", w) for label, runs in arms.items() for run in runs[:1]
+            for w in run.winrates.values()]
     if bars:
         fig, ax = plt.subplots(figsize=(7, 0.6 * len(bars) + 1.2))
         for i, (_, w) in enumerate(bars):
@@ -154,6 +170,7 @@ def _plots(arms: dict[str, list[Run]], out: Path) -> list[str]:
         ax.set_yticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
         ax.set_xlim(0, 1)
         ax.set_xlabel("win rate, ties as 1/2 (95% Wilson)")
+        ax.set_ylabel("model vs baseline")
         fig.tight_layout()
         fig.savefig(out / "win_rates.png", dpi=110)
         plt.close(fig)
@@ -161,20 +178,66 @@ def _plots(arms: dict[str, list[Run]], out: Path) -> list[str]:
     return files
 
 
+def _short(path) -> str:
+    """The last two components of a run path, the way the report names baselines."""
+    return "/".join(Path(str(path)).parts[-2:]) if path else "?"
+
+
 def _final_accuracy(run: Run) -> float | None:
     value = run.final.get("eval_rewards/accuracies")
     return float(value) if value is not None else None
 
 
-def compare(specs: list[str], out: Path) -> dict:
-    """Write report.md, report.json and plots for the runs; return the report dict."""
+def _accuracy_by_training_beta(arms: dict[str, list[Run]]) -> dict[str, list]:
+    """activation -> [(training beta, reward accuracy, interval)] over the first run of each arm
+    whose rewards were evaluated and whose training beta is known."""
+    points: dict[str, list] = {}
+    for runs in arms.values():
+        run = runs[0]
+        if not run.rewards or "accuracy" not in run.rewards:
+            continue
+        beta = run.rewards.get("training_beta") or (run.recipe or {}).get("beta")
+        if beta is None:
+            continue
+        activation = ((run.recipe or {}).get("activation") or "unpatched") if run.recipe else run.label
+        points.setdefault(activation, []).append((beta, run.rewards["accuracy"], run.rewards["accuracy_interval"]))
+    return points
+
+
+def _recorded_label(recipe: dict | None, path: Path) -> str:
+    if not recipe:
+        return re.sub(r"-seed\d+$", "", path.name)
+    label = recipe.get("activation") or "unpatched"
+    return f"{label} beta={recipe['beta']:g}" if "beta" in recipe else f"{label} sft"
+
+
+def _check_poolable(label: str, members: list[Run]) -> None:
+    first = members[0]
+    for other in members[1:]:
+        if first.recipe is None or other.recipe is None:
+            continue
+        differ = sorted(k for k in set(first.recipe) | set(other.recipe)
+                        if k not in POOLABLE and first.recipe.get(k) != other.recipe.get(k))
+        if differ:
+            shown = ", ".join(f"{k} ({first.recipe.get(k)!r} vs {other.recipe.get(k)!r})" for k in differ[:3])
+            raise ReportError(f"arm {label!r} would pool {first.path} and {other.path}, which differ in {shown}"
+                              + (f" and {len(differ) - 3} more keys" if len(differ) > 3 else "")
+                              + ": only seeds may differ within an arm; give them different LABEL=DIR labels")
+
+
+def compare(specs: list[str], out: Path, step0_drift: dict[str, Path] | None = None) -> dict:
+    """Write report.md, report.json and plots for the runs; return the report dict.
+    ``step0_drift`` maps an arm label to the ``drift.json`` of its patched model at step 0 (the
+    experiment runner measures drift there, not in the run directories)."""
     if not specs:
         raise ReportError("give at least one run directory")
     runs = [load_run(s) for s in specs]
     arms: dict[str, list[Run]] = {}
     for run in runs:
         arms.setdefault(run.label, []).append(run)
-    out.mkdir(parents=True, exist_ok=True)
+    for label, members in arms.items():
+        _check_poolable(label, members)
+    writable_dir(Path(out))
     report = {"arms": {}, "plots": []}
     for label, members in arms.items():
         entry = {"runs": [str(r.path) for r in members], "sources": [r.sources for r in members]}
@@ -184,14 +247,17 @@ def compare(specs: list[str], out: Path) -> dict:
                 "values": accs, "mean": statistics.fmean(accs),
                 "stdev": statistics.stdev(accs) if len(accs) > 1 else 0.0, "from": [r.sources.get("final") for r in members]}
         first = members[0]
-        if first.rewards:
-            entry["rewards"] = {"per_beta": first.rewards["betas"], "preference_accuracy": first.rewards["preference_accuracy"],
-                                "from": first.sources["rewards"]}
+        if first.rewards and "accuracy" in first.rewards:
+            entry["rewards"] = {k: first.rewards.get(k) for k in (
+                "n", "accuracy", "accuracy_interval", "ties", "training_beta", "margins_per_evaluation_beta",
+                "preference_accuracy")} | {"from": first.sources["rewards"]}
         if first.winrates:
             entry["win_rates"] = {name: {**w["stats"], "judge": w.get("judge"), "baseline": w.get("baseline"),
                                          "from": first.sources[name]} for name, w in first.winrates.items()}
         if first.drift:
             entry["drift"] = {**first.drift, "from": first.sources["drift"]}
+        elif step0_drift and label in step0_drift and Path(step0_drift[label]).exists():
+            entry["drift"] = {**_read_json(Path(step0_drift[label])), "from": str(step0_drift[label])}
         eps = {k: v for k, v in first.final.items() if k.startswith("final_epsilon/")}
         if eps:
             entry["final_epsilon"] = {**eps, "from": first.sources.get("final")}
@@ -221,26 +287,34 @@ def _markdown(report: dict) -> str:
     for label, arm in report["arms"].items():
         acc = arm.get("final_eval_reward_accuracy")
         rows.append(f"| {label} | {len(arm['runs'])} | "
-                    + (f"{acc['mean']:.3f} ± {acc['stdev']:.3f}" if acc else "–") + " | "
+                    + ((f"{acc['mean']:.3f} ± {acc['stdev']:.3f}" if len(acc["values"]) > 1 else
+                        f"{acc['mean']:.3f} (one run)") if acc else "–") + " | "
                     + (_fmt(arm["rewards"]["preference_accuracy"]) if "rewards" in arm else "–") + " | "
                     + (f"{arm['drift']['kl_patched_original']:.4f}" if "drift" in arm else "–") + " |")
     lines += ["| arm | runs | final eval reward accuracy (mean ± sd) | preference accuracy (reference-free) | KL to original |",
               "|---|---|---|---|---|", *rows, ""]
     for label, arm in report["arms"].items():
         if "rewards" in arm:
-            lines += [f"## Reward accuracy per beta: {label}", f"(from `{arm['rewards']['from']}`)", "",
-                      "| beta | accuracy | 95% CI | ties | margin |", "|---|---|---|---|---|"]
-            for b in arm["rewards"]["per_beta"]:
-                lo, hi = b["accuracy_interval"]
-                lines.append(f"| {b['beta']} | {b['accuracy']:.3f} | [{lo:.3f}, {hi:.3f}] | {b['ties']:.3f} | {b['margin']:.4f} |")
+            r = arm["rewards"]
+            lo, hi = r["accuracy_interval"]
+            trained = f"trained with beta {r['training_beta']:g}" if r.get("training_beta") is not None else \
+                "training beta unknown"
+            lines += [f"## Reward accuracy: {label}", f"(from `{r['from']}`)", "",
+                      f"- reward accuracy {r['accuracy']:.3f}, 95% bootstrap [{lo:.3f}, {hi:.3f}], n = {r['n']} pairs, "
+                      f"ties {r['ties']:.3f} ({trained}; for one model this does not depend on the evaluation beta)",
+                      "", "| evaluation beta | mean margin | 95% CI |", "|---|---|---|"]
+            for b in r["margins_per_evaluation_beta"]:
+                mlo, mhi = b["margin_interval"]
+                lines.append(f"| {b['beta']:g} | {b['margin']:.4f} | [{mlo:.4f}, {mhi:.4f}] |")
             lines.append("")
         for name, w in arm.get("win_rates", {}).items():
             lo, hi = w["interval"]
-            lines += [f"## {label} vs {w.get('baseline')}: {name} (judge {w.get('judge')})", f"(from `{w['from']}`)", "",
+            lines += [f"## {label} vs {_short(w.get('baseline'))} (judge {w.get('judge')})", f"(from `{w['from']}`)", "",
                       f"- wins / ties / losses: {w['wins']} / {w['ties']} / {w['losses']} of {w['n']}",
                       f"- win rate (ties as 1/2): {w['win_rate']:.3f}, 95% Wilson [{lo:.3f}, {hi:.3f}]",
                       f"- exact sign test on decisive pairs: p = {w['sign_test_p']:.4g}",
-                      f"- position consistency: {_fmt(w['position_consistency'])}",
+                      "- position consistency: " + (_fmt(w["position_consistency"]) if w.get("position_consistency")
+                                                    is not None else "n/a (this judge does not see an order)"),
                       f"- mean response length (chars): model {w['length_model']['mean']:.1f}, "
                       f"baseline {w['length_baseline']['mean']:.1f}", ""]
         if "drift" in arm:

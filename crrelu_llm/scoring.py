@@ -80,35 +80,31 @@ def preference_logps(model, reference, tokenizer, dataset, max_length: int = 102
 
 
 @dataclass
-class RewardMetrics:
+class Margins:
+    """The implicit reward margin at one *evaluation* beta (it scales with beta; accuracy does not)."""
+
     beta: float
-    n: int
-    accuracy: float  # strictly correct, ties are not correct (as TRL counts)
-    ties: float  # share of exact ties
-    accuracy_ties_half: float
-    accuracy_interval: tuple[float, float]
     margin: float
     margin_interval: tuple[float, float]
     chosen_reward: float
     rejected_reward: float
 
 
-def reward_metrics(logps: dict, betas: list[float], n_boot: int = 1000, seed: int = 0) -> dict:
-    """Reward accuracy and margins for each beta, plus reference-free preference accuracy."""
+def reward_metrics(logps: dict, betas: list[float] = (0.1,), n_boot: int = 1000, seed: int = 0) -> dict:
+    """Reward accuracy (once: for a fixed policy and reference its sign test does not depend on
+    beta > 0), margins per evaluation beta, and the reference-free preference accuracy."""
     n = len(logps["policy_chosen"])
     chosen_ratio = [p - r for p, r in zip(logps["policy_chosen"], logps["ref_chosen"])]
     rejected_ratio = [p - r for p, r in zip(logps["policy_rejected"], logps["ref_rejected"])]
-    per_beta = []
+    log_ratio = [c - r for c, r in zip(chosen_ratio, rejected_ratio)]
+    correct = [1.0 if m > 0 else 0.0 for m in log_ratio]  # strictly: ties are not correct (as TRL counts)
+    ties = [1.0 if m == 0 else 0.0 for m in log_ratio]
+    half = [c + t / 2 for c, t in zip(correct, ties)]
+    margins = []
     for beta in betas:
-        margins = [beta * (c - r) for c, r in zip(chosen_ratio, rejected_ratio)]
-        correct = [1.0 if m > 0 else 0.0 for m in margins]
-        ties = [1.0 if m == 0 else 0.0 for m in margins]
-        half = [c + t / 2 for c, t in zip(correct, ties)]
-        per_beta.append(asdict(RewardMetrics(
-            beta=beta, n=n, accuracy=statistics.fmean(correct), ties=statistics.fmean(ties),
-            accuracy_ties_half=statistics.fmean(half),
-            accuracy_interval=bootstrap_interval(correct, n_boot=n_boot, seed=seed),
-            margin=statistics.fmean(margins), margin_interval=bootstrap_interval(margins, n_boot=n_boot, seed=seed),
+        scaled = [beta * m for m in log_ratio]
+        margins.append(asdict(Margins(
+            beta=beta, margin=statistics.fmean(scaled), margin_interval=bootstrap_interval(scaled, n_boot=n_boot, seed=seed),
             chosen_reward=beta * statistics.fmean(chosen_ratio), rejected_reward=beta * statistics.fmean(rejected_ratio),
         )))
     summed = [1.0 if c > r else 0.0 for c, r in zip(logps["policy_chosen"], logps["policy_rejected"])]
@@ -116,7 +112,11 @@ def reward_metrics(logps: dict, betas: list[float], n_boot: int = 1000, seed: in
                  zip(logps["policy_chosen"], logps["policy_rejected"], logps["tokens_chosen"], logps["tokens_rejected"])]
     return {
         "n": n,
-        "betas": per_beta,
+        "accuracy": statistics.fmean(correct),
+        "accuracy_interval": bootstrap_interval(correct, n_boot=n_boot, seed=seed),
+        "ties": statistics.fmean(ties),
+        "accuracy_ties_half": statistics.fmean(half),
+        "margins_per_evaluation_beta": margins,
         "preference_accuracy": statistics.fmean(summed),
         "preference_accuracy_interval": bootstrap_interval(summed, n_boot=n_boot, seed=seed),
         "preference_accuracy_per_token": statistics.fmean(per_token),
@@ -127,26 +127,42 @@ def reward_metrics(logps: dict, betas: list[float], n_boot: int = 1000, seed: in
 # --------------------------------------------------------------------------- drift
 
 
+def _encode_pairs(tokenizer, pairs: list[tuple[str, str]], max_length: int):
+    """Token ids of prompt + completion (tokenized apart, as TRL does), right-padded, with a mask
+    that marks the completion tokens (truncated to ``max_length`` from the right)."""
+    rows = []
+    for prompt, completion in pairs:
+        p = tokenizer(prompt)["input_ids"]
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        rows.append(((p + c)[:max_length], ([0] * len(p) + [1] * len(c))[:max_length]))
+    width = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r, _ in rows])
+    attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r, _ in rows])
+    scored = torch.tensor([m + [0] * (width - len(m)) for _, m in rows])
+    return ids, attention, scored
+
+
 @torch.no_grad()
-def drift(patched, original, tokenizer, texts: list[str], max_length: int = 512, batch_size: int = 8) -> dict:
-    """Perplexity of both models and the mean per-token KL(patched || original) on the same text."""
-    if not texts:
+def drift(patched, original, tokenizer, pairs: list[tuple[str, str]], max_length: int = 512,
+          batch_size: int = 8) -> dict:
+    """Perplexity of both models and the mean per-token KL(patched || original) on the
+    completion tokens of (prompt, completion) pairs, each predicted after its prompt. Prompt
+    tokens are context only: a prompt is often unpredictable by design (a random question)."""
+    if not pairs:
         raise EvaluationError("no text to measure drift on")
     check_tokenizers(tokenizer, patched, original)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
     nll = {"patched": 0.0, "original": 0.0}
     kl_sum, tokens = 0.0, 0
-    for start in tqdm(range(0, len(texts), batch_size), desc="Measuring drift", leave=False):
-        batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True,
-                          max_length=max_length)
-        ids = batch["input_ids"]
-        mask = batch["attention_mask"][:, 1:].float()
+    for start in tqdm(range(0, len(pairs), batch_size), desc="Measuring drift", leave=False):
+        ids, attention, scored = _encode_pairs(tokenizer, pairs[start:start + batch_size], max_length)
+        mask = scored[:, 1:].float()
         logp = {}
         for name, model in (("patched", patched), ("original", original)):
             device = model_device(model)
-            out = model(input_ids=ids.to(device), attention_mask=batch["attention_mask"].to(device)).logits[:, :-1]
+            out = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits[:, :-1]
             logp[name] = out.float().log_softmax(-1).cpu()
             token_logp = logp[name].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
             nll[name] -= float((token_logp * mask).sum())
@@ -154,6 +170,8 @@ def drift(patched, original, tokenizer, texts: list[str], max_length: int = 512,
         kl_sum += float((kl * mask).sum())
         tokens += int(mask.sum())
     if tokens == 0:
-        raise EvaluationError("the drift text has no tokens to predict (each text needs at least two tokens)")
-    return {"tokens": tokens, "perplexity_patched": math.exp(nll["patched"] / tokens),
+        raise EvaluationError("the drift data has no completion tokens to score (are the completions empty, or cut "
+                              "off by max_length?)")
+    return {"scored": "completion tokens, each predicted after its prompt", "tokens": tokens,
+            "perplexity_patched": math.exp(nll["patched"] / tokens),
             "perplexity_original": math.exp(nll["original"] / tokens), "kl_patched_original": kl_sum / tokens}

@@ -15,8 +15,6 @@ checkpoint, evaluate, save, and write the model card.
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import logging
 import re
 import shutil
@@ -29,10 +27,11 @@ import yaml
 from transformers.trainer_utils import get_last_checkpoint
 
 from . import kernels
-from .config import CRReLUArguments, parse_recipe, recipe_from_dict
+from .config import CRReLUArguments, parse_recipe, recipe_from_dict, resolved_recipe
 from .data import DataArguments, load_preference_splits, load_sft_splits
 from .distributed import use_vector_epsilons
-from .files import write_json, write_text_atomic
+from .errors import Interrupted, OutputExistsError
+from .files import writable_dir, write_json, write_text_atomic
 from .loading import load_causal_lm, load_tokenizer
 from .model_card import model_card
 from .model_utils import apply_epsilon_mode, apply_recipe_patch, build_reference
@@ -46,13 +45,17 @@ _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.
             "pytorch_model.bin.index.json")
 
 
+def _complete(checkpoint: Path) -> bool:
+    return (checkpoint / "trainer_state.json").exists() and any((checkpoint / w).exists() for w in _WEIGHTS)
+
+
 def last_complete_checkpoint(output_dir: Path, main_process: bool = True) -> str | None:
     """transformers' ``get_last_checkpoint``, skipping checkpoints a kill left half-written: such
     a ``checkpoint-N`` (no weights or no trainer state) is renamed ``checkpoint-N.incomplete``
     by the main process (kept for inspection, ignored by the Trainer) and the one before it is used."""
     while (checkpoint := get_last_checkpoint(str(output_dir))) is not None:
         checkpoint = Path(checkpoint)
-        if (checkpoint / "trainer_state.json").exists() and any((checkpoint / w).exists() for w in _WEIGHTS):
+        if _complete(checkpoint):
             return str(checkpoint)
         if not main_process:
             return None
@@ -62,6 +65,43 @@ def last_complete_checkpoint(output_dir: Path, main_process: bool = True) -> str
             shutil.rmtree(aside)
         checkpoint.rename(aside)
     return None
+
+
+# Keys that name where a run writes or how it reports, not what it computes: a resumed run may
+# change them. Any other difference means the output directory holds a different run.
+_BOOKKEEPING = {"output_dir", "logging_dir", "run_name", "resume_from_checkpoint", "overwrite_output_dir",
+                "report_to", "hub_token", "push_to_hub", "hub_model_id"}
+
+
+def claim_output_dir(output_dir: Path, recipe: dict, overwrite: bool) -> None:
+    """Refuse, before anything is written, an ``output_dir`` that holds a different run (its
+    ``recipe.yaml`` differs beyond bookkeeping keys, or it holds a model or checkpoints without
+    one); with ``overwrite`` its contents are removed instead. The same run resumes."""
+    recorded_file = output_dir / "recipe.yaml"
+    if recorded_file.exists():
+        recorded = yaml.safe_load(recorded_file.read_text()) or {}
+        now = yaml.safe_load(yaml.safe_dump(recipe))  # compare as recorded (YAML types)
+        changed = sorted(k for k in set(recorded) | set(now)
+                         if k not in _BOOKKEEPING and recorded.get(k) != now.get(k))
+        if not changed:
+            return
+        what = ", ".join(f"{k} {recorded.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
+        what += f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+    elif any(output_dir.glob("checkpoint-*")) or (output_dir / "final_metrics.json").exists():
+        what = "a model or checkpoints but no recipe.yaml to compare with"
+    else:
+        return
+    if not overwrite:
+        raise OutputExistsError(f"{output_dir} holds a different run ({what}): pass --overwrite_output_dir true to "
+                                "replace it, or choose another --output_dir")
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        logger.warning("overwrite_output_dir: removing the different run in %s (%s)", output_dir, what)
+        for item in output_dir.iterdir():
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+    state.wait_for_everyone()
 
 
 @dataclass
@@ -78,8 +118,9 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
             callbacks=None) -> PreparedRun:
     """Data, tokenizer, model (patched per the recipe), reference and trainer; nothing trained yet."""
     kernels.set_kernel(crrelu_args.crrelu_kernel)
-    output_dir = Path(training_args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = writable_dir(Path(training_args.output_dir), "output_dir")
+    recipe = resolved_recipe(crrelu_args, data_args, training_args, model_args)
+    claim_output_dir(output_dir, recipe, crrelu_args.overwrite_output_dir)
 
     # data first: a bad row should stop the run before a model is downloaded
     loader = load_preference_splits if command == "dpo" else load_sft_splits
@@ -143,8 +184,6 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
                                 callbacks=[RankConsistencyCallback(output_dir), *(callbacks or [])], **trainer_kwargs)
 
     if trainer.is_world_process_zero():
-        recipe = {**dataclasses.asdict(crrelu_args), **dataclasses.asdict(data_args),
-                  **dataclasses.asdict(model_args), **json.loads(training_args.to_json_string())}
         write_text_atomic(output_dir / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=True))
         write_json(output_dir / "patch_report.json", patch_report)
         write_json(output_dir / "data_summary.json", data_summary)
@@ -196,8 +235,21 @@ def run_keys(command: str, keys: dict, source: str = "recipe") -> dict:
     return run(command, *recipe_from_dict(command, keys, source=source))
 
 
+def resume_hint(output_dir: Path) -> str:
+    """Where an interrupted run stands, in one sentence."""
+    complete = sorted((p for p in Path(output_dir).glob("checkpoint-*") if p.name[11:].isdigit() and _complete(p)),
+                      key=lambda p: int(p.name[11:]))
+    if not complete:
+        return f"no checkpoint was saved in {output_dir} yet; rerunning starts it again"
+    return f"the last checkpoint is {complete[-1]}; rerunning the same command resumes from it"
+
+
 def main(command: str, argv: list[str]) -> int:
     """``crrelu-llm sft|dpo --config RECIPE [--arm NAME] [--key value ...]``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    run(command, *parse_recipe(command, argv))
+    args = parse_recipe(command, argv)
+    try:
+        run(command, *args)
+    except KeyboardInterrupt:
+        raise Interrupted(resume_hint(args[2].output_dir)) from None
     return 0

@@ -1,6 +1,7 @@
 """Evaluation: statistics, reward metrics vs TRL, generation, judges (incl. a real local HTTP judge), drift, report."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -64,21 +65,25 @@ def test_reward_metrics_agree_with_trl_evaluate(pairs):
                      bf16=False, use_cpu=True, gradient_checkpointing=False, beta=0.5)
     trl_metrics = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=pairs, eval_dataset=pairs,
                              processing_class=tokenizer).evaluate()
-    b = ours["betas"][1]
-    assert b["beta"] == 0.5 and b["n"] == 16
-    assert b["accuracy"] == pytest.approx(trl_metrics["eval_rewards/accuracies"], abs=1e-6)
+    b = ours["margins_per_evaluation_beta"][1]
+    assert b["beta"] == 0.5 and ours["n"] == 16
+    assert ours["accuracy"] == pytest.approx(trl_metrics["eval_rewards/accuracies"], abs=1e-6)
     assert b["margin"] == pytest.approx(trl_metrics["eval_rewards/margins"], rel=1e-4, abs=1e-6)
     assert b["chosen_reward"] == pytest.approx(trl_metrics["eval_rewards/chosen"], rel=1e-4, abs=1e-6)
-    assert ours["betas"][0]["margin"] == pytest.approx(b["margin"] / 5, rel=1e-6)
-    lo, hi = b["accuracy_interval"]
-    assert lo <= b["accuracy"] <= hi
+    assert ours["margins_per_evaluation_beta"][0]["margin"] == pytest.approx(b["margin"] / 5, rel=1e-6)
+    lo, hi = ours["accuracy_interval"]
+    assert lo <= ours["accuracy"] <= hi
+    # one accuracy: for a fixed policy and reference, the evaluation beta cannot change it
+    args.beta = 0.1
+    again = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=pairs, eval_dataset=pairs,
+                       processing_class=tokenizer).evaluate()
+    assert again["eval_rewards/accuracies"] == pytest.approx(ours["accuracy"], abs=1e-6)
 
 
 def test_policy_equal_to_reference_ties_everywhere_and_is_not_called_wrong(pairs):
     model = tiny_causal_lm("gpt2")
     result = reward_metrics(preference_logps(model, tiny_causal_lm("gpt2"), tiny_tokenizer(), pairs, 64, 4), [0.1])
-    b = result["betas"][0]
-    assert (b["accuracy"], b["ties"], b["accuracy_ties_half"]) == (0.0, 1.0, 0.5)
+    assert (result["accuracy"], result["ties"], result["accuracy_ties_half"]) == (0.0, 1.0, 0.5)
 
 
 def test_empty_data_and_mismatched_tokenizer_are_refused(pairs):
@@ -105,15 +110,19 @@ def test_generation_is_batched_and_reproducible():
 
 
 def test_drift_is_zero_against_itself_and_positive_after_the_swap():
-    tokenizer, texts = tiny_tokenizer(), ["1+2=3.", "Write b 2 times: bb.", "40+2=42."]
+    tokenizer, pairs = tiny_tokenizer(), [("1+2=", "3."), ("Write b 2 times:", " bb."), ("40+2=", "42.")]
     original = tiny_causal_lm("gpt2")
-    same = drift(original, tiny_causal_lm("gpt2"), tokenizer, texts)
+    same = drift(original, tiny_causal_lm("gpt2"), tokenizer, pairs)
     assert same["kl_patched_original"] == pytest.approx(0.0, abs=1e-6)
     assert same["perplexity_patched"] == pytest.approx(same["perplexity_original"])
     patched = tiny_causal_lm("gpt2")
     crrelu_llm.patch_model(patched)
-    moved = drift(patched, original, tokenizer, texts)
-    assert moved["kl_patched_original"] > 1e-4 and moved["tokens"] == sum(len(t) - 1 for t in texts)
+    moved = drift(patched, original, tokenizer, pairs)
+    assert moved["kl_patched_original"] > 1e-4
+    # only completion tokens are scored: prompts are context (a random question is unpredictable by design)
+    assert moved["tokens"] == sum(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for _, c in pairs)
+    longer_prompts = drift(patched, original, tokenizer, [("9" * 10 + p, c) for p, c in pairs])
+    assert longer_prompts["tokens"] == moved["tokens"]
 
 
 # --------------------------------------------------------------------------- judges
@@ -237,12 +246,13 @@ def test_eval_commands_write_their_outputs_and_compare_reports_them(two_runs, ta
     report_dir = tmp_path / "report"
     assert cli_main(["compare", str(gelu0), str(gelu1), str(crrelu0), str(crrelu1), "--out", str(report_dir)]) == 0
     report = json.loads((report_dir / "report.json").read_text())
-    assert set(report["arms"]) == {"gelu", "crrelu"}
-    assert len(report["arms"]["crrelu"]["runs"]) == 2 and report["paired_test"]["pairs"] == 2
-    crrelu_arm = report["arms"]["crrelu"]
+    assert set(report["arms"]) == {"unpatched beta=0.1", "crrelu beta=0.1"}  # what the runs record, not their names
+    assert len(report["arms"]["crrelu beta=0.1"]["runs"]) == 2 and report["paired_test"]["pairs"] == 2
+    crrelu_arm = report["arms"]["crrelu beta=0.1"]
     assert crrelu_arm["rewards"]["from"] == str(crrelu0 / "eval" / "rewards.json")
     stored = json.loads((crrelu0 / "eval" / "rewards.json").read_text())
-    assert crrelu_arm["rewards"]["per_beta"] == stored["betas"]  # every number traceable to its file
+    assert crrelu_arm["rewards"]["accuracy"] == stored["accuracy"]  # every number traceable to its file
+    assert crrelu_arm["rewards"]["margins_per_evaluation_beta"] == stored["margins_per_evaluation_beta"]
     finals = [json.loads((d / "final_metrics.json").read_text())["eval_rewards/accuracies"] for d in (crrelu0, crrelu1)]
     assert crrelu_arm["final_eval_reward_accuracy"]["values"] == finals
     assert set(report["plots"]) == {"training_curves.png", "epsilon.png", "reward_accuracy.png", "win_rates.png"}
@@ -250,6 +260,24 @@ def test_eval_commands_write_their_outputs_and_compare_reports_them(two_runs, ta
         assert (report_dir / plot).stat().st_size > 1000
     md = (report_dir / "report.md").read_text()
     assert "Paired test over seeds" in md and "Wilson" in md and "from `" in md
+
+
+def test_compare_groups_by_what_runs_record_and_never_pools_different_recipes(two_runs, tmp_path, capsys):
+    gelu0, gelu1, crrelu0, crrelu1 = two_runs
+    # directory names that suggest one arm do not make one: the recorded activation does
+    renamed = tmp_path / "x"
+    for i, run in enumerate((gelu0, crrelu0)):
+        shutil.copytree(run, renamed / f"arm-seed{i}")
+    assert cli_main(["compare", str(renamed / "arm-seed0"), str(renamed / "arm-seed1"), "--out",
+                     str(tmp_path / "r1")]) == 0
+    report = json.loads((tmp_path / "r1" / "report.json").read_text())
+    assert set(report["arms"]) == {"unpatched beta=0.1", "crrelu beta=0.1"}
+    # an explicit label cannot pool runs that differ in more than the seed
+    assert cli_main(["compare", f"same={gelu0}", f"same={crrelu0}", "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert "arm 'same' would pool" in err and "activation (None vs 'crrelu')" in err and "only seeds" in err
+    assert not (tmp_path / "r2").exists()
+    assert cli_main(["compare", f"same={crrelu0}", f"same={crrelu1}", "--out", str(tmp_path / "r3")]) == 0
 
 
 def test_bad_eval_inputs_end_with_a_clear_message(task_dir, tmp_path, server, capsys):

@@ -58,15 +58,20 @@ def test_reduced_demo_runs_every_stage_and_reports(demo_run, capsys):
         assert lo <= row["winrate_vs-sft"]["win_rate"] <= hi
         if row["arm"] != "gelu":
             assert "winrate_vs-gelu" in row and row["kl_step0"] > 0
-    crrelu = next(r for r in summary["rows"] if r["arm"] == "crrelu")
+    crrelu = crrelu_row = next(r for r in summary["rows"] if r["arm"] == "crrelu")
     assert crrelu["epsilon_range"] is not None
     report = json.loads((out / "report" / "report.json").read_text())
     assert set(report["arms"]) == {"gelu", "crrelu", "relu"}
     assert set(report["plots"]) == {"training_curves.png", "epsilon.png", "reward_accuracy.png", "win_rates.png"}
-    assert len(report["arms"]["crrelu"]["rewards"]["per_beta"]) == 3
+    rewards = report["arms"]["crrelu"]["rewards"]
+    assert len(rewards["margins_per_evaluation_beta"]) == 3 and rewards["training_beta"] == 0.5
+    lo, hi = rewards["accuracy_interval"]
+    assert lo <= rewards["accuracy"] <= hi and rewards["n"] == 40
     assert len(report["arms"]["crrelu"]["win_rates"]) == 2  # vs its own SFT start and vs the GELU arm
     md = (out / "report" / "report.md").read_text()
-    assert "Reward accuracy per beta: crrelu" in md and "crrelu vs " in md and "![win_rates.png]" in md
+    assert report["arms"]["crrelu"]["drift"]["kl_patched_original"] == crrelu_row["kl_step0"]  # not "–"
+    assert "position consistency: None" not in md and "± 0.000" not in md
+    assert "Reward accuracy: crrelu" in md and "| evaluation beta | mean margin |" in md and "crrelu vs " in md and "![win_rates.png]" in md
     # the data are ordinary preference files
     first = json.loads((out / "data" / "train.jsonl").read_text().splitlines()[0])
     assert set(first) == {"prompt", "chosen", "rejected"}

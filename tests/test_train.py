@@ -93,7 +93,7 @@ def test_mistyped_flags_are_named_before_other_errors(tmp_path, pairs_file, caps
 
 
 def test_dpo_run_trains_epsilon_in_its_own_group_and_writes_its_outputs(tmp_path, pairs_file):
-    args = parse("dpo", recipe(tmp_path, pairs_file, weight_decay=0.1))
+    args = parse("dpo", recipe(tmp_path, pairs_file, weight_decay=0.1, output_dir=str(tmp_path / "prepared")))
     prepared = prepare("dpo", *args)
     optimizer = prepared.trainer.create_optimizer()
     eps_groups = [g for g in optimizer.param_groups if g.get("name") == "crrelu_epsilon"]
