@@ -1,4 +1,6 @@
+import json
 import os
+import random
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))  # helper modules beside the tests (judge_server)
@@ -26,3 +28,15 @@ def tokens():
 def server():
     """``server(behaviour)`` starts a loopback OpenAI-compatible judge (see judge_server.py)."""
     yield from judge_servers()
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+    rows = []
+    for _ in range(48):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        rows.append({"prompt": f"{a}+{b}=", "chosen": f"{a + b}.", "rejected": f"{a + b + 1}!"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -16,7 +16,7 @@ import yaml
 
 from crrelu_llm.cli import main as cli_main
 from test_experiment import reduced_demo
-from test_train import pairs_file, recipe  # noqa: F401  (pairs_file is a fixture)
+from test_train import recipe
 
 
 def _snapshot(folder: Path) -> dict:

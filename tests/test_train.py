@@ -1,7 +1,6 @@
 """The SFT -> DPO pipeline on tiny models: recipes, eps training, references, outputs, resume."""
 
 import json
-import random
 
 import pytest
 import torch
@@ -13,18 +12,6 @@ from crrelu_llm.cli import main as cli_main
 from crrelu_llm.config import parse_recipe
 from crrelu_llm.errors import RecipeError
 from crrelu_llm.train import prepare, run
-
-
-@pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory):
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    rows = []
-    for _ in range(48):
-        a, b = rng.randint(0, 9), rng.randint(0, 9)
-        rows.append({"prompt": f"{a}+{b}=", "chosen": f"{a + b}.", "rejected": f"{a + b + 1}!"})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def recipe(tmp_path, pairs_file, **overrides):
