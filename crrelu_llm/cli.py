@@ -214,7 +214,9 @@ def _compare(args) -> int:
 
 def _experiment(args) -> int:
     from .experiment import DEMO_RECIPE, format_table, load_experiment, run_experiment
+    from .runtime import set_cpu_threads
 
+    set_cpu_threads()
     exp = load_experiment(DEMO_RECIPE if args.command == "demo" else args.config, args.out)
     summary = run_experiment(exp, rerun_changed=args.rerun_changed)
     print(f"\n{exp.name}: {len(summary['rows'])} DPO runs, {summary['seconds']:.0f}s ({exp.output_dir})")

@@ -144,13 +144,18 @@ def _plots(arms: dict[str, list[Run]], out: Path) -> list[str]:
     by_activation = _accuracy_by_training_beta(arms)
     if by_activation:
         fig, ax = plt.subplots(figsize=(6, 3.6))
+        betas = sorted({p[0] for points in by_activation.values() for p in points})
+        spread = 0.5 / max(len(by_activation), 1)
         for i, (activation, points) in enumerate(sorted(by_activation.items())):
             points = sorted(points)
-            x = [p[0] * (1 + 0.03 * (i - 1)) for p in points]  # a little apart, so intervals do not hide each other
+            # one slot per training beta, the activations side by side inside it
+            x = [betas.index(p[0]) + spread * (i - (len(by_activation) - 1) / 2) for p in points]
             y = [p[1] for p in points]
             err = [[p[1] - p[2][0] for p in points], [p[2][1] - p[1] for p in points]]
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=f"C{i}", label=activation)
-        ax.set_xscale("log")
+            ax.errorbar(x, y, yerr=err, marker="o", linestyle="-" if len(points) > 1 else "none", capsize=3,
+                        color=f"C{i}", label=activation)
+        ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
+        ax.set_xlim(-0.6, len(betas) - 0.4)
         ax.set_xlabel("training beta (one DPO run per point)")
         ax.set_ylabel("reward accuracy, 95% bootstrap CI")
         ax.legend()

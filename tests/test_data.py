@@ -3,6 +3,7 @@ import json
 import pytest
 
 from crrelu_llm.data import DataArguments, DataError, load_preference_splits, load_sft_splits
+from crrelu_llm.errors import MalformedRowError
 
 
 def _write_jsonl(path, rows):
@@ -86,6 +87,7 @@ def test_malformed_rows_are_named_or_dropped_and_counted(tmp_path, bad_row, colu
         load_preference_splits(DataArguments(dataset_name=str(file)))
     message = str(err.value)
     assert str(file) in message and "row 4" in message and f"column {column!r}" in message and problem in message
+    assert isinstance(err.value, MalformedRowError) and "or set drop_invalid_rows: true" in message
     train, evaluation, _ = load_preference_splits(DataArguments(dataset_name=str(file), drop_invalid_rows=True))
     assert len(train) + len(evaluation) == 6
     assert "dropped 1 malformed row" in caplog.text

@@ -189,3 +189,18 @@ def test_training_stages_run_under_the_recipes_launcher(tmp_path):
         consistency = json.loads((run_dir / "rank_consistency.json").read_text())
         assert len(consistency["ranks"]) == 1
     assert (out / "crrelu" / "dpo-beta0.5-seed0" / "eval" / "rewards.json").exists()
+
+
+def test_the_readme_shows_the_demo_table_as_the_demo_prints_it(demo_run):
+    """The README's demo output is pasted from a run: same header, same columns, same footer."""
+    from crrelu_llm.experiment import format_table
+
+    _, out = demo_run
+    printed = format_table(json.loads((out / "summary.json").read_text()), "gelu").splitlines()
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("```\ndemo: 3 DPO runs") + 4:]
+    block = block[:block.index("```")].splitlines()
+    assert block[1] == printed[0]  # the header
+    rows = [line for line in block if line.split(" ")[0] in {f"{a}/dpo-beta0.5-seed0" for a in ("gelu", "crrelu", "relu")}]
+    assert len(rows) == 3 and all(len(row) == len(printed[1]) for row in rows)
+    assert block[5].startswith("95% intervals") and printed[-1].startswith("95% intervals")

@@ -225,3 +225,25 @@ def test_ctrl_c_says_where_the_last_checkpoint_is(tmp_path, pairs_file):
     last = next(line for line in err.splitlines() if line.startswith("crrelu-llm dpo:"))
     assert last.startswith("crrelu-llm dpo: interrupted: the last checkpoint is ") and str(run_dir) in last
     assert "rerunning the same command resumes from it" in last and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- 14: CPU threads
+
+
+def test_cpu_threads_follow_the_affinity_and_busy_cpus_are_named(monkeypatch, caplog):
+    import torch
+
+    from crrelu_llm import runtime
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (1.9, 1.0, 1.0))
+    caplog.set_level("WARNING", logger="crrelu_llm")
+    try:
+        assert runtime.set_cpu_threads() == 1 and torch.get_num_threads() == 1
+        assert "the CPUs are busy (load 1.9 on 1)" in caplog.text
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice wins
+        assert runtime.set_cpu_threads() == torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

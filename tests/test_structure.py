@@ -134,3 +134,19 @@ def test_the_readme_layout_lists_every_module():
     for file in PACKAGE.glob("*.py"):
         if file.name != "__init__.py":
             assert file.name in layout, f"README's layout section does not describe {file.name}"
+
+
+def test_the_readme_bad_input_table_is_held_by_its_tests():
+    """Every message excerpt in the README's table appears in the test file its row names."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme[readme.index("## What bad input gets"):]
+    section = section[:section.index("\n## ")]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "`tests/" in line]
+    assert len(rows) >= 15
+    for row in rows:
+        cells = row.strip("| ").split(" | ")
+        assert len(cells) == 3, row
+        _, message, test_file = cells
+        text = (PACKAGE.parent / test_file.strip("`")).read_text()
+        for excerpt in message.split("`")[1::2]:
+            assert excerpt in text or excerpt.replace("'", "\\'") in text, f"{excerpt!r} is not checked in {test_file}"
