@@ -2,6 +2,7 @@
 
     crrelu-llm inspect MODEL                 which activation modules a model has, and where
     crrelu-llm patch MODEL --out DIR         swap them for CRReLU and save a loadable checkpoint
+    crrelu-llm export MODEL --out DIR        the same checkpoint, loadable without crrelu-llm (remote code)
     crrelu-llm sft --config RECIPE [--key value ...]    patch (per the recipe), then SFT with TRL
     crrelu-llm dpo --config RECIPE [--key value ...]    patch (per the recipe), then DPO with TRL
     crrelu-llm eval rewards|winrate|drift ...            evaluate checkpoints (see --help of each)
@@ -70,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
                        ("dpo", "patch per a recipe, then preference tuning (TRL DPOTrainer)")):
         sub = commands.add_parser(name, help=text, add_help=False)
         sub.add_argument("recipe_args", nargs=argparse.REMAINDER, help="--config RECIPE.yaml and --key value overrides")
+    export = commands.add_parser("export", help="write a patched checkpoint that loads without crrelu-llm")
+    export.add_argument("model", metavar="MODEL", help="a patched checkpoint directory")
+    export.add_argument("--out", required=True, type=Path, help="directory to write the shareable checkpoint to")
+    export.add_argument("--remote-code", action="store_true", default=True,
+                        help="add modeling_crrelu.py and auto_map: loads with trust_remote_code=True (the default)")
+    export.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     evaluate = commands.add_parser("eval", help="evaluate checkpoints: rewards, winrate, drift")
     kinds = evaluate.add_subparsers(dest="eval_command", required=True, metavar="KIND")
 
@@ -149,7 +156,17 @@ def _patch(args) -> int:
                               layers=args.layers, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
                               overwrite=args.overwrite)
     print(report)
-    print(f"Saved to {args.out} (load it with AutoModelForCausalLM.from_pretrained after `import crrelu_llm`).")
+    print(f"Saved to {args.out} (load it with AutoModelForCausalLM.from_pretrained after `import crrelu_llm`; "
+          "to share it without crrelu-llm: crrelu-llm export)")
+    return 0
+
+
+def _export(args) -> int:
+    from .remote_code import export_remote_code
+
+    export_remote_code(args.model, args.out, overwrite=args.overwrite)
+    print(f"Saved to {args.out}: loads with AutoModelForCausalLM.from_pretrained({str(args.out)!r}, "
+          "trust_remote_code=True), with or without crrelu-llm installed.")
     return 0
 
 
@@ -231,7 +248,7 @@ def _train(args) -> int:
     return train.main(args.command, args.recipe_args)
 
 
-COMMANDS = {"inspect": _inspect, "patch": _patch, "sft": _train, "dpo": _train, "compare": _compare,
+COMMANDS = {"inspect": _inspect, "patch": _patch, "export": _export, "sft": _train, "dpo": _train, "compare": _compare,
             "experiment": _experiment, "demo": _experiment, "eval rewards": _eval_rewards,
             "eval winrate": _eval_winrate, "eval drift": _eval_drift}
 
@@ -251,11 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command + (f" {args.eval_command}" if args.command == "eval" else "")
     try:
         return COMMANDS[command](args)
-    except Interrupted as err:
-        print(f"crrelu-llm {command}: interrupted: {err}", file=sys.stderr)
+    except Interrupted as err:  # on a line of its own: a progress bar may have been mid-line
+        print(f"\ncrrelu-llm {command}: interrupted: {err}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print(f"crrelu-llm {command}: interrupted; files are written whole or not at all, so rerun it",
+        print(f"\ncrrelu-llm {command}: interrupted; files are written whole or not at all, so rerun it",
               file=sys.stderr)
         return 130
     except CRReLULLMError as err:

@@ -23,6 +23,25 @@ def model_card(command, model_args, crrelu_args, data_summary, patch_report, ref
         lines.append(f"- Reference model: {reference_info['source']}")
     lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics.items())]
-    lines += ["", "Load with `import crrelu_llm` before `AutoModelForCausalLM.from_pretrained(...)`.",
-              "Files: `recipe.yaml` (resolved recipe), `patch_report.json`, `reference.json` (DPO), `final_metrics.json`."]
+    lines += ["", "Files: `recipe.yaml` (resolved recipe), `patch_report.json`, `reference.json` (DPO), "
+              "`final_metrics.json`.", ""]
+    if patch_report is not None:
+        lines += LOADING
     return "\n".join(lines) + "\n"
+
+
+LOADING = [
+    "## Loading and serving",
+    "",
+    "This model's MLP activation is not the base model's, so the base architecture's code alone does not build it.",
+    "",
+    "- With crrelu-llm: `import crrelu_llm`, then `AutoModelForCausalLM.from_pretrained(path)`.",
+    "- Without it: `crrelu-llm export PATH --out SHARED --remote-code` writes a copy with `modeling_crrelu.py`; load "
+    "that with `AutoModelForCausalLM.from_pretrained(SHARED, trust_remote_code=True)` (only transformers and torch).",
+    "- Plain transformers without either refuses it when the config names the activation (`crrelu` is not a "
+    "transformers activation); see the crrelu-llm README for the cases a config cannot express.",
+    "- Serving: what runs transformers' own modeling code can serve it (transformers `pipeline` and `generate`, "
+    "lm-evaluation-harness's `hf` model; engines' transformers-backend modes may, untested). Engines with their own "
+    "implementation of the base architecture (vLLM's native models, llama.cpp/GGUF, TensorRT-LLM, MLC) build their "
+    "own activation and would run the original one: do not serve it there.",
+]

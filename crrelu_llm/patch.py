@@ -11,10 +11,12 @@ before the weights (and the learned ``epsilon`` values) are loaded.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import itertools
 import json
 import re
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -56,6 +58,7 @@ def register_with_transformers() -> None:
         post_init._crrelu_llm_wrapped = True
         post_init.__wrapped__ = original_post_init
         PreTrainedModel.post_init = post_init
+    _guard_model_type()
     if not getattr(PreTrainedModel._initialize_weights, "_crrelu_llm_wrapped", False):
         original_initialize = PreTrainedModel._initialize_weights
 
@@ -72,6 +75,44 @@ def register_with_transformers() -> None:
         _initialize_weights._crrelu_llm_wrapped = True
         _initialize_weights.__wrapped__ = original_initialize
         PreTrainedModel._initialize_weights = _initialize_weights
+
+
+GUARD_PREFIX = "crrelu-"
+
+
+def _guard_model_type() -> None:
+    """A patch that no config key can express (some blocks only; BLOOM's hard-coded GELU) is
+    saved with ``model_type: "crrelu-<type>"``, which plain transformers refuses ("does not
+    recognize this architecture") instead of silently building the original activation. With
+    crrelu_llm imported, reading such a config maps the type back, and the recorded patch is
+    rebuilt as usual."""
+    from transformers import PretrainedConfig
+
+    if getattr(PretrainedConfig.to_json_string, "_crrelu_llm_wrapped", False):
+        return
+    original_to_json = PretrainedConfig.to_json_string
+    original_read = PretrainedConfig._dict_from_json_file.__func__
+
+    def to_json_string(self, *args, **kwargs):
+        text = original_to_json(self, *args, **kwargs)
+        record = getattr(self, PATCH_CONFIG_KEY, None)
+        if isinstance(record, dict) and record.get("guard") == "model_type" and getattr(self, "model_type", ""):
+            data = json.loads(text)
+            data["model_type"] = GUARD_PREFIX + str(type(self).model_type).removeprefix(GUARD_PREFIX)
+            text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+        return text
+
+    def _dict_from_json_file(cls, json_file):
+        data = original_read(cls, json_file)
+        model_type = data.get("model_type")
+        if isinstance(model_type, str) and model_type.startswith(GUARD_PREFIX) and data.get(PATCH_CONFIG_KEY):
+            data["model_type"] = model_type.removeprefix(GUARD_PREFIX)
+        return data
+
+    to_json_string._crrelu_llm_wrapped = True
+    to_json_string.__wrapped__ = original_to_json
+    PretrainedConfig.to_json_string = to_json_string
+    PretrainedConfig._dict_from_json_file = classmethod(_dict_from_json_file)
 
 
 def available_activations() -> list[str]:
@@ -371,6 +412,7 @@ def patch_model(
         _set_submodule(root, site.path, new)
         report.replaced.append(ReplacedModule(site.path, site.module_type, type(new).__name__, site.layer))
     _record_patch(root, report)
+    _name_activation_in_config(root, report, [s.path for s in candidates])
     return report
 
 
@@ -389,6 +431,59 @@ def _record_patch(root: nn.Module, report: PatchReport) -> None:
             entry["epsilon_init"] = report.epsilon_init
         modules[r.path] = entry
     setattr(config, PATCH_CONFIG_KEY, {"version": PATCH_RECORD_VERSION, "crrelu_llm": __version__, "modules": modules})
+
+
+# Config keys through which architectures build their MLP activation.
+ACTIVATION_CONFIG_KEYS = ("hidden_act", "activation_function", "hidden_activation")
+
+
+def _module_types(model_class, config) -> dict[str, str] | None:
+    trial = copy.deepcopy(config)
+    if hasattr(trial, PATCH_CONFIG_KEY):
+        delattr(trial, PATCH_CONFIG_KEY)
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            built = model_class(trial)
+    except Exception:  # noqa: BLE001 - an architecture that cannot be rebuilt this way keeps the record only
+        return None
+    return {path: type(module).__name__ for path, module in built.named_modules()}
+
+
+def _name_activation_in_config(root: nn.Module, report: PatchReport, feed_forward: list[str]) -> None:
+    """Where the architecture builds exactly the patched modules from one config key and every
+    feed-forward activation is patched, set that key to the new activation's name, so that a
+    checkpoint read without crrelu-llm either builds the right modules (``relu``) or fails
+    loudly (``crrelu`` is unknown to plain transformers) instead of silently building the
+    original activation. The key and its old value go into the record."""
+    config = getattr(root, "config", None)
+    record = getattr(config, PATCH_CONFIG_KEY, None) if config is not None else None
+    if not record or not isinstance(root, PreTrainedModel):
+        return
+    if "config_key" not in record:  # until a key is found, guard by the model type (see register_with_transformers)
+        record = {**record, "guard": "model_type"}
+        setattr(config, PATCH_CONFIG_KEY, record)
+    patched = {path for path, entry in record["modules"].items() if entry["activation"] == report.activation}
+    if set(feed_forward) - patched or len(patched) != len(record["modules"]):
+        return  # some blocks only, or mixed activations: a single config key cannot say it
+    new_type = type(make_activation(report.activation, report.epsilon_init or DEFAULT_EPSILON_INIT)).__name__
+    for key in ACTIVATION_CONFIG_KEYS:
+        value = getattr(config, key, None)
+        if not isinstance(value, str) or value == report.activation:
+            continue
+        before = _module_types(type(root), config)
+        trial = copy.deepcopy(config)
+        setattr(trial, key, report.activation)
+        after = _module_types(type(root), trial)
+        if before is None or after is None:
+            return
+        changed = {path for path in before if after.get(path) != before[path]}
+        if changed == patched and all(after[path] == new_type for path in changed):
+            original = record.get("config_key", {}).get("original", value)
+            setattr(config, key, report.activation)
+            record = {k: v for k, v in record.items() if k != "guard"}
+            setattr(config, PATCH_CONFIG_KEY, {**record, "config_key": {"name": key, "original": original}})
+            return
 
 
 def patch_record(model: nn.Module) -> dict | None:
@@ -425,6 +520,8 @@ def _restore_patch(root: nn.Module, record: dict) -> None:
         new = make_activation(activation, entry.get("epsilon_init", DEFAULT_EPSILON_INIT))
         current = root.get_submodule(local)
         if type(current) is type(new):
+            if isinstance(current, CRReLU):  # built from the config key: give it the recorded init
+                current.epsilon_init = new.epsilon_init
             continue
         device, dtype = _placement(root, local)
         _set_submodule(root, local, new.to(device=device, dtype=dtype))

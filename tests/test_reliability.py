@@ -222,7 +222,7 @@ def test_ctrl_c_says_where_the_last_checkpoint_is(tmp_path, pairs_file):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     # the progress bar may redraw after it, so find the line rather than take the last one
-    last = next(line for line in err.splitlines() if line.startswith("crrelu-llm dpo:"))
+    last = next(line for line in err.split("\n") if line.startswith("crrelu-llm dpo:"))
     assert last.startswith("crrelu-llm dpo: interrupted: the last checkpoint is ") and str(run_dir) in last
     assert "rerunning the same command resumes from it" in last and "Traceback" not in err
 

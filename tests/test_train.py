@@ -104,6 +104,8 @@ def test_dpo_run_trains_epsilon_in_its_own_group_and_writes_its_outputs(tmp_path
     card = (out / "README.md").read_text()
     assert "tiny-gpt2" in card and "NewGELUActivation -> crrelu" in card and "start of DPO" in card
     assert "eval_rewards/accuracies" in card
+    # how to load it, and where it can and cannot be served
+    assert "trust_remote_code=True" in card and "crrelu-llm export" in card and "llama.cpp" in card
     assert json.loads((out / "reference.json").read_text())["reference"] == "policy"
     assert yaml.safe_load((out / "recipe.yaml").read_text())["beta"] == 0.1
 
