@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     winrate.add_argument("--top-p", type=float, default=1.0)
     winrate.add_argument("--seed", type=int, default=0)
     winrate.add_argument("--chat-template", action="store_true", help="apply the tokenizer's chat template")
+    winrate.add_argument("--judge-concurrency", type=int, default=8,
+                         help="requests an openai: judge keeps in flight (default 8)")
     data_options(winrate)
 
     drift = kinds.add_parser("drift", help="perplexity and per-token KL of a patched model against the original")
@@ -209,7 +211,7 @@ def _eval_winrate(args) -> int:
                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                                   batch_size=args.batch_size, chat_template=args.chat_template)
     result = run_winrate(args.model, args.baseline, args.data, args.judge, num_prompts=args.num_prompts,
-                         settings=settings, **_data_kwargs(args))
+                         settings=settings, judge_concurrency=args.judge_concurrency, **_data_kwargs(args))
     stats = result["stats"]
     lo, hi = stats["interval"]
     print(f"{args.model} vs {args.baseline} ({result['judge']}): {stats['wins']}/{stats['ties']}/{stats['losses']} "

@@ -165,13 +165,14 @@ def _completions(model: str, prompts: list, settings: GenerationSettings, file: 
 
 
 def run_winrate(model, baseline, data: str, judge: str, *, data_format: str = "auto", split: str | None = None,
-                num_prompts: int | None = 200, settings: GenerationSettings | None = None, out=None) -> dict:
+                num_prompts: int | None = 200, settings: GenerationSettings | None = None, out=None,
+                judge_concurrency: int = 8) -> dict:
     """Generate with ``model`` and ``baseline`` from the same prompts, judge the pairs with the
     judge spec ``judge`` and write the win rate to :func:`winrate_file` (judgments beside it)."""
     model, baseline = str(model), str(baseline)
     settings = settings or GenerationSettings()
     folder = writable_dir(eval_dir(model, out))
-    judged_by = make_judge(judge, cache_dir=folder)  # a bad judge spec fails before data or generation
+    judged_by = make_judge(judge, cache_dir=folder, max_concurrency=judge_concurrency)  # a bad judge spec fails before data or generation
     evaluation, summary = _data(data, data_format, split, num_prompts)
     prompts = list(evaluation["prompt"])
     ours = _completions(model, prompts, settings, generations_file(model, model, out), "model")

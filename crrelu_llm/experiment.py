@@ -322,7 +322,8 @@ def _walk(exp: Experiment, ledger: Ledger) -> tuple[list[Path], dict]:
                 ledger.stage(f"{arm}/winrate {out.name} vs {baseline.parent.name}/{baseline.name}",
                              evaluate.winrate_file(out, w["judge"], baseline),
                              lambda o=out, b=baseline, w=w, s=settings: evaluate.run_winrate(
-                                 o, b, data, w["judge"], num_prompts=w.get("num_prompts", 200), settings=s),
+                                 o, b, data, w["judge"], num_prompts=w.get("num_prompts", 200), settings=s,
+                                 judge_concurrency=w.get("judge_concurrency", 8)),
                              w, after=[dpo_stage[out], baseline_stage])
     return dpo_runs, sft_dirs
 

@@ -10,7 +10,7 @@ class JudgeServer:
     """A real OpenAI-compatible endpoint on 127.0.0.1 with a scripted behaviour."""
 
     def __init__(self, behaviour):
-        self.behaviour, self.requests = behaviour, []
+        self.behaviour, self.requests, self.lock = behaviour, [], threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -19,8 +19,11 @@ class JudgeServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append({"auth": self.headers.get("Authorization"), "body": body})
-                status, payload = outer.behaviour(body["messages"][0]["content"], len(outer.requests))
+                with outer.lock:  # handlers run in threads: number the requests one at a time
+                    outer.requests.append({"auth": self.headers.get("Authorization"), "body": body,
+                                           "time": time.monotonic()})
+                    n = len(outer.requests)
+                status, payload, *headers = outer.behaviour(body["messages"][0]["content"], n)
                 if status is None:
                     time.sleep(2)
                     return
@@ -28,6 +31,8 @@ class JudgeServer:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers[0] if headers else {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 
