@@ -101,7 +101,12 @@ class CRReLU(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return CRReLUFunction.apply(x, self.epsilon)
+        eps = self.epsilon
+        if torch.is_grad_enabled() and (x.requires_grad or eps.requires_grad):
+            return CRReLUFunction.apply(x, eps)
+        # No graph to build (generation, evaluation): the kernel alone, without the autograd
+        # Function's per-call bookkeeping, which costs more host time than the arithmetic.
+        return kernels.crrelu_forward(x, eps)
 
     def reset_parameters(self) -> None:
         with torch.no_grad():

@@ -122,3 +122,20 @@ def test_config_activation_name_builds_crrelu_per_layer(model_type, field):
     acts = [m for m in model.modules() if isinstance(m, CRReLU)]
     assert len(acts) == 3
     assert len({id(m.epsilon) for m in acts}) == 3
+
+
+def test_no_grad_calls_skip_the_autograd_function_and_give_the_same_values():
+    """Generation and evaluation build no graph: the module then calls the kernel directly
+    (less host time per call), with bit-identical results."""
+    torch.manual_seed(0)
+    act = CRReLU(0.3)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(3, 64, dtype=dtype)
+        with torch.no_grad():
+            fast = act.to(dtype)(x)
+        with torch.enable_grad():
+            graphed = act(x)
+        assert fast.grad_fn is None and graphed.grad_fn is not None
+        assert torch.equal(fast, graphed.detach())
+    frozen = CRReLU(0.3).requires_grad_(False)
+    assert frozen(torch.randn(4)).grad_fn is None  # nothing requires grad: no graph either

@@ -247,3 +247,21 @@ def test_cpu_threads_follow_the_affinity_and_busy_cpus_are_named(monkeypatch, ca
         assert runtime.set_cpu_threads() == torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- 9: sample sizes
+
+
+def test_every_printed_metric_carries_n_and_wide_intervals_are_warned(tmp_path, capsys, caplog):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "chosen": f"{i + 1}.", "rejected": "0!"}) + "\n"
+                            for i in range(40)))
+    caplog.set_level("WARNING", logger="crrelu_llm")
+    common = ["--data", str(data), "--split", "train", "--out", str(tmp_path / "e")]
+    assert cli_main(["eval", "winrate", "--model", "tiny-gpt2", "--baseline", "tiny-llama", "--judge",
+                     "rule:arithmetic", "--num-prompts", "10", "--max-new-tokens", "2", *common]) == 0
+    assert cli_main(["eval", "rewards", "--model", "tiny-gpt2", "--reference", "tiny-gpt2", "--max-samples", "10",
+                     "--max-length", "16", *common]) == 0
+    out = capsys.readouterr().out
+    assert "W/T/L of n=10" in out and "(n=10 pairs" in out
+    assert "win rate: the 95% interval is +-" in caplog.text and "with n=10 prompts, too wide" in caplog.text
