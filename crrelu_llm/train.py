@@ -252,4 +252,15 @@ def main(command: str, argv: list[str]) -> int:
         run(command, *args)
     except KeyboardInterrupt:
         raise Interrupted(resume_hint(args[2].output_dir)) from None
+    _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Under a launcher: wait for every rank, then close the process group, so that no rank's
+    exit tears gloo/NCCL down while another still uses it (which aborts the job at the end)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

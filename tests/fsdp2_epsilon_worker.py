@@ -35,7 +35,8 @@ try:
     fully_shard(reference, mesh=mesh, ignored_params=ignored)  # TRL's prepare_fsdp: the root only
 except ValueError as err:
     if rank == 0:
-        json.dump({"error": str(err)}, open(sys.argv[1], "w"))
+        with open(sys.argv[1], "w") as f:
+            json.dump({"error": str(err)}, f)
     sys.exit(0)
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
 tokens = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(rank))  # different data per rank
@@ -50,5 +51,7 @@ values = [m.epsilon.item() for m in model.modules() if isinstance(m, crrelu_llm.
 gathered = [None] * world
 dist.all_gather_object(gathered, values)
 if rank == 0:
-    json.dump({"ranks": gathered}, open(sys.argv[1], "w"))
+    with open(sys.argv[1], "w") as f:
+        json.dump({"ranks": gathered}, f)
+dist.barrier()  # no rank tears gloo down while another still talks to it
 dist.destroy_process_group()
