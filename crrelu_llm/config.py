@@ -239,6 +239,19 @@ RANGES = {
 }
 
 
+def _numeric_flags(argv: list[str]) -> dict:
+    """``--key value`` flags whose key has a range and whose value reads as a number."""
+    values = {}
+    for flag, value in zip(argv, argv[1:]):
+        key = flag[2:].replace("-", "_") if flag.startswith("--") else None
+        if key in RANGES:
+            try:
+                values[key] = float(value)
+            except ValueError:
+                pass
+    return values
+
+
 def check_ranges(values: dict, source: str) -> None:
     """Refuse numeric values outside :data:`RANGES`, naming every key that is wrong."""
     problems = []
@@ -332,6 +345,7 @@ def recipe_from_dict(command: str, config: dict, argv: list[str] = (), source: s
     argv = list(argv)
     check_flag_names(argv, command)
     check_recipe_keys(config, command, source)
+    check_ranges({**config, **_numeric_flags(argv)}, source)  # before TrainingArguments' own checks
     config = dict(config)
     if not any(a in ("--bf16", "--bf16=true", "--bf16=True") for a in argv) and "bf16" not in config \
             and not _accelerator_available():

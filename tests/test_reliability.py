@@ -109,7 +109,7 @@ def test_generations_of_a_model_retrained_in_place_are_not_reused(tmp_path):
     ({"lora_dropout": 1.5}, "lora_dropout must be in [0, 1]"),
     ({"per_device_train_batch_size": 0}, "per_device_train_batch_size must be > 0"),
     ({"shp_min_score_ratio": 0.5}, "shp_min_score_ratio must be >= 1"),
-    ({"eval_fraction": 1.5}, "eval_fraction must be between 0 and 1"),
+    ({"eval_fraction": 1.5}, "eval_fraction must be in (0, 1), got 1.5"),
 ])
 def test_out_of_range_values_are_refused_before_loading(tmp_path, pairs_file, bad, message, capsys):
     path = recipe(tmp_path, pairs_file, model_name_or_path=str(tmp_path / "no-such-model"), **bad)
@@ -265,3 +265,13 @@ def test_every_printed_metric_carries_n_and_wide_intervals_are_warned(tmp_path, 
     out = capsys.readouterr().out
     assert "W/T/L of n=10" in out and "(n=10 pairs" in out
     assert "win rate: the 95% interval is +-" in caplog.text and "with n=10 prompts, too wide" in caplog.text
+
+
+def test_a_range_error_on_the_command_line_is_named_before_other_recipe_errors(tmp_path, pairs_file, capsys):
+    """bf16 on a CPU-only machine used to hide a negative --beta."""
+    path = recipe(tmp_path, pairs_file, bf16=True)
+    del_cpu = yaml.safe_load(path.read_text())
+    del del_cpu["use_cpu"]
+    path.write_text(yaml.safe_dump(del_cpu))
+    assert cli_main(["dpo", "--config", str(path), "--beta", "-1"]) == 2
+    assert "beta must be > 0, got -1.0" in capsys.readouterr().err
