@@ -133,3 +133,21 @@ def test_whole_model_torch_compile_matches_eager(tokens):
     torch.testing.assert_close(loss.detach(), eager_loss, rtol=1e-4, atol=1e-5)
     for name, p in crrelu_llm.epsilon_parameters(model).items():
         torch.testing.assert_close(p.grad, eager_grads[name], rtol=1e-3, atol=1e-6)
+
+
+def test_static_cache_and_compiled_decoding_work_with_a_patched_model():
+    """Greedy decoding with transformers' static cache, eager and under torch.compile, gives the
+    same tokens as the default dynamic cache for a CRReLU model."""
+    from crrelu_llm.tiny import tiny_causal_lm
+
+    model = tiny_causal_lm("gpt2")
+    crrelu_llm.patch_model(model)
+    with torch.no_grad():
+        for p in crrelu_llm.epsilon_parameters(model).values():
+            p.fill_(0.7)  # far from init, so a lost eps would change the tokens
+    ids = torch.tensor([[1, 5, 9, 13]])
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+    dynamic = model.generate(ids, **kwargs)
+    assert torch.equal(model.generate(ids, cache_implementation="static", **kwargs), dynamic)
+    model.forward = torch.compile(model.forward, dynamic=False)
+    assert torch.equal(model.generate(ids, cache_implementation="static", **kwargs), dynamic)
