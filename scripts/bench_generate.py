@@ -14,7 +14,6 @@ the ratio's range crosses the target.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
