@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .errors import ModelLoadError
-from .files import writable_dir, write_directory_atomic, write_json
+from .files import refuse_existing, writable_dir, write_directory_atomic, write_json
 from .loading import load_causal_lm, load_config, load_tokenizer
 from .patch import PatchReport, find_activations, make_activation, patch_model, patch_record
 
@@ -35,9 +35,8 @@ def patch_checkpoint(model: str, out: Path, activation: str = "crrelu", epsilon_
     ``overwrite``."""
     make_activation(activation, epsilon_init)  # a bad name fails before any download
     out = Path(out)
-    if out.exists() and not overwrite:
-        write_directory_atomic(out, overwrite, lambda tmp: None)  # raises OutputExistsError, writes nothing
-    writable_dir(out.parent)  # before any download
+    refuse_existing(out, overwrite)  # both before any download
+    writable_dir(out.parent)
     loaded = load_causal_lm(model, dtype=dtype, trust_remote_code=trust_remote_code)
     report = patch_model(loaded, activation=activation, epsilon_init=epsilon_init, layers=layers)
     try:

@@ -207,6 +207,11 @@ def check_recipe_keys(config: dict, command: str, path: str) -> None:
         raise RecipeError(f"{path}: " + "; ".join(problems))
 
 
+# Keys that say where a run writes or how it reports, not what it computes: a resumed run may
+# change them, and runs pooled into one arm may differ in them (and in the seed).
+BOOKKEEPING_KEYS = frozenset({"output_dir", "logging_dir", "run_name", "resume_from_checkpoint",
+                              "overwrite_output_dir", "report_to", "hub_token", "push_to_hub", "hub_model_id"})
+
 # Numeric keys and the values that make sense, checked before anything is loaded. A value
 # outside these is refused with the key named (a negative beta, for one, would invert DPO).
 _POSITIVE, _NON_NEGATIVE, _FRACTION = (lambda v: v > 0, "> 0"), (lambda v: v >= 0, ">= 0"), (lambda v: 0 <= v <= 1,
@@ -345,7 +350,8 @@ def recipe_from_dict(command: str, config: dict, argv: list[str] = (), source: s
     argv = list(argv)
     check_flag_names(argv, command)
     check_recipe_keys(config, command, source)
-    check_ranges({**config, **_numeric_flags(argv)}, source)  # before TrainingArguments' own checks
+    # what the user gave (defaults are in range), before TrainingArguments' own checks
+    check_ranges({**config, **_numeric_flags(argv)}, source)
     config = dict(config)
     if not any(a in ("--bf16", "--bf16=true", "--bf16=True") for a in argv) and "bf16" not in config \
             and not _accelerator_available():
@@ -368,7 +374,6 @@ def recipe_from_dict(command: str, config: dict, argv: list[str] = (), source: s
         )
     if model_args.model_name_or_path is None:
         raise RecipeError("model_name_or_path is required (a hub id, a local checkpoint or tiny-<model_type>)")
-    check_ranges(resolved_recipe(crrelu_args, data_args, training_args, model_args), source)
     return crrelu_args, data_args, training_args, model_args
 
 

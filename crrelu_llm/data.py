@@ -248,9 +248,12 @@ def convert_rows(raw: Dataset, fmt: str, source: str, split: str, args: DataArgu
     and counted with ``drop_invalid_rows``."""
     convert = CONVERTERS[fmt]
     ratio = args.shp_min_score_ratio if fmt == "shp" else None
+    filtered = 0
 
     def usable(row: dict, index: int) -> bool:
+        nonlocal filtered
         if not _score_ratio_ok(row, ratio):
+            filtered += 1
             return False
         problem = _problem(convert, row)
         if problem is None:
@@ -259,8 +262,8 @@ def convert_rows(raw: Dataset, fmt: str, source: str, split: str, args: DataArgu
             return False
         raise MalformedRowError(source, split, index, *problem)
 
+    # not from a cache, and in this process: the counts above come from running `usable`
     kept = raw.filter(usable, with_indices=True, load_from_cache_file=False, desc=f"Checking {source} [{split}]")
-    filtered = 0 if ratio is None else sum(not _score_ratio_ok(row, ratio) for row in raw)
     dropped = len(raw) - len(kept) - filtered
     if dropped or filtered:
         logger.warning("%s [%s]: dropped %d malformed row(s), filtered %d by score ratio", source, split, dropped, filtered)

@@ -151,7 +151,7 @@ class Ledger:
         self.log: list[dict] = []
 
     @staticmethod
-    def _fingerprint(keys: dict) -> str:
+    def fingerprint(keys: dict) -> str:
         return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def stage(self, name: str, done: Path, action, keys: dict, after=(), clear: Path | None = None) -> None:
@@ -159,7 +159,7 @@ class Ledger:
         text = json.dumps({**keys, "after": {dep: self.fingerprints[dep] for dep in after}}, sort_keys=True,
                           default=str)
         keys = json.loads(text.replace(json.dumps(self.root)[1:-1], "<out>"))
-        fingerprint = self.fingerprints[name] = self._fingerprint(keys)
+        fingerprint = self.fingerprints[name] = self.fingerprint(keys)
         recorded = self.records.get(name)
         stale = done.exists() and recorded is not None and recorded["fingerprint"] != fingerprint
         if self.dry_run:
@@ -215,24 +215,24 @@ def _data_identity(exp: Experiment) -> dict:
 
 
 def _prepare_data(exp: Experiment, ledger: Ledger) -> str:
+    if exp.dataset_name:  # not a stage, but what every stage reads: its identity enters their fingerprints
+        ledger.fingerprints["data"] = ledger.fingerprint(_data_identity(exp))
+        return exp.dataset_name
+    data = exp.output_dir / "data"
+
     def make():
         from .tasks import write_task_files
 
         task = dict(exp.task)
         write_task_files(task.pop("name"), data, task.pop("n_train"), task.pop("n_test"), task.pop("seed", 0))
 
-    if exp.dataset_name:
-        data = exp.dataset_name
-        ledger.fingerprints["data"] = ledger._fingerprint(_data_identity(exp))
-        return data
-    data = exp.output_dir / "data"
     ledger.stage("data", data / "test.jsonl", make, _data_identity(exp), clear=data)
     return str(data)
 
 
 def _prepare_original(exp: Experiment, data: str, ledger: Ledger) -> str:
     if exp.original:
-        ledger.fingerprints["original"] = ledger._fingerprint({"original": exp.original})
+        ledger.fingerprints["original"] = ledger.fingerprint({"original": exp.original})
         return exp.original
     init, original = exp.output_dir / "init", exp.output_dir / "original"
 

@@ -58,14 +58,19 @@ def _umask() -> int:
     return mask
 
 
+def refuse_existing(out: Path, overwrite: bool) -> None:
+    """An existing ``out`` is replaced only when the user asked (``overwrite``)."""
+    if Path(out).exists() and not overwrite:
+        raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+
+
 def write_directory_atomic(out: Path, overwrite: bool, write) -> None:
     """Call ``write(tmp_dir)`` and move the result to ``out`` only once it is complete.
 
     ``out`` is replaced only with ``overwrite``; otherwise an existing ``out`` is refused before
     anything is written."""
     out = Path(out).resolve()
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    refuse_existing(out, overwrite)
     writable_dir(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the result gets the user's usual mode

@@ -467,11 +467,12 @@ def _name_activation_in_config(root: nn.Module, report: PatchReport, feed_forwar
     if set(feed_forward) - patched or len(patched) != len(record["modules"]):
         return  # some blocks only, or mixed activations: a single config key cannot say it
     new_type = type(make_activation(report.activation, report.epsilon_init or DEFAULT_EPSILON_INIT)).__name__
+    before = None
     for key in ACTIVATION_CONFIG_KEYS:
         value = getattr(config, key, None)
         if not isinstance(value, str) or value == report.activation:
             continue
-        before = _module_types(type(root), config)
+        before = before or _module_types(type(root), config)
         trial = copy.deepcopy(config)
         setattr(trial, key, report.activation)
         after = _module_types(type(root), trial)

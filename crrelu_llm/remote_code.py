@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .errors import PatchError
-from .files import write_directory_atomic, write_text_atomic
+from .errors import ModelLoadError, PatchError
+from .files import refuse_existing, write_directory_atomic, write_text_atomic
 from .loading import load_causal_lm, load_tokenizer
 from .patch import GUARD_PREFIX, patch_record
 
@@ -136,6 +136,7 @@ def modeling_source(architecture: str, guarded_type: str | None = None, base_con
 def export_remote_code(model: str, out: Path, overwrite: bool = False) -> Path:
     """Write the patched checkpoint ``model`` to ``out`` with ``modeling_crrelu.py`` and
     ``auto_map``, so that it loads with ``trust_remote_code=True`` and no crrelu-llm."""
+    refuse_existing(Path(out), overwrite)
     loaded = load_causal_lm(str(model))
     record = patch_record(loaded)
     if not record:
@@ -145,7 +146,7 @@ def export_remote_code(model: str, out: Path, overwrite: bool = False) -> Path:
     source, name = modeling_source(architecture, guarded, type(loaded.config).__name__)
     try:
         tokenizer = load_tokenizer(str(model))
-    except Exception:  # noqa: BLE001 - a checkpoint without a tokenizer is still a model
+    except ModelLoadError:  # a checkpoint without a tokenizer is still a model
         tokenizer = None
 
     def write(tmp: Path) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from .config import BOOKKEEPING_KEYS
 from .errors import ReportError
 from .files import writable_dir, write_json, write_text_atomic
 from .stats import paired_permutation_test
@@ -30,8 +31,7 @@ TRAIN_CURVES = ("loss", "rewards/accuracies", "rewards/margins")
 
 
 # Keys a pooled run may differ in: the seed, and where it wrote or reported.
-POOLABLE = {"seed", "data_seed", "output_dir", "logging_dir", "run_name", "resume_from_checkpoint",
-            "overwrite_output_dir", "report_to", "hub_token", "push_to_hub", "hub_model_id"}
+POOLABLE = BOOKKEEPING_KEYS | {"seed", "data_seed"}
 
 
 @dataclass

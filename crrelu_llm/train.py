@@ -27,7 +27,7 @@ import yaml
 from transformers.trainer_utils import get_last_checkpoint
 
 from . import kernels
-from .config import CRReLUArguments, parse_recipe, recipe_from_dict, resolved_recipe
+from .config import BOOKKEEPING_KEYS, CRReLUArguments, parse_recipe, recipe_from_dict, resolved_recipe
 from .data import DataArguments, load_preference_splits, load_sft_splits
 from .distributed import use_vector_epsilons
 from .errors import Interrupted, OutputExistsError
@@ -67,12 +67,6 @@ def last_complete_checkpoint(output_dir: Path, main_process: bool = True) -> str
     return None
 
 
-# Keys that name where a run writes or how it reports, not what it computes: a resumed run may
-# change them. Any other difference means the output directory holds a different run.
-_BOOKKEEPING = {"output_dir", "logging_dir", "run_name", "resume_from_checkpoint", "overwrite_output_dir",
-                "report_to", "hub_token", "push_to_hub", "hub_model_id"}
-
-
 def claim_output_dir(output_dir: Path, recipe: dict, overwrite: bool) -> None:
     """Refuse, before anything is written, an ``output_dir`` that holds a different run (its
     ``recipe.yaml`` differs beyond bookkeeping keys, or it holds a model or checkpoints without
@@ -82,7 +76,7 @@ def claim_output_dir(output_dir: Path, recipe: dict, overwrite: bool) -> None:
         recorded = yaml.safe_load(recorded_file.read_text()) or {}
         now = yaml.safe_load(yaml.safe_dump(recipe))  # compare as recorded (YAML types)
         changed = sorted(k for k in set(recorded) | set(now)
-                         if k not in _BOOKKEEPING and recorded.get(k) != now.get(k))
+                         if k not in BOOKKEEPING_KEYS and recorded.get(k) != now.get(k))
         if not changed:
             return
         what = ", ".join(f"{k} {recorded.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
