@@ -5,7 +5,8 @@
     crrelu-llm export MODEL --out DIR        the same checkpoint, loadable without crrelu-llm (remote code)
     crrelu-llm sft --config RECIPE [--key value ...]    patch (per the recipe), then SFT with TRL
     crrelu-llm dpo --config RECIPE [--key value ...]    patch (per the recipe), then DPO with TRL
-    crrelu-llm eval rewards|winrate|drift ...            evaluate checkpoints (see --help of each)
+    crrelu-llm eval rewards|winrate|drift|benchmark ...  evaluate checkpoints (see --help of each)
+    crrelu-llm probe MODEL --data DATA                   activation statistics per layer, learned vs least-squares eps
     crrelu-llm compare RUN [RUN ...] --out DIR           report.md, report.json and plots
     crrelu-llm experiment --config EXPERIMENT.yaml       arms x betas x seeds, resumable stages
     crrelu-llm demo                                      the embedded offline experiment (CPU, minutes)
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--remote-code", action="store_true", default=True,
                         help="add modeling_crrelu.py and auto_map: loads with trust_remote_code=True (the default)")
     export.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
-    evaluate = commands.add_parser("eval", help="evaluate checkpoints: rewards, winrate, drift")
+    evaluate = commands.add_parser("eval", help="evaluate checkpoints: rewards, winrate, drift, benchmark")
     kinds = evaluate.add_subparsers(dest="eval_command", required=True, metavar="KIND")
 
     def data_options(sub):
@@ -116,6 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("--original", required=True, help="the original model")
     drift.add_argument("--max-samples", type=int, default=200)
     data_options(drift)
+
+    benchmark = kinds.add_parser("benchmark", help="capability benchmarks through lm-evaluation-harness ([bench] extra)")
+    benchmark.add_argument("--model", required=True)
+    benchmark.add_argument("--tasks", required=True,
+                           help="comma-separated lm-eval tasks, e.g. hellaswag,arc_easy; crrelu_arith_mc runs offline")
+    benchmark.add_argument("--limit", type=float, default=None, help="items per task (a count, or a fraction below 1)")
+    benchmark.add_argument("--num-fewshot", type=int, default=None)
+    benchmark.add_argument("--batch-size", type=int, default=16)
+    benchmark.add_argument("--out", type=Path, default=None, help="output directory (default: MODEL/eval)")
+
+    probe = commands.add_parser("probe", help="activation statistics per layer: input moments, sparsity, learned and "
+                                              "least-squares eps")
+    probe.add_argument("model", metavar="MODEL")
+    probe.add_argument("--original", default=None, help="the model it was patched from (default: the activation class "
+                                                       "its patch record names)")
+    probe.add_argument("--max-samples", type=int, default=200)
+    data_options(probe)
 
     experiment = commands.add_parser("experiment", help="run an experiment recipe: arms x betas x seeds, resumable")
     experiment.add_argument("--config", required=True, help="experiment recipe (recipes/experiments/*.yaml)")
@@ -220,6 +238,39 @@ def _eval_winrate(args) -> int:
     return 0
 
 
+def _eval_benchmark(args) -> int:
+    from .benchmark import benchmark_file, headline, run_benchmark
+
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    results = run_benchmark(args.model, args.tasks, limit=limit, num_fewshot=args.num_fewshot,
+                            batch_size=args.batch_size, out=args.out)
+    for task, result in results.items():
+        shown = headline(result)
+        if shown:
+            name, metric = shown
+            spread = f" +- {metric['stderr']:.3f} (stderr)" if metric["stderr"] is not None else ""
+            print(f"{task}: {name} {metric['value']:.3f}{spread}, n={result['n']} -> {benchmark_file(args.model, task, args.out)}")
+    return 0
+
+
+def _probe(args) -> int:
+    from .evaluate import probe_file, run_probe
+
+    result = run_probe(args.model, args.data, original=args.original, max_samples=args.max_samples,
+                       max_length=args.max_length, batch_size=args.batch_size, **_data_kwargs(args))
+    print(f"{'layer':>5}  {'mean':>7}  {'sd':>6}  {'skew':>6}  {'ex.kurt':>7}  {'neg':>5}  {'zero':>5}  {'|y|<1e-3':>8}  "
+          f"{'eps':>8}  {'eps (LS)':>8}")
+    for layer in result["layers"]:
+        eps = f"{layer['epsilon']:.4f}" if layer["epsilon"] is not None else "-"
+        ls = f"{layer['least_squares_epsilon']:.4f}" if layer["least_squares_epsilon"] is not None else "-"
+        print(f"{str(layer['layer']):>5}  {layer['mean']:7.3f}  {layer['sd']:6.3f}  {layer['skewness']:6.2f}  "
+              f"{layer['excess_kurtosis']:7.2f}  {layer['share_negative']:5.2f}  {layer['output_zero']:5.2f}  "
+              f"{layer['output_small']:8.2f}  {eps:>8}  {ls:>8}")
+    print(f"over {result['layers'][0]['n'] if result['layers'] else 0} activations per layer of "
+          f"{result['data']['eval_rows']} examples -> {probe_file(args.model, args.out)}")
+    return 0
+
+
 def _compare(args) -> int:
     from .report import compare
 
@@ -252,7 +303,8 @@ def _train(args) -> int:
 
 COMMANDS = {"inspect": _inspect, "patch": _patch, "export": _export, "sft": _train, "dpo": _train, "compare": _compare,
             "experiment": _experiment, "demo": _experiment, "eval rewards": _eval_rewards,
-            "eval winrate": _eval_winrate, "eval drift": _eval_drift}
+            "eval winrate": _eval_winrate, "eval drift": _eval_drift, "eval benchmark": _eval_benchmark,
+            "probe": _probe}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,6 +64,10 @@ def _winrate_label(judge: str, baseline) -> str:
     return f"{slug(judge_name(judge), 1)}-vs-{slug(str(baseline))}"
 
 
+def probe_file(model, out=None) -> Path:
+    return eval_dir(model, out) / "probe.json"
+
+
 def generations_file(model, name, out=None) -> Path:
     return eval_dir(model, out) / f"generations-{slug(str(name))}.jsonl"
 
@@ -139,6 +143,27 @@ def run_drift(model, original, data: str, *, data_format: str = "auto", split: s
     result = {"model": model, "original": original, "data": summary,
               **drift(load_causal_lm(model), load_causal_lm(original), tokenizer, pairs, max_length, batch_size)}
     write_json(drift_file(model, out), result)
+    return result
+
+
+def run_probe(model, data: str, *, original=None, data_format: str = "auto", split: str | None = None,
+              max_samples: int | None = 200, max_length: int = 1024, batch_size: int = 8, out=None) -> dict:
+    """Activation statistics per feed-forward layer of ``model`` on the prompts and chosen
+    responses of ``data`` (:mod:`crrelu_llm.probe`); written to :func:`probe_file`."""
+    from .probe import activation_statistics, reference_activations
+
+    model = str(model)
+    writable_dir(eval_dir(model, out))
+    evaluation, summary = _data(data, data_format, split, max_samples)
+    pairs = [(r["prompt"], r["chosen"]) for r in evaluation if isinstance(r["prompt"], str)]
+    loaded = load_causal_lm(model)
+    if original is not None:
+        _shared_tokenizer(model, str(original), "the probe runs one text through both")
+    references = reference_activations(loaded, load_causal_lm(str(original)) if original is not None else None)
+    layers = activation_statistics(loaded, load_tokenizer(model), pairs, references, max_length, batch_size)
+    result = {"model": model, "original": str(original) if original is not None else None,
+              "weights": weights_stamp(model), "data": summary, "layers": layers}
+    write_json(probe_file(model, out), result)
     return result
 
 

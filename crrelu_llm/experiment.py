@@ -10,7 +10,9 @@ An experiment recipe (YAML) says:
   briefly on the task (a competent but imperfect "pretrained original");
 - ``arms``: name -> recipe keys (``activation: null`` is the GELU baseline);
 - ``sft`` and ``dpo``: recipe keys shared by every arm (TRL field names, as in training recipes);
-- ``betas``, ``seeds``; ``evaluations`` (rewards, win rates, drift); ``launcher`` (e.g.
+- ``betas``, ``seeds``; ``evaluations``: ``rewards``, ``winrate`` (per DPO run), ``drift``,
+  ``benchmark`` (lm-eval tasks) and ``probe`` (for the original, each arm's patched model at
+  step 0, each SFT and each DPO run); ``launcher`` (e.g.
   ``accelerate launch --config_file ...``) to run the training stages under accelerate.
 
 Stages: data, original, per arm ``patched`` (step 0) and ``sft``, per arm/beta/seed ``dpo``,
@@ -87,6 +89,7 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
         raise ExperimentError(f"{path}: give exactly one of 'task' (built-in synthetic data) or 'dataset_name'")
     if bool(raw.get("original")) == bool(raw.get("pretrain")):
         raise ExperimentError(f"{path}: give exactly one of 'original' (a model) or 'pretrain' (build one here)")
+    _check_evaluations(path, raw.get("evaluations") or {})
     baseline = raw.get("baseline_arm", "gelu")
     if baseline not in raw["arms"]:
         raise ExperimentError(f"{path}: baseline_arm {baseline!r} is not one of the arms {sorted(raw['arms'])}")
@@ -107,6 +110,35 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
                       evaluations=raw.get("evaluations") or {}, task=raw.get("task"),
                       dataset_name=raw.get("dataset_name"), original=raw.get("original"), pretrain=raw.get("pretrain"),
                       launcher=raw.get("launcher"), baseline_arm=baseline)
+
+
+EVALUATION_KEYS = {
+    "rewards": {"betas", "max_samples", "max_length"},
+    "winrate": {"judge", "num_prompts", "max_new_tokens", "batch_size", "against_sft", "judge_concurrency"},
+    "drift": {"max_samples", "max_length"},
+    "benchmark": {"tasks", "limit", "num_fewshot", "batch_size"},
+    "probe": {"max_samples", "max_length"},
+}
+
+
+def _check_evaluations(path, evaluations) -> None:
+    if not isinstance(evaluations, dict):
+        raise ExperimentError(f"{path}: 'evaluations' must be a mapping such as {{drift: {{max_samples: 100}}}}")
+    for kind, settings in evaluations.items():
+        if kind not in EVALUATION_KEYS:
+            close = difflib.get_close_matches(kind, sorted(EVALUATION_KEYS), n=1)
+            raise ExperimentError(f"{path}: unknown evaluation {kind!r}" + (f"; did you mean {close[0]!r}?" if close
+                                  else f"; known: {', '.join(sorted(EVALUATION_KEYS))}"))
+        if not isinstance(settings, dict):
+            raise ExperimentError(f"{path}: evaluations.{kind} must be a mapping of its settings ({{}} for defaults)")
+        unknown = sorted(set(settings) - EVALUATION_KEYS[kind])
+        if unknown:
+            raise ExperimentError(f"{path}: evaluations.{kind} has unknown key {unknown[0]!r}; known: "
+                                  f"{', '.join(sorted(EVALUATION_KEYS[kind]))}")
+    if "winrate" in evaluations and "judge" not in evaluations["winrate"]:
+        raise ExperimentError(f"{path}: evaluations.winrate needs a 'judge' (e.g. rule:arithmetic)")
+    if "benchmark" in evaluations and not evaluations["benchmark"].get("tasks"):
+        raise ExperimentError(f"{path}: evaluations.benchmark needs 'tasks' (e.g. [crrelu_arith_mc])")
 
 
 # --------------------------------------------------------------------------- stages
@@ -266,32 +298,74 @@ def _patch(original: str, out: Path, arm_keys: dict) -> None:
                      epsilon_init=arm_keys.get("epsilon_init", 0.01), overwrite=True)
 
 
-def _walk(exp: Experiment, ledger: Ledger) -> tuple[list[Path], dict]:
-    """Declare every stage in dependency order (the ledger runs, skips or, on a dry run, checks them)."""
+def _eval_out(exp: Experiment, model) -> Path | None:
+    """Where a model's evaluations go: ``MODEL/eval`` for a model of this experiment or a local
+    directory, ``<output_dir>/original/eval`` for a hub model (never the working directory)."""
+    if str(model).startswith(str(exp.output_dir)) or Path(model).is_dir():
+        return None
+    return exp.output_dir / "original" / "eval"
+
+
+def _evaluate_model(exp: Experiment, ledger: Ledger, data: str, original: str, model, label: str,
+                    after: str) -> None:
+    """The per-model evaluations the recipe asks for: drift to the original, benchmarks, probe."""
+    evals, out = exp.evaluations, _eval_out(exp, model)
+    if "drift" in evals and str(model) != str(original):
+        d = evals["drift"]
+        ledger.stage(f"{label} drift", evaluate.drift_file(model, out),
+                     lambda: evaluate.run_drift(model, original, data, max_samples=d.get("max_samples", 200),
+                                                max_length=d.get("max_length", 1024), out=out),
+                     d, after=[after, "original", "data"])
+    if "benchmark" in evals:
+        from .benchmark import benchmark_file, parse_tasks, run_benchmark
+
+        b = evals["benchmark"]
+        tasks = parse_tasks(b["tasks"])
+        ledger.stage(f"{label} benchmark", benchmark_file(model, tasks[-1], out),
+                     lambda: run_benchmark(model, tasks, limit=b.get("limit"), num_fewshot=b.get("num_fewshot"),
+                                           batch_size=b.get("batch_size", 16), out=out),
+                     b, after=[after])
+    if "probe" in evals:
+        p = evals["probe"]
+        ledger.stage(f"{label} probe", evaluate.probe_file(model, out),
+                     lambda: evaluate.run_probe(model, data, original=None if str(model) == str(original) else original,
+                                                max_samples=p.get("max_samples", 200),
+                                                max_length=p.get("max_length", 1024), out=out),
+                     p, after=[after, "original", "data"])
+
+
+STEP0_EVALUATIONS = ("drift", "benchmark", "probe")
+
+
+def _walk(exp: Experiment, ledger: Ledger) -> dict:
+    """Declare every stage in dependency order (the ledger runs, skips or, on a dry run, checks
+    them). Returns the DPO run directories, the SFT directory of each arm and, per arm, the
+    model of every stage (for the report)."""
     data = _prepare_data(exp, ledger)
     original = _prepare_original(exp, data, ledger)
     evals = exp.evaluations
     common = {"dataset_name": data}
-    sft_dirs, sft_stage = {}, {}
+    _evaluate_model(exp, ledger, data, original, original, "original", "original")
+    sft_dirs, sft_stage, stages = {}, {}, {arm: {} for arm in exp.arms}
     for arm, arm_keys in exp.arms.items():
         activation = arm_keys.get("activation")
-        if activation and evals.get("drift"):
+        stages[arm]["step 0"] = original
+        if activation and any(kind in evals for kind in STEP0_EVALUATIONS):
             patched = exp.output_dir / arm / "patched"
             ledger.stage(f"{arm}/patched", patched / "patch_report.json",
                          lambda a=arm_keys, p=patched: _patch(original, p, a),
                          {"activation": activation, "epsilon_init": arm_keys.get("epsilon_init", 0.01)},
                          after=["original"], clear=patched)
-            drift = evals["drift"]
-            ledger.stage(f"{arm}/patched drift", evaluate.drift_file(patched),
-                         lambda p=patched, d=drift: evaluate.run_drift(p, original, data,
-                                                                      max_samples=d.get("max_samples", 200)),
-                         drift, after=[f"{arm}/patched", "data"])
+            _evaluate_model(exp, ledger, data, original, patched, f"{arm}/patched", f"{arm}/patched")
+            stages[arm]["step 0"] = patched
         if exp.sft is not None:
             sft = exp.output_dir / arm / "sft"
             keys = {**common, **exp.sft, **arm_keys, "model_name_or_path": original}
             ledger.stage(f"{arm}/sft", sft / "final_metrics.json", lambda k=keys, d=sft: _train(exp, "sft", k, d),
                          keys, after=["original", "data"], clear=sft)
             sft_dirs[arm], sft_stage[arm] = sft, f"{arm}/sft"
+            _evaluate_model(exp, ledger, data, original, sft, f"{arm}/sft", f"{arm}/sft")
+            stages[arm]["SFT"] = sft
         else:
             sft_dirs[arm], sft_stage[arm] = Path(original), "original"
     dpo_stage = {}
@@ -301,6 +375,8 @@ def _walk(exp: Experiment, ledger: Ledger) -> tuple[list[Path], dict]:
         name = dpo_stage[out] = f"{arm}/dpo beta={beta:g} seed={seed}"
         ledger.stage(name, out / "final_metrics.json", lambda k=keys, d=out: _train(exp, "dpo", k, d), keys,
                      after=[sft_stage[arm], "data"], clear=out)
+        _evaluate_model(exp, ledger, data, original, out, name, name)
+        stages[arm][f"DPO beta={beta:g} seed={seed}"] = out
     dpo_runs = []
     for arm, beta, seed, out in _stage_dirs(exp):
         dpo_runs.append(out)
@@ -325,7 +401,8 @@ def _walk(exp: Experiment, ledger: Ledger) -> tuple[list[Path], dict]:
                                  o, b, data, w["judge"], num_prompts=w.get("num_prompts", 200), settings=s,
                                  judge_concurrency=w.get("judge_concurrency", 8)),
                              w, after=[dpo_stage[out], baseline_stage])
-    return dpo_runs, sft_dirs
+    eval_dirs = {str(original): _eval_out(exp, original)} if _eval_out(exp, original) else {}
+    return {"dpo_runs": dpo_runs, "sft_dirs": sft_dirs, "stages": stages, "eval_dirs": eval_dirs}
 
 
 def run_experiment(exp: Experiment, rerun_changed: bool = False) -> dict:
@@ -344,12 +421,14 @@ def run_experiment(exp: Experiment, rerun_changed: bool = False) -> dict:
                               f"inputs: {shown}. Pass --rerun-changed to recompute them and what depends on them, "
                               "or choose another --out")
     ledger.dry_run, ledger.fingerprints = False, {}
-    dpo_runs, sft_dirs = _walk(exp, ledger)
+    walked = _walk(exp, ledger)
+    dpo_runs, sft_dirs = walked["dpo_runs"], walked["sft_dirs"]
     exp.stage_log = ledger.log
     from .report import compare
 
     compare([f"{run.parent.name}={run}" for run in dpo_runs], exp.output_dir / "report",
-            step0_drift={arm: evaluate.drift_file(exp.output_dir / arm / "patched") for arm in exp.arms})
+            step0_drift={arm: evaluate.drift_file(exp.output_dir / arm / "patched") for arm in exp.arms},
+            stages=walked["stages"], eval_dirs=walked["eval_dirs"])
     summary = {**summarise(exp, dpo_runs, sft_dirs), "seconds": round(time.time() - start, 1)}
     write_json(exp.output_dir / "summary.json", {"stages": exp.stage_log, **summary})
     return summary

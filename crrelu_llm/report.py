@@ -25,7 +25,8 @@ import yaml
 from .config import BOOKKEEPING_KEYS
 from .errors import ReportError
 from .files import writable_dir, write_json, write_text_atomic
-from .stats import paired_permutation_test
+from . import report_stages
+from .stats import detectable_difference, paired_permutation_test
 
 TRAIN_CURVES = ("loss", "rewards/accuracies", "rewards/margins")
 
@@ -230,10 +231,13 @@ def _check_poolable(label: str, members: list[Run]) -> None:
                               + ": only seeds may differ within an arm; give them different LABEL=DIR labels")
 
 
-def compare(specs: list[str], out: Path, step0_drift: dict[str, Path] | None = None) -> dict:
+def compare(specs: list[str], out: Path, step0_drift: dict[str, Path] | None = None,
+            stages: dict[str, dict[str, Path]] | None = None, eval_dirs: dict[str, Path] | None = None) -> dict:
     """Write report.md, report.json and plots for the runs; return the report dict.
     ``step0_drift`` maps an arm label to the ``drift.json`` of its patched model at step 0 (the
-    experiment runner measures drift there, not in the run directories)."""
+    experiment runner measures drift there, not in the run directories). ``stages`` maps an arm
+    to ``{stage: model directory}`` (step 0, SFT, DPO...) for the help-or-harm table of drift,
+    benchmarks and probes; by default, each run given is a stage of its arm."""
     if not specs:
         raise ReportError("give at least one run directory")
     runs = [load_run(s) for s in specs]
@@ -259,10 +263,10 @@ def compare(specs: list[str], out: Path, step0_drift: dict[str, Path] | None = N
         if first.winrates:
             entry["win_rates"] = {name: {**w["stats"], "judge": w.get("judge"), "baseline": w.get("baseline"),
                                          "from": first.sources[name]} for name, w in first.winrates.items()}
-        if first.drift:
-            entry["drift"] = {**first.drift, "from": first.sources["drift"]}
-        elif step0_drift and label in step0_drift and Path(step0_drift[label]).exists():
+        if step0_drift and label in step0_drift and Path(step0_drift[label]).exists():  # the swap's own damage
             entry["drift"] = {**_read_json(Path(step0_drift[label])), "from": str(step0_drift[label])}
+        elif first.drift:
+            entry["drift"] = {**first.drift, "from": first.sources["drift"]}
         eps = {k: v for k, v in first.final.items() if k.startswith("final_epsilon/")}
         if eps:
             entry["final_epsilon"] = {**eps, "from": first.sources.get("final")}
@@ -276,7 +280,13 @@ def compare(specs: list[str], out: Path, step0_drift: dict[str, Path] | None = N
             report["paired_test"] = {"arms": labels[:2], "metric": "final eval_rewards/accuracies",
                                      "pairs": len(a), "p_value": paired_permutation_test(accs_a, accs_b),
                                      "test": "exact sign-flip permutation over seeds"}
+    if stages is None:
+        stages = {label: {r.path.name: r.path for r in members} for label, members in arms.items()}
+    report["stages"] = report_stages.collect(stages, eval_dirs)
     report["plots"] = _plots(arms, out)
+    probe = report_stages.probe_plot(report["stages"], out)
+    if probe:
+        report["plots"].append(probe)
     write_json(out / "report.json", report)
     write_text_atomic(out / "report.md", _markdown(report))
     return report
@@ -307,6 +317,8 @@ def _markdown(report: dict) -> str:
             lines += [f"## Reward accuracy: {label}", f"(from `{r['from']}`)", "",
                       f"- reward accuracy {r['accuracy']:.3f}, 95% bootstrap [{lo:.3f}, {hi:.3f}], n = {r['n']} pairs, "
                       f"ties {r['ties']:.3f} ({trained}; for one model this does not depend on the evaluation beta)",
+                      f"- with n = {r['n']}, two arms' accuracies must differ by {100 * detectable_difference(r['n']):.1f} "
+                      "points to be told apart (95% confidence, 80% power)",
                       "", "| evaluation beta | mean margin | 95% CI |", "|---|---|---|"]
             for b in r["margins_per_evaluation_beta"]:
                 mlo, mhi = b["margin_interval"]
@@ -318,6 +330,8 @@ def _markdown(report: dict) -> str:
                       f"- wins / ties / losses: {w['wins']} / {w['ties']} / {w['losses']} of {w['n']}",
                       f"- win rate (ties as 1/2): {w['win_rate']:.3f}, 95% Wilson [{lo:.3f}, {hi:.3f}]",
                       f"- exact sign test on decisive pairs: p = {w['sign_test_p']:.4g}",
+                      f"- with n = {w['n']}, a win rate must be {100 * detectable_difference(w['n'], two_samples=False):.1f} "
+                      "points from 0.5 to be detected (95% confidence, 80% power)",
                       "- position consistency: " + (_fmt(w["position_consistency"]) if w.get("position_consistency")
                                                     is not None else "n/a (this judge does not see an order)"),
                       f"- mean response length (chars): model {w['length_model']['mean']:.1f}, "
@@ -327,6 +341,7 @@ def _markdown(report: dict) -> str:
             lines += [f"## Drift: {label}", f"(from `{d['from']}`)", "",
                       f"- perplexity: patched {d['perplexity_patched']:.3f}, original {d['perplexity_original']:.3f}",
                       f"- mean per-token KL(patched || original): {d['kl_patched_original']:.4f} over {d['tokens']} tokens", ""]
+    lines += report_stages.markdown(report.get("stages", []))
     if "paired_test" in report:
         t = report["paired_test"]
         lines += ["## Paired test over seeds", "",

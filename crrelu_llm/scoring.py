@@ -175,3 +175,20 @@ def drift(patched, original, tokenizer, pairs: list[tuple[str, str]], max_length
     return {"scored": "completion tokens, each predicted after its prompt", "tokens": tokens,
             "perplexity_patched": math.exp(nll["patched"] / tokens),
             "perplexity_original": math.exp(nll["original"] / tokens), "kl_patched_original": kl_sum / tokens}
+
+
+# --------------------------------------------------------------------------- multiple choice
+
+
+def multiple_choice_accuracy(model, tokenizer, items: list[dict], max_length: int = 1024) -> dict:
+    """Share of ``items`` (``question``, ``choices``, ``answer`` index) whose answer has the highest
+    summed log-probability after the question: lm-eval's ``acc``, computed here directly."""
+    if not items:
+        raise EvaluationError("no multiple-choice items to score")
+    check_tokenizers(tokenizer, model)
+    correct = 0
+    for item in items:
+        ids, attention, scored = _encode_pairs(tokenizer, [(item["question"], c) for c in item["choices"]], max_length)
+        logps, _ = completion_logps(model, {"input_ids": ids, "attention_mask": attention, "completion_mask": scored})
+        correct += int(logps.argmax()) == item["answer"]
+    return {"accuracy": correct / len(items), "n": len(items)}

@@ -101,3 +101,20 @@ def win_rate(outcomes: list[int | None], model_texts: list[str], baseline_texts:
         position_consistency=(sum(flags) / len(flags)) if flags else None,
         length_model=length_stats(model_texts), length_baseline=length_stats(baseline_texts),
     )
+
+
+Z80_POWER = 0.8416212335729143  # standard normal quantile at 0.80
+
+
+def detectable_difference(n: int, two_samples: bool = True, p: float = 0.5, z_alpha: float = Z95,
+                          z_power: float = Z80_POWER) -> float:
+    """The smallest difference in a proportion that ``n`` items per group detect with a
+    two-sided 5% test and 80% power (normal approximation, at ``p``; 0.5 is the worst case).
+
+    ``two_samples``: two arms measured on ``n`` items each (their accuracies compared);
+    otherwise one arm against a fixed value (a win rate against 1/2). With n = 256 the 95%
+    interval of one accuracy is about +-6 points, and two arms must differ by about 12 points
+    to be told apart with 80% power."""
+    if n <= 0:
+        return float("nan")
+    return (z_alpha + z_power) * math.sqrt(p * (1 - p) * ((2 if two_samples else 1) / n))

@@ -84,6 +84,26 @@ def scorer(task: str):
     return scorers[task]
 
 
+def multiple_choice_arithmetic(n: int, seed: int = 0, exclude: set[str] = frozenset()) -> list[dict]:
+    """``n`` four-way multiple-choice sums (``question``, ``choices``, ``answer`` index) with
+    distinct questions not in ``exclude``; the distractors are off by one or two, as the
+    task's rejected answers are."""
+    rng, seen, rows = random.Random(f"arithmetic-mc-{seed}"), set(exclude), []
+    while len(rows) < n:
+        if len(seen) >= 100 * 100:
+            raise UsageError(f"fewer than {n} arithmetic questions are left outside the excluded ones")
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        question = f"{a}+{b}="
+        if question in seen:
+            continue
+        seen.add(question)
+        wrong = [a + b + d for d in (-2, -1, 1, 2) if a + b + d >= 0]
+        choices = [a + b, *rng.sample(wrong, 3)]
+        rng.shuffle(choices)
+        rows.append({"question": question, "choices": [f"{c}." for c in choices], "answer": choices.index(a + b)})
+    return rows
+
+
 def write_task_files(task: str, out_dir: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
     """``train.jsonl`` / ``test.jsonl`` in TRL's preference format, disjoint prompts."""
     rows = generate_task_data(task, n_train + n_test, seed)

@@ -34,6 +34,8 @@ def reduced_demo(tmp_path: Path, dpo_steps: int = 12, save_steps: int = 6) -> Pa
     recipe["evaluations"]["rewards"].update(max_samples=40)
     recipe["evaluations"]["winrate"].update(num_prompts=40)
     recipe["evaluations"]["drift"].update(max_samples=20)
+    recipe["evaluations"]["benchmark"].update(limit=40)
+    recipe["evaluations"]["probe"].update(max_samples=20)
     path = tmp_path / "demo_small.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -62,7 +64,21 @@ def test_reduced_demo_runs_every_stage_and_reports(demo_run, capsys):
     assert crrelu["epsilon_range"] is not None
     report = json.loads((out / "report" / "report.json").read_text())
     assert set(report["arms"]) == {"gelu", "crrelu", "relu"}
-    assert set(report["plots"]) == {"training_curves.png", "epsilon.png", "reward_accuracy.png", "win_rates.png"}
+    assert set(report["plots"]) == {"training_curves.png", "epsilon.png", "reward_accuracy.png", "win_rates.png",
+                                    "probe_per_layer.png"}
+    # help or harm: every arm at step 0, after SFT and after DPO, with benchmark and probe results
+    stages = {(r["arm"], r["stage"]): r for r in report["stages"]}
+    assert set(stages) == {(arm, stage) for arm in ("gelu", "crrelu", "relu")
+                           for stage in ("step 0", "SFT", "DPO beta=0.5 seed=0")}
+    for (arm, stage), row in stages.items():
+        bench = row["benchmarks"]["crrelu_arith_mc"]
+        assert bench["n"] == 40 and bench["metric"] == "acc" and 0 <= bench["value"] <= 1 and bench["stderr"] > 0
+        assert len(row["probe"]["layers"]) == 2
+        assert (row["probe"]["layers"][0]["epsilon"] is not None) == (arm == "crrelu")
+        assert ("kl_to_original" in row) == (not (arm == "gelu" and stage == "step 0"))
+    assert stages[("crrelu", "step 0")]["probe"]["layers"][0]["epsilon"] == pytest.approx(0.01)
+    assert stages[("crrelu", "SFT")]["probe"]["layers"][0]["epsilon"] != pytest.approx(0.01)
+    assert stages[("crrelu", "step 0")]["kl_to_original"]["value"] == crrelu_row["kl_step0"]
     rewards = report["arms"]["crrelu"]["rewards"]
     assert len(rewards["margins_per_evaluation_beta"]) == 3 and rewards["training_beta"] == 0.5
     lo, hi = rewards["accuracy_interval"]
@@ -71,6 +87,8 @@ def test_reduced_demo_runs_every_stage_and_reports(demo_run, capsys):
     md = (out / "report" / "report.md").read_text()
     assert report["arms"]["crrelu"]["drift"]["kl_patched_original"] == crrelu_row["kl_step0"]  # not "–"
     assert "position consistency: None" not in md and "± 0.000" not in md
+    assert "## Help or harm: each arm at every stage" in md and "| crrelu | SFT |" in md
+    assert "to be told apart (95% confidence, 80% power)" in md
     assert "Reward accuracy: crrelu" in md and "| evaluation beta | mean margin |" in md and "crrelu vs " in md and "![win_rates.png]" in md
     # the data are ordinary preference files
     first = json.loads((out / "data" / "train.jsonl").read_text().splitlines()[0])
