@@ -38,7 +38,6 @@ EPSILON_MODES = ("train", "freeze", "only")
 # Keys TRL or transformers have removed and what to do instead.
 REMOVED_KEYS = {
     "warmup_ratio": "transformers 5 takes the ratio in warmup_steps: a float in [0, 1) is a share of all steps",
-    "max_prompt_length": "TRL truncates prompt+completion together now: use max_length (and truncation_mode)",
     "max_completion_length": "use max_length (and truncation_mode)",
     "max_target_length": "use max_length",
     "rpo_alpha": "use loss_type: [sigmoid, sft] with loss_weights, e.g. [1.0, 1.0]",
@@ -118,13 +117,48 @@ class EpsilonTrainingArguments:
         super().__post_init__()
 
 
+TRUNCATION_MODES = ("keep_end", "keep_start")
+
+
 @dataclass
-class CRReLUDPOConfig(EpsilonTrainingArguments, DPOConfig):
+class PromptTruncationArguments:
+    """Truncation as the DPO reference code (and so the paper) does it, which TRL no longer
+    offers: when prompt + longest response exceed ``max_length``, the prompt is cut to
+    ``max_prompt_length`` tokens (its end kept with ``keep_end``, used for Anthropic HH, whose
+    last turns matter; its start with ``keep_start``), then the responses to what is left."""
+
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "Tokens a prompt keeps when prompt + longest response exceed max_length (the DPO reference "
+                  "code: 256 within 512); null: TRL's own truncation of the whole sequence."},
+    )
+    prompt_truncation_mode: str = field(
+        default="keep_end", metadata={"help": "keep_end (cut the prompt's start: HH) or keep_start (cut its end)."}
+    )
+
+    def __post_init__(self):
+        if self.prompt_truncation_mode not in TRUNCATION_MODES:
+            raise RecipeError(f"prompt_truncation_mode must be one of {', '.join(TRUNCATION_MODES)}, got "
+                              f"{self.prompt_truncation_mode!r}")
+        if self.max_prompt_length is not None:
+            if self.max_prompt_length < 1:
+                raise RecipeError(f"max_prompt_length must be a positive number of tokens, got {self.max_prompt_length}")
+            if self.max_length is None or self.max_prompt_length >= self.max_length:
+                raise RecipeError(f"max_prompt_length ({self.max_prompt_length}) must be below max_length "
+                                  f"({self.max_length}), e.g. 256 within 512")
+            if getattr(self, "packing", False):
+                raise RecipeError("max_prompt_length cuts prompts apart from responses, which packing does not keep: "
+                                  "set packing: false or drop max_prompt_length")
+        super().__post_init__()
+
+
+@dataclass
+class CRReLUDPOConfig(PromptTruncationArguments, EpsilonTrainingArguments, DPOConfig):
     """TRL's ``DPOConfig`` plus the eps settings that :class:`~crrelu_llm.trainer.CRReLUDPOTrainer` reads."""
 
 
 @dataclass
-class CRReLUSFTConfig(EpsilonTrainingArguments, SFTConfig):
+class CRReLUSFTConfig(PromptTruncationArguments, EpsilonTrainingArguments, SFTConfig):
     """TRL's ``SFTConfig`` plus the eps settings that :class:`~crrelu_llm.trainer.CRReLUSFTTrainer` reads."""
 
 

@@ -47,6 +47,9 @@ def _suffix(path: Path) -> str:
     return "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
 
 
+SFT_TARGETS = ("chosen", "best_scored")
+
+
 @dataclass
 class DataArguments:
     """Where the data comes from and how it is cut (recipe keys of crrelu-llm)."""
@@ -79,6 +82,12 @@ class DataArguments:
         default=None,
         metadata={"help": "SFT data (text, prompt/completion or messages). Default: prompt + chosen of the pairs."},
     )
+    sft_target: str = field(
+        default="chosen",
+        metadata={"help": "SFT examples from preference data: 'chosen' (every pair's chosen response) or 'best_scored' "
+                  "(SHP: per prompt, the best-scored response among its pairs that pass the score-ratio filter, as "
+                  "the DPO reference code does)."},
+    )
     split_seed: int = field(default=42, metadata={"help": "Seed for the held-out split and sample limits."})
 
     def __post_init__(self):
@@ -86,6 +95,8 @@ class DataArguments:
             raise RecipeError(f"dataset_format must be one of {', '.join(FORMATS)}, got {self.dataset_format!r}")
         if not 0 < self.eval_fraction < 1:
             raise RecipeError(f"eval_fraction must be between 0 and 1, got {self.eval_fraction}")
+        if self.sft_target not in SFT_TARGETS:
+            raise RecipeError(f"sft_target must be one of {', '.join(SFT_TARGETS)}, got {self.sft_target!r}")
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -318,14 +329,66 @@ def load_preference_splits(args: DataArguments) -> tuple[Dataset, Dataset, dict]
     return train, evaluation, summary
 
 
+def truncate_like_reference(prompt: list, responses: list[list], max_length: int, max_prompt_length: int,
+                            mode: str = "keep_end") -> tuple[list, list[list]]:
+    """Token ids cut as the DPO reference code cuts them: when prompt + longest response exceed
+    ``max_length``, the prompt keeps ``max_prompt_length`` tokens (its end with ``keep_end``,
+    its start with ``keep_start``); if still too long, each response keeps its first
+    ``max_length - len(prompt)`` tokens."""
+    longest = max((len(r) for r in responses), default=0)
+    if len(prompt) + longest > max_length:
+        prompt = prompt[-max_prompt_length:] if mode == "keep_end" else prompt[:max_prompt_length]
+    if len(prompt) + longest > max_length:
+        responses = [r[: max_length - len(prompt)] for r in responses]
+    return prompt, responses
+
+
 def preference_to_sft(dataset: Dataset) -> Dataset:
     """Prompt + chosen response as TRL prompt-completion SFT examples."""
     return dataset.map(lambda row: {"prompt": row["prompt"], "completion": row["chosen"]},
                        remove_columns=dataset.column_names, desc="Building SFT examples")
 
 
+def best_scored_responses(raw: Dataset, source: str, split: str, args: DataArguments) -> Dataset:
+    """Per SHP prompt, its best-scored response among the pairs that pass the score-ratio filter,
+    as prompt-completion SFT examples (the DPO reference code's SFT target for SHP)."""
+    pairs = convert_rows(raw, "shp", source, split, args)  # validated and filtered, in the raw rows' order
+    kept = raw.filter(lambda row: _score_ratio_ok(row, args.shp_min_score_ratio) and _problem(convert_shp, row) is None,
+                      load_from_cache_file=False, desc=f"Scoring {source} [{split}] responses")
+    best: dict[str, tuple[float, str]] = {}
+    for pair, a, b in zip(pairs, zip(kept["human_ref_A"], kept["score_A"]), zip(kept["human_ref_B"], kept["score_B"])):
+        for text, score in (a, b):
+            if not isinstance(score, (int, float)):
+                raise DataError(f"{source} [{split}]: a row has score {score!r}; sft_target: best_scored needs numeric "
+                                "score_A and score_B in every row")
+            if pair["prompt"] not in best or score > best[pair["prompt"]][0]:
+                best[pair["prompt"]] = (score, " " + text)
+    return Dataset.from_list([{"prompt": prompt, "completion": text} for prompt, (_, text) in best.items()])
+
+
+def _best_scored_splits(args: DataArguments) -> tuple[Dataset, Dataset, dict]:
+    raw, source = load_raw(args.dataset_name, args.dataset_config)
+    first = next(iter(raw.values()))
+    fmt = detect_format(first.column_names, args.dataset_name) if args.dataset_format == "auto" else args.dataset_format
+    if fmt != "shp":
+        raise RecipeError(f"sft_target: best_scored needs scored responses (SHP format); {source} is {fmt}: use "
+                          "sft_target: chosen")
+    train_split, test_split = args.dataset_train_split or "train", args.dataset_test_split or "test"
+    if train_split not in raw:
+        raise DataError(f"{source}: no split {train_split!r}; it has {list(raw)} (set dataset_train_split)")
+    train = best_scored_responses(raw[train_split], source, train_split, args)
+    evaluation = best_scored_responses(raw[test_split], source, test_split, args) if test_split in raw else None
+    train, evaluation, test_split = _cut(train, evaluation, args, train_split, test_split)
+    return train, evaluation, {"source": source, "format": fmt, "train_split": train_split, "eval_split": test_split,
+                               "train_rows": len(train), "eval_rows": len(evaluation),
+                               "sft_from": "best-scored response per prompt"}
+
+
 def load_sft_splits(args: DataArguments) -> tuple[Dataset, Dataset, dict]:
-    """SFT data: a given SFT dataset, or the chosen responses of the preference pairs."""
+    """SFT data: a given SFT dataset, the chosen responses of the preference pairs, or (SHP,
+    ``sft_target: best_scored``) the best-scored response per prompt."""
+    if not args.sft_dataset_name and args.sft_target == "best_scored":
+        return _best_scored_splits(args)
     if not args.sft_dataset_name:
         train, evaluation, summary = load_preference_splits(args)
         return preference_to_sft(train), preference_to_sft(evaluation), {**summary, "sft_from": "chosen responses"}

@@ -12,6 +12,7 @@ checkpoints hold them 0-dim. Pass a :class:`~crrelu_llm.config.CRReLUDPOConfig` 
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from transformers import TrainerCallback
 from trl import DPOTrainer, SFTTrainer
 
+from .data import truncate_like_reference
 from .distributed import fsdp2_share_epsilons, full_parameter
 from .files import write_json
 from .patch import active_epsilons, epsilon_logs, epsilon_parameters
@@ -77,12 +79,54 @@ class EpsilonTrainingMixin:
         return super()._save(output_dir, state_dict=state_dict)
 
 
-class CRReLUDPOTrainer(EpsilonTrainingMixin, DPOTrainer):
+class PromptTruncationMixin:
+    """With ``args.max_prompt_length``: TRL tokenizes without its own length cut and filter,
+    then every example is cut as the DPO reference code cuts it
+    (:func:`crrelu_llm.data.truncate_like_reference`), so a long HH conversation keeps its last
+    turns instead of being dropped or losing its response."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, *rest):
+        limit = getattr(args, "max_prompt_length", None)
+        if not limit:
+            return super()._prepare_dataset(dataset, processing_class, args, *rest)
+        uncut = copy.copy(args)
+        uncut.max_length = None
+        dataset = super()._prepare_dataset(dataset, processing_class, uncut, *rest)
+        kwargs = {"max_length": args.max_length, "max_prompt_length": limit, "mode": args.prompt_truncation_mode}
+        return dataset.map(self._truncate_example, fn_kwargs=kwargs, desc=f"Truncating prompts to {limit} tokens "
+                           f"({args.prompt_truncation_mode}) within {args.max_length}")
+
+
+class CRReLUDPOTrainer(EpsilonTrainingMixin, PromptTruncationMixin, DPOTrainer):
     """TRL's ``DPOTrainer`` with the CRReLU epsilons looked after (see the module docstring)."""
 
+    @staticmethod
+    def _truncate_example(example, **kwargs):
+        prompt, (chosen, rejected) = truncate_like_reference(
+            example["prompt_ids"], [example["chosen_ids"], example["rejected_ids"]], **kwargs)
+        return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}
 
-class CRReLUSFTTrainer(EpsilonTrainingMixin, SFTTrainer):
+
+class CRReLUSFTTrainer(EpsilonTrainingMixin, PromptTruncationMixin, SFTTrainer):
     """TRL's ``SFTTrainer`` with the CRReLU epsilons looked after (see the module docstring)."""
+
+    @staticmethod
+    def _truncate_example(example, **kwargs):
+        ids = example["input_ids"]
+        if "labels" in example:  # the prompt is the leading run of ignored (-100) labels
+            scored = [label != -100 for label in example["labels"]]
+        elif "completion_mask" in example:
+            scored = [bool(m) for m in example["completion_mask"]]
+        else:  # plain text: no prompt to tell apart
+            return {"input_ids": ids[: kwargs["max_length"]]}
+        start = scored.index(True) if True in scored else len(ids)
+        prompt, (completion,) = truncate_like_reference(ids[:start], [ids[start:]], **kwargs)
+        out = {"input_ids": prompt + completion}
+        if "labels" in example:
+            out["labels"] = [-100] * len(prompt) + example["labels"][start:start + len(completion)]
+        if "completion_mask" in example:
+            out["completion_mask"] = [0] * len(prompt) + [1] * len(completion)
+        return out
 
 
 TRAINERS = {"dpo": CRReLUDPOTrainer, "sft": CRReLUSFTTrainer}

@@ -115,3 +115,63 @@ def test_hub_layout_of_anthropic_hh_loads_from_local_gzipped_files(tmp_path):
     train, evaluation, summary = load_preference_splits(DataArguments(dataset_name=str(tmp_path / "hh-rlhf")))
     assert (summary["format"], len(train), len(evaluation)) == ("hh", 10, 2)
     assert train[3]["chosen"] == " fine 3"
+
+
+def test_truncation_follows_the_dpo_reference_code():
+    from crrelu_llm.data import truncate_like_reference
+
+    prompt, responses = list(range(10)), [[100, 101, 102], [200]]
+    assert truncate_like_reference(prompt, responses, 16, 4) == (prompt, responses)  # fits: untouched
+    assert truncate_like_reference(prompt, responses, 12, 4, "keep_end") == ([6, 7, 8, 9], responses)
+    assert truncate_like_reference(prompt, responses, 12, 4, "keep_start") == ([0, 1, 2, 3], responses)
+    long = [list(range(100, 120)), [200]]
+    assert truncate_like_reference(prompt, long, 12, 4) == ([6, 7, 8, 9], [list(range(100, 108)), [200]])
+
+
+def test_trainers_cut_prompts_like_the_reference_code_instead_of_dropping_them():
+    """A prompt longer than max_length keeps its end (HH's last turn) and the response's start."""
+    from datasets import Dataset
+
+    from crrelu_llm.config import CRReLUDPOConfig, CRReLUSFTConfig
+    from crrelu_llm.tiny import tiny_causal_lm, tiny_tokenizer
+    from crrelu_llm.trainer import CRReLUDPOTrainer, CRReLUSFTTrainer
+
+    tok = tiny_tokenizer()
+    prompt = "\n\nHuman: " + "blah " * 10 + "\n\nAssistant:"  # 68 characters, longer than max_length
+    pairs = Dataset.from_list([{"prompt": prompt, "chosen": " yes" * 10, "rejected": " no"}])
+    common = {"output_dir": "unused", "max_length": 24, "max_prompt_length": 12, "use_cpu": True, "report_to": [],
+              "bf16": False}
+    dpo = CRReLUDPOTrainer(model=tiny_causal_lm("gpt2"), ref_model=tiny_causal_lm("gpt2"),
+                           args=CRReLUDPOConfig(**common), train_dataset=pairs, processing_class=tok)
+    row = dpo.train_dataset[0]
+    assert tok.decode(row["prompt_ids"]) == "\n\nAssistant:"
+    assert tok.decode(row["chosen_ids"]) == " yes yes yes" and tok.decode(row["rejected_ids"]) == " no<eos>"
+    sft_data = Dataset.from_list([{"prompt": prompt, "completion": " yes" * 10}])
+    sft = CRReLUSFTTrainer(model=tiny_causal_lm("gpt2"), args=CRReLUSFTConfig(**common), train_dataset=sft_data,
+                           processing_class=tok)
+    row = sft.train_dataset[0]
+    assert tok.decode(row["input_ids"]) == "\n\nAssistant: yes yes yes"
+    assert row["labels"][:12] == [-100] * 12 and -100 not in row["labels"][12:]
+    with pytest.raises(Exception, match="max_prompt_length .* must be below max_length"):
+        CRReLUDPOConfig(**{**common, "max_prompt_length": 24})
+
+
+def test_shp_sft_target_is_the_best_scored_response_per_prompt(tmp_path):
+    rows = [  # one post, three pairs: the best response overall wins, pairs under the ratio do not count
+        {"history": "Q1", "human_ref_A": "good", "human_ref_B": "bad", "labels": 1, "score_A": 20, "score_B": 5},
+        {"history": "Q1", "human_ref_A": "best", "human_ref_B": "bad", "labels": 1, "score_A": 40, "score_B": 5},
+        {"history": "Q1", "human_ref_A": "close", "human_ref_B": "closer", "labels": 0, "score_A": 90, "score_B": 99},
+        {"history": "Q2", "human_ref_A": "meh", "human_ref_B": "fine", "labels": 0, "score_A": 3, "score_B": 9},
+    ]
+    _write_jsonl(tmp_path / "train.jsonl", rows)
+    _write_jsonl(tmp_path / "test.jsonl", rows[3:])
+    args = DataArguments(dataset_name=str(tmp_path), shp_min_score_ratio=2.0, sft_target="best_scored")
+    train, evaluation, summary = load_sft_splits(args)
+    got = {r["prompt"]: r["completion"] for r in train}
+    assert got == {"\n\nHuman: Q1\n\nAssistant:": " best", "\n\nHuman: Q2\n\nAssistant:": " fine"}
+    assert len(evaluation) == 1 and summary["sft_from"] == "best-scored response per prompt"
+    chosen, _, _ = load_sft_splits(DataArguments(dataset_name=str(tmp_path), shp_min_score_ratio=2.0))
+    assert len(chosen) == 3  # the default: every kept pair's chosen response
+    _write_jsonl(tmp_path / "hh.jsonl", HH)
+    with pytest.raises(Exception, match="best_scored needs scored responses"):
+        load_sft_splits(DataArguments(dataset_name=str(tmp_path / "hh.jsonl"), sft_target="best_scored"))

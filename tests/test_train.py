@@ -39,7 +39,7 @@ def parse(command, path, *flags):
     "bad,message",
     [
         ({"betta": 0.1}, "unknown key 'betta'; did you mean 'beta'?"),
-        ({"max_prompt_length": 128}, "'max_prompt_length' was removed from TRL: TRL truncates prompt+completion"),
+        ({"max_completion_length": 128}, "'max_completion_length' was removed from TRL: use max_length"),
         ({"rpo_alpha": 1.0}, "loss_type: [sigmoid, sft]"),
         ({"beta": "high"}, "'beta' must be a float, got 'high'"),
         ({"activation": "crelu"}, "Did you mean 'crrelu'"),
@@ -67,10 +67,10 @@ def test_flags_override_the_file_and_keys_are_trl_fields(tmp_path, pairs_file):
 def test_mistyped_flags_are_named_before_other_errors(tmp_path, pairs_file, capsys):
     # bf16 on a CPU-only machine is an error too, but the typo is what the user needs to see
     path = recipe(tmp_path, pairs_file, bf16=True, use_cpu=False)
-    assert cli_main(["dpo", "--config", str(path), "--betta", "0.3", "--max-prompt-length=64"]) == 2
+    assert cli_main(["dpo", "--config", str(path), "--betta", "0.3", "--max-completion-length=64"]) == 2
     err = capsys.readouterr().err
     assert "unknown flag --betta; did you mean --beta?" in err
-    assert "--max_prompt_length was removed from TRL" in err
+    assert "--max_completion_length was removed from TRL" in err
     # dashed spellings and --no_ forms of boolean fields are real flags
     args = parse("dpo", recipe(tmp_path, pairs_file), "--output-dir", str(tmp_path / "d"), "--no_remove_unused_columns")
     assert args[2].output_dir == str(tmp_path / "d") and args[2].remove_unused_columns is False
