@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, UsageError
 from .files import refuse_existing, writable_dir, write_directory_atomic, write_json
 from .loading import load_causal_lm, load_config, load_tokenizer
 from .patch import PatchReport, find_activations, make_activation, patch_model, patch_record
@@ -27,23 +27,42 @@ def inspect_model(model: str, trust_remote_code: bool = False) -> dict:
             "activations": [vars(s) for s in find_activations(built)], "patch_record": patch_record(built)}
 
 
-def patch_checkpoint(model: str, out: Path, activation: str = "crrelu", epsilon_init: float = 0.01,
+def patch_checkpoint(model: str, out: Path, activation: str = "crrelu", epsilon_init: float | str = 0.01,
                      layers: list[int] | None = None, dtype: str = "auto", trust_remote_code: bool = False,
-                     overwrite: bool = False) -> PatchReport:
+                     overwrite: bool = False, calibration_data: str | None = None,
+                     calibration_samples: int = 64) -> PatchReport:
     """Load ``model``, patch it, and write it with its tokenizer and ``patch_report.json`` to
     ``out``, which appears only once complete. An existing ``out`` is replaced only with
-    ``overwrite``."""
-    make_activation(activation, epsilon_init)  # a bad name fails before any download
+    ``overwrite``. ``epsilon_init="calibrate"`` sets each eps to its least-squares value on the
+    prompts and chosen responses of ``calibration_samples`` rows of ``calibration_data``."""
+    calibrating = epsilon_init == "calibrate"
+    if calibrating and (activation != "crrelu" or not calibration_data):
+        raise UsageError("--epsilon-init calibrate needs --activation crrelu and --calibration-data DATA (text to "
+                         "calibrate on, e.g. the training data)")
+    make_activation(activation, 0.01 if calibrating else epsilon_init)  # a bad name fails before any download
     out = Path(out)
     refuse_existing(out, overwrite)  # both before any download
     writable_dir(out.parent)
+    if calibrating:
+        from .data import DataArguments, load_preference_splits
+        from .recovery import calibration_pairs
+
+        train, _, _ = load_preference_splits(DataArguments(dataset_name=calibration_data))
+        pairs = calibration_pairs(train, calibration_samples)
     loaded = load_causal_lm(model, dtype=dtype, trust_remote_code=trust_remote_code)
-    report = patch_model(loaded, activation=activation, epsilon_init=epsilon_init, layers=layers)
     try:
         tokenizer = load_tokenizer(model, trust_remote_code)
     except ModelLoadError:
+        if calibrating:
+            raise
         tokenizer = None
         logger.warning("no tokenizer found for %s; the checkpoint holds the model only", model)
+    if calibrating:
+        from .recovery import calibrate
+
+        report = calibrate(loaded, tokenizer, pairs, lambda: patch_model(loaded, activation="crrelu", layers=layers))
+    else:
+        report = patch_model(loaded, activation=activation, epsilon_init=epsilon_init, layers=layers)
 
     def write(tmp: Path) -> None:
         loaded.save_pretrained(tmp)

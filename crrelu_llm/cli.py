@@ -5,6 +5,7 @@
     crrelu-llm export MODEL --out DIR        the same checkpoint, loadable without crrelu-llm (remote code)
     crrelu-llm sft --config RECIPE [--key value ...]    patch (per the recipe), then SFT with TRL
     crrelu-llm dpo --config RECIPE [--key value ...]    patch (per the recipe), then DPO with TRL
+    crrelu-llm distill --config RECIPE [--key value ...]  patch, then distil the original into it (recovery)
     crrelu-llm eval rewards|winrate|drift|benchmark ...  evaluate checkpoints (see --help of each)
     crrelu-llm probe MODEL --data DATA                   activation statistics per layer, learned vs least-squares eps
     crrelu-llm compare RUN [RUN ...] --out DIR           report.md, report.json and plots
@@ -36,11 +37,13 @@ def _parse_layers(text: str) -> list[int]:
         ) from None
 
 
-def _parse_epsilon(text: str) -> float:
+def _parse_epsilon(text: str) -> float | str:
+    if text == "calibrate":
+        return text
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--epsilon-init takes a number such as 0.01; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"--epsilon-init takes a number such as 0.01, or calibrate; got {text!r}") from None
     if value != value or value in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError(f"--epsilon-init must be finite; got {text!r}")
     return value
@@ -63,13 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("model", metavar="MODEL", help="hub id, local checkpoint directory, or tiny-<model_type>")
     patch.add_argument("--out", required=True, type=Path, help="directory to write the patched checkpoint to")
     patch.add_argument("--activation", default="crrelu", help="crrelu (default) or any transformers name, e.g. relu, gelu")
-    patch.add_argument("--epsilon-init", type=_parse_epsilon, default=0.01, help="initial CRReLU epsilon (default 0.01)")
+    patch.add_argument("--epsilon-init", type=_parse_epsilon, default=0.01,
+                       help="initial CRReLU epsilon (default 0.01), or calibrate (least squares per layer, needs "
+                            "--calibration-data)")
+    patch.add_argument("--calibration-data", default=None, help="text to calibrate eps on: preference data (hub id or "
+                                                                "local file/directory)")
+    patch.add_argument("--calibration-samples", type=int, default=64, help="rows of it to use (default 64)")
     patch.add_argument("--layers", type=_parse_layers, default=None, help="comma-separated block indices (default: all)")
     patch.add_argument("--dtype", default="auto", help="auto (as stored), float32, bfloat16 or float16")
     patch.add_argument("--trust-remote-code", action="store_true", help="allow custom modeling code from the hub")
     patch.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     for name, text in (("sft", "patch per a recipe, then supervised fine-tuning (TRL SFTTrainer)"),
-                       ("dpo", "patch per a recipe, then preference tuning (TRL DPOTrainer)")):
+                       ("dpo", "patch per a recipe, then preference tuning (TRL DPOTrainer)"),
+                       ("distill", "patch per a recipe, then distil the original into it (KL on logits, optional MLP MSE)")):
         sub = commands.add_parser(name, help=text, add_help=False)
         sub.add_argument("recipe_args", nargs=argparse.REMAINDER, help="--config RECIPE.yaml and --key value overrides")
     export = commands.add_parser("export", help="write a patched checkpoint that loads without crrelu-llm")
@@ -174,7 +183,8 @@ def _patch(args) -> int:
 
     report = patch_checkpoint(args.model, args.out, activation=args.activation, epsilon_init=args.epsilon_init,
                               layers=args.layers, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                              overwrite=args.overwrite)
+                              overwrite=args.overwrite, calibration_data=args.calibration_data,
+                              calibration_samples=args.calibration_samples)
     print(report)
     print(f"Saved to {args.out} (load it with AutoModelForCausalLM.from_pretrained after `import crrelu_llm`; "
           "to share it without crrelu-llm: crrelu-llm export)")
@@ -283,7 +293,7 @@ def _compare(args) -> int:
 
 
 def _experiment(args) -> int:
-    from .experiment import DEMO_RECIPE, format_table, load_experiment, run_experiment
+    from .experiment import DEMO_RECIPE, format_stages, format_table, load_experiment, run_experiment
     from .runtime import set_cpu_threads
 
     set_cpu_threads()
@@ -291,6 +301,9 @@ def _experiment(args) -> int:
     summary = run_experiment(exp, rerun_changed=args.rerun_changed)
     print(f"\n{exp.name}: {len(summary['rows'])} DPO runs, {summary['seconds']:.0f}s ({exp.output_dir})")
     print(format_table(summary, exp.baseline_arm))
+    stages = format_stages(summary)
+    if stages:
+        print(f"\nhelp or harm: each arm at every stage\n{stages}")
     print(f"report: {summary['report']}")
     return 0
 
@@ -301,7 +314,8 @@ def _train(args) -> int:
     return train.main(args.command, args.recipe_args)
 
 
-COMMANDS = {"inspect": _inspect, "patch": _patch, "export": _export, "sft": _train, "dpo": _train, "compare": _compare,
+COMMANDS = {"inspect": _inspect, "patch": _patch, "export": _export, "sft": _train, "dpo": _train, "distill": _train,
+            "compare": _compare,
             "experiment": _experiment, "demo": _experiment, "eval rewards": _eval_rewards,
             "eval winrate": _eval_winrate, "eval drift": _eval_drift, "eval benchmark": _eval_benchmark,
             "probe": _probe}
@@ -315,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     # library-to-library deprecation noise that a user of this command cannot act on.
     warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6.*", category=FutureWarning)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if argv and argv[0] in ("sft", "dpo"):  # TRL's parser owns these flags (--help lists them all)
+    if argv and argv[0] in ("sft", "dpo", "distill"):  # TRL's parser owns these flags (--help lists them all)
         args = argparse.Namespace(command=argv[0], recipe_args=argv[1:])
     else:
         args = build_parser().parse_args(argv)

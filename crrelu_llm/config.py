@@ -34,6 +34,8 @@ from .errors import RecipeError
 logger = logging.getLogger("crrelu_llm.config")
 
 EPSILON_MODES = ("train", "freeze", "only")
+CALIBRATE = "calibrate"
+NUMBER_OR_WORD = {"epsilon_init"}  # typed str so that a recipe may say `calibrate`; numbers welcome
 
 # Keys TRL or transformers have removed and what to do instead.
 REMOVED_KEYS = {
@@ -62,7 +64,20 @@ class CRReLUArguments:
         metadata={"help": "Activation to put into the MLPs: crrelu, or any transformers name (relu, gelu, ...) for a "
                   "control arm; null or 'none' keeps the model as it is (the baseline arm)."},
     )
-    epsilon_init: float = field(default=0.01, metadata={"help": "Initial CRReLU epsilon."})
+    epsilon_init: str = field(
+        default=0.01,
+        metadata={"help": "Initial CRReLU epsilon: a number (the paper: 0.01), or 'calibrate': per layer, the "
+                  "least-squares value that best imitates the replaced activation on the original model's own "
+                  "pre-activations over calibration_samples training rows."},
+    )
+    calibration_samples: int = field(
+        default=64, metadata={"help": "Training rows whose text calibrates eps (epsilon_init: calibrate)."}
+    )
+    swap_steps: int | None = field(
+        default=None,
+        metadata={"help": "Gradual swap (sft, distill): blend (1-a)*original + a*new activation, a from 0 to 1 over "
+                  "the first swap_steps steps; later checkpoints hold the pure new activation."},
+    )
     patch_layers: list[int] | None = field(
         default=None, metadata={"help": "Block indices to patch (negative from the end); default all blocks."}
     )
@@ -89,10 +104,23 @@ class CRReLUArguments:
     def __post_init__(self):
         if isinstance(self.activation, str) and self.activation.lower() in ("none", "null", ""):
             self.activation = None
+        if self.epsilon_init != CALIBRATE:
+            try:
+                self.epsilon_init = float(self.epsilon_init)
+            except (TypeError, ValueError):
+                raise RecipeError(f"epsilon_init must be a number such as 0.01 or 'calibrate', got "
+                                  f"{self.epsilon_init!r}") from None
         if self.activation is not None:
             from .patch import make_activation
 
-            make_activation(self.activation, self.epsilon_init)  # unknown name -> closest valid ones
+            initial = 0.01 if self.epsilon_init == CALIBRATE else self.epsilon_init
+            make_activation(self.activation, initial)  # unknown name -> closest valid ones
+        if self.epsilon_init == CALIBRATE and self.activation != "crrelu":
+            raise RecipeError("epsilon_init: calibrate sets CRReLU's eps: it needs activation: crrelu")
+        if self.calibration_samples < 1:
+            raise RecipeError(f"calibration_samples must be a positive number of rows, got {self.calibration_samples}")
+        if self.swap_steps is not None and (self.swap_steps < 1 or self.activation is None):
+            raise RecipeError("swap_steps must be a positive number of steps, with an activation to swap in")
         if self.epsilon_mode not in EPSILON_MODES:
             raise RecipeError(f"epsilon_mode must be one of {', '.join(EPSILON_MODES)}, got {self.epsilon_mode!r}")
         from .kernels import KERNELS
@@ -162,12 +190,46 @@ class CRReLUSFTConfig(PromptTruncationArguments, EpsilonTrainingArguments, SFTCo
     """TRL's ``SFTConfig`` plus the eps settings that :class:`~crrelu_llm.trainer.CRReLUSFTTrainer` reads."""
 
 
+@dataclass
+class DistillationArguments:
+    """What :class:`~crrelu_llm.trainer.CRReLUDistillTrainer` matches: the original's next-token
+    distribution (forward KL, at a temperature), and optionally each MLP's output."""
+
+    teacher_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "The teacher; default: model_name_or_path as loaded, before the patch."}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of both distributions (KL x T^2)."})
+    student_dropout: bool = field(
+        default=False, metadata={"help": "Keep the student's dropout during distillation (default: off, like the "
+                                 "teacher's)."},
+    )
+    mlp_mse_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the mean squared error between each MLP's output in the student and "
+                               "in the teacher (0: logits only)."},
+    )
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise RecipeError(f"temperature must be > 0, got {self.temperature}")
+        if self.mlp_mse_weight < 0:
+            raise RecipeError(f"mlp_mse_weight must be >= 0, got {self.mlp_mse_weight}")
+        super().__post_init__()
+
+
+@dataclass
+class CRReLUDistillConfig(DistillationArguments, PromptTruncationArguments, EpsilonTrainingArguments, SFTConfig):
+    """TRL's ``SFTConfig`` (data, batching, saving) plus what distillation matches."""
+
+
+CONFIGS = {"dpo": CRReLUDPOConfig, "sft": CRReLUSFTConfig, "distill": CRReLUDistillConfig}
+
+
 # --------------------------------------------------------------------------- recipes
 
 
 def recipe_types(command: str):
     """The dataclasses a ``sft``/``dpo`` recipe fills, in the order :func:`parse_recipe` returns them."""
-    return (CRReLUArguments, DataArguments, CRReLUDPOConfig if command == "dpo" else CRReLUSFTConfig, ModelConfig)
+    return (CRReLUArguments, DataArguments, CONFIGS[command], ModelConfig)
 
 
 def _field_index(types_) -> dict[str, object]:
@@ -229,8 +291,8 @@ def check_recipe_keys(config: dict, command: str, path: str) -> None:
             problems.append(_unknown_key_problem(key, index))
             continue
         expected = _simple_type(index[key])
-        if value is None or expected is None:
-            continue
+        if value is None or expected is None or (key in NUMBER_OR_WORD and isinstance(value, (int, float, str))):
+            continue  # a number or a word: checked by the dataclass
         ok = (isinstance(value, bool) if expected is bool else
               isinstance(value, (int, float)) and not isinstance(value, bool) if expected is float else
               isinstance(value, int) and not isinstance(value, bool) if expected is int else
@@ -408,6 +470,9 @@ def recipe_from_dict(command: str, config: dict, argv: list[str] = (), source: s
         )
     if model_args.model_name_or_path is None:
         raise RecipeError("model_name_or_path is required (a hub id, a local checkpoint or tiny-<model_type>)")
+    if command == "dpo" and crrelu_args.swap_steps:
+        raise RecipeError("swap_steps blends the activation in during sft or distill; DPO starts from a model whose "
+                          "swap is done (its reference is that model)")
     return crrelu_args, data_args, training_args, model_args
 
 

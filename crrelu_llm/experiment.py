@@ -15,7 +15,9 @@ An experiment recipe (YAML) says:
   step 0, each SFT and each DPO run); ``launcher`` (e.g.
   ``accelerate launch --config_file ...``) to run the training stages under accelerate.
 
-Stages: data, original, per arm ``patched`` (step 0) and ``sft``, per arm/beta/seed ``dpo``,
+Stages: data, original, per arm ``patched`` (step 0), ``recover`` (optional: ``recover`` holds
+``distill`` keys, e.g. ``epsilon_init: calibrate`` and ``swap_steps``, applied to every patched
+arm alike, the ReLU control included) and ``sft``, per arm/beta/seed ``dpo``,
 their evaluations, then the ``compare`` report. Every stage is a library call in this process
 (:func:`crrelu_llm.train.run_keys`, :mod:`crrelu_llm.evaluate`, :func:`crrelu_llm.report.compare`);
 only a ``launcher`` turns training stages into commands. A stage is skipped when its
@@ -47,7 +49,7 @@ logger = logging.getLogger("crrelu_llm.experiment")
 
 DEMO_RECIPE = Path(__file__).with_name("demo.yaml")
 KEYS = {"name", "output_dir", "task", "dataset_name", "original", "pretrain", "arms", "sft", "dpo", "betas", "seeds",
-        "evaluations", "launcher", "baseline_arm"}
+        "evaluations", "launcher", "baseline_arm", "recover"}
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Experiment:
     pretrain: dict | None = None
     launcher: str | None = None
     baseline_arm: str = "gelu"
+    recover: dict | None = None
     stage_log: list[dict] = field(default_factory=list)  # what ran and what was skipped, for summary.json
 
 
@@ -102,6 +105,13 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
             if shared is not None:
                 extra = dpo_keys if command == "dpo" else {}
                 check_recipe_keys({**shared, **keys, **stage_keys, **extra}, command, f"{path} ({arm}, {command})")
+    if raw.get("recover") is not None:
+        if not isinstance(raw["recover"], dict):
+            raise ExperimentError(f"{path}: 'recover' must be a mapping of distill recipe keys (e.g. max_steps: 200)")
+        for arm, keys in raw["arms"].items():
+            if keys.get("activation"):
+                check_recipe_keys({**_recover_keys(raw["recover"], keys), **stage_keys}, "distill",
+                                  f"{path} ({arm}, recover)")
     if raw.get("pretrain"):
         check_recipe_keys({**raw["pretrain"].get("train", {}), **stage_keys}, "sft", f"{path} (pretrain)")
     out = Path(output_dir or raw.get("output_dir") or f"runs/{raw['name']}")
@@ -109,7 +119,17 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
                       betas=[float(b) for b in raw["betas"]], seeds=[int(s) for s in raw["seeds"]],
                       evaluations=raw.get("evaluations") or {}, task=raw.get("task"),
                       dataset_name=raw.get("dataset_name"), original=raw.get("original"), pretrain=raw.get("pretrain"),
-                      launcher=raw.get("launcher"), baseline_arm=baseline)
+                      launcher=raw.get("launcher"), baseline_arm=baseline, recover=raw.get("recover"))
+
+
+def _recover_keys(recover: dict, arm_keys: dict) -> dict:
+    """The distill keys of an arm's recovery: the arm's keys, then the shared recovery keys;
+    calibration applies to CRReLU only (the ReLU control has no eps to calibrate)."""
+    keys = {**arm_keys, **recover}
+    if arm_keys.get("activation") != "crrelu":
+        for key in ("epsilon_init", "calibration_samples", "epsilon_learning_rate"):
+            keys.pop(key, None)
+    return keys
 
 
 EVALUATION_KEYS = {
@@ -358,16 +378,26 @@ def _walk(exp: Experiment, ledger: Ledger) -> dict:
                          after=["original"], clear=patched)
             _evaluate_model(exp, ledger, data, original, patched, f"{arm}/patched", f"{arm}/patched")
             stages[arm]["step 0"] = patched
+        start, start_stage = original, "original"
+        if exp.recover is not None and activation:
+            recovered = exp.output_dir / arm / "recover"
+            keys = {**common, **_recover_keys(exp.recover, arm_keys), "model_name_or_path": original}
+            ledger.stage(f"{arm}/recover", recovered / "final_metrics.json",
+                         lambda k=keys, d=recovered: _train(exp, "distill", k, d), keys, after=["original", "data"],
+                         clear=recovered)
+            _evaluate_model(exp, ledger, data, original, recovered, f"{arm}/recover", f"{arm}/recover")
+            stages[arm]["recovered"] = recovered
+            start, start_stage = str(recovered), f"{arm}/recover"
         if exp.sft is not None:
             sft = exp.output_dir / arm / "sft"
-            keys = {**common, **exp.sft, **arm_keys, "model_name_or_path": original}
+            keys = {**common, **exp.sft, **arm_keys, "model_name_or_path": start}
             ledger.stage(f"{arm}/sft", sft / "final_metrics.json", lambda k=keys, d=sft: _train(exp, "sft", k, d),
-                         keys, after=["original", "data"], clear=sft)
+                         keys, after=[start_stage, "data"], clear=sft)
             sft_dirs[arm], sft_stage[arm] = sft, f"{arm}/sft"
             _evaluate_model(exp, ledger, data, original, sft, f"{arm}/sft", f"{arm}/sft")
             stages[arm]["SFT"] = sft
         else:
-            sft_dirs[arm], sft_stage[arm] = Path(original), "original"
+            sft_dirs[arm], sft_stage[arm] = Path(start), start_stage
     dpo_stage = {}
     for arm, beta, seed, out in _stage_dirs(exp):
         keys = {**common, **exp.dpo, **exp.arms[arm], "model_name_or_path": str(sft_dirs[arm]), "beta": beta,
@@ -429,7 +459,8 @@ def run_experiment(exp: Experiment, rerun_changed: bool = False) -> dict:
     compare([f"{run.parent.name}={run}" for run in dpo_runs], exp.output_dir / "report",
             step0_drift={arm: evaluate.drift_file(exp.output_dir / arm / "patched") for arm in exp.arms},
             stages=walked["stages"], eval_dirs=walked["eval_dirs"])
-    summary = {**summarise(exp, dpo_runs, sft_dirs), "seconds": round(time.time() - start, 1)}
+    summary = {**summarise(exp, dpo_runs, sft_dirs), "seconds": round(time.time() - start, 1),
+               "help_or_harm": help_or_harm(walked["stages"], walked["eval_dirs"])}
     write_json(exp.output_dir / "summary.json", {"stages": exp.stage_log, **summary})
     return summary
 
@@ -496,4 +527,49 @@ def format_table(summary: dict, baseline: str) -> str:
     if sizes:
         lines.append("95% intervals (Wilson for win rates, ties as 1/2; bootstrap for accuracy); n: "
                      + ", ".join(sorted(sizes)))
+    return "\n".join(lines)
+
+
+def help_or_harm(stages: dict, eval_dirs: dict) -> list[dict]:
+    """Per arm and stage: KL to the original, benchmark results, mean learned and least-squares eps."""
+    from .report_stages import collect
+
+    rows = []
+    for r in collect(stages, eval_dirs):
+        layers = r.get("probe", {}).get("layers", [])
+        learned = [layer["epsilon"] for layer in layers if layer["epsilon"] is not None]
+        fitted = [layer["least_squares_epsilon"] for layer in layers if layer["least_squares_epsilon"] is not None]
+        rows.append({"arm": r["arm"], "stage": r["stage"], "kl_to_original": r.get("kl_to_original", {}).get("value"),
+                     "benchmarks": {t: {k: b[k] for k in ("metric", "value", "stderr", "n")}
+                                    for t, b in r["benchmarks"].items()},
+                     "epsilon_learned_mean": sum(learned) / len(learned) if learned else None,
+                     "epsilon_least_squares_mean": sum(fitted) / len(fitted) if fitted else None})
+    return rows
+
+
+def format_stages(summary: dict) -> str:
+    """The console's help-or-harm table: each arm at every stage (empty without such evaluations)."""
+    from .stats import detectable_difference
+
+    rows = summary.get("help_or_harm") or []
+    if not rows:
+        return ""
+    tasks = sorted({t for r in rows for t in r["benchmarks"]})
+    head = f"{'arm':<8}{'stage':<22}{'KL to original':>15}" + "".join(f"{t:>20}" for t in tasks) + \
+        f"{'eps learned':>13}{'eps LS':>9}"
+    lines = [head]
+    for r in rows:
+        kl = f"{r['kl_to_original']:.4f}" if r["kl_to_original"] is not None else "–"
+        cells = []
+        for t in tasks:
+            b = r["benchmarks"].get(t)
+            cells.append(f"{b['value']:.3f} ± {b['stderr']:.3f}" if b and b["stderr"] is not None else "–")
+        eps = lambda v: f"{v:.3f}" if v is not None else "–"  # noqa: E731
+        lines.append(f"{r['arm']:<8}{r['stage']:<22}{kl:>15}" + "".join(f"{c:>20}" for c in cells)
+                     + f"{eps(r['epsilon_learned_mean']):>13}{eps(r['epsilon_least_squares_mean']):>9}")
+    sizes = sorted({b["n"] for r in rows for b in r["benchmarks"].values() if b["n"]})
+    if sizes:
+        lines.append("benchmarks: lm-eval accuracy ± standard error over " + ", ".join(
+            f"n={n} items (two models must differ by {100 * detectable_difference(n):.1f} points to be told apart)"
+            for n in sizes) + "; eps: means over layers")
     return "\n".join(lines)

@@ -35,8 +35,9 @@ def build_reference(choice: str, policy_copy, original, model_args):
     return ref, {"reference": choice, "source": source, "activations": activation_summary(ref)}
 
 
-def apply_recipe_patch(model, crrelu_args, source: str) -> dict | None:
-    """Patch ``model`` as the recipe says; the patch report (None for the unpatched baseline)."""
+def apply_recipe_patch(model, crrelu_args, source: str, tokenizer=None, calibration_pairs=None) -> dict | None:
+    """Patch ``model`` as the recipe says; the patch report (None for the unpatched baseline).
+    ``epsilon_init: calibrate`` calibrates eps on ``calibration_pairs`` (text) first."""
     if crrelu_args.activation is None:
         return None
     if already_patched(model, crrelu_args.activation):
@@ -48,6 +49,11 @@ def apply_recipe_patch(model, crrelu_args, source: str) -> dict | None:
                        source, crrelu_args.activation, len(record["modules"]), kept)
         return {"already_patched": True, "activation": crrelu_args.activation, "count": len(record["modules"]),
                 "layers": None, "modules": record["modules"], "epsilon": epsilon_logs(model)}
+    if crrelu_args.epsilon_init == "calibrate":
+        from .recovery import calibrate
+
+        return calibrate(model, tokenizer, calibration_pairs, lambda: patch_model(
+            model, activation="crrelu", layers=crrelu_args.patch_layers)).to_dict()
     return patch_model(model, activation=crrelu_args.activation, epsilon_init=crrelu_args.epsilon_init,
                        layers=crrelu_args.patch_layers).to_dict()
 

@@ -272,6 +272,7 @@ class PatchReport:
     num_layers: int | None
     replaced: list[ReplacedModule] = field(default_factory=list)
     skipped: list[ActivationSite] = field(default_factory=list)
+    calibrated_epsilons: dict[str, float] | None = None  # epsilon_init: calibrate, per module path
 
     @property
     def count(self) -> int:
@@ -285,11 +286,15 @@ class PatchReport:
 
     def __str__(self) -> str:
         kinds = Counter((r.old_type, r.new_type) for r in self.replaced)
-        eps = f" (epsilon_init={self.epsilon_init})" if self.epsilon_init is not None else ""
+        eps = f" (epsilon_init={self.epsilon_init})" if self.epsilon_init is not None else \
+            (" (epsilon calibrated per layer)" if self.calibrated_epsilons else "")
         scope = "all blocks" if self.layers is None else f"blocks {self.layers}"
         lines = [f"Patched {self.model_type}: {self.count} activation module(s) -> {self.activation}{eps}, {scope}"]
         lines += [f"  {old} -> {new}: {n}" for (old, new), n in kinds.items()]
         lines += [f"  {r.path}: {r.old_type} -> {r.new_type}" for r in self.replaced]
+        if self.calibrated_epsilons:
+            lines.append("Calibrated eps (least squares against the replaced activation):")
+            lines += [f"  {path}: {value:.6g}" for path, value in self.calibrated_epsilons.items()]
         if self.skipped:
             lines.append(f"Left alone ({len(self.skipped)}):")
             lines += [f"  {s.path}: {s.module_type} ({s.reason})" for s in self.skipped]

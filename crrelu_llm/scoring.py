@@ -155,7 +155,7 @@ def drift(patched, original, tokenizer, pairs: list[tuple[str, str]], max_length
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     nll = {"patched": 0.0, "original": 0.0}
-    kl_sum, tokens = 0.0, 0
+    kl_sum, tokens, per_example = 0.0, 0, []
     for start in tqdm(range(0, len(pairs), batch_size), desc="Measuring drift", leave=False):
         ids, attention, scored = _encode_pairs(tokenizer, pairs[start:start + batch_size], max_length)
         mask = scored[:, 1:].float()
@@ -169,12 +169,15 @@ def drift(patched, original, tokenizer, pairs: list[tuple[str, str]], max_length
         kl = (logp["patched"].exp() * (logp["patched"] - logp["original"])).sum(-1)
         kl_sum += float((kl * mask).sum())
         tokens += int(mask.sum())
+        per_example += list(zip((kl * mask).sum(1).tolist(), mask.sum(1).tolist()))
     if tokens == 0:
         raise EvaluationError("the drift data has no completion tokens to score (are the completions empty, or cut "
                               "off by max_length?)")
     return {"scored": "completion tokens, each predicted after its prompt", "tokens": tokens,
             "perplexity_patched": math.exp(nll["patched"] / tokens),
-            "perplexity_original": math.exp(nll["original"] / tokens), "kl_patched_original": kl_sum / tokens}
+            "perplexity_original": math.exp(nll["original"] / tokens), "kl_patched_original": kl_sum / tokens,
+            "kl_interval": bootstrap_interval(per_example, lambda draw: sum(k for k, _ in draw) / max(1.0, sum(
+                t for _, t in draw))), "examples": len(per_example)}
 
 
 # --------------------------------------------------------------------------- multiple choice

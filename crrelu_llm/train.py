@@ -1,4 +1,4 @@
-"""Patch a pretrained causal LM, then SFT or DPO it with TRL: the linear run behind ``sft``/``dpo``.
+"""Patch a pretrained causal LM, then SFT, DPO or distil it with TRL: the run behind ``sft``/``dpo``/``distill``.
 
     crrelu-llm sft --config recipes/gpt2-large/hh/sft.yaml --arm crrelu
     crrelu-llm dpo --config recipes/gpt2-large/hh/dpo.yaml --arm crrelu --beta 0.2 --output_dir runs/b0.2
@@ -27,15 +27,16 @@ import yaml
 from transformers.trainer_utils import get_last_checkpoint
 
 from . import kernels
-from .config import BOOKKEEPING_KEYS, CRReLUArguments, parse_recipe, recipe_from_dict, resolved_recipe
+from .config import BOOKKEEPING_KEYS, CALIBRATE, CRReLUArguments, parse_recipe, recipe_from_dict, resolved_recipe
 from .data import DataArguments, load_preference_splits, load_sft_splits
 from .distributed import use_vector_epsilons
-from .errors import Interrupted, OutputExistsError
+from .errors import Interrupted, OutputExistsError, RecipeError
 from .files import writable_dir, write_json, write_text_atomic
 from .loading import load_causal_lm, load_tokenizer
 from .model_card import model_card
 from .model_utils import apply_epsilon_mode, apply_recipe_patch, build_reference
-from .patch import epsilon_logs, peft_modules_to_save
+from .patch import epsilon_logs, patch_record, peft_modules_to_save
+from .recovery import SwapScheduleCallback, blend_in, calibration_pairs, original_activations
 from .runtime import deepspeed_zero3_enabled
 from .trainer import TRAINERS, RankConsistencyCallback
 
@@ -117,7 +118,7 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
     claim_output_dir(output_dir, recipe, crrelu_args.overwrite_output_dir)
 
     # data first: a bad row should stop the run before a model is downloaded
-    loader = load_preference_splits if command == "dpo" else load_sft_splits
+    loader = load_preference_splits if command == "dpo" else load_sft_splits  # distill reads SFT data
     train_data, eval_data, data_summary = loader(data_args)
 
     tokenizer = load_tokenizer(crrelu_args.tokenizer_name_or_path or model_args.model_name_or_path,
@@ -133,9 +134,18 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
     zero3 = deepspeed_zero3_enabled()
     model = load_model()
     original = None
-    if command == "dpo" and crrelu_args.reference == "original":
+    if (command == "dpo" and crrelu_args.reference == "original") or \
+            (command == "distill" and not training_args.teacher_model_name_or_path):
         original = load_model() if zero3 else copy.deepcopy(model)
-    patch_report = apply_recipe_patch(model, crrelu_args, model_args.model_name_or_path)
+    originals = original_activations(model) if crrelu_args.swap_steps else {}
+    pairs = calibration_pairs(train_data, crrelu_args.calibration_samples) if crrelu_args.epsilon_init == CALIBRATE \
+        else None
+    patch_report = apply_recipe_patch(model, crrelu_args, model_args.model_name_or_path, tokenizer, pairs)
+    callbacks = list(callbacks or [])
+    if originals and patch_report and not patch_report.get("already_patched"):
+        blended = blend_in(model, originals)
+        callbacks.insert(0, SwapScheduleCallback(crrelu_args.swap_steps))  # before any callback that reads alpha
+        logger.info("gradual swap: %d module(s) blended in over the first %d steps", blended, crrelu_args.swap_steps)
     apply_epsilon_mode(model, crrelu_args.epsilon_mode)
     deepspeed = training_args.deepspeed_plugin is not None
     if deepspeed:  # DeepSpeed cannot broadcast 0-dim parameters: hold the epsilons as (1,)
@@ -143,6 +153,13 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
 
     trainer_kwargs = {}
     reference_info = None
+    if command == "distill":
+        teacher = training_args.teacher_model_name_or_path
+        trainer_kwargs["teacher"] = original if not teacher else load_causal_lm(
+            teacher, dtype=model_args.dtype or "auto", trust_remote_code=getattr(training_args, "trust_remote_code", False))
+        if patch_record(trainer_kwargs["teacher"]):
+            raise RecipeError(f"the distillation teacher ({teacher or model_args.model_name_or_path}) is already patched: "
+                              "distil from the original model (set teacher_model_name_or_path)")
     if command == "dpo":
         def policy_copy():
             if not zero3:
@@ -175,7 +192,7 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
 
     trainer = TRAINERS[command](model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
                                 processing_class=tokenizer,
-                                callbacks=[RankConsistencyCallback(output_dir), *(callbacks or [])], **trainer_kwargs)
+                                callbacks=[RankConsistencyCallback(output_dir), *callbacks], **trainer_kwargs)
 
     if trainer.is_world_process_zero():
         write_text_atomic(output_dir / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=True))
@@ -239,7 +256,7 @@ def resume_hint(output_dir: Path) -> str:
 
 
 def main(command: str, argv: list[str]) -> int:
-    """``crrelu-llm sft|dpo --config RECIPE [--arm NAME] [--key value ...]``."""
+    """``crrelu-llm sft|dpo|distill --config RECIPE [--arm NAME] [--key value ...]``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args = parse_recipe(command, argv)
     try:

@@ -222,3 +222,30 @@ def test_the_readme_shows_the_demo_table_as_the_demo_prints_it(demo_run):
     rows = [line for line in block if line.split(" ")[0] in {f"{a}/dpo-beta0.5-seed0" for a in ("gelu", "crrelu", "relu")}]
     assert len(rows) == 3 and all(len(row) == len(printed[1]) for row in rows)
     assert block[5].startswith("95% intervals") and printed[-1].startswith("95% intervals")
+
+
+def test_a_recover_stage_distils_every_patched_arm_before_sft(tmp_path, capsys):
+    """`recover:` distils CRReLU (calibrated, gradual) and the ReLU control alike; SFT starts from it."""
+    recipe = yaml.safe_load(reduced_demo(tmp_path).read_text())
+    recipe["evaluations"] = {"drift": {"max_samples": 20}, "probe": {"max_samples": 10}}
+    recipe["recover"] = {"max_steps": 4, "learning_rate": 3e-4, "per_device_train_batch_size": 16, "max_length": 32,
+                         "logging_steps": 2, "save_steps": 4, "bf16": False, "use_cpu": True,
+                         "gradient_checkpointing": False, "report_to": "none", "epsilon_init": "calibrate",
+                         "swap_steps": 2}
+    path = tmp_path / "recover.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "out"
+    assert experiment_main(path, str(out)) == 0
+    report = json.loads((out / "report" / "report.json").read_text())
+    stages = {(r["arm"], r["stage"]) for r in report["stages"]}
+    assert {("crrelu", "recovered"), ("relu", "recovered")} <= stages and ("gelu", "recovered") not in stages
+    for arm in ("crrelu", "relu"):
+        sft = yaml.safe_load((out / arm / "sft" / "recipe.yaml").read_text())
+        assert sft["model_name_or_path"] == str(out / arm / "recover")
+        recovered = yaml.safe_load((out / arm / "recover" / "recipe.yaml").read_text())
+        assert recovered["swap_steps"] == 2 and recovered["activation"] == arm
+    assert yaml.safe_load((out / "relu" / "recover" / "recipe.yaml").read_text())["epsilon_init"] != "calibrate"
+    calibrated = json.loads((out / "crrelu" / "recover" / "patch_report.json").read_text())["calibrated_epsilons"]
+    assert len(calibrated) == 2
+    assert yaml.safe_load((out / "gelu" / "sft" / "recipe.yaml").read_text())["model_name_or_path"].endswith("original")
+    assert "help or harm: each arm at every stage" in capsys.readouterr().out
