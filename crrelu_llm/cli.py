@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     experiment = commands.add_parser("experiment", help="run an experiment recipe: arms x betas x seeds, resumable")
     experiment.add_argument("--config", required=True, help="experiment recipe (recipes/experiments/*.yaml)")
     experiment.add_argument("--out", default=None, help="output directory (default: the recipe's output_dir)")
+    experiment.add_argument("--plan", action="store_true", help="print every stage, what it waits for and its "
+                            "estimated compute (FLOPs, GPU-hours); run nothing")
+    experiment.add_argument("--plan-gpus", type=int, default=1, help="GPUs per training run, for --plan (default 1)")
+    experiment.add_argument("--gpu-tflops", type=float, default=989.0,
+                            help="peak TFLOP/s of one GPU, for --plan (default 989: H100 SXM dense bf16)")
+    experiment.add_argument("--utilisation", type=float, default=0.4, help="share of the peak reached, for --plan "
+                                                                           "(default 0.4)")
     demo = commands.add_parser("demo", help="the embedded offline GELU vs CRReLU vs ReLU experiment (CPU, minutes)")
     demo.add_argument("--out", default=None, help="output directory (default: runs/demo)")
     for sub in (experiment, demo):
@@ -298,6 +305,8 @@ def _experiment(args) -> int:
 
     set_cpu_threads()
     exp = load_experiment(DEMO_RECIPE if args.command == "demo" else args.config, args.out)
+    if getattr(args, "plan", False):
+        return _plan(exp, args)
     summary = run_experiment(exp, rerun_changed=args.rerun_changed)
     print(f"\n{exp.name}: {len(summary['rows'])} DPO runs, {summary['seconds']:.0f}s ({exp.output_dir})")
     print(format_table(summary, exp.baseline_arm))
@@ -305,6 +314,13 @@ def _experiment(args) -> int:
     if stages:
         print(f"\nhelp or harm: each arm at every stage\n{stages}")
     print(f"report: {summary['report']}")
+    return 0
+
+
+def _plan(exp, args) -> int:
+    from .plan import format_plan, plan
+
+    print(format_plan(plan(exp, args.plan_gpus, args.gpu_tflops, args.utilisation)))
     return 0
 
 

@@ -181,7 +181,25 @@ class PromptTruncationArguments:
 
 
 @dataclass
-class CRReLUDPOConfig(PromptTruncationArguments, EpsilonTrainingArguments, DPOConfig):
+class ReferenceCacheArguments:
+    """Where DPO runs that share a reference keep its log-probabilities (with ``precompute_ref_log_probs``)."""
+
+    ref_logps_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Directory of reference log-probabilities shared across runs (every beta and seed of an "
+                  "arm), keyed by a checksum of the reference weights, the tokenized data and the truncation "
+                  "settings; needs precompute_ref_log_probs: true. Null: TRL's own cache only."},
+    )
+
+    def __post_init__(self):
+        if self.ref_logps_cache_dir and not self.precompute_ref_log_probs:
+            raise RecipeError("ref_logps_cache_dir keeps precomputed reference log-probabilities: set "
+                              "precompute_ref_log_probs: true, or drop ref_logps_cache_dir")
+        super().__post_init__()
+
+
+@dataclass
+class CRReLUDPOConfig(ReferenceCacheArguments, PromptTruncationArguments, EpsilonTrainingArguments, DPOConfig):
     """TRL's ``DPOConfig`` plus the eps settings that :class:`~crrelu_llm.trainer.CRReLUDPOTrainer` reads."""
 
 

@@ -44,6 +44,7 @@ from .config import check_recipe_keys
 from .generation import GenerationSettings
 from .errors import ExperimentError
 from .files import read_json, writable_dir, write_json, write_text_atomic
+from .stats import detectable_difference
 
 logger = logging.getLogger("crrelu_llm.experiment")
 
@@ -400,8 +401,11 @@ def _walk(exp: Experiment, ledger: Ledger) -> dict:
             sft_dirs[arm], sft_stage[arm] = Path(start), start_stage
     dpo_stage = {}
     for arm, beta, seed, out in _stage_dirs(exp):
-        keys = {**common, **exp.dpo, **exp.arms[arm], "model_name_or_path": str(sft_dirs[arm]), "beta": beta,
-                "seed": seed, "reference": "policy"}
+        # every beta and seed of an arm shares its reference (the arm's SFT model): its log-probabilities are
+        # computed once and kept under the arm (crrelu_llm.reference_cache), unless the recipe says otherwise
+        shared_reference = {"precompute_ref_log_probs": True, "ref_logps_cache_dir": str(exp.output_dir / arm / "ref_logps")}
+        keys = {**common, **shared_reference, **exp.dpo, **exp.arms[arm], "model_name_or_path": str(sft_dirs[arm]),
+                "beta": beta, "seed": seed, "reference": "policy"}
         name = dpo_stage[out] = f"{arm}/dpo beta={beta:g} seed={seed}"
         ledger.stage(name, out / "final_metrics.json", lambda k=keys, d=out: _train(exp, "dpo", k, d), keys,
                      after=[sft_stage[arm], "data"], clear=out)
@@ -514,19 +518,23 @@ def format_table(summary: dict, baseline: str) -> str:
     columns = [("run", 26, "<"), ("DPO vs own SFT", 18, ">"), (f"vs {baseline} DPO", 18, ">"),
                ("reward accuracy", 18, ">"), ("KL step 0", 9, ">"), ("eps range", 16, ">")]
     lines = ["  ".join(f"{name:{align}{width}}" for name, width, align in columns)]
-    sizes = set()
+    sizes, detectable = set(), set()
     for r in summary["rows"]:
         eps = f"[{r['epsilon_range'][0]:.2f}, {r['epsilon_range'][1]:.2f}]" if r.get("epsilon_range") else "–"
         kl = f"{r['kl_step0']:.3f}" if "kl_step0" in r else "–"
         cells = [f"{r['arm']}/{Path(r['run']).name}", wr(r.get("winrate_vs-sft")), wr(r.get(f"winrate_vs-{baseline}")),
                  acc(r), kl, eps]
         lines.append("  ".join(f"{c:{align}{width}}" for c, (_, width, align) in zip(cells, columns)))
-        sizes |= {f"win rates over {w['n']} prompts" for k, w in r.items() if k.startswith("winrate_") and w}
+        for w in (w for k, w in r.items() if k.startswith("winrate_") and w):
+            sizes.add(f"win rates over {w['n']} prompts")
+            detectable.add(f"{100 * detectable_difference(w['n'], two_samples=False):.1f} points from 0.5 for a win rate")
         if r.get("reward_accuracy"):
             sizes.add(f"reward accuracy over {r['reward_accuracy']['n']} pairs")
+            detectable.add(f"{100 * detectable_difference(r['reward_accuracy']['n']):.1f} points between two reward "
+                           "accuracies")
     if sizes:
         lines.append("95% intervals (Wilson for win rates, ties as 1/2; bootstrap for accuracy); n: "
-                     + ", ".join(sorted(sizes)))
+                     + ", ".join(sorted(sizes)) + "; detectable with 80% power: " + ", ".join(sorted(detectable)))
     return "\n".join(lines)
 
 
@@ -549,8 +557,6 @@ def help_or_harm(stages: dict, eval_dirs: dict) -> list[dict]:
 
 def format_stages(summary: dict) -> str:
     """The console's help-or-harm table: each arm at every stage (empty without such evaluations)."""
-    from .stats import detectable_difference
-
     rows = summary.get("help_or_harm") or []
     if not rows:
         return ""

@@ -98,7 +98,19 @@ class PromptTruncationMixin:
 
 
 class CRReLUDPOTrainer(EpsilonTrainingMixin, PromptTruncationMixin, DPOTrainer):
-    """TRL's ``DPOTrainer`` with the CRReLU epsilons looked after (see the module docstring)."""
+    """TRL's ``DPOTrainer`` with the CRReLU epsilons looked after (see the module docstring), and
+    precomputed reference log-probabilities shared through ``args.ref_logps_cache_dir``
+    (:mod:`crrelu_llm.reference_cache`): TRL computes them, this keeps them for the next run."""
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        from .reference_cache import cached_reference_logps
+
+        folder = getattr(self.args, "ref_logps_cache_dir", None)
+        compute = super()._precompute_ref_logps
+        if not folder:
+            return compute(dataset, name, batch_size)
+        return cached_reference_logps(Path(folder), dataset, name, self._precompute_model_hash, self.args,
+                                      lambda: compute(dataset, name, batch_size), self.accelerator)
 
     @staticmethod
     def _truncate_example(example, **kwargs):

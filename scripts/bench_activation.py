@@ -11,11 +11,17 @@ interleaved in a shuffled order on every repeat:
   crrelu-kernel=compiled   eager module with the opt-in compiled kernel (CPU)
   crrelu-kernel=torch      eager module with the PyTorch-ops kernel (CUDA, against Triton)
 
-and prints the median time and the bytes saved for backward (saved-tensor hooks), each as a
-ratio to GELU's. --json FILE writes every figure.
+and prints the median time with its interquartile range, the per-round ratio to GELU (median
+and IQR, flagged when its range crosses --target), and the bytes saved for backward
+(saved-tensor hooks) as a ratio to GELU's. At least 2 warm-up rounds and 10 repeats.
+--json FILE writes every figure.
+
+--host measures per-call host time instead: a 1 x width tensor, forward without grad and
+forward+backward, each round 1000 calls of CRReLU and of GELU, interleaved (target 1.5).
 
   python scripts/bench_activation.py                 # full table
-  python scripts/bench_activation.py --quick         # one width, fewer repeats
+  python scripts/bench_activation.py --quick         # one width
+  python scripts/bench_activation.py --host          # per-call overhead on tiny tensors
 """
 
 from __future__ import annotations
@@ -23,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
-import statistics
 import sys
 import time
 
@@ -35,6 +39,7 @@ import crrelu_llm
 from crrelu_llm import kernels
 from crrelu_llm.activation import crrelu_reference
 from crrelu_llm.memory import count_saved_bytes
+from timing import check_counts, describe, interleaved, quartiles, ratio
 
 WIDTHS = {"gpt2-small": 3072, "gpt2-medium": 4096, "gpt2-large": 5120}
 
@@ -81,62 +86,106 @@ def time_once(variant, x: torch.Tensor, grad: torch.Tensor, device: str) -> floa
         kernels.set_kernel("auto")
 
 
-def bench(dtype: torch.dtype, width: int, tokens: int, repeats: int, device: str, include_compiled: bool):
+def bench(dtype: torch.dtype, width: int, tokens: int, warmup: int, repeats: int, device: str,
+          include_compiled: bool, target: float):
     torch.manual_seed(0)
     x = torch.randn(tokens, width, device=device, dtype=dtype, requires_grad=True)
     grad = torch.randn(tokens, width, device=device, dtype=dtype)
     fns = variants(device, include_compiled)
-    for fn in fns.values():  # warm-up (and compile)
-        for _ in range(2):
-            time_once(fn, x, grad, device)
-    times = {name: [] for name in fns}
-    order = list(fns)
-    for _ in range(repeats):
-        random.shuffle(order)
-        for name in order:
-            times[name].append(time_once(fns[name], x, grad, device))
+    for fn in fns.values():  # compile outside the timed rounds
+        time_once(fn, x, grad, device)
+    times = interleaved({name: (lambda v=v: time_once(v, x, grad, device)) for name, v in fns.items()}, warmup, repeats)
     rows = []
-    base_time = statistics.median(times["gelu"])
     base_bytes = saved_bytes(fns["gelu"][0], x)
     for name, (fn, _) in fns.items():
-        median = statistics.median(times[name])
         nbytes = saved_bytes(fn, x)
+        q, r = quartiles(times[name]), ratio(times, name, "gelu")
         rows.append({
             "variant": name, "dtype": str(dtype).removeprefix("torch."), "tokens": tokens, "width": width,
-            "device": device, "median_ms": median * 1e3, "time_ratio": median / base_time,
-            "saved_bytes": nbytes, "saved_ratio": nbytes / base_bytes,
+            "device": device, "median_ms": q["median"] * 1e3, "iqr_ms": [q["q1"] * 1e3, q["q3"] * 1e3],
+            "time_ratio": r, "verdict": describe(r, target), "saved_bytes": nbytes, "saved_ratio": nbytes / base_bytes,
         })
+    return rows
+
+
+def host_overhead(width: int, calls: int, warmup: int, repeats: int, target: float, device: str) -> list[dict]:
+    """Per-call host time on a 1 x width tensor: forward without grad, and forward+backward
+    (on CUDA without synchronising: the time the host spends issuing the calls)."""
+    x = torch.randn(1, width, device=device, requires_grad=True)
+    grad = torch.ones(1, width, device=device)
+    modules = {"gelu": nn.GELU(), "crrelu": crrelu_llm.CRReLU().to(device)}
+
+    def forward(module):
+        def run():
+            with torch.no_grad():
+                start = time.perf_counter()
+                for _ in range(calls):
+                    module(x)
+                return (time.perf_counter() - start) / calls
+        return run
+
+    def forward_backward(module):
+        def run():
+            start = time.perf_counter()
+            for _ in range(calls):
+                module(x).backward(grad)
+            return (time.perf_counter() - start) / calls
+        return run
+
+    rows = []
+    for mode, make in (("forward, no grad", forward), ("forward+backward", forward_backward)):
+        times = interleaved({name: make(m) for name, m in modules.items()}, warmup, repeats)
+        r = ratio(times, "crrelu", "gelu")
+        rows.append({"mode": mode, "width": width, "gelu_us": quartiles(times["gelu"]),
+                     "crrelu_us": quartiles(times["crrelu"]), "ratio": r, "verdict": describe(r, target)})
+        g, c = rows[-1]["gelu_us"], rows[-1]["crrelu_us"]
+        print(f"{mode:18s} 1x{width}: GELU {g['median'] * 1e6:.2f} us [IQR {g['q1'] * 1e6:.2f}-{g['q3'] * 1e6:.2f}], "
+              f"CRReLU {c['median'] * 1e6:.2f} us [IQR {c['q1'] * 1e6:.2f}-{c['q3'] * 1e6:.2f}]; "
+              f"CRReLU/GELU {describe(r, target)}", flush=True)
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=2048)
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--target", type=float, default=None, help="CRReLU/GELU ratio to meet (default 1.1; --host 1.5)")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--widths", default=",".join(WIDTHS), help=f"any of {', '.join(WIDTHS)}")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
-    parser.add_argument("--quick", action="store_true", help="gpt2-small width only, 5 repeats")
+    parser.add_argument("--quick", action="store_true", help="gpt2-small width only")
+    parser.add_argument("--host", action="store_true", help="per-call host time on 1 x width tensors instead")
+    parser.add_argument("--calls", type=int, default=1000, help="calls per round with --host")
     parser.add_argument("--json", help="write all figures to this file")
     args = parser.parse_args()
+    check_counts(parser, args.warmup, args.repeats)
     widths = ["gpt2-small"] if args.quick else args.widths.split(",")
-    repeats = 5 if args.quick else args.repeats
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, device {args.device}, "
-          f"threads {torch.get_num_threads()}, {args.tokens} tokens, {repeats} interleaved repeats (median)")
-    print(f"{'dtype':9s} {'shape':>12s} {'variant':24s} {'ms':>9s} {'time/GELU':>10s} {'saved/GELU':>11s}")
-    results = []
-    for dtype_name in args.dtypes.split(","):
-        dtype = getattr(torch, dtype_name)
-        for width_name in widths:
-            width = WIDTHS[width_name]
-            for row in bench(dtype, width, args.tokens, repeats, args.device, not args.no_compile):
-                results.append({**row, "width_name": width_name})
-                print(f"{row['dtype']:9s} {args.tokens:>5d}x{width:<6d} {row['variant']:24s} "
-                      f"{row['median_ms']:9.2f} {row['time_ratio']:10.2f} {row['saved_ratio']:11.2f}", flush=True)
+    target = args.target or (1.5 if args.host else 1.1)
+    meta = {"torch": torch.__version__, "device": args.device, "argv": sys.argv, "threads": torch.get_num_threads(),
+            "warmup": args.warmup, "repeats": args.repeats, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if args.host:
+        print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, {args.calls} calls per round, "
+              f"{args.warmup} warm-up + {args.repeats} interleaved rounds (median, IQR)")
+        results = host_overhead(WIDTHS["gpt2-large"], args.calls, args.warmup, args.repeats, target, args.device)
+    else:
+        print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, device {args.device}, "
+              f"threads {torch.get_num_threads()}, {args.tokens} tokens, {args.warmup} warm-up + {args.repeats} "
+              "interleaved rounds (median, IQR)")
+        print(f"{'dtype':9s} {'shape':>12s} {'variant':24s} {'ms':>9s} {'IQR ms':>17s} {'saved/GELU':>11s}  time/GELU")
+        results = []
+        for dtype_name in args.dtypes.split(","):
+            dtype = getattr(torch, dtype_name)
+            for width_name in widths:
+                width = WIDTHS[width_name]
+                for row in bench(dtype, width, args.tokens, args.warmup, args.repeats, args.device,
+                                 not args.no_compile, target):
+                    results.append({**row, "width_name": width_name})
+                    iqr = f"{row['iqr_ms'][0]:.2f}-{row['iqr_ms'][1]:.2f}"
+                    print(f"{row['dtype']:9s} {args.tokens:>5d}x{width:<6d} {row['variant']:24s} "
+                          f"{row['median_ms']:9.2f} {iqr:>17s} {row['saved_ratio']:11.2f}  {row['verdict']}", flush=True)
     if args.json:
-        meta = {"torch": torch.__version__, "device": args.device, "argv": sys.argv,
-                "time": time.strftime("%Y-%m-%d %H:%M:%S")}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=1)
 

@@ -14,7 +14,6 @@ the ratio's range crosses the target.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import crrelu_llm  # noqa: E402
 from crrelu_llm.files import write_json  # noqa: E402
+from timing import check_counts, describe, interleaved, quartiles, ratio  # noqa: E402
 
 PRESETS = {"gpt2-small": {"n_layer": 12, "n_embd": 768, "n_head": 12},
            "gpt2-large": {"n_layer": 36, "n_embd": 1280, "n_head": 20},
@@ -53,11 +53,6 @@ def per_token_ms(model, batch: int, new_tokens: int, device) -> float:
     return (time.perf_counter() - start) * 1000 / new_tokens
 
 
-def quartiles(values: list[float]) -> tuple[float, float, float]:
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return q[0], statistics.median(values), q[2]
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="gpt2-small")
@@ -70,8 +65,7 @@ def main(argv=None) -> int:
     parser.add_argument("--target", type=float, default=1.05, help="CRReLU/GELU per-token ratio to meet")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
-    if args.warmup < 2 or args.repeats < 10:
-        parser.error("use at least 2 warm-up rounds and 10 repeats: fewer gave misleading ratios before")
+    check_counts(parser, args.warmup, args.repeats)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     models = {"own (gelu_new)": build(args.preset, None, dtype, device),
               "gelu": build(args.preset, "gelu", dtype, device),
@@ -79,22 +73,14 @@ def main(argv=None) -> int:
     results = {"preset": args.preset, "device": str(device), "dtype": args.dtype, "new_tokens": args.new_tokens,
                "warmup": args.warmup, "repeats": args.repeats, "torch": torch.__version__, "batches": {}}
     for batch in args.batches:
-        times = {name: [] for name in models}
-        for round_ in range(args.warmup + args.repeats):
-            for name, model in models.items():  # interleaved: drift in the machine hits every model alike
-                ms = per_token_ms(model, batch, args.new_tokens, device)
-                if round_ >= args.warmup:
-                    times[name].append(ms)
-        ratios = [c / g for c, g in zip(times["crrelu"], times["gelu"])]
-        entry = {name: dict(zip(("q1", "median", "q3"), quartiles(t))) for name, t in times.items()}
-        entry["crrelu/gelu"] = dict(zip(("q1", "median", "q3"), quartiles(ratios)))
+        fns = {name: (lambda m=model: per_token_ms(m, batch, args.new_tokens, device)) for name, model in models.items()}
+        times = interleaved(fns, args.warmup, args.repeats)
+        entry = {name: quartiles(t) for name, t in times.items()}
+        entry["crrelu/gelu"] = ratio(times, "crrelu", "gelu")
         results["batches"][str(batch)] = entry
-        r = entry["crrelu/gelu"]
-        verdict = "meets" if r["q3"] <= args.target else "misses" if r["q1"] > args.target else "range crosses"
         print(f"batch {batch}: " + ", ".join(f"{name} {e['median']:.2f} ms/token [IQR {e['q1']:.2f}-{e['q3']:.2f}]"
                                               for name, e in entry.items() if name != "crrelu/gelu")
-              + f"; CRReLU/GELU {r['median']:.3f} [IQR {r['q1']:.3f}-{r['q3']:.3f}] ({verdict} the "
-              f"{args.target} target)", flush=True)
+              + f"; CRReLU/GELU {describe(entry['crrelu/gelu'], args.target)}", flush=True)
     if args.json:
         write_json(Path(args.json), results)
     return 0

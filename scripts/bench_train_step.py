@@ -9,8 +9,11 @@ order; the step is ``trainer.training_step`` plus ``optimizer.step``. Arms:
   gelu       torch's native GELU (the stricter baseline)
   crrelu     patched with crrelu_llm.patch_model
 
-Prints the median step time and the memory of each arm as ratios to each GELU baseline:
-on CUDA the peak allocated memory, on CPU the bytes autograd saves for backward.
+Prints the median step time with its interquartile range, the per-round ratio to each GELU
+baseline (median and IQR, flagged when its range crosses --target), and the memory of each arm
+as ratios: on CUDA the peak allocated memory, on CPU the bytes autograd saves for backward.
+At least 2 warm-up rounds and 10 interleaved repeats (fewer once reported a 9% slowdown that
+a longer run did not reproduce).
 
   python scripts/bench_train_step.py                   # DPO and SFT, GPT-2-small shape
   python scripts/bench_train_step.py --layers 2 --quick
@@ -22,13 +25,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import random
-import statistics
 import sys
 import time
 import warnings
 
 import torch
+
+from timing import check_counts, describe, interleaved, quartiles, ratio
 
 PRESETS = {
     "gpt2-small": dict(n_layer=12, n_embd=768, n_head=12),
@@ -118,10 +121,11 @@ def main() -> None:
     parser.add_argument("--kinds", default="dpo,sft")
     parser.add_argument("--batch-pairs", type=int, default=2)
     parser.add_argument("--seq", type=int, default=128, help="tokens per sequence (prompt + completion)")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--target", type=float, default=1.02, help="CRReLU/GELU step-time ratio to meet")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="3 repeats")
     parser.add_argument("--json", help="write all figures to this file")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -131,33 +135,29 @@ def main() -> None:
     import datasets
 
     datasets.disable_progress_bars()
-    repeats = 3 if args.quick else args.repeats
+    check_counts(parser, args.warmup, args.repeats)
+    repeats = args.repeats
     dtype = getattr(torch, args.dtype)
     print(f"# torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, {args.preset}"
           f"{f' ({args.layers} layers)' if args.layers else ''}, {args.dtype}, {args.batch_pairs} pairs x {args.seq} "
-          f"tokens, {repeats} interleaved repeats (median)")
+          f"tokens, {args.warmup} warm-up + {repeats} interleaved rounds (median, IQR)")
     results = []
     for kind in args.kinds.split(","):
         arms = build_arms(args.preset, args.layers, dtype, args.device)
         trainers = make_trainers(kind, arms, args.batch_pairs, args.seq, args.device)
-        for trainer, batch in trainers.values():  # warm-up
-            step(trainer, batch, args.device)
-        times = {name: [] for name in trainers}
-        order = list(trainers)
-        for _ in range(repeats):
-            random.shuffle(order)
-            for name in order:
-                times[name].append(step(*trainers[name], args.device))
+        times = interleaved({name: (lambda t=t: step(*t, args.device)) for name, t in trainers.items()},
+                            args.warmup, repeats)
         memory = {name: memory_of_step(*trainers[name], args.device) for name in trainers}
-        median = {name: statistics.median(t) for name, t in times.items()}
         for name in trainers:
-            row = {"kind": kind, "arm": name, "median_s": median[name], "memory_bytes": memory[name],
-                   "time_vs_gelu_new": median[name] / median["gelu_new"], "time_vs_gelu": median[name] / median["gelu"],
+            q = quartiles(times[name])
+            row = {"kind": kind, "arm": name, "median_s": q["median"], "iqr_s": [q["q1"], q["q3"]],
+                   "memory_bytes": memory[name], "time_vs_gelu_new": ratio(times, name, "gelu_new"),
+                   "time_vs_gelu": ratio(times, name, "gelu"),
                    "memory_vs_gelu_new": memory[name] / memory["gelu_new"], "memory_vs_gelu": memory[name] / memory["gelu"]}
             results.append(row)
-            print(f"{kind:4s} {name:9s} step {row['median_s'] * 1e3:8.1f} ms  time/gelu_new {row['time_vs_gelu_new']:.3f}  "
-                  f"time/gelu {row['time_vs_gelu']:.3f}  memory/gelu_new {row['memory_vs_gelu_new']:.3f}  "
-                  f"memory/gelu {row['memory_vs_gelu']:.3f}", flush=True)
+            print(f"{kind:4s} {name:9s} step {q['median'] * 1e3:8.1f} ms [IQR {q['q1'] * 1e3:.1f}-{q['q3'] * 1e3:.1f}]  "
+                  f"time/gelu {describe(row['time_vs_gelu'], args.target)}  memory/gelu {row['memory_vs_gelu']:.3f}",
+                  flush=True)
         del trainers, arms
     if args.json:
         meta = {"torch": torch.__version__, "device": args.device, "argv": sys.argv, "time": time.strftime("%Y-%m-%d %H:%M:%S")}

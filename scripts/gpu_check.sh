@@ -54,7 +54,7 @@ if $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; 
   GEN_PRESET=gpt2-large; GEN_TOKENS=64
 else
   [ "${GPU_CHECK_ALLOW_CPU:-0}" = 1 ] || { echo "no CUDA device; set GPU_CHECK_ALLOW_CPU=1 to rehearse on CPU"; exit 1; }
-  DEVICE=cpu; TOKENS=256; REPEATS=3; PRESET=gpt2-small; LAYERS="--layers 1"; DTYPE=float32; PAIRS=1; SEQ=32
+  DEVICE=cpu; TOKENS=256; REPEATS=10; PRESET=gpt2-small; LAYERS="--layers 1"; DTYPE=float32; PAIRS=1; SEQ=32
   GEN_PRESET=tiny; GEN_TOKENS=8
 fi
 
@@ -95,10 +95,11 @@ within_budget() { [ $((SECONDS - START)) -lt "$BUDGET" ] || { STATUS+=("$1 skipp
 step tests 180 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_activation.py
 step bench_activation 200 $PY scripts/bench_activation.py --device "$DEVICE" --tokens "$TOKENS" --repeats "$REPEATS" \
   --json "$OUT/bench_activation.json"
+step bench_host 60 $PY scripts/bench_activation.py --host --device "$DEVICE" --json "$OUT/bench_host.json"
 step bench_generate 150 $PY scripts/bench_generate.py --device "$DEVICE" --preset "$GEN_PRESET" --dtype "$DTYPE" \
   --new-tokens "$GEN_TOKENS" --json "$OUT/bench_generate.json"
 step bench_train_step 200 $PY scripts/bench_train_step.py --device "$DEVICE" --preset "$PRESET" $LAYERS --dtype "$DTYPE" \
-  --batch-pairs "$PAIRS" --seq "$SEQ" --repeats 5 --kinds dpo,sft --json "$OUT/bench_train_step.json"
+  --batch-pairs "$PAIRS" --seq "$SEQ" --repeats 10 --kinds dpo,sft --json "$OUT/bench_train_step.json"
 for profile in fsdp zero3; do
   within_budget "distributed_$profile" && step "distributed_$profile" 150 $PY scripts/distributed_check.py \
     --profile "recipes/accelerate_configs/$profile.yaml" --num-processes 1 --timeout 70 \

@@ -23,8 +23,9 @@ def experiment_main(recipe: Path, out: str) -> int:
     return cli_main(["experiment", "--config", str(recipe), "--out", str(out)])
 
 
-def reduced_demo(tmp_path: Path, dpo_steps: int = 12, save_steps: int = 6) -> Path:
-    """The embedded demo recipe with everything made small (a minute or two on 2 CPU cores)."""
+def reduced_demo(tmp_path: Path, dpo_steps: int = 12, save_steps: int = 6, capability: bool = False) -> Path:
+    """The embedded demo recipe with everything made small (a minute or two on 2 CPU cores);
+    the lm-eval benchmark and the probes only with ``capability`` (they add seconds per model)."""
     recipe = yaml.safe_load(DEMO_RECIPE.read_text())
     recipe["task"].update(n_train=300, n_test=40)
     recipe["pretrain"]["config"].update(n_layer=2, n_embd=32, n_inner=64)
@@ -36,6 +37,8 @@ def reduced_demo(tmp_path: Path, dpo_steps: int = 12, save_steps: int = 6) -> Pa
     recipe["evaluations"]["drift"].update(max_samples=20)
     recipe["evaluations"]["benchmark"].update(limit=40)
     recipe["evaluations"]["probe"].update(max_samples=20)
+    if not capability:
+        del recipe["evaluations"]["benchmark"], recipe["evaluations"]["probe"]
     path = tmp_path / "demo_small.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -45,7 +48,7 @@ def reduced_demo(tmp_path: Path, dpo_steps: int = 12, save_steps: int = 6) -> Pa
 def demo_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
     out = tmp / "out"
-    assert experiment_main(reduced_demo(tmp), str(out)) == 0
+    assert experiment_main(reduced_demo(tmp, capability=True), str(out)) == 0
     return tmp, out
 
 
@@ -97,7 +100,7 @@ def test_reduced_demo_runs_every_stage_and_reports(demo_run, capsys):
 
 def test_running_again_skips_every_finished_stage(demo_run, capsys):
     tmp, out = demo_run
-    assert experiment_main(reduced_demo(tmp), str(out)) == 0
+    assert experiment_main(reduced_demo(tmp, capability=True), str(out)) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stages"] and all(s["status"] == "skipped" for s in summary["stages"])
     assert "DPO vs own SFT" in capsys.readouterr().out
@@ -110,7 +113,7 @@ def test_an_openai_judged_experiment_finds_its_own_win_rates(demo_run, server, t
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
     judge = server(prefers_longer)
-    recipe = yaml.safe_load(reduced_demo(tmp).read_text())
+    recipe = yaml.safe_load(reduced_demo(tmp, capability=True).read_text())
     recipe["evaluations"]["winrate"]["judge"] = f"openai:judge-model@{judge.url}"
     path = tmp_path / "openai.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -167,7 +170,7 @@ def test_killed_experiment_resumes_mid_stage(tmp_path):
         ({"betaz": [0.1]}, "unknown key 'betaz'; did you mean 'betas'"),
         ({"dataset_name": "x"}, "exactly one of 'task'"),
         ({"baseline_arm": "silu"}, "baseline_arm 'silu' is not one of the arms"),
-        ({"dpo": {"max_prompt_length": 10}}, "removed from TRL"),
+        ({"dpo": {"max_completion_length": 10}}, "removed from TRL"),
     ],
 )
 def test_bad_experiment_recipes_fail_before_anything_runs(tmp_path, change, message):
