@@ -80,7 +80,6 @@ def run_benchmark(model, tasks, *, limit: int | float | None = None, num_fewshot
         raise UsageError(f"--num-fewshot must be 0 or more, got {num_fewshot}")
     lm_eval, HFLM, TaskManager = _lm_eval()
     model = str(model)
-    writable_dir(eval_dir(model, out))
     # lm-eval's own task list takes seconds to index: only when a task is not one of ours
     manager = TaskManager(include_path=str(TASK_DIR), include_defaults=not set(tasks) <= set(LOCAL_TASKS))
     unknown = [t for t in tasks if not manager.match_tasks([t])]
@@ -88,6 +87,7 @@ def run_benchmark(model, tasks, *, limit: int | float | None = None, num_fewshot
         raise UsageError(f"unknown lm-eval task {unknown[0]!r}; the offline tasks shipped here: "
                          f"{', '.join(LOCAL_TASKS)} (`lm-eval ls tasks` lists the rest)")
     loaded = load_causal_lm(model)  # checks the stored epsilons against the loaded ones
+    writable_dir(eval_dir(model, out))  # once the model is known to exist: a typo creates nothing
     if torch.cuda.is_available():
         loaded = loaded.cuda()
     epsilons = epsilon_values(loaded)

@@ -98,8 +98,8 @@ def run_rewards(model, reference, data: str, *, data_format: str = "auto", split
     """DPO implicit-reward accuracy and margins of ``model`` against ``reference``, per beta;
     written to :func:`rewards_file`."""
     model, reference = str(model), str(reference)
-    writable_dir(eval_dir(model, out))
     tokenizer = _shared_tokenizer(model, reference, "rewards need a policy and a reference that share one tokenizer")
+    writable_dir(eval_dir(model, out))  # once the models are known to exist: a typo creates nothing
     evaluation, summary = _data(data, data_format, split, max_samples)
     logps = preference_logps(load_causal_lm(model), load_causal_lm(reference), tokenizer, evaluation, max_length,
                              batch_size)
@@ -135,9 +135,9 @@ def run_drift(model, original, data: str, *, data_format: str = "auto", split: s
     """Perplexity of both models and the per-token KL(model || original) on the chosen responses
     of ``data`` (each after its prompt; prompt tokens are not scored); written to :func:`drift_file`."""
     model, original = str(model), str(original)
-    writable_dir(eval_dir(model, out))
     tokenizer = _shared_tokenizer(model, original, "drift compares a model with its original, which must share "
                                   "one tokenizer")
+    writable_dir(eval_dir(model, out))  # once the models are known to exist: a typo creates nothing
     evaluation, summary = _data(data, data_format, split, max_samples)
     pairs = [(r["prompt"], r["chosen"]) for r in evaluation if isinstance(r["prompt"], str)]
     result = {"model": model, "original": original, "data": summary,
@@ -153,10 +153,10 @@ def run_probe(model, data: str, *, original=None, data_format: str = "auto", spl
     from .probe import activation_statistics, reference_activations
 
     model = str(model)
-    writable_dir(eval_dir(model, out))
     evaluation, summary = _data(data, data_format, split, max_samples)
     pairs = [(r["prompt"], r["chosen"]) for r in evaluation if isinstance(r["prompt"], str)]
     loaded = load_causal_lm(model)
+    writable_dir(eval_dir(model, out))  # once the model is known to exist: a typo creates nothing
     if original is not None:
         _shared_tokenizer(model, str(original), "the probe runs one text through both")
     references = reference_activations(loaded, load_causal_lm(str(original)) if original is not None else None)

@@ -80,6 +80,13 @@ def test_benchmark_command_and_its_bad_input(models, capsys, monkeypatch):
                          str(models / "bad"), *argv]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+    monkeypatch.chdir(models)  # a mistyped model name is refused before ./eval is created
+    for argv in (["eval", "benchmark", "--model", "no-such-model", "--tasks", "crrelu_arith_mc"],
+                 ["probe", "no-such-model", "--data", str(models / "data")],
+                 ["eval", "drift", "--model", "no-such-model", "--original", "no-such-model", "--data", "x"]):
+        assert cli_main(argv) == 2
+        assert not (models / "eval").exists(), argv
+    capsys.readouterr()
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # not installed
     assert cli_main(["eval", "benchmark", "--model", str(models / "original"), "--tasks", "crrelu_arith_mc"]) == 2
     assert "pip install 'crrelu-llm[bench]'" in capsys.readouterr().err
