@@ -300,7 +300,8 @@ def _compare(args) -> int:
 
 
 def _experiment(args) -> int:
-    from .experiment import DEMO_RECIPE, format_stages, format_table, load_experiment, run_experiment
+    from .experiment import DEMO_RECIPE, load_experiment, run_experiment
+    from .summary import format_stages, format_table
     from .runtime import set_cpu_threads
 
     set_cpu_threads()

@@ -7,7 +7,9 @@
 
 It runs ``accelerate launch --config_file PROFILE -m crrelu_llm.cli sft`` (patching a GELU
 model), then ``... dpo`` starting from that SFT checkpoint (already patched: loading it
-rebuilds CRReLU, under ZeRO-3 inside ``deepspeed.zero.Init``), on a built-in arithmetic task.
+rebuilds CRReLU, under ZeRO-3 inside ``deepspeed.zero.Init``), and with ``--distill`` a
+``distill`` run from the original (the teacher prepared like TRL's reference), on a built-in
+arithmetic task.
 For each run it checks what a user relies on:
 
 - the run finishes, under the distributed type the profile names;
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="keep the run here (default: a temporary directory)")
     parser.add_argument("--timeout", type=int, default=300, help="seconds for each launched run")
     parser.add_argument("--json", help="write the result here")
+    parser.add_argument("--distill", action="store_true", help="also distil the original into a fresh patch")
     args = parser.parse_args(argv)
 
     profile_path = Path(args.profile)
@@ -137,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
               "expected_distributed_type": expected, "workdir": str(workdir), "runs": {}}
     start: dict[str, float] | float = 0.01  # epsilon_init of the SFT run's fresh patch
     model = args.model
-    for command in ("sft", "dpo"):
+    commands = ("sft", "dpo", "distill") if args.distill else ("sft", "dpo")
+    for command in commands:
+        if command == "distill":  # from the original, like sft: a fresh patch, the original as teacher
+            model, start = args.model, 0.01
         recipe = write_recipe(workdir, command, model, data, args.steps, cuda)
         log = workdir / f"{command}.log"
         returncode, stderr, seconds = launch(prefix, command, recipe, env, args.timeout, log)
@@ -158,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         consistency = json.loads((workdir / command / "rank_consistency.json").read_text())
         start = block_epsilons(consistency["ranks"][0]["epsilon"])  # DPO starts where SFT ended
         model = str(workdir / command)
-    result["passed"] = len(result["runs"]) == 2 and all(all(r["checks"].values()) for r in result["runs"].values())
+    result["passed"] = len(result["runs"]) == len(commands) and all(all(r["checks"].values()) for r in result["runs"].values())
     total = sum(r["seconds"] for r in result["runs"].values())
     print(f"{profile_path.name} x{args.num_processes} on {result['device']}: "
           f"{'passed' if result['passed'] else 'FAILED'} in {total:.0f}s (expected {expected}; logs in {workdir})")

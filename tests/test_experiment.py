@@ -214,7 +214,7 @@ def test_training_stages_run_under_the_recipes_launcher(tmp_path):
 
 def test_the_readme_shows_the_demo_table_as_the_demo_prints_it(demo_run):
     """The README's demo output is pasted from a run: same header, same columns, same footer."""
-    from crrelu_llm.experiment import format_table
+    from crrelu_llm.summary import format_table
 
     _, out = demo_run
     printed = format_table(json.loads((out / "summary.json").read_text()), "gelu").splitlines()

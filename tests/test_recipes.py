@@ -140,14 +140,15 @@ def test_sft_then_dpo_under_accelerate_launch_with_two_cpu_processes(profile, ex
     out = tmp_path / "result.json"
     cmd = [sys.executable, str(ROOT / "scripts" / "distributed_check.py"), "--profile",
            str(ROOT / "recipes" / "accelerate_configs" / f"{profile}.yaml"), "--num-processes", "2",
-           "--workdir", str(tmp_path / "work"), "--json", str(out)]
+           "--workdir", str(tmp_path / "work"), "--json", str(out), *(["--distill"] if profile != "zero2" else [])]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads(out.read_text())
     assert summary["passed"] is True and summary["expected_distributed_type"] == expected
-    assert list(summary["runs"]) == ["sft", "dpo"]
-    for run in ("sft", "dpo"):
+    runs = ["sft", "dpo"] + (["distill"] if profile != "zero2" else [])  # distillation: DDP and ZeRO-3
+    assert list(summary["runs"]) == runs
+    for run in runs:
         consistency = json.loads((tmp_path / "work" / run / "rank_consistency.json").read_text())
         assert consistency["distributed_type"] == expected and [r["rank"] for r in consistency["ranks"]] == [0, 1]
         assert consistency["ranks"][0]["epsilon"] == consistency["ranks"][1]["epsilon"]

@@ -210,9 +210,12 @@ def test_a_recipe_without_bf16_trains_in_fp32_on_a_cpu_only_machine(tmp_path, pa
 def test_ctrl_c_says_where_the_last_checkpoint_is(tmp_path, pairs_file):
     path = recipe(tmp_path, pairs_file, max_steps=400, save_steps=2)
     run_dir = tmp_path / "run"
+    # a suite started in the background of a non-interactive shell inherits SIGINT ignored, and a
+    # Python started with SIGINT ignored never turns it into KeyboardInterrupt: restore the default
     proc = subprocess.Popen([sys.executable, "-m", "crrelu_llm.cli", "dpo", "--config", str(path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not list(run_dir.glob("checkpoint-*/trainer_state.json")):
         assert proc.poll() is None and time.time() < deadline
