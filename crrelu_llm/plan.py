@@ -138,7 +138,12 @@ def estimate(exp, stage: PlannedStage, params: int | None, gpus: int, exp_caches
 
 
 def plan(exp, gpus: int = 1, gpu_tflops: float = 989.0, utilisation: float = 0.4) -> dict:
+    from .errors import UsageError
     from .experiment import _walk
+
+    if gpus < 1 or not gpu_tflops > 0 or not 0 < utilisation <= 1:
+        raise UsageError(f"--plan needs --plan-gpus >= 1, --gpu-tflops > 0 and --utilisation in (0, 1]; got "
+                         f"{gpus}, {gpu_tflops:g}, {utilisation:g}")
 
     ledger = _plan_ledger(exp.output_dir)
     _walk(exp, ledger)

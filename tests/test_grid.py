@@ -74,3 +74,5 @@ def test_the_plan_lists_every_stage_with_its_estimate_and_writes_nothing(tmp_pat
     printed = capsys.readouterr().out
     assert "crrelu/dpo beta=0.5 seed=1" in printed and "GPU-hours at 989 TFLOP/s x 40% utilisation" in printed
     assert not (tmp_path / "out").exists()
+    assert cli_main(["experiment", "--config", str(path), "--plan", "--utilisation", "0"]) == 2
+    assert "--utilisation in (0, 1]" in capsys.readouterr().err
