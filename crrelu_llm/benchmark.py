@@ -76,6 +76,8 @@ def run_benchmark(model, tasks, *, limit: int | float | None = None, num_fewshot
     tasks = parse_tasks(tasks)
     if limit is not None and limit <= 0:
         raise UsageError(f"--limit must be positive (a count of items, or a fraction below 1), got {limit}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be 1 or more, got {batch_size}")
     if num_fewshot is not None and num_fewshot < 0:
         raise UsageError(f"--num-fewshot must be 0 or more, got {num_fewshot}")
     lm_eval, HFLM, TaskManager = _lm_eval()
