@@ -14,7 +14,6 @@ but for the seed; anything else is refused with the keys that differ. A director
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -49,10 +48,7 @@ class Run:
 
 
 def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ReportError(f"{path} is not valid JSON ({err})") from None
+    return report_stages.read_result(path)
 
 
 def _trainer_state(path: Path) -> Path | None:

@@ -15,13 +15,16 @@ from .errors import ReportError
 from .stats import detectable_difference
 
 
-def _read(path: Path):
-    if not path.exists():
-        return None
+def read_result(path: Path):
+    """A result file's JSON; a damaged file is a :class:`ReportError` naming it."""
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ReportError(f"{path} is not valid JSON ({err})") from None
+
+
+def _read(path: Path):
+    return read_result(path) if path.exists() else None
 
 
 def collect(stages: dict[str, dict[str, Path]], eval_dirs: dict[str, Path] | None = None) -> list[dict]:

@@ -19,6 +19,7 @@ from crrelu_llm.recovery import BLENDS, calibration_pairs
 from crrelu_llm.tasks import write_task_files
 from crrelu_llm.tiny import tiny_causal_lm, tiny_tokenizer
 from crrelu_llm.train import run
+from test_train import CrashAfterStep3, _Crash
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +89,6 @@ def test_distillation_cuts_the_kl_to_the_original(setup):
         run("distill", *parse_recipe("distill", ["--config", str(path)]))
 
 
-class _Crash(Exception):
-    pass
-
-
 def test_gradual_swap_blends_in_then_leaves_pure_crrelu_and_resumes_exactly(setup):
     original = str(setup / "original")
     seen = []
@@ -118,11 +115,6 @@ def test_gradual_swap_blends_in_then_leaves_pure_crrelu_and_resumes_exactly(setu
         assert len(acts) == 2 and all(type(m) is CRReLU for m in acts)
     eps = crrelu_llm.epsilon_values(AutoModelForCausalLM.from_pretrained(setup / "gradual"))
     assert all(v != pytest.approx(0.01) for v in eps.values())  # trained once blended in
-
-    class CrashAfterStep3(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 3:
-                raise _Crash()
 
     resumed = setup / "resumed-dir"
     resumed.mkdir()

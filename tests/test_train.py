@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, TrainerCallback
 
 import crrelu_llm
 from crrelu_llm.cli import main as cli_main
@@ -199,13 +199,15 @@ class _Crash(Exception):
     pass
 
 
-def test_interrupted_run_resumes_to_the_same_weights_and_epsilon(tmp_path, pairs_file, caplog):
-    from transformers import TrainerCallback
+class CrashAfterStep3(TrainerCallback):
+    """Stops a run at step 3, after checkpoint-2, as a kill would."""
 
-    class CrashAfterStep3(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 3:
-                raise _Crash()
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise _Crash()
+
+
+def test_interrupted_run_resumes_to_the_same_weights_and_epsilon(tmp_path, pairs_file, caplog):
 
     straight = tmp_path / "straight"
     straight.mkdir()
