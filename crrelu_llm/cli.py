@@ -154,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
                             help="peak TFLOP/s of one GPU, for --plan (default 989: H100 SXM dense bf16)")
     experiment.add_argument("--utilisation", type=float, default=0.4, help="share of the peak reached, for --plan "
                                                                            "(default 0.4)")
+    experiment.add_argument("--executor", choices=("inline", "local", "slurm"), default=None,
+                            help="where stages run: inline (this process, one after another; the default), local "
+                                 "(this node, several at once on disjoint GPU sets) or slurm (jobs with dependencies, "
+                                 "the recipe's slurm: keys); local and slurm need the [slurm] extra (submitit)")
+    experiment.add_argument("--parallel", type=int, default=None, help="local: stages at once (default: visible GPUs "
+                                                                      "// --gpus-per-run, or 1 without GPUs)")
+    experiment.add_argument("--gpus-per-run", type=int, default=None,
+                            help="local: GPUs given to each stage (disjoint sets); slurm: overrides slurm.gpus")
     demo = commands.add_parser("demo", help="the embedded offline GELU vs CRReLU vs ReLU experiment (CPU, minutes)")
     demo.add_argument("--out", default=None, help="output directory (default: runs/demo)")
     for sub in (experiment, demo):
@@ -308,7 +316,7 @@ def _experiment(args) -> int:
     exp = load_experiment(DEMO_RECIPE if args.command == "demo" else args.config, args.out)
     if getattr(args, "plan", False):
         return _plan(exp, args)
-    summary = run_experiment(exp, rerun_changed=args.rerun_changed)
+    summary = run_experiment(exp, rerun_changed=args.rerun_changed, executor=_executor(args))
     print(f"\n{exp.name}: {len(summary['rows'])} DPO runs, {summary['seconds']:.0f}s ({exp.output_dir})")
     print(format_table(summary, exp.baseline_arm))
     stages = format_stages(summary)
@@ -316,6 +324,16 @@ def _experiment(args) -> int:
         print(f"\nhelp or harm: each arm at every stage\n{stages}")
     print(f"report: {summary['report']}")
     return 0
+
+
+def _executor(args):
+    from .executors import ExecutorSettings
+
+    parallel, gpus = getattr(args, "parallel", None), getattr(args, "gpus_per_run", None)
+    kind = getattr(args, "executor", None) or ("local" if parallel is not None or gpus is not None else "inline")
+    settings = ExecutorSettings(kind=kind, parallel=parallel, gpus_per_run=gpus)
+    settings.check()
+    return settings
 
 
 def _plan(exp, args) -> int:

@@ -30,8 +30,8 @@ import difflib
 import hashlib
 import json
 import logging
+import os
 import shlex
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -43,13 +43,14 @@ from . import evaluate
 from .config import check_recipe_keys
 from .generation import GenerationSettings
 from .errors import ExperimentError
+from .executors import ExecutorSettings, Stage, check_slurm_keys, run_stages
 from .files import read_json, writable_dir, write_json, write_text_atomic
 
 logger = logging.getLogger("crrelu_llm.experiment")
 
 DEMO_RECIPE = Path(__file__).with_name("demo.yaml")
 KEYS = {"name", "output_dir", "task", "dataset_name", "original", "pretrain", "arms", "sft", "dpo", "betas", "seeds",
-        "evaluations", "launcher", "baseline_arm", "recover"}
+        "evaluations", "launcher", "baseline_arm", "recover", "slurm"}
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Experiment:
     launcher: str | None = None
     baseline_arm: str = "gelu"
     recover: dict | None = None
+    slurm: dict = field(default_factory=dict)  # submitit SlurmExecutor settings, for --executor slurm
     stage_log: list[dict] = field(default_factory=list)  # what ran and what was skipped, for summary.json
 
 
@@ -112,6 +114,8 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
             if keys.get("activation"):
                 check_recipe_keys({**_recover_keys(raw["recover"], keys), **stage_keys}, "distill",
                                   f"{path} ({arm}, recover)")
+    if raw.get("slurm") is not None:
+        check_slurm_keys(path, raw["slurm"])
     if raw.get("pretrain"):
         check_recipe_keys({**raw["pretrain"].get("train", {}), **stage_keys}, "sft", f"{path} (pretrain)")
     out = Path(output_dir or raw.get("output_dir") or f"runs/{raw['name']}")
@@ -119,7 +123,8 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
                       betas=[float(b) for b in raw["betas"]], seeds=[int(s) for s in raw["seeds"]],
                       evaluations=raw.get("evaluations") or {}, task=raw.get("task"),
                       dataset_name=raw.get("dataset_name"), original=raw.get("original"), pretrain=raw.get("pretrain"),
-                      launcher=raw.get("launcher"), baseline_arm=baseline, recover=raw.get("recover"))
+                      launcher=raw.get("launcher"), baseline_arm=baseline, recover=raw.get("recover"),
+                      slurm=raw.get("slurm") or {})
 
 
 def _recover_keys(recover: dict, arm_keys: dict) -> dict:
@@ -171,7 +176,7 @@ def _train(exp: Experiment, command: str, keys: dict, output_dir: Path) -> None:
     recipe = output_dir / f"{command}_stage.yaml"
     write_text_atomic(recipe, yaml.safe_dump(keys, sort_keys=True))
     if exp.launcher:
-        cmd = [*shlex.split(exp.launcher), "-m", "crrelu_llm.cli", command, "--config", str(recipe)]
+        cmd = [*launcher_command(exp.launcher), "-m", "crrelu_llm.cli", command, "--config", str(recipe)]
         logger.info("running %s", " ".join(cmd))
         result = subprocess.run(cmd)
         if result.returncode != 0:
@@ -181,6 +186,19 @@ def _train(exp: Experiment, command: str, keys: dict, output_dir: Path) -> None:
     from .train import run_keys
 
     run_keys(command, keys, source=str(recipe))
+
+
+def launcher_command(launcher: str) -> list[str]:
+    """The launcher's words; ``accelerate launch`` gets ``--num_processes`` = the GPUs this process
+    was given (``CUDA_VISIBLE_DEVICES``, set by ``--executor local`` or Slurm) unless it names a
+    count itself: its config file's count is the node's, not the stage's share of it."""
+    words = shlex.split(launcher)
+    visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    is_accelerate = any("accelerate" in w for w in words) and any(w == "launch" or w.endswith(".launch") for w in words)
+    if is_accelerate and visible and not any(w.startswith("--num_processes") for w in words):
+        at = next(i for i, w in enumerate(words) if w == "launch" or w.endswith(".launch")) + 1
+        words[at:at] = ["--num_processes", str(len(visible))]
+    return words
 
 
 class Ledger:
@@ -201,6 +219,7 @@ class Ledger:
         self.dry_run = False
         self.changed: list[str] = []
         self.log: list[dict] = []
+        self.pending: list[Stage] = []  # what has to run, in declaration (dependency) order
 
     @staticmethod
     def fingerprint(keys: dict) -> str:
@@ -224,16 +243,15 @@ class Ledger:
             if recorded is None:  # done before this ledger existed: adopt it as it is
                 self._record(name, fingerprint, keys)
             return
-        if stale and clear is not None and clear.exists():
-            logger.warning("%s: inputs changed, removing %s to recompute it", name, clear)
-            shutil.rmtree(clear)
-        logger.info("stage %s", name)
-        start = time.time()
-        action()
-        if not done.exists():
-            raise ExperimentError(f"stage {name} finished without writing {done}")
-        self._record(name, fingerprint, keys)
-        self.log.append({"stage": name, "status": "reran" if stale else "ran", "seconds": round(time.time() - start, 1)})
+        self.pending.append(Stage(name, done, action, list(after), clear, stale,
+                                  {"fingerprint": fingerprint, "keys": keys}))
+
+    def finish(self, stage: Stage, timing: dict) -> None:
+        """Record ``stage`` as done (called as each stage finishes, wherever it ran)."""
+        if not stage.done.exists():
+            raise ExperimentError(f"stage {stage.name} finished without writing {stage.done}")
+        self._record(stage.name, stage.record["fingerprint"], stage.record["keys"])
+        self.log.append({"stage": stage.name, "status": "reran" if stage.stale else "ran", **timing})
 
     def _record(self, name: str, fingerprint: str, keys: dict) -> None:
         self.records[name] = {"fingerprint": fingerprint, "keys": keys}
@@ -438,11 +456,15 @@ def _walk(exp: Experiment, ledger: Ledger) -> dict:
     return {"dpo_runs": dpo_runs, "sft_dirs": sft_dirs, "stages": stages, "eval_dirs": eval_dirs}
 
 
-def run_experiment(exp: Experiment, rerun_changed: bool = False) -> dict:
+def run_experiment(exp: Experiment, rerun_changed: bool = False, executor: ExecutorSettings | None = None) -> dict:
     """Run (or skip, when done and unchanged) every stage of ``exp``; the summary also goes to
     ``summary.json``. Stages whose inputs changed since they ran are refused before anything
-    runs, naming the changes, unless ``rerun_changed`` (then they and their dependents rerun)."""
+    runs, naming the changes, unless ``rerun_changed`` (then they and their dependents rerun).
+    ``executor`` says where the stages run (:mod:`crrelu_llm.executors`; default: here, in turn)."""
     start = time.time()
+    executor = executor or ExecutorSettings()
+    executor.slurm = {**exp.slurm, **executor.slurm}
+    executor.check(exp.output_dir / "jobs")
     writable_dir(exp.output_dir)
     ledger = Ledger(exp.output_dir, rerun_changed)
     ledger.dry_run = True
@@ -455,6 +477,7 @@ def run_experiment(exp: Experiment, rerun_changed: bool = False) -> dict:
                               "or choose another --out")
     ledger.dry_run, ledger.fingerprints = False, {}
     walked = _walk(exp, ledger)
+    run_stages(ledger.pending, ledger.finish, executor, exp.output_dir / "jobs")
     dpo_runs, sft_dirs = walked["dpo_runs"], walked["sft_dirs"]
     exp.stage_log = ledger.log
     from .report import compare

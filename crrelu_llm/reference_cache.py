@@ -12,7 +12,8 @@ computes them up front with ``precompute_ref_log_probs: true``; with ``ref_logps
   ``max_prompt_length``, ``prompt_truncation_mode``) and the padding token.
 
 Any change in these gives another key, and the log-probabilities are computed again. A file is
-written whole (to a temporary name, then renamed) next to a JSON record of its key's inputs.
+written whole (to a temporary name, then renamed) next to a JSON record of its key's inputs;
+runs started together take turns on a lock file, so the first computes and the rest reuse.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ import hashlib
 import json
 import logging
 import os
+from contextlib import nullcontext
 from pathlib import Path
+
+from filelock import FileLock
 
 logger = logging.getLogger("crrelu_llm.reference_cache")
 COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -60,19 +64,25 @@ def cached_reference_logps(folder: Path, dataset, name: str, model_hash: str, ar
     broadcast_object_list(key, from_process=0)  # ranks hash their own shards of a ZeRO-3 model: use rank 0's
     key, inputs = key[0]
     file = folder / f"{name}-{key}.parquet"
-    if file.exists():
-        cached = Dataset.from_parquet(str(file))
-        if len(cached) == len(dataset):
-            logger.info("reference log-probabilities for %s: reusing %s", name, file)
-            return concatenate_datasets([dataset, cached], axis=1)
-        logger.warning("%s holds %d rows for %d: computing again", file, len(cached), len(dataset))
-    logger.info("reference log-probabilities for %s: computing (key %s)", name, key)
-    out = compute()
+    # runs of one arm started at once (experiment --executor local/slurm) wait for the first to
+    # compute them; the other ranks of this run wait for rank 0 in the broadcast below
+    lock = FileLock(str(folder / f".{name}-{key}.lock")) if accelerator.is_main_process else nullcontext()
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-        out.select_columns(list(COLUMNS)).to_parquet(str(tmp))
-        os.replace(tmp, file)
-        file.with_suffix(".json").write_text(json.dumps(inputs, indent=1, default=str))
-    accelerator.wait_for_everyone()
+    with lock:
+        rows = [len(Dataset.from_parquet(str(file))) if accelerator.is_main_process and file.exists() else None]
+        broadcast_object_list(rows, from_process=0)
+        if rows[0] == len(dataset):
+            logger.info("reference log-probabilities for %s: reusing %s", name, file)
+            return concatenate_datasets([dataset, Dataset.from_parquet(str(file))], axis=1)
+        if rows[0] is not None:
+            logger.warning("%s holds %d rows for %d: computing again", file, rows[0], len(dataset))
+        logger.info("reference log-probabilities for %s: computing (key %s)", name, key)
+        out = compute()
+        if accelerator.is_main_process:
+            tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+            out.select_columns(list(COLUMNS)).to_parquet(str(tmp))
+            os.replace(tmp, file)
+            file.with_suffix(".json").write_text(json.dumps(inputs, indent=1, default=str))
+        accelerator.wait_for_everyone()
     return out
