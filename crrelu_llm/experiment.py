@@ -22,6 +22,8 @@ their evaluations, then the ``compare`` report. Every stage is a library call in
 (:func:`crrelu_llm.train.run_keys`, :mod:`crrelu_llm.evaluate`, :func:`crrelu_llm.report.compare`);
 only a ``launcher`` turns training stages into commands. A stage is skipped when its
 completion file exists; a training stage that was interrupted resumes from its last checkpoint.
+Where the stages run (here in turn, several at once on this node, or as Slurm jobs) is
+:mod:`crrelu_llm.executors`' business: this module only declares them and their dependencies.
 """
 
 from __future__ import annotations
