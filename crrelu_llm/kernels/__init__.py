@@ -1,6 +1,7 @@
 """Kernels for CRReLU, kept apart from the module and from the code that patches models.
 
-``crrelu_forward`` / ``crrelu_backward`` choose an implementation per call:
+``crrelu_forward`` / ``crrelu_backward`` use the implementation chosen for the tensor's kind of
+device (chosen once per kind, and again after :func:`set_kernel`):
 
 - ``triton`` (:mod:`.triton_ops`): one-pass Triton kernels, used for CUDA tensors in eager mode
   when Triton is installed;
@@ -37,6 +38,7 @@ def set_kernel(name: str) -> None:
     if name == "triton" and not triton_available():
         raise UsageError("the triton kernel needs the triton package (pip install 'crrelu-llm[triton]')")
     _choice = name
+    _chosen.clear()
 
 
 def get_kernel() -> str:
@@ -55,12 +57,13 @@ def _compiled():
     return forward, backward
 
 
-def _implementation(x: torch.Tensor):
-    if torch.compiler.is_compiling():
-        return torch_ops.crrelu_forward_functional, torch_ops.crrelu_backward_functional
+_chosen: dict[bool, tuple] = {}  # x.is_cuda -> (forward, backward), filled on first use
+
+
+def _choose(cuda: bool):
     choice = _choice
     if choice == "auto":
-        choice = "triton" if x.is_cuda and triton_available() else "torch"
+        choice = "triton" if cuda and triton_available() else "torch"
     if choice == "triton":
         from . import triton_ops
 
@@ -70,11 +73,23 @@ def _implementation(x: torch.Tensor):
     return torch_ops.crrelu_forward, torch_ops.crrelu_backward
 
 
+def _implementation(x: torch.Tensor):
+    if torch.compiler.is_compiling():
+        return torch_ops.crrelu_forward_functional, torch_ops.crrelu_backward_functional
+    cuda = x.is_cuda
+    implementation = _chosen.get(cuda)
+    if implementation is None:
+        implementation = _chosen[cuda] = _choose(cuda)
+    return implementation
+
+
 def crrelu_forward(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     return _implementation(x)[0](x, eps)
 
 
 def crrelu_backward(grad_output, x, eps, need_x: bool = True, need_eps: bool = True):
+    if torch.is_grad_enabled():  # a double backward (create_graph=True) records this: no in-place ops
+        return torch_ops.crrelu_backward_functional(grad_output, x, eps, need_x, need_eps)
     return _implementation(x)[1](grad_output, x, eps, need_x, need_eps)
 
 

@@ -49,12 +49,16 @@ def _grid(n: int):
     return (triton.cdiv(n, BLOCK),)
 
 
+# Per call, only what the kernels need: a contiguous input (free when it already is), the
+# output, and eps as a pointer (detached: the launcher reads its address, autograd is ours).
+
+
 def crrelu_forward(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()
     out = torch.empty_like(x)
     n = x.numel()
     if n:
-        _crrelu_fwd_kernel[_grid(n)](x, eps.detach().reshape(1), out, n, BLOCK=BLOCK)
+        _crrelu_fwd_kernel[_grid(n)](x, eps.detach(), out, n, BLOCK=BLOCK)
     return out
 
 
@@ -73,10 +77,12 @@ def crrelu_backward(
     partial = torch.empty(max(blocks, 1), device=x.device, dtype=torch.float32) if need_eps else x
     if n:
         _crrelu_bwd_kernel[_grid(n)](
-            grad_output, x, eps.detach().reshape(1), grad_x, partial, n,
+            grad_output, x, eps.detach(), grad_x, partial, n,
             BLOCK=BLOCK, NEED_X=need_x, NEED_EPS=need_eps,
         )
     grad_eps = None
     if need_eps:
-        grad_eps = (partial[:blocks].sum() if n else partial.new_zeros(())).to(eps.dtype)
+        grad_eps = partial.sum() if n else partial.new_zeros(())  # partial holds exactly `blocks` sums
+        if grad_eps.dtype != eps.dtype:
+            grad_eps = grad_eps.to(eps.dtype)
     return (grad_x if need_x else None), grad_eps
