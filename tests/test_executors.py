@@ -139,3 +139,40 @@ def test_bad_executor_settings_are_one_line_errors_before_anything_is_written(tm
     error = capsys.readouterr().err.strip()
     assert message in error and len(error.splitlines()) == 1, error
     assert not (tmp_path / "out").exists()
+
+
+def test_each_local_stage_gets_its_own_gpu_set_and_waits_for_what_it_reads(tmp_path, monkeypatch):
+    """Four stages on a node showing GPUs 4-7, two per stage: two at a time, on disjoint sets
+    (the indices the node's CUDA_VISIBLE_DEVICES names), and `last` only after `first`."""
+    from functools import partial
+
+    from crrelu_llm.executors import ExecutorSettings, Stage, local_slots, run_stages
+
+    def record_gpus(path: str) -> None:  # nested: pickled by value into the job
+        import json
+        import os
+        import time
+
+        start = time.time()
+        time.sleep(1.5)
+        with open(path, "w") as out:
+            json.dump({"gpus": os.environ["CUDA_VISIBLE_DEVICES"], "start": start, "end": time.time()}, out)
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    settings = ExecutorSettings(kind="local", gpus_per_run=2)
+    assert local_slots(settings) == [(4, 5), (6, 7)]
+    names = ["first", "second", "third", "last"]
+    stages = [Stage(name, tmp_path / f"{name}.json", partial(record_gpus, str(tmp_path / f"{name}.json")),
+                    after=["first"] if name == "last" else []) for name in names]
+    finished = []
+    run_stages(stages, lambda stage, timing: finished.append(stage.name), settings, tmp_path / "jobs")
+    seen = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in names}
+    assert sorted(finished) == sorted(names)
+    assert {s["gpus"] for s in seen.values()} == {"4,5", "6,7"}
+    for a in names:
+        for b in names:
+            overlap = a < b and seen[a]["start"] < seen[b]["end"] and seen[b]["start"] < seen[a]["end"]
+            assert not (overlap and seen[a]["gpus"] == seen[b]["gpus"]), f"{a} and {b} shared GPUs {seen[a]['gpus']}"
+    assert seen["last"]["start"] >= seen["first"]["end"]
+    assert any(seen[a]["start"] < seen[b]["end"] and seen[b]["start"] < seen[a]["end"]
+               for a in names for b in names if a < b), "no two stages ran at once"
