@@ -346,10 +346,16 @@ def _eval_out(exp: Experiment, model) -> Path | None:
     return exp.output_dir / "original" / "eval"
 
 
+def _eval_at(exp: Experiment, model) -> Path:
+    """Where a model's evaluation files will be, known before the model exists (stages are
+    declared before any of them runs)."""
+    return _eval_out(exp, model) or Path(model) / "eval"
+
+
 def _evaluate_model(exp: Experiment, ledger: Ledger, data: str, original: str, model, label: str,
                     after: str) -> None:
     """The per-model evaluations the recipe asks for: drift to the original, benchmarks, probe."""
-    evals, out = exp.evaluations, _eval_out(exp, model)
+    evals, out = exp.evaluations, _eval_at(exp, model)
     if "drift" in evals and str(model) != str(original):
         d = evals["drift"]
         ledger.stage(f"{label} drift", evaluate.drift_file(model, out),
@@ -435,7 +441,7 @@ def _walk(exp: Experiment, ledger: Ledger) -> dict:
         dpo_runs.append(out)
         if "rewards" in evals:
             r = evals["rewards"]
-            ledger.stage(f"{arm}/rewards beta={beta:g} seed={seed}", evaluate.rewards_file(out),
+            ledger.stage(f"{arm}/rewards beta={beta:g} seed={seed}", evaluate.rewards_file(out, out / "eval"),
                          lambda o=out, a=arm, r=r: evaluate.run_rewards(
                              o, sft_dirs[a], data, betas=r.get("betas", exp.betas),
                              max_samples=r.get("max_samples", 500), max_length=r.get("max_length", 1024)),
@@ -449,7 +455,7 @@ def _walk(exp: Experiment, ledger: Ledger) -> dict:
                 baselines.append((other, dpo_stage[other]))
             for baseline, baseline_stage in baselines:
                 ledger.stage(f"{arm}/winrate {out.name} vs {baseline.parent.name}/{baseline.name}",
-                             evaluate.winrate_file(out, w["judge"], baseline),
+                             evaluate.winrate_file(out, w["judge"], baseline, out / "eval"),
                              lambda o=out, b=baseline, w=w, s=settings: evaluate.run_winrate(
                                  o, b, data, w["judge"], num_prompts=w.get("num_prompts", 200), settings=s,
                                  judge_concurrency=w.get("judge_concurrency", 8)),
@@ -486,7 +492,7 @@ def run_experiment(exp: Experiment, rerun_changed: bool = False, executor: Execu
     from .summary import help_or_harm, summarise
 
     compare([f"{run.parent.name}={run}" for run in dpo_runs], exp.output_dir / "report",
-            step0_drift={arm: evaluate.drift_file(exp.output_dir / arm / "patched") for arm in exp.arms},
+            step0_drift={arm: evaluate.drift_file(None, exp.output_dir / arm / "patched" / "eval") for arm in exp.arms},
             stages=walked["stages"], eval_dirs=walked["eval_dirs"])
     summary = {**summarise(exp, dpo_runs, sft_dirs), "seconds": round(time.time() - start, 1),
                "help_or_harm": help_or_harm(walked["stages"], walked["eval_dirs"])}

@@ -17,8 +17,9 @@ from crrelu_llm.tiny import tiny_causal_lm, tiny_tokenizer
 RUNS = ("crrelu/dpo-beta0.5-seed0", "crrelu/dpo-beta0.5-seed1")
 
 
-def grid_recipe(tmp_path: Path, slurm: dict | None = None) -> Path:
-    """One CRReLU arm, two DPO seeds sharing one reference, no SFT: three stages (data, 2 x DPO)."""
+def grid_recipe(tmp_path: Path, slurm: dict | None = None, evaluations: dict | None = None) -> Path:
+    """One CRReLU arm, two DPO seeds sharing one reference, no SFT: three stages (data, 2 x DPO),
+    and the ``evaluations`` of each DPO run."""
     model = tmp_path / "original"
     tiny_causal_lm("gpt2", seed=0, n_layer=2, n_embd=32, n_head=2, n_inner=64, n_positions=64,
                    vocab_size=128).save_pretrained(model)
@@ -27,7 +28,7 @@ def grid_recipe(tmp_path: Path, slurm: dict | None = None) -> Path:
     for key in ("pretrain", "sft"):
         del recipe[key]
     recipe.update(original=str(model), arms={"crrelu": {"activation": "crrelu", "epsilon_learning_rate": 1e-2}},
-                  baseline_arm="crrelu", seeds=[0, 1], evaluations={})
+                  baseline_arm="crrelu", seeds=[0, 1], evaluations=evaluations or {})
     recipe["task"].update(n_train=200, n_test=20)
     recipe["dpo"].update(max_steps=8, save_steps=4, logging_steps=2, per_device_train_batch_size=8)
     if slurm:
@@ -46,7 +47,7 @@ def run(recipe: Path, out: Path, *flags) -> int:
 
 
 def test_two_dpo_runs_at_once_give_what_they_give_in_turn(tmp_path):
-    recipe = grid_recipe(tmp_path)
+    recipe = grid_recipe(tmp_path, evaluations={"rewards": {"betas": [0.5], "max_samples": 20, "max_length": 32}})
     assert run(recipe, tmp_path / "in_turn") == 0
     assert run(recipe, tmp_path / "at_once", "--executor", "local", "--parallel", "2") == 0
     log = stage_log(tmp_path / "at_once")
@@ -60,6 +61,11 @@ def test_two_dpo_runs_at_once_give_what_they_give_in_turn(tmp_path):
         for key, value in a.items():
             if isinstance(value, float) and not any(word in key for word in ("runtime", "per_second", "flos")):
                 assert b[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (run_dir, key)
+        ra, rb = (json.loads((tmp_path / where / run_dir / "eval" / "rewards.json").read_text())
+                  for where in ("in_turn", "at_once"))
+        assert rb["n"] == ra["n"] == 20
+        assert log[f"crrelu/rewards beta=0.5 seed={run_dir[-1]}"]["started"] >= log[
+            f"crrelu/dpo beta=0.5 seed={run_dir[-1]}"]["ended"], "an evaluation started before its model existed"
         wa, wb = (load_file(tmp_path / where / run_dir / "model.safetensors") for where in ("in_turn", "at_once"))
         for name, tensor in wa.items():
             torch.testing.assert_close(wb[name], tensor, rtol=1e-4, atol=1e-6)
