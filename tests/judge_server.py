@@ -14,6 +14,9 @@ class JudgeServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real endpoints: no new connection and thread per request
+            disable_nagle_algorithm = True  # else headers and body, sent apart, wait out a 40 ms delayed ACK
+
             def log_message(self, *args):
                 pass
 
@@ -24,8 +27,9 @@ class JudgeServer:
                                            "time": time.monotonic()})
                     n = len(outer.requests)
                 status, payload, *headers = outer.behaviour(body["messages"][0]["content"], n)
-                if status is None:
+                if status is None:  # no answer: hang up after 2 s
                     time.sleep(2)
+                    self.close_connection = True
                     return
                 data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
                 self.send_response(status)
