@@ -331,9 +331,7 @@ def _executor(args):
 
     parallel, gpus = getattr(args, "parallel", None), getattr(args, "gpus_per_run", None)
     kind = getattr(args, "executor", None) or ("local" if parallel is not None or gpus is not None else "inline")
-    settings = ExecutorSettings(kind=kind, parallel=parallel, gpus_per_run=gpus)
-    settings.check()
-    return settings
+    return ExecutorSettings(kind=kind, parallel=parallel, gpus_per_run=gpus)  # run_experiment checks it
 
 
 def _plan(exp, args) -> int:

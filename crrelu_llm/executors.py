@@ -150,7 +150,8 @@ def _clear(stage: Stage) -> None:
 
 
 def _schedule(stages, finish, backend, poll_seconds) -> None:
-    waiting = {stage.name: stage for stage in stages}
+    by_name = {stage.name: stage for stage in stages}
+    waiting = dict(by_name)
     deps = {stage.name: [dep for dep in stage.after if dep in waiting] for stage in stages}
     jobs, finished, failed = {}, set(), {}
     try:
@@ -179,7 +180,7 @@ def _schedule(stages, finish, backend, poll_seconds) -> None:
                 backend.release(job)
                 try:
                     timing = backend.result(job)
-                    finish(next(s for s in stages if s.name == name), timing)
+                    finish(by_name[name], timing)
                     finished.add(name)
                 except Exception as error:  # noqa: BLE001 - a stage's failure is reported with its log
                     failed[name] = f"{_why(error)} (log: {job.paths.stderr})"
