@@ -17,7 +17,8 @@ and IQR, flagged when its range crosses --target), and the bytes saved for backw
 --json FILE writes every figure.
 
 --host measures per-call host time instead: a 1 x width tensor, forward without grad and
-forward+backward, each round 1000 calls of CRReLU and of GELU, interleaved (target 1.5).
+forward+backward, each round 1000 calls of CRReLU and of GELU, interleaved (target 1.5), and
+of the same kernels registered as a torch.library custom op (what registering would cost).
 
   python scripts/bench_activation.py                 # full table
   python scripts/bench_activation.py --quick         # one width
@@ -27,6 +28,7 @@ forward+backward, each round 1000 calls of CRReLU and of GELU, interleaved (targ
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import sys
@@ -108,12 +110,46 @@ def bench(dtype: torch.dtype, width: int, tokens: int, warmup: int, repeats: int
     return rows
 
 
+class CustomOpCRReLU(nn.Module):
+    """CRReLU's kernels behind a ``torch.library.custom_op`` (forward and backward ops, autograd
+    registered): what registering the activation with torch.library would cost per call."""
+
+    def __init__(self):
+        super().__init__()
+        self.epsilon = nn.Parameter(torch.tensor(crrelu_llm.activation.DEFAULT_EPSILON_INIT))
+        self.op = _custom_op()
+
+    def forward(self, x):
+        return self.op(x, self.epsilon)
+
+
+@functools.cache
+def _custom_op():
+    @torch.library.custom_op("crrelu_bench::crrelu", mutates_args=())
+    def crrelu(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return kernels.crrelu_forward(x, eps)
+
+    @crrelu.register_fake
+    def _(x, eps):
+        return torch.empty_like(x)
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def backward(ctx, grad):
+        x, eps = ctx.saved_tensors
+        return kernels.crrelu_backward(grad, x, eps, *ctx.needs_input_grad)
+
+    crrelu.register_autograd(backward, setup_context=setup_context)
+    return crrelu
+
+
 def host_overhead(width: int, calls: int, warmup: int, repeats: int, target: float, device: str) -> list[dict]:
     """Per-call host time on a 1 x width tensor: forward without grad, and forward+backward
     (on CUDA without synchronising: the time the host spends issuing the calls)."""
     x = torch.randn(1, width, device=device, requires_grad=True)
     grad = torch.ones(1, width, device=device)
-    modules = {"gelu": nn.GELU(), "crrelu": crrelu_llm.CRReLU().to(device)}
+    modules = {"gelu": nn.GELU(), "crrelu": crrelu_llm.CRReLU().to(device), "crrelu-custom-op": CustomOpCRReLU().to(device)}
 
     def forward(module):
         def run():
@@ -135,13 +171,15 @@ def host_overhead(width: int, calls: int, warmup: int, repeats: int, target: flo
     rows = []
     for mode, make in (("forward, no grad", forward), ("forward+backward", forward_backward)):
         times = interleaved({name: make(m) for name, m in modules.items()}, warmup, repeats)
-        r = ratio(times, "crrelu", "gelu")
+        r, r_op = ratio(times, "crrelu", "gelu"), ratio(times, "crrelu-custom-op", "gelu")
         rows.append({"mode": mode, "width": width, "gelu_us": quartiles(times["gelu"]),
-                     "crrelu_us": quartiles(times["crrelu"]), "ratio": r, "verdict": describe(r, target)})
-        g, c = rows[-1]["gelu_us"], rows[-1]["crrelu_us"]
+                     "crrelu_us": quartiles(times["crrelu"]), "ratio": r, "verdict": describe(r, target),
+                     "custom_op_us": quartiles(times["crrelu-custom-op"]), "custom_op_ratio": r_op})
+        g, c, o = rows[-1]["gelu_us"], rows[-1]["crrelu_us"], rows[-1]["custom_op_us"]
         print(f"{mode:18s} 1x{width}: GELU {g['median'] * 1e6:.2f} us [IQR {g['q1'] * 1e6:.2f}-{g['q3'] * 1e6:.2f}], "
               f"CRReLU {c['median'] * 1e6:.2f} us [IQR {c['q1'] * 1e6:.2f}-{c['q3'] * 1e6:.2f}]; "
-              f"CRReLU/GELU {describe(r, target)}", flush=True)
+              f"CRReLU/GELU {describe(r, target)}; as a custom op {o['median'] * 1e6:.2f} us, "
+              f"{r_op['median']:.2f} [IQR {r_op['q1']:.2f}-{r_op['q3']:.2f}] GELU", flush=True)
     return rows
 
 

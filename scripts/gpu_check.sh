@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check of crrelu-llm: correctness on CUDA, both benchmarks, then short SFT -> DPO runs
 # under the FSDP2 and ZeRO-3 profiles. $OUT (default ./gpu-check-out) gets log.txt (versions and
-# every step's output), summary.txt, and the JSON figures: seven files.
+# every step's output), summary.txt, and the JSON figures: eight files, the most a device run returns (add none).
 #
 # On a GPU machine whose image has torch, triton and transformers (TRL, datasets and DeepSpeed
 # may be missing; carry them as wheels in .whl/, see --prepare-wheels):
@@ -51,7 +51,7 @@ export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 
 if $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   DEVICE=cuda; TOKENS=8192; REPEATS=30; PRESET=gpt2-large; LAYERS=""; DTYPE=bfloat16; PAIRS=8; SEQ=512
-  GEN_PRESET=gpt2-large; GEN_TOKENS=64
+  GEN_PRESET=gpt2-large; GEN_TOKENS=32
 else
   [ "${GPU_CHECK_ALLOW_CPU:-0}" = 1 ] || { echo "no CUDA device; set GPU_CHECK_ALLOW_CPU=1 to rehearse on CPU"; exit 1; }
   DEVICE=cpu; TOKENS=256; REPEATS=10; PRESET=gpt2-small; LAYERS="--layers 1"; DTYPE=float32; PAIRS=1; SEQ=32
@@ -96,8 +96,8 @@ step tests 180 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/tes
 step bench_activation 200 $PY scripts/bench_activation.py --device "$DEVICE" --tokens "$TOKENS" --repeats "$REPEATS" \
   --json "$OUT/bench_activation.json"
 step bench_host 60 $PY scripts/bench_activation.py --host --device "$DEVICE" --json "$OUT/bench_host.json"
-step bench_generate 150 $PY scripts/bench_generate.py --device "$DEVICE" --preset "$GEN_PRESET" --dtype "$DTYPE" \
-  --new-tokens "$GEN_TOKENS" --json "$OUT/bench_generate.json"
+step bench_generate 180 $PY scripts/bench_generate.py --device "$DEVICE" --preset "$GEN_PRESET" --dtype "$DTYPE" \
+  --new-tokens "$GEN_TOKENS" --crrelu-kernels auto torch --profile --json "$OUT/bench_generate.json"
 step bench_train_step 200 $PY scripts/bench_train_step.py --device "$DEVICE" --preset "$PRESET" $LAYERS --dtype "$DTYPE" \
   --batch-pairs "$PAIRS" --seq "$SEQ" --repeats 10 --kinds dpo,sft --json "$OUT/bench_train_step.json"
 for profile in fsdp zero3; do

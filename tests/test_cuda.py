@@ -64,3 +64,29 @@ def test_patched_model_trains_and_compiles_on_cuda():
     for name, p in eps.items():
         assert eager[name].abs().item() > 0
         torch.testing.assert_close(p.grad, eager[name], rtol=1e-3, atol=1e-5)
+
+
+def test_cuda_graph_captures_the_triton_kernel_and_sees_eps_change():
+    """The Triton launch is captured like any kernel (no host sync, no host read of eps): a replay
+    computes CRReLU of the new input with the eps the parameter holds at replay time, as after an
+    optimizer step."""
+    act = CRReLU(0.2).cuda().to(torch.bfloat16)
+    mlp = torch.nn.Sequential(torch.nn.Linear(64, 256), act, torch.nn.Linear(256, 64)).cuda().to(torch.bfloat16)
+    static_x = torch.randn(4, 64, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up (Triton compiles here, not during capture)
+            for _ in range(3):
+                mlp(static_x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_y = mlp(static_x)
+        for eps_value in (0.2, -0.7):
+            act.epsilon.fill_(eps_value)
+            static_x.copy_(torch.randn(4, 64, device="cuda", dtype=torch.bfloat16))
+            graph.replay()
+            torch.cuda.synchronize()
+            expected = mlp[2](crrelu_reference(mlp[0](static_x).float(), act.epsilon.float()).to(torch.bfloat16))
+            torch.testing.assert_close(static_y.float(), expected.float(), rtol=2e-2, atol=2e-2)
