@@ -216,7 +216,17 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
     check_counts(parser, args.warmup, args.repeats)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    for flag, values in (("--new-tokens", [args.new_tokens]), ("--profile-tokens", [args.profile_tokens]),
+                         ("--batches", args.batches)):
+        if min(values) < 1:
+            parser.error(f"{flag} must be at least 1")
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype, None)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        parser.error(f"--dtype {args.dtype!r} is not a torch floating-point dtype (float32, bfloat16, float16)")
+    if "triton" in args.crrelu_kernels and (device.type != "cuda" or not kernels.triton_available()):
+        parser.error("--crrelu-kernels triton needs --device cuda and the triton package")
     crrelu = build(args.preset, "crrelu", dtype, device)
     models = {"own (gelu_new)": build(args.preset, None, dtype, device), "gelu": build(args.preset, "gelu", dtype, device)}
     arms = {name: (model, "auto") for name, model in models.items()}
