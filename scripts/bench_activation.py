@@ -16,6 +16,10 @@ and IQR, flagged when its range crosses --target), and the bytes saved for backw
 (saved-tensor hooks) as a ratio to GELU's. At least 2 warm-up rounds and 10 repeats.
 --json FILE writes every figure.
 
+--profile then runs five timed forward+backward iterations of gelu, crrelu (and, on CUDA,
+crrelu-kernel=torch) once more under torch.profiler and cProfile, per dtype at the widest
+width, and prints where each iteration's time goes (scripts/profiling.py); --json keeps it.
+
 --host measures per-call host time instead: a 1 x width tensor, forward without grad and
 forward+backward, each round 1000 calls of CRReLU and of GELU, interleaved (target 1.5), and
 of the same kernels registered as a torch.library custom op (what registering would cost).
@@ -41,6 +45,7 @@ import crrelu_llm
 from crrelu_llm import kernels
 from crrelu_llm.activation import crrelu_reference
 from crrelu_llm.memory import count_saved_bytes
+from profiling import print_profile, profile_run
 from timing import check_counts, describe, interleaved, quartiles, ratio
 
 WIDTHS = {"gpt2-small": 3072, "gpt2-medium": 4096, "gpt2-large": 5120}
@@ -86,6 +91,21 @@ def time_once(variant, x: torch.Tensor, grad: torch.Tensor, device: str) -> floa
         return time.perf_counter() - start
     finally:
         kernels.set_kernel("auto")
+
+
+def profile_variants(dtype: torch.dtype, width: int, tokens: int, device: str, iterations: int = 5) -> dict:
+    torch.manual_seed(0)
+    x = torch.randn(tokens, width, device=device, dtype=dtype, requires_grad=True)
+    grad = torch.randn(tokens, width, device=device, dtype=dtype)
+    out = {}
+    for name, variant in variants(device, include_compiled=False).items():
+        if name == "naive":
+            continue
+        time_once(variant, x, grad, device)  # warm
+        out[name] = profile_run(lambda v=variant: [time_once(v, x, grad, device) for _ in range(iterations)],
+                                iterations, torch.device(device))
+        print_profile(f"{name}, {str(dtype).removeprefix('torch.')} {tokens}x{width}", out[name], "iteration")
+    return out
 
 
 def bench(dtype: torch.dtype, width: int, tokens: int, warmup: int, repeats: int, device: str,
@@ -194,11 +214,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     parser.add_argument("--quick", action="store_true", help="gpt2-small width only")
+    parser.add_argument("--profile", action="store_true", help="then profile gelu and crrelu at the widest width")
     parser.add_argument("--host", action="store_true", help="per-call host time on 1 x width tensors instead")
     parser.add_argument("--calls", type=int, default=1000, help="calls per round with --host")
     parser.add_argument("--json", help="write all figures to this file")
     args = parser.parse_args()
     check_counts(parser, args.warmup, args.repeats)
+    if args.profile and args.host:
+        parser.error("--profile profiles the forward+backward table; leave out --host")
     widths = ["gpt2-small"] if args.quick else args.widths.split(",")
     target = args.target or (1.5 if args.host else 1.1)
     meta = {"torch": torch.__version__, "device": args.device, "argv": sys.argv, "threads": torch.get_num_threads(),
@@ -223,9 +246,15 @@ def main() -> None:
                     iqr = f"{row['iqr_ms'][0]:.2f}-{row['iqr_ms'][1]:.2f}"
                     print(f"{row['dtype']:9s} {args.tokens:>5d}x{width:<6d} {row['variant']:24s} "
                           f"{row['median_ms']:9.2f} {iqr:>17s} {row['saved_ratio']:11.2f}  {row['verdict']}", flush=True)
+    profiles = {}
+    if args.profile:
+        width = max(WIDTHS[name] for name in widths)
+        for dtype_name in args.dtypes.split(","):
+            profiles[f"{dtype_name} {args.tokens}x{width}"] = profile_variants(getattr(torch, dtype_name), width,
+                                                                               args.tokens, args.device)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=1)
+            json.dump({"meta": meta, "results": results, **({"profile": profiles} if profiles else {})}, f, indent=1)
 
 
 if __name__ == "__main__":

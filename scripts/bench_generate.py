@@ -26,10 +26,6 @@ arms with each other, not with the timings.
 from __future__ import annotations
 
 import argparse
-import cProfile
-import gc
-import io
-import pstats
 import sys
 import time
 from pathlib import Path
@@ -40,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import crrelu_llm  # noqa: E402
 from crrelu_llm import kernels  # noqa: E402
 from crrelu_llm.files import write_json  # noqa: E402
+from profiling import print_profile, profile_run  # noqa: E402
 from timing import check_counts, describe, interleaved, quartiles, ratio  # noqa: E402
 
 PRESETS = {"gpt2-small": {"n_layer": 12, "n_embd": 768, "n_head": 12},
@@ -99,38 +96,10 @@ def with_kernel(kernel: str, fn):
     return call
 
 
-# host-device synchronisations and kernel launches, as torch.profiler names them
-SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
-         "aten::_local_scalar_dense")
-LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
-
-
-def _device_us(event) -> float:
-    return float(getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0)) or 0.0)
-
-
-class GarbageCollections:
-    """Counts Python's garbage collections by generation, and the time they take, while active."""
-
-    def __enter__(self):
-        self.counts, self.seconds, self._start = {0: 0, 1: 0, 2: 0}, 0.0, None
-        gc.callbacks.append(self._callback)
-        return self
-
-    def __exit__(self, *exc):
-        gc.callbacks.remove(self._callback)
-
-    def _callback(self, phase, info):
-        if phase == "start":
-            self._start = time.perf_counter()
-        elif self._start is not None:
-            self.counts[info["generation"]] += 1
-            self.seconds += time.perf_counter() - self._start
-
-
-def profile_decode(model, batch: int, new_tokens: int, device, top: int = 12) -> dict:
-    """Where one arm's decoding time goes (see the module docstring)."""
-    from torch.profiler import ProfilerActivity, profile, record_function
+def profile_decode(model, batch: int, new_tokens: int, device) -> dict:
+    """Where one arm's decoding time goes, per token (see profiling.py): the activation modules
+    are labelled ``mlp.act`` for the run."""
+    from torch.profiler import record_function
 
     acts = [block.mlp.act for block in model.transformer.h]
 
@@ -144,59 +113,10 @@ def profile_decode(model, batch: int, new_tokens: int, device, top: int = 12) ->
         act.forward = labelled(act.forward)
     try:
         per_token_ms(model, batch, new_tokens, device)  # warm, with the labels
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with profile(activities=activities) as prof, GarbageCollections() as collections:
-            wall_ms = per_token_ms(model, batch, new_tokens, device)
-        python = cProfile.Profile()
-        python.enable()
-        per_token_ms(model, batch, new_tokens, device)
-        python.disable()
+        return profile_run(lambda: per_token_ms(model, batch, new_tokens, device), new_tokens, device, ("mlp.act",))
     finally:
         for act in acts:
             del act.forward
-    events = prof.key_averages()
-    by_name = {e.key: e for e in events}
-    act = by_name.get("mlp.act")
-    on_device = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda e: -_device_us(e))
-    summary = {
-        "profiled_ms_per_token": wall_ms,
-        "activation_calls_per_token": act.count / new_tokens if act else 0.0,
-        "activation_host_us_per_call": act.cpu_time_total / act.count if act else 0.0,
-        "host_ms_per_token_outside_activation": wall_ms - (act.cpu_time_total / 1000 / new_tokens if act else 0.0),
-        "garbage_collections": collections.counts,
-        "garbage_collection_ms_per_token": collections.seconds * 1000 / new_tokens,
-        "launches_per_token": sum(by_name[k].count for k in LAUNCHES if k in by_name) / new_tokens,
-        "syncs_per_token": {k: by_name[k].count / new_tokens for k in SYNCS if k in by_name},
-        "device_busy_ms_per_token": sum(_device_us(e) for e in on_device) / 1000 / new_tokens,
-        "device_kernels": [{"name": e.key, "calls_per_token": e.count / new_tokens, "device_us": _device_us(e) / e.count}
-                           for e in on_device[:top]],
-        "ops": [{"name": e.key, "calls_per_token": e.count / new_tokens, "self_host_us": e.self_cpu_time_total / e.count,
-                 "self_device_us": _device_us(e) / e.count}
-                for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top] if e.self_cpu_time_total > 0],
-    }
-    stats = pstats.Stats(python, stream=io.StringIO())
-    rows = sorted(stats.stats.items(), key=lambda item: -item[1][2])[:top]  # by own time
-    summary["python"] = [{"function": f"{Path(file).name}:{line}({name})", "calls_per_token": calls / new_tokens,
-                          "own_us_per_token": own * 1e6 / new_tokens, "cumulative_us_per_token": cum * 1e6 / new_tokens}
-                         for (file, line, name), (_, calls, own, cum, _) in rows]
-    return summary
-
-
-def print_profile(name: str, p: dict) -> None:
-    syncs = ", ".join(f"{k} {v:g}" for k, v in p["syncs_per_token"].items()) or "none"
-    print(f"-- profile {name}: {p['profiled_ms_per_token']:.2f} ms/token profiled; activation "
-          f"{p['activation_host_us_per_call']:.1f} us/call host x {p['activation_calls_per_token']:g} calls/token; "
-          f"{p['host_ms_per_token_outside_activation']:.2f} ms/token outside it; {p['launches_per_token']:g} "
-          f"launches/token; garbage collections {p['garbage_collections']} ({p['garbage_collection_ms_per_token']:.2f} "
-          f"ms/token); device busy {p['device_busy_ms_per_token']:.2f} ms/token; syncs/token: {syncs}")
-    for op in p["ops"]:
-        print(f"   op  {op['name'][:60]:60s} {op['calls_per_token']:8.1f}/token {op['self_host_us']:9.1f} us host "
-              f"{op['self_device_us']:9.1f} us device")
-    for k in p["device_kernels"]:
-        print(f"   gpu {k['name'][:60]:60s} {k['calls_per_token']:8.1f}/token {k['device_us']:9.1f} us")
-    for fn in p["python"]:
-        print(f"   py  {fn['function'][:60]:60s} {fn['calls_per_token']:8.1f}/token {fn['own_us_per_token']:9.1f} us own "
-              f"{fn['cumulative_us_per_token']:9.1f} us cumulative")
 
 
 def main(argv=None) -> int:
@@ -268,7 +188,7 @@ def main(argv=None) -> int:
         for name, (model, kernel) in arms.items():
             profiled = with_kernel(kernel, lambda m=model: profile_decode(m, args.batches[0], args.profile_tokens, device))()
             results["profile"]["arms"][name] = profiled
-            print_profile(name, profiled)
+            print_profile(name, profiled, "token")
     if args.json:
         write_json(Path(args.json), results)
     return 0

@@ -94,7 +94,7 @@ within_budget() { [ $((SECONDS - START)) -lt "$BUDGET" ] || { STATUS+=("$1 skipp
 
 step tests 180 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_activation.py
 step bench_activation 200 $PY scripts/bench_activation.py --device "$DEVICE" --tokens "$TOKENS" --repeats "$REPEATS" \
-  --json "$OUT/bench_activation.json"
+  --profile --json "$OUT/bench_activation.json"
 step bench_host 60 $PY scripts/bench_activation.py --host --device "$DEVICE" --json "$OUT/bench_host.json"
 step bench_generate 180 $PY scripts/bench_generate.py --device "$DEVICE" --preset "$GEN_PRESET" --dtype "$DTYPE" \
   --new-tokens "$GEN_TOKENS" --crrelu-kernels auto torch --profile --json "$OUT/bench_generate.json"
