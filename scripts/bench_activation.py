@@ -246,15 +246,21 @@ def main() -> None:
                     iqr = f"{row['iqr_ms'][0]:.2f}-{row['iqr_ms'][1]:.2f}"
                     print(f"{row['dtype']:9s} {args.tokens:>5d}x{width:<6d} {row['variant']:24s} "
                           f"{row['median_ms']:9.2f} {iqr:>17s} {row['saved_ratio']:11.2f}  {row['verdict']}", flush=True)
+    if args.json:  # the timings are kept even if profiling fails
+        write(args.json, {"meta": meta, "results": results})
     profiles = {}
     if args.profile:
         width = max(WIDTHS[name] for name in widths)
         for dtype_name in args.dtypes.split(","):
             profiles[f"{dtype_name} {args.tokens}x{width}"] = profile_variants(getattr(torch, dtype_name), width,
                                                                                args.tokens, args.device)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": results, **({"profile": profiles} if profiles else {})}, f, indent=1)
+    if args.json and profiles:
+        write(args.json, {"meta": meta, "results": results, "profile": profiles})
+
+
+def write(path: str, figures: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(figures, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -183,14 +183,16 @@ def main(argv=None) -> int:
                           for name, e in entry["activation_alone_us"].items())
               + "".join(f"; {name} x {layers} layers adds {share:+.2%} of GELU's {gelu_ms:.2f} ms/token"
                         for name, share in added.items()), flush=True)
+    if args.json:  # the timings are kept even if profiling fails
+        write_json(Path(args.json), results)
     if args.profile:
         results["profile"] = {"batch": args.batches[0], "new_tokens": args.profile_tokens, "arms": {}}
         for name, (model, kernel) in arms.items():
             profiled = with_kernel(kernel, lambda m=model: profile_decode(m, args.batches[0], args.profile_tokens, device))()
             results["profile"]["arms"][name] = profiled
             print_profile(name, profiled, "token")
-    if args.json:
-        write_json(Path(args.json), results)
+        if args.json:
+            write_json(Path(args.json), results)
     return 0
 
 
