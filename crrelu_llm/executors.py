@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import psutil
+
 from .errors import ExperimentError, UsageError
 from .files import read_json, write_json
 
@@ -115,8 +117,10 @@ def check_slurm_keys(path, keys) -> None:
                               f"not {keys['time']!r}")
 
 
-def run_stage(action: Callable[[], None], threads: int | None = None) -> dict:
-    """What a job runs: one stage's action, timed where it runs (queueing not included)."""
+def run_stage(action: Callable[[], None], threads: int | None = None, in_job: bool = False) -> dict:
+    """What a job runs: one stage's action, timed where it runs (queueing not included). A job
+    also records when its process started: unpickling the action imports torch and the rest,
+    seconds that are not the stage's own."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0))  # a Slurm job: the CPUs it was given
     if threads:
@@ -124,9 +128,10 @@ def run_stage(action: Callable[[], None], threads: int | None = None) -> dict:
 
         os.environ["OMP_NUM_THREADS"] = str(threads)  # and for a launcher's subprocesses
         torch.set_num_threads(threads)
+    job = {"job_started": psutil.Process().create_time()} if in_job else {}
     start = time.time()
     action()
-    return {"started": start, "ended": time.time(), "seconds": round(time.time() - start, 1)}
+    return {**job, "started": start, "ended": time.time(), "seconds": round(time.time() - start, 1)}
 
 
 def run_stages(stages: list[Stage], finish: Callable[[Stage, dict], None], settings: ExecutorSettings,
@@ -217,7 +222,7 @@ class _LocalJobs:
     def submit(self, stage: Stage, after_jobs):
         slot = self.free.pop(0)
         self.executor.update_parameters(timeout_min=FOREVER_MIN, gpus_per_node=len(slot), visible_gpus=slot)
-        job = self.executor.submit(run_stage, stage.action, self.threads)
+        job = self.executor.submit(run_stage, stage.action, self.threads, True)
         self.slot_of[job.job_id] = slot
         return job
 
@@ -261,7 +266,7 @@ class _SlurmJobs:
                          **{"kill-on-invalid-dep": "yes"})
         self.executor.update_parameters(**self.parameters, job_name=stage.name.replace(" ", "_"),
                                         additional_parameters=extra)
-        job = self.executor.submit(run_stage, stage.action)
+        job = self.executor.submit(run_stage, stage.action, None, True)
         self.submitted[stage.name] = job.job_id
         write_json(self.record, self.submitted)
         return job

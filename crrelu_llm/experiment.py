@@ -338,24 +338,19 @@ def _patch(original: str, out: Path, arm_keys: dict) -> None:
                      epsilon_init=arm_keys.get("epsilon_init", 0.01), overwrite=True)
 
 
-def _eval_out(exp: Experiment, model) -> Path | None:
-    """Where a model's evaluations go: ``MODEL/eval`` for a model of this experiment or a local
-    directory, ``<output_dir>/original/eval`` for a hub model (never the working directory)."""
+def _eval_dir(exp: Experiment, model) -> Path:
+    """Where a model's evaluations go, known before the model exists (stages are declared before
+    any of them runs): ``MODEL/eval`` for a model of this experiment or a local directory,
+    ``<output_dir>/original/eval`` for a hub model (never the working directory)."""
     if str(model).startswith(str(exp.output_dir)) or Path(model).is_dir():
-        return None
+        return Path(model) / "eval"
     return exp.output_dir / "original" / "eval"
-
-
-def _eval_at(exp: Experiment, model) -> Path:
-    """Where a model's evaluation files will be, known before the model exists (stages are
-    declared before any of them runs)."""
-    return _eval_out(exp, model) or Path(model) / "eval"
 
 
 def _evaluate_model(exp: Experiment, ledger: Ledger, data: str, original: str, model, label: str,
                     after: str) -> None:
     """The per-model evaluations the recipe asks for: drift to the original, benchmarks, probe."""
-    evals, out = exp.evaluations, _eval_at(exp, model)
+    evals, out = exp.evaluations, _eval_dir(exp, model)
     if "drift" in evals and str(model) != str(original):
         d = evals["drift"]
         ledger.stage(f"{label} drift", evaluate.drift_file(model, out),
@@ -441,7 +436,7 @@ def _walk(exp: Experiment, ledger: Ledger) -> dict:
         dpo_runs.append(out)
         if "rewards" in evals:
             r = evals["rewards"]
-            ledger.stage(f"{arm}/rewards beta={beta:g} seed={seed}", evaluate.rewards_file(out, out / "eval"),
+            ledger.stage(f"{arm}/rewards beta={beta:g} seed={seed}", evaluate.rewards_file(out, _eval_dir(exp, out)),
                          lambda o=out, a=arm, r=r: evaluate.run_rewards(
                              o, sft_dirs[a], data, betas=r.get("betas", exp.betas),
                              max_samples=r.get("max_samples", 500), max_length=r.get("max_length", 1024)),
@@ -455,12 +450,12 @@ def _walk(exp: Experiment, ledger: Ledger) -> dict:
                 baselines.append((other, dpo_stage[other]))
             for baseline, baseline_stage in baselines:
                 ledger.stage(f"{arm}/winrate {out.name} vs {baseline.parent.name}/{baseline.name}",
-                             evaluate.winrate_file(out, w["judge"], baseline, out / "eval"),
+                             evaluate.winrate_file(out, w["judge"], baseline, _eval_dir(exp, out)),
                              lambda o=out, b=baseline, w=w, s=settings: evaluate.run_winrate(
                                  o, b, data, w["judge"], num_prompts=w.get("num_prompts", 200), settings=s,
                                  judge_concurrency=w.get("judge_concurrency", 8)),
                              w, after=[dpo_stage[out], baseline_stage])
-    eval_dirs = {str(original): _eval_out(exp, original)} if _eval_out(exp, original) else {}
+    eval_dirs = {str(original): _eval_dir(exp, original)}
     return {"dpo_runs": dpo_runs, "sft_dirs": sft_dirs, "stages": stages, "eval_dirs": eval_dirs}
 
 
@@ -492,7 +487,8 @@ def run_experiment(exp: Experiment, rerun_changed: bool = False, executor: Execu
     from .summary import help_or_harm, summarise
 
     compare([f"{run.parent.name}={run}" for run in dpo_runs], exp.output_dir / "report",
-            step0_drift={arm: evaluate.drift_file(None, exp.output_dir / arm / "patched" / "eval") for arm in exp.arms},
+            step0_drift={arm: evaluate.drift_file(patched, _eval_dir(exp, patched))
+                         for arm in exp.arms for patched in [exp.output_dir / arm / "patched"]},
             stages=walked["stages"], eval_dirs=walked["eval_dirs"])
     summary = {**summarise(exp, dpo_runs, sft_dirs), "seconds": round(time.time() - start, 1),
                "help_or_harm": help_or_harm(walked["stages"], walked["eval_dirs"])}

@@ -46,7 +46,7 @@ from crrelu_llm import kernels
 from crrelu_llm.activation import crrelu_reference
 from crrelu_llm.memory import count_saved_bytes
 from profiling import print_profile, profile_run
-from timing import check_counts, describe, interleaved, quartiles, ratio
+from timing import check_counts, describe, interleaved, quartiles, ratio, using_kernel
 
 WIDTHS = {"gpt2-small": 3072, "gpt2-medium": 4096, "gpt2-large": 5120}
 
@@ -82,15 +82,12 @@ def sync(device: str) -> None:
 def time_once(variant, x: torch.Tensor, grad: torch.Tensor, device: str) -> float:
     fn, kernel = variant
     x.grad = None
-    kernels.set_kernel(kernel)  # held for the backward too
-    try:
+    with using_kernel(kernel):  # held for the backward too
         sync(device)
         start = time.perf_counter()
         fn(x).backward(grad)
         sync(device)
         return time.perf_counter() - start
-    finally:
-        kernels.set_kernel("auto")
 
 
 def profile_variants(dtype: torch.dtype, width: int, tokens: int, device: str, iterations: int = 5) -> dict:

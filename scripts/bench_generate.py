@@ -37,7 +37,7 @@ import crrelu_llm  # noqa: E402
 from crrelu_llm import kernels  # noqa: E402
 from crrelu_llm.files import write_json  # noqa: E402
 from profiling import print_profile, profile_run  # noqa: E402
-from timing import check_counts, describe, interleaved, quartiles, ratio  # noqa: E402
+from timing import check_counts, describe, interleaved, quartiles, ratio, using_kernel  # noqa: E402
 
 PRESETS = {"gpt2-small": {"n_layer": 12, "n_embd": 768, "n_head": 12},
            "gpt2-large": {"n_layer": 36, "n_embd": 1280, "n_head": 20},
@@ -81,18 +81,10 @@ def activation_us(act, x, calls: int = 200) -> float:
 
 
 def with_kernel(kernel: str, fn):
-    """``fn`` run with the CRReLU kernel ``kernel`` (``auto``: whatever is set already)."""
-    if kernel == "auto":
-        return fn
-
+    """``fn``, run with the CRReLU kernel ``kernel``."""
     def call():
-        before = kernels.get_kernel()
-        kernels.set_kernel(kernel)
-        try:
+        with using_kernel(kernel):
             return fn()
-        finally:
-            kernels.set_kernel(before)
-
     return call
 
 

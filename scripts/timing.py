@@ -4,8 +4,11 @@ range crosses it. (A module beside the scripts, imported by them; not part of th
 
 from __future__ import annotations
 
+import contextlib
 import random
 import statistics
+
+from crrelu_llm import kernels
 
 MIN_WARMUP, MIN_REPEATS = 2, 10
 
@@ -47,3 +50,14 @@ def verdict(r: dict[str, float], target: float) -> str:
 
 def describe(r: dict[str, float], target: float) -> str:
     return f"{r['median']:.3f} [IQR {r['q1']:.3f}-{r['q3']:.3f}] ({verdict(r, target)} the {target:g} target)"
+
+
+@contextlib.contextmanager
+def using_kernel(name: str):
+    """CRReLU's kernel set to ``name`` for the block (forward and backward), then put back."""
+    before = kernels.get_kernel()
+    kernels.set_kernel(name)
+    try:
+        yield
+    finally:
+        kernels.set_kernel(before)
