@@ -153,26 +153,43 @@ def test_bad_executor_settings_are_one_line_errors_before_anything_is_written(tm
 
 def test_each_local_stage_gets_its_own_gpu_set_and_waits_for_what_it_reads(tmp_path, monkeypatch):
     """Four stages on a node showing GPUs 4-7, two per stage: two at a time, on disjoint sets
-    (the indices the node's CUDA_VISIBLE_DEVICES names), and `last` only after `first`."""
+    (the indices the node's CUDA_VISIBLE_DEVICES names), and `last` only after `first`.
+
+    That two ran at once is shown by a rendezvous, not by comparing time windows: on two busy
+    cores one job's imports can outlast another job's whole run. Each stage marks itself running
+    and waits (up to 30 s) until it sees another stage running or every other stage finished; a
+    scheduler that ran them one at a time makes every stage wait the 30 s and the test fail."""
     from functools import partial
 
     from crrelu_llm.executors import ExecutorSettings, Stage, local_slots, run_stages
 
-    def record_gpus(path: str) -> None:  # nested: pickled by value into the job
+    def record_gpus(folder: str, name: str, others: list) -> None:  # nested: pickled by value into the job
         import json
         import os
         import time
+        from pathlib import Path
 
-        start = time.time()
-        time.sleep(1.5)
-        with open(path, "w") as out:
-            json.dump({"gpus": os.environ["CUDA_VISIBLE_DEVICES"], "start": start, "end": time.time()}, out)
+        folder, start = Path(folder), time.time()
+        running = folder / "running"
+        running.mkdir(exist_ok=True)
+        (running / name).touch()
+        met = set()
+        while time.time() < start + 30:
+            met = {p.name for p in running.iterdir()} - {name}
+            if met or all((folder / f"{other}.json").exists() for other in others):
+                break
+            time.sleep(0.05)
+        time.sleep(1.0)  # stay visible to the stage that found this one
+        output = {"gpus": os.environ["CUDA_VISIBLE_DEVICES"], "start": start, "end": time.time(), "met": sorted(met)}
+        (folder / f"{name}.json").write_text(json.dumps(output))
+        (running / name).unlink()
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
     settings = ExecutorSettings(kind="local", gpus_per_run=2)
     assert local_slots(settings) == [(4, 5), (6, 7)]
     names = ["first", "second", "third", "last"]
-    stages = [Stage(name, tmp_path / f"{name}.json", partial(record_gpus, str(tmp_path / f"{name}.json")),
+    stages = [Stage(name, tmp_path / f"{name}.json",
+                    partial(record_gpus, str(tmp_path), name, [other for other in names if other != name]),
                     after=["first"] if name == "last" else []) for name in names]
     finished = []
     run_stages(stages, lambda stage, timing: finished.append(stage.name), settings, tmp_path / "jobs")
@@ -183,6 +200,7 @@ def test_each_local_stage_gets_its_own_gpu_set_and_waits_for_what_it_reads(tmp_p
         for b in names:
             overlap = a < b and seen[a]["start"] < seen[b]["end"] and seen[b]["start"] < seen[a]["end"]
             assert not (overlap and seen[a]["gpus"] == seen[b]["gpus"]), f"{a} and {b} shared GPUs {seen[a]['gpus']}"
+            assert not (b in seen[a]["met"] and seen[a]["gpus"] == seen[b]["gpus"]), f"{a} ran beside {b} on its GPUs"
     assert seen["last"]["start"] >= seen["first"]["end"]
-    assert any(seen[a]["start"] < seen[b]["end"] and seen[b]["start"] < seen[a]["end"]
-               for a in names for b in names if a < b), "no two stages ran at once"
+    assert "first" not in seen["last"]["met"]
+    assert any(s["met"] for s in seen.values()), "no two stages ran at once"
