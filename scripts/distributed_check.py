@@ -9,7 +9,7 @@ It runs ``accelerate launch --config_file PROFILE -m crrelu_llm.cli sft`` (patch
 model), then ``... dpo`` starting from that SFT checkpoint (already patched: loading it
 rebuilds CRReLU, under ZeRO-3 inside ``deepspeed.zero.Init``), and with ``--distill`` a
 ``distill`` run from the original (the teacher prepared like TRL's reference), on a built-in
-arithmetic task.
+arithmetic task. ``--runs dpo`` runs DPO alone, patching the GELU model itself.
 For each run it checks what a user relies on:
 
 - the run finishes, under the distributed type the profile names;
@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="keep the run here (default: a temporary directory)")
     parser.add_argument("--timeout", type=int, default=300, help="seconds for each launched run")
     parser.add_argument("--json", help="write the result here")
+    parser.add_argument("--runs", nargs="+", choices=("sft", "dpo"), default=["sft", "dpo"],
+                        help="sft, dpo or both (default); DPO follows SFT's checkpoint, else starts from --model")
     parser.add_argument("--distill", action="store_true", help="also distil the original into a fresh patch")
     args = parser.parse_args(argv)
 
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
               "expected_distributed_type": expected, "workdir": str(workdir), "runs": {}}
     start: dict[str, float] | float = 0.01  # epsilon_init of the SFT run's fresh patch
     model = args.model
-    commands = ("sft", "dpo", "distill") if args.distill else ("sft", "dpo")
+    commands = [c for c in ("sft", "dpo") if c in args.runs] + (["distill"] if args.distill else [])
     for command in commands:
         if command == "distill":  # from the original, like sft: a fresh patch, the original as teacher
             model, start = args.model, 0.01
