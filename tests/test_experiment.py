@@ -138,6 +138,10 @@ def test_an_openai_judged_experiment_finds_its_own_win_rates(demo_run, server, t
 
 def test_killed_experiment_resumes_mid_stage(tmp_path):
     recipe = reduced_demo(tmp_path, dpo_steps=200, save_steps=10)  # long enough to be killed mid-way
+    raw = yaml.safe_load(recipe.read_text())  # one arm and one evaluation: what resuming needs, no more
+    raw["arms"], raw["baseline_arm"] = {"crrelu": raw["arms"]["crrelu"]}, "crrelu"
+    raw["evaluations"] = {"rewards": {"betas": [0.5], "max_samples": 20, "max_length": 32}}
+    recipe.write_text(yaml.safe_dump(raw))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "crrelu_llm.cli", "experiment", "--config", str(recipe), "--out", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -196,13 +200,13 @@ def test_training_stages_run_under_the_recipes_launcher(tmp_path):
     recipe = yaml.safe_load(reduced_demo(tmp_path).read_text())
     recipe["launcher"] = f"{sys.executable} -m accelerate.commands.launch --num_processes 1 --num_machines 1 " \
                          "--mixed_precision no --dynamo_backend no"
-    recipe["arms"] = {"gelu": {"activation": None}, "crrelu": {"activation": "crrelu"}}
+    recipe["arms"], recipe["baseline_arm"] = {"crrelu": {"activation": "crrelu"}}, "crrelu"  # one launch a stage
     recipe["evaluations"] = {"rewards": {"betas": [0.5], "max_samples": 20, "max_length": 32}}
     path = tmp_path / "launched.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "out"
     assert experiment_main(path, str(out)) == 0
-    for stage in ("original", "gelu/sft", "crrelu/sft", "crrelu/dpo-beta0.5-seed0"):
+    for stage in ("original", "crrelu/sft", "crrelu/dpo-beta0.5-seed0"):
         run_dir = out / stage
         assert (run_dir / "final_metrics.json").exists(), stage
         written = yaml.safe_load(next(run_dir.glob("*_stage.yaml")).read_text())
