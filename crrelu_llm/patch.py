@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 from transformers.activations import ACT2CLS, ACT2FN
+from transformers.initialization import no_init_weights
 from transformers.modeling_utils import PreTrainedModel
 
 from .activation import DEFAULT_EPSILON_INIT, CRReLU
@@ -443,11 +444,13 @@ ACTIVATION_CONFIG_KEYS = ("hidden_act", "activation_function", "hidden_activatio
 
 
 def _module_types(model_class, config) -> dict[str, str] | None:
+    """The module tree ``config`` builds (types by path), on the meta device without weight
+    initialisation (which costs most of a meta build and changes no module's type)."""
     trial = copy.deepcopy(config)
     if hasattr(trial, PATCH_CONFIG_KEY):
         delattr(trial, PATCH_CONFIG_KEY)
     try:
-        with torch.device("meta"), warnings.catch_warnings():
+        with torch.device("meta"), no_init_weights(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             built = model_class(trial)
     except Exception:  # noqa: BLE001 - an architecture that cannot be rebuilt this way keeps the record only
