@@ -321,7 +321,12 @@ def test_compare_groups_by_what_runs_record_and_never_pools_different_recipes(tw
     assert cli_main(["compare", f"same={crrelu0}", f"same={crrelu1}", "--out", str(tmp_path / "r3")]) == 0
 
 
-def test_bad_eval_inputs_end_with_a_clear_message(task_dir, tmp_path, server, capsys):
+def test_bad_eval_inputs_end_with_a_clear_message(task_dir, tmp_path, server, capsys, monkeypatch):
+    import functools
+
+    # the silent judge below is retried with the default backoff (1 + 2 + 4 + 8 s of sleeping);
+    # the message is what this test is about, so the waits are made short
+    monkeypatch.setattr(PairwiseLLMJudge, "__init__", functools.partialmethod(PairwiseLLMJudge.__init__, backoff=0.01))
     assert cli_main(["eval", "rewards", "--model", str(tmp_path / "missing"), "--reference", "tiny-gpt2",
                      "--data", str(task_dir)]) == 2
     assert "no such local directory" in capsys.readouterr().err
