@@ -222,7 +222,7 @@ class _LocalJobs:
     def submit(self, stage: Stage, after_jobs):
         slot = self.free.pop(0)
         self.executor.update_parameters(timeout_min=FOREVER_MIN, gpus_per_node=len(slot), visible_gpus=slot)
-        job = self.executor.submit(run_stage, stage.action, self.threads, True)
+        job = self.executor.submit(run_stage, stage.action, self.threads, in_job=True)
         self.slot_of[job.job_id] = slot
         return job
 
@@ -266,7 +266,7 @@ class _SlurmJobs:
                          **{"kill-on-invalid-dep": "yes"})
         self.executor.update_parameters(**self.parameters, job_name=stage.name.replace(" ", "_"),
                                         additional_parameters=extra)
-        job = self.executor.submit(run_stage, stage.action, None, True)
+        job = self.executor.submit(run_stage, stage.action, in_job=True)
         self.submitted[stage.name] = job.job_id
         write_json(self.record, self.submitted)
         return job

@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import platform
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -44,6 +44,7 @@ from torch import nn
 import crrelu_llm
 from crrelu_llm import kernels
 from crrelu_llm.activation import crrelu_reference
+from crrelu_llm.files import write_json
 from crrelu_llm.memory import count_saved_bytes
 from profiling import print_profile, profile_run
 from timing import check_counts, describe, interleaved, quartiles, ratio, using_kernel
@@ -244,7 +245,7 @@ def main() -> None:
                     print(f"{row['dtype']:9s} {args.tokens:>5d}x{width:<6d} {row['variant']:24s} "
                           f"{row['median_ms']:9.2f} {iqr:>17s} {row['saved_ratio']:11.2f}  {row['verdict']}", flush=True)
     if args.json:  # the timings are kept even if profiling fails
-        write(args.json, {"meta": meta, "results": results})
+        write_json(Path(args.json), {"meta": meta, "results": results})
     profiles = {}
     if args.profile:
         width = max(WIDTHS[name] for name in widths)
@@ -252,12 +253,7 @@ def main() -> None:
             profiles[f"{dtype_name} {args.tokens}x{width}"] = profile_variants(getattr(torch, dtype_name), width,
                                                                                args.tokens, args.device)
     if args.json and profiles:
-        write(args.json, {"meta": meta, "results": results, "profile": profiles})
-
-
-def write(path: str, figures: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(figures, f, indent=1)
+        write_json(Path(args.json), {"meta": meta, "results": results, "profile": profiles})
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {"profile": str(profile_path), "num_processes": args.num_processes, "device": "cuda" if cuda else "cpu",
               "expected_distributed_type": expected, "workdir": str(workdir), "runs": {}}
-    start: dict[str, float] | float = 0.01  # epsilon_init of the SFT run's fresh patch
+    start: dict[str, float] | float = 0.01  # epsilon_init of the first run's fresh patch
     model = args.model
     commands = [c for c in ("sft", "dpo") if c in args.runs] + (["distill"] if args.distill else [])
     for command in commands:
