@@ -301,15 +301,16 @@ def _compare(args) -> int:
 
     report = compare(args.runs, args.out)
     for label, arm in report["arms"].items():
-        acc = arm.get("final_eval_reward_accuracy")
-        print(f"{label}: {len(arm['runs'])} run(s)" + (f", final eval reward accuracy {acc['mean']:.3f}" if acc else ""))
+        acc = arm.get("reward_accuracy")
+        print(f"{label}: {len(arm['runs'])} run(s)" + (f", reward accuracy {acc['mean']:.3f} (n={acc['n'][0]})"
+                                                        if acc else ""))
     print(f"report: {args.out / 'report.md'}")
     return 0
 
 
 def _experiment(args) -> int:
     from .experiment import DEMO_RECIPE, load_experiment, run_experiment
-    from .summary import format_stages, format_table
+    from .summary import format_stages, format_table, format_totals
     from .runtime import set_cpu_threads
 
     set_cpu_threads()
@@ -317,7 +318,8 @@ def _experiment(args) -> int:
     if getattr(args, "plan", False):
         return _plan(exp, args)
     summary = run_experiment(exp, rerun_changed=args.rerun_changed, executor=_executor(args))
-    print(f"\n{exp.name}: {len(summary['rows'])} DPO runs, {summary['seconds']:.0f}s ({exp.output_dir})")
+    print(f"\n{exp.name}: {len(summary['rows'])} DPO runs, {summary['seconds']:.0f}s: {format_totals(summary)} "
+          f"({exp.output_dir})")
     print(format_table(summary, exp.baseline_arm))
     stages = format_stages(summary)
     if stages:

@@ -468,7 +468,7 @@ def recipe_from_dict(command: str, config: dict, argv: list[str] = (), source: s
     check_ranges({**config, **_numeric_flags(argv)}, source)
     config = dict(config)
     if not any(a in ("--bf16", "--bf16=true", "--bf16=True") for a in argv) and "bf16" not in config \
-            and not _accelerator_available():
+            and not accelerator_available():
         # DPOConfig and SFTConfig default to bf16, which TrainingArguments refuses on a CPU-only
         # machine: a first run there should train (in fp32) rather than stop on a default.
         logger.warning("no GPU found: training in float32 on the CPU (bf16 is off; set bf16: true to insist)")
@@ -480,7 +480,8 @@ def recipe_from_dict(command: str, config: dict, argv: list[str] = (), source: s
     try:
         crrelu_args, data_args, training_args, model_args = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:
-        raise RecipeError(f"invalid recipe value: {err}") from None
+        where = "" if source == "recipe" else f"{source}: "
+        raise RecipeError(f"{where}invalid recipe value: {err}") from None
     if training_args.use_liger_kernel and crrelu_args.activation is not None:
         raise RecipeError(
             "use_liger_kernel: true replaces the MLP forward with fused kernels that never call the activation "
@@ -500,7 +501,7 @@ def resolved_recipe(crrelu_args, data_args, training_args, model_args) -> dict:
             **json.loads(training_args.to_json_string())}
 
 
-def _accelerator_available() -> bool:
+def accelerator_available() -> bool:
     import torch
 
     return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()) or (

@@ -52,6 +52,18 @@ def writable_dir(path: Path, flag: str = "--out") -> Path:
     return path
 
 
+def check_writable(path: Path, flag: str = "--out") -> Path:
+    """What :func:`writable_dir` checks, without creating anything: ``path`` is a writable
+    directory, or the nearest directory above it that exists is writable."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.absolute().parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "not a directory" if existing is not None and not existing.is_dir() else "not writable"
+        raise OutputError(f"cannot write to {path} ({existing} is {why}): choose another {flag} or fix its "
+                          "permissions")
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

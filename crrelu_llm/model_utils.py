@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .errors import RecipeError
 from .loading import load_causal_lm
-from .patch import active_epsilons, epsilon_logs, find_activations, patch_model, patch_record
+from .patch import active_epsilons, epsilon_logs, find_activations, patch_model, patch_record, patch_sites
 
 logger = logging.getLogger("crrelu_llm.train")
 
@@ -40,7 +40,7 @@ def apply_recipe_patch(model, crrelu_args, source: str, tokenizer=None, calibrat
     ``epsilon_init: calibrate`` calibrates eps on ``calibration_pairs`` (text) first."""
     if crrelu_args.activation is None:
         return None
-    if already_patched(model, crrelu_args.activation):
+    if already_patched(model, crrelu_args.activation, crrelu_args.patch_layers):
         # e.g. DPO starting from an SFT checkpoint of this project: re-patching would reset the
         # epsilons it learned, so keep them and say so.
         record = patch_record(model)
@@ -58,13 +58,14 @@ def apply_recipe_patch(model, crrelu_args, source: str, tokenizer=None, calibrat
                        layers=crrelu_args.patch_layers).to_dict()
 
 
-def already_patched(model, activation: str) -> bool:
-    """True when the checkpoint's recorded patch already put ``activation`` everywhere it would go."""
+def already_patched(model, activation: str, layers=None) -> bool:
+    """True when the checkpoint's recorded patch already put ``activation`` everywhere a patch of
+    ``layers`` (``None``: every block) would put it."""
     record = patch_record(model)
     if not record:
         return False
     recorded = {path for path, entry in record["modules"].items() if entry["activation"] == activation}
-    sites = {s.path for s in find_activations(model) if s.feed_forward}
+    sites = {s.path for s in patch_sites(model, layers)}
     return bool(recorded) and sites <= recorded
 
 

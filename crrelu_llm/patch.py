@@ -363,6 +363,14 @@ def _normalise_layers(layers, num_blocks: int | None) -> list[int] | None:
     return sorted(set(out))
 
 
+def patch_sites(model: nn.Module, layers=None) -> list[ActivationSite]:
+    """The feed-forward activation sites a patch of ``layers`` (``None``: every block) replaces."""
+    root = _base_model(model)
+    candidates = [s for s in find_activations(root) if s.feed_forward]
+    chosen = _normalise_layers(layers, _num_blocks(root, candidates)) if candidates else None
+    return [s for s in candidates if chosen is None or s.layer in chosen]
+
+
 def patch_model(
     model: nn.Module,
     activation: str = "crrelu",

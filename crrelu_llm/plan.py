@@ -20,7 +20,6 @@ H100 SXM's dense bf16 peak, at 40%). Training rows come from the task, a local f
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,31 +31,12 @@ KNOWN_ROWS = {"anthropic/hh-rlhf": 160_800, "stanfordnlp/shp": 348_718,
 @dataclass
 class PlannedStage:
     name: str
+    kind: str
     after: list[str]
     keys: dict
     status: str
     flops: float | None = None
     note: str = ""
-
-
-def _plan_ledger(output_dir: Path):
-    """The runner's ledger in dry-run mode, recording each declared stage and whether it is
-    done (finished with the same inputs), changed (finished with other inputs) or to run."""
-    from .experiment import Ledger
-
-    class PlanLedger(Ledger):
-        def __init__(self):
-            super().__init__(output_dir)
-            self.dry_run = True
-            self.stages: list[PlannedStage] = []
-
-        def stage(self, name, done, action, keys, after=(), clear=None):
-            changed = len(self.changed)
-            super().stage(name, done, action, keys, after, clear)
-            status = "changed" if len(self.changed) > changed else "done" if Path(done).exists() else ""
-            self.stages.append(PlannedStage(name, list(dict.fromkeys(after)), keys, status))
-
-    return PlanLedger()
 
 
 def parameter_count(model: str | None, pretrain: dict | None) -> int | None:
@@ -92,85 +72,126 @@ def training_rows(exp, keys: dict) -> int | None:
     return KNOWN_ROWS.get(str(exp.dataset_name).lower())
 
 
-def _sequences(exp, keys: dict, gpus: int) -> tuple[float | None, str]:
-    batch = keys.get("per_device_train_batch_size", 8) * keys.get("gradient_accumulation_steps", 1) * gpus
-    if keys.get("max_steps", -1) and keys.get("max_steps", -1) > 0:
-        return keys["max_steps"] * batch, f"{keys['max_steps']} steps x {batch} sequences"
+def _training_args(spec, cache: dict):
+    """The stage's training arguments as the runner parses them (TRL's defaults and ours filled in)."""
+    import json
+    import logging
+
+    from .config import recipe_from_dict
+
+    command = "distill" if spec.kind == "recover" else "sft" if spec.kind == "original" else spec.kind
+    text = json.dumps([command, spec.keys], sort_keys=True, default=str)
+    if text not in cache:
+        config_logger = logging.getLogger("crrelu_llm.config")
+        level = config_logger.level
+        config_logger.setLevel(logging.ERROR)
+        try:
+            from .config import accelerator_available
+
+            neutral = {} if accelerator_available() else {"use_cpu": True}  # plan a GPU recipe on a laptop
+            cache[text] = recipe_from_dict(command, {**spec.keys, **neutral, "output_dir": str(spec.model)})[2]
+        finally:
+            config_logger.setLevel(level)
+    return cache[text]
+
+
+def _sequences(exp, keys: dict, args, gpus: int) -> tuple[float | None, str]:
+    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * gpus
+    if args.max_steps and args.max_steps > 0:
+        return args.max_steps * batch, f"{args.max_steps} steps x {batch} sequences"
     rows = training_rows(exp, keys)
     if rows is None:
         return None, "training rows unknown (set max_train_samples or max_steps)"
-    epochs = keys.get("num_train_epochs", 3)
-    return rows * epochs, f"{epochs:g} epoch(s) of {rows} rows"
+    return rows * args.num_train_epochs, f"{args.num_train_epochs:g} epoch(s) of {rows} rows"
 
 
-def estimate(exp, stage: PlannedStage, params: int | None, gpus: int, exp_caches: set) -> None:
-    """Fill ``stage.flops`` and ``stage.note``."""
-    name, keys = stage.name, stage.keys
-    length = keys.get("max_length", 1024)
+def estimate(exp, spec, stage: PlannedStage, params: int | None, gpus: int, caches: set, parsed: dict) -> None:
+    """Fill ``stage.flops`` and ``stage.note`` from the stage's kind and resolved keys."""
+    kind, keys = stage.kind, stage.keys
+    if kind in ("data", "init", "patch"):
+        stage.flops, stage.note = 0.0, "no training (negligible)"
+        return
     if params is None:
         stage.note = "parameter count unknown (the model's config could not be read)"
         return
-    n = keys.get("max_samples") or keys.get("num_prompts")
-    if "/winrate " in name:
-        new = keys.get("max_new_tokens", 128)
-        stage.flops, stage.note = 2 * 2 * params * (n or 200) * new, f"{n or 200} prompts x {new} new tokens, 2 models"
-    elif "/rewards " in name:
-        stage.flops, stage.note = 2 * 2 * 2 * params * (n or 500) * length, f"{n or 500} pairs, 2 models"
-    elif name.endswith(" drift"):
-        stage.flops, stage.note = 2 * 2 * params * (n or 200) * length, f"{n or 200} examples, 2 models"
-    elif name.endswith(" probe"):
-        stage.flops, stage.note = 2 * params * (n or 200) * length, f"{n or 200} examples"
-    elif name.endswith(" benchmark"):
+    if kind == "winrate":
+        n, new = keys["num_prompts"], keys["max_new_tokens"]
+        stage.flops, stage.note = 2 * 2 * params * n * new, f"{n} prompts x {new} new tokens, 2 models"
+    elif kind == "rewards":
+        n, length = keys["max_samples"], keys["max_length"]
+        stage.flops, stage.note = 2 * 2 * 2 * params * n * length, f"{n} pairs x {length} tokens, 2 models"
+    elif kind in ("drift", "probe"):
+        n, length, models = keys["max_samples"], keys["max_length"], 2 if kind == "drift" else 1
+        stage.flops = 2 * models * params * n * length
+        stage.note = f"{n} examples x {length} tokens, {models} model(s)"
+    elif kind == "benchmark":
         stage.note = "lm-eval tasks: not estimated"
-    elif re.search(r"(^|/)(sft|recover|original)$", name) or re.search(r"/dpo beta=\S+ seed=\S+$", name):
-        sequences, stage.note = _sequences(exp, keys, gpus)
+    else:  # training: original, recover, sft, dpo
+        args = _training_args(spec, parsed)
+        sequences, stage.note = _sequences(exp, keys, args, gpus)
         if sequences is None:
             return
-        tokens = sequences * length
-        if "/dpo " in name:  # two sequences per pair, and the reference's forward unless a run before cached it
-            cache = keys.get("ref_logps_cache_dir") if keys.get("precompute_ref_log_probs") else None
-            cached = cache is not None and cache in exp_caches
-            exp_caches.add(cache)
+        tokens = sequences * args.max_length
+        if kind == "dpo":  # two sequences per pair, and the reference's forward unless a run before cached it
+            cache = keys.get("ref_logps_cache_dir") if args.precompute_ref_log_probs else None
+            cached = cache is not None and cache in caches
+            caches.add(cache)
             stage.flops = 6 * params * 2 * tokens + (0 if cached else 2 * params * 2 * tokens)
             stage.note += "; reference log-probs from the cache" if cached else ""
         else:  # distillation: the teacher's forward too
-            stage.flops = 6 * params * tokens + (2 * params * tokens if name.endswith("/recover") else 0)
+            stage.flops = 6 * params * tokens + (2 * params * tokens if kind == "recover" else 0)
 
 
 def plan(exp, gpus: int = 1, gpu_tflops: float = 989.0, utilisation: float = 0.4) -> dict:
     from .errors import UsageError
-    from .experiment import _walk
+    from .experiment import Ledger, check_stages
+    from .stages import declare
 
     if gpus < 1 or not gpu_tflops > 0 or not 0 < utilisation <= 1:
         raise UsageError(f"--plan needs --plan-gpus >= 1, --gpu-tflops > 0 and --utilisation in (0, 1]; got "
                          f"{gpus}, {gpu_tflops:g}, {utilisation:g}")
-
-    ledger = _plan_ledger(exp.output_dir)
-    _walk(exp, ledger)
+    declaration = declare(exp)
+    check_stages(exp, declaration, on_this_machine=False)  # a recipe that cannot run is refused here too
+    assessed = Ledger(exp.output_dir).assess(declaration.stages)
     params = parameter_count(exp.original, exp.pretrain)
-    caches: set = set()
-    for stage in ledger.stages:
-        estimate(exp, stage, params, gpus, caches)
+    caches, parsed, planned = set(), {}, []
+    for spec in declaration.stages:
+        if spec.external:
+            continue
+        status = assessed[spec.name]["status"]
+        stage = PlannedStage(spec.name, spec.kind, list(dict.fromkeys(spec.after)), spec.keys,
+                             "" if status == "to run" else status)
+        estimate(exp, spec, stage, params, gpus, caches, parsed)
+        planned.append(stage)
     rate = gpu_tflops * 1e12 * utilisation
-    rows = [{"stage": s.name, "after": s.after, "status": s.status, "flops": s.flops,
-             "gpu_hours": s.flops / rate / 3600 if s.flops else None, "basis": s.note} for s in ledger.stages]
-    total = sum(r["flops"] for r in rows if r["flops"])
+    rows = [{"stage": s.name, "kind": s.kind, "after": s.after, "status": s.status, "flops": s.flops,
+             "gpu_hours": s.flops / rate / 3600 if s.flops is not None else None, "basis": s.note} for s in planned]
+    unestimated = [r["stage"] for r in rows if r["flops"] is None]
+    estimated = sum(r["flops"] for r in rows if r["flops"] is not None)
+    known = not unestimated  # a sum over some stages is not the total
     return {"parameters": params, "gpus_per_run": gpus, "gpu_tflops": gpu_tflops, "utilisation": utilisation,
-            "stages": rows, "total_flops": total, "total_gpu_hours": total / rate / 3600,
-            "unestimated": [r["stage"] for r in rows if r["flops"] is None and r["basis"]]}
+            "stages": rows, "total_flops": estimated if known else None,
+            "total_gpu_hours": estimated / rate / 3600 if known else None, "estimated_flops": estimated,
+            "unestimated": unestimated}
 
 
 def format_plan(result: dict) -> str:
-    lines = [f"{'stage':<46} {'after':<34} {'FLOPs':>9} {'GPU-h':>8}  basis"]
-    for r in result["stages"]:
-        flops = f"{r['flops']:.2e}" if r["flops"] else "–"
-        hours = f"{r['gpu_hours']:.3f}" if r["gpu_hours"] is not None else "–"
-        after = ", ".join(r["after"])[:34]
-        lines.append(f"{r['stage'][:46]:<46} {after:<34} {flops:>9} {hours:>8}  {r['basis']}"
-                     + (f" ({r['status']})" if r["status"] else ""))
+    rows = result["stages"]
+    name_width = max([5, *(len(r["stage"]) for r in rows)])
+    after_width = max([5, *(len(", ".join(r["after"])) for r in rows)])
+    lines = [f"{'stage':<{name_width}} {'after':<{after_width}} {'FLOPs':>9} {'GPU-h':>8}  basis"]
+    for r in rows:
+        flops = f"{r['flops']:.2e}" if r["flops"] else ("0" if r["flops"] == 0 else "unknown")
+        hours = f"{r['gpu_hours']:.3f}" if r["gpu_hours"] is not None else "unknown"
+        lines.append(f"{r['stage']:<{name_width}} {', '.join(r['after']):<{after_width}} {flops:>9} {hours:>8}  "
+                     f"{r['basis']}" + (f" ({r['status']})" if r["status"] else ""))
     params = f"{result['parameters']:,}" if result["parameters"] else "unknown"
-    lines.append(f"total {result['total_flops']:.2e} FLOPs = {result['total_gpu_hours']:.1f} GPU-hours at "
-                 f"{result['gpu_tflops']:g} TFLOP/s x {result['utilisation']:.0%} utilisation; {params} parameters; "
-                 f"{len(result['stages'])} stages" + (f", {len(result['unestimated'])} not estimated"
-                                                     if result["unestimated"] else ""))
+    missing = result["unestimated"]
+    if missing:
+        total = (f"total unknown: {len(missing)} of {len(rows)} stages not estimated (the other "
+                 f"{len(rows) - len(missing)}: {result['estimated_flops']:.2e} FLOPs)")
+    else:
+        total = f"total {result['total_flops']:.2e} FLOPs = {result['total_gpu_hours']:.1f} GPU-hours"
+    lines.append(f"{total} at {result['gpu_tflops']:g} TFLOP/s x {result['utilisation']:.0%} utilisation; "
+                 f"{params} parameters; {len(rows)} stages")
     return "\n".join(lines)

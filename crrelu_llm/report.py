@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from .config import BOOKKEEPING_KEYS
+from .evaluate import eval_dir
 from .errors import ReportError
 from .files import writable_dir, write_json, write_text_atomic
 from . import report_stages
@@ -45,6 +46,12 @@ class Run:
     rewards: dict | None = None
     winrates: dict[str, dict] = field(default_factory=dict)
     drift: dict | None = None
+    patch_report: dict | None = None
+
+    @property
+    def arm(self) -> str:
+        """What colours this run in every plot: the arm (a label's part before `` beta=``)."""
+        return self.label.split(" beta=")[0]
 
 
 def _read_json(path: Path):
@@ -72,7 +79,7 @@ def load_run(spec: str) -> Run:
     if (path / "final_metrics.json").exists():
         run.final = _read_json(path / "final_metrics.json")
         run.sources["final"] = str(path / "final_metrics.json")
-    evaluation = path / "eval"
+    evaluation = eval_dir(path)
     if (evaluation / "rewards.json").exists():
         run.rewards = _read_json(evaluation / "rewards.json")
         run.sources["rewards"] = str(evaluation / "rewards.json")
@@ -83,6 +90,8 @@ def load_run(spec: str) -> Run:
     if (evaluation / "drift.json").exists():
         run.drift = _read_json(evaluation / "drift.json")
         run.sources["drift"] = str(evaluation / "drift.json")
+    if (path / "patch_report.json").exists():
+        run.patch_report = _read_json(path / "patch_report.json")
     if not (run.log_history or run.final or run.rewards or run.winrates or run.drift):
         raise ReportError(f"{path}: nothing to report (no trainer_state.json, final_metrics.json or eval/ outputs)")
     return run
@@ -93,14 +102,28 @@ def _series(run: Run, key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def _plots(arms: dict[str, list[Run]], out: Path) -> list[str]:
+def _starting_epsilons(run: Run) -> dict[str, float]:
+    """``epsilon/<block>`` -> the eps the run started from: the kept eps of an already patched
+    start (DPO from SFT), the calibrated values, or the recipe's epsilon_init."""
+    from .patch import layer_index
+
+    report = run.patch_report or {}
+    if report.get("already_patched"):
+        return {k: v for k, v in (report.get("epsilon") or {}).items() if k[8:].isdigit()}
+    if report.get("calibrated_epsilons"):
+        return {f"epsilon/{layer_index(path):02d}": v for path, v in report["calibrated_epsilons"].items()
+                if layer_index(path) is not None}
+    start = report.get("epsilon_init", (run.recipe or {}).get("epsilon_init"))
+    return {} if start is None else {"*": float(start)}
+
+
+def _plots(arms: dict[str, list[Run]], out: Path, colours: dict[str, str]) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     files = []
-    colours = {label: f"C{i}" for i, label in enumerate(arms)}
     if any(r.log_history for runs in arms.values() for r in runs):
         fig, axes = plt.subplots(1, len(TRAIN_CURVES), figsize=(5 * len(TRAIN_CURVES), 3.6), sharex=True)
         for ax, key in zip(axes, TRAIN_CURVES):
@@ -108,7 +131,8 @@ def _plots(arms: dict[str, list[Run]], out: Path) -> list[str]:
                 for i, run in enumerate(runs):
                     x, y = _series(run, key)
                     if x:
-                        ax.plot(x, y, color=colours[label], alpha=0.9 if i == 0 else 0.5, label=label if i == 0 else None)
+                        ax.plot(x, y, color=colours[run.arm], linestyle=report_stages.line_style("DPO"),
+                                alpha=0.9 if i == 0 else 0.5, label=label if i == 0 else None)
             ax.set_title(key)
             ax.set_xlabel("training step")
             ax.set_ylabel(key)
@@ -123,34 +147,35 @@ def _plots(arms: dict[str, list[Run]], out: Path) -> list[str]:
         fig, axes = plt.subplots(1, len(eps_arms), figsize=(5 * len(eps_arms), 3.6), squeeze=False)
         for ax, (label, run) in zip(axes[0], eps_arms.items()):
             keys = sorted({k for e in run.log_history for k in e if k.startswith("epsilon/") and k[8:].isdigit()})
+            start = _starting_epsilons(run)
             for key in keys:
                 x, y = _series(run, key)
-                ax.plot(x, y, label=f"block {int(key[8:])}")
-            start = (run.recipe or {}).get("epsilon_init")
-            if start is not None:
-                ax.axhline(start, color="grey", linestyle="--", linewidth=1, label=f"epsilon_init {start:g}")
+                first = start.get(key, start.get("*"))
+                if first is not None:  # the eps this run started from, at step 0
+                    x, y = [0, *x], [first, *y]
+                ax.plot(x, y, marker=".", label=f"block {int(key[8:])}")
             ax.set_ylabel("epsilon")
-            ax.set_title(f"epsilon per block: {label}")
-            ax.set_xlabel("training step")
+            ax.set_title(f"epsilon per block: {label}" + (" (from its start)" if start else ""), fontsize=9)
+            ax.set_xlabel("training step (0: the eps it started from)" if start else "training step")
             if len(keys) <= 12:
                 ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / "epsilon.png", dpi=110)
         plt.close(fig)
         files.append("epsilon.png")
-    by_activation = _accuracy_by_training_beta(arms)
-    if by_activation:
+    by_arm = _accuracy_by_training_beta(arms)
+    if by_arm:
         fig, ax = plt.subplots(figsize=(6, 3.6))
-        betas = sorted({p[0] for points in by_activation.values() for p in points})
-        spread = 0.5 / max(len(by_activation), 1)
-        for i, (activation, points) in enumerate(sorted(by_activation.items())):
+        betas = sorted({p[0] for points in by_arm.values() for p in points})
+        spread = 0.5 / max(len(by_arm), 1)
+        for i, (arm, points) in enumerate(by_arm.items()):
             points = sorted(points)
-            # one slot per training beta, the activations side by side inside it
-            x = [betas.index(p[0]) + spread * (i - (len(by_activation) - 1) / 2) for p in points]
+            # one slot per training beta, the arms side by side inside it
+            x = [betas.index(p[0]) + spread * (i - (len(by_arm) - 1) / 2) for p in points]
             y = [p[1] for p in points]
             err = [[p[1] - p[2][0] for p in points], [p[2][1] - p[1] for p in points]]
             ax.errorbar(x, y, yerr=err, marker="o", linestyle="-" if len(points) > 1 else "none", capsize=3,
-                        color=f"C{i}", label=activation)
+                        color=colours[arm], label=arm)
         ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
         ax.set_xlim(-0.6, len(betas) - 0.4)
         ax.set_xlabel("training beta (one DPO run per point)")
@@ -160,19 +185,24 @@ def _plots(arms: dict[str, list[Run]], out: Path) -> list[str]:
         fig.savefig(out / "reward_accuracy.png", dpi=110)
         plt.close(fig)
         files.append("reward_accuracy.png")
-    bars = [(f"{label} vs {_short(w.get('baseline'))}", w) for label, runs in arms.items() for run in runs[:1]
-            for w in run.winrates.values()]
+    bars = [(f"{label} (DPO) vs {_short(w.get('baseline'))}", run.arm, w) for label, runs in arms.items()
+            for run in runs[:1] for w in run.winrates.values()]
     if bars:
-        fig, ax = plt.subplots(figsize=(7, 0.6 * len(bars) + 1.2))
-        for i, (_, w) in enumerate(bars):
-            lo, hi = w["stats"]["interval"]
-            ax.barh(i, w["stats"]["win_rate"], xerr=[[w["stats"]["win_rate"] - lo], [hi - w["stats"]["win_rate"]]],
-                    capsize=4, color="C0")
+        fig, ax = plt.subplots(figsize=(8, 0.6 * len(bars) + 1.4))
+        ends = [0.5]
+        for i, (_, arm, w) in enumerate(bars):
+            st = w["stats"]
+            lo, hi = st["interval"]
+            ends += [lo, hi]
+            ax.errorbar(st["win_rate"], i, xerr=[[st["win_rate"] - lo], [hi - st["win_rate"]]], marker="o",
+                        capsize=4, color=colours[arm])
+            ax.annotate(f"{st['wins']} W / {st['ties']} T / {st['losses']} L", (hi, i), xytext=(6, 0),
+                        textcoords="offset points", va="center", fontsize=8)
         ax.axvline(0.5, color="grey", linestyle="--")
         ax.set_yticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
-        ax.set_xlim(0, 1)
-        ax.set_xlabel("win rate, ties as 1/2 (95% Wilson)")
-        ax.set_ylabel("model vs baseline")
+        width = max(ends) - min(ends)
+        ax.set_xlim(min(ends) - 0.1 * width - 0.01, max(ends) + 0.45 * width + 0.01)  # room for the counts
+        ax.set_xlabel("win rate of the DPO model, ties as 1/2 (95% Wilson); W/T/L: wins, ties, losses")
         fig.tight_layout()
         fig.savefig(out / "win_rates.png", dpi=110)
         plt.close(fig)
@@ -185,13 +215,8 @@ def _short(path) -> str:
     return "/".join(Path(str(path)).parts[-2:]) if path else "?"
 
 
-def _final_accuracy(run: Run) -> float | None:
-    value = run.final.get("eval_rewards/accuracies")
-    return float(value) if value is not None else None
-
-
 def _accuracy_by_training_beta(arms: dict[str, list[Run]]) -> dict[str, list]:
-    """activation -> [(training beta, reward accuracy, interval)] over the first run of each arm
+    """arm -> [(training beta, reward accuracy, interval)] over the first run of each label
     whose rewards were evaluated and whose training beta is known."""
     points: dict[str, list] = {}
     for runs in arms.values():
@@ -201,8 +226,7 @@ def _accuracy_by_training_beta(arms: dict[str, list[Run]]) -> dict[str, list]:
         beta = run.rewards.get("training_beta") or (run.recipe or {}).get("beta")
         if beta is None:
             continue
-        activation = ((run.recipe or {}).get("activation") or "unpatched") if run.recipe else run.label
-        points.setdefault(activation, []).append((beta, run.rewards["accuracy"], run.rewards["accuracy_interval"]))
+        points.setdefault(run.arm, []).append((beta, run.rewards["accuracy"], run.rewards["accuracy_interval"]))
     return points
 
 
@@ -227,13 +251,14 @@ def _check_poolable(label: str, members: list[Run]) -> None:
                               + ": only seeds may differ within an arm; give them different LABEL=DIR labels")
 
 
-def compare(specs: list[str], out: Path, step0_drift: dict[str, Path] | None = None,
+def compare(specs: list[str], out: Path, step0_drift: dict[str, dict | None] | None = None,
             stages: dict[str, dict[str, Path]] | None = None, eval_dirs: dict[str, Path] | None = None) -> dict:
     """Write report.md, report.json and plots for the runs; return the report dict.
-    ``step0_drift`` maps an arm label to the ``drift.json`` of its patched model at step 0 (the
-    experiment runner measures drift there, not in the run directories). ``stages`` maps an arm
-    to ``{stage: model directory}`` (step 0, SFT, DPO...) for the help-or-harm table of drift,
-    benchmarks and probes; by default, each run given is a stage of its arm."""
+    ``step0_drift`` maps an arm label to its step-0 drift (``{"stage", "from"}``; None for an
+    unpatched arm, whose step 0 is the original): the experiment runner measures the swap's own
+    damage there. Without it each run's own drift is shown, named as that run's. ``stages``
+    maps an arm to ``{stage: model directory}`` (step 0, SFT, DPO...) for the help-or-harm table
+    of drift, benchmarks and probes; by default, each run given is a stage of its arm."""
     if not specs:
         raise ReportError("give at least one run directory")
     runs = [load_run(s) for s in specs]
@@ -245,47 +270,90 @@ def compare(specs: list[str], out: Path, step0_drift: dict[str, Path] | None = N
     writable_dir(Path(out))
     report = {"arms": {}, "plots": []}
     for label, members in arms.items():
-        entry = {"runs": [str(r.path) for r in members], "sources": [r.sources for r in members]}
-        accs = [a for a in (_final_accuracy(r) for r in members) if a is not None]
-        if accs:
-            entry["final_eval_reward_accuracy"] = {
-                "values": accs, "mean": statistics.fmean(accs),
-                "stdev": statistics.stdev(accs) if len(accs) > 1 else 0.0, "from": [r.sources.get("final") for r in members]}
-        first = members[0]
-        if first.rewards and "accuracy" in first.rewards:
-            entry["rewards"] = {k: first.rewards.get(k) for k in (
-                "n", "accuracy", "accuracy_interval", "ties", "training_beta", "margins_per_evaluation_beta",
-                "preference_accuracy")} | {"from": first.sources["rewards"]}
-        if first.winrates:
-            entry["win_rates"] = {name: {**w["stats"], "judge": w.get("judge"), "baseline": w.get("baseline"),
-                                         "from": first.sources[name]} for name, w in first.winrates.items()}
-        if step0_drift and label in step0_drift and Path(step0_drift[label]).exists():  # the swap's own damage
-            entry["drift"] = {**_read_json(Path(step0_drift[label])), "from": str(step0_drift[label])}
-        elif first.drift:
-            entry["drift"] = {**first.drift, "from": first.sources["drift"]}
-        eps = {k: v for k, v in first.final.items() if k.startswith("final_epsilon/")}
-        if eps:
-            entry["final_epsilon"] = {**eps, "from": first.sources.get("final")}
-        report["arms"][label] = entry
+        report["arms"][label] = _arm_entry(label, members, step0_drift)
     labels = list(arms)
-    if len(labels) >= 2:
-        a, b = arms[labels[0]], arms[labels[1]]
-        accs_a = [_final_accuracy(r) for r in a]
-        accs_b = [_final_accuracy(r) for r in b]
-        if len(a) == len(b) >= 2 and None not in accs_a + accs_b:
-            report["paired_test"] = {"arms": labels[:2], "metric": "final eval_rewards/accuracies",
-                                     "pairs": len(a), "p_value": paired_permutation_test(accs_a, accs_b),
-                                     "test": "exact sign-flip permutation over seeds"}
+    if len(labels) >= 2:  # ours where every run has it, else TRL's (named as such)
+        for key, metric in (("reward_accuracy", "reward accuracy (eval rewards)"),
+                            ("trl_eval_reward_accuracy", "TRL's eval_rewards/accuracies (batch mean, ties as wrong)")):
+            a, b = (report["arms"][label].get(key, {}).get("values", []) for label in labels[:2])
+            if len(a) == len(b) == len(arms[labels[0]]) == len(arms[labels[1]]) >= 2:
+                report["paired_test"] = {"arms": labels[:2], "metric": metric, "pairs": len(a),
+                                         "p_value": paired_permutation_test(a, b),
+                                         "test": "exact sign-flip permutation over seeds"}
+                break
     if stages is None:
         stages = {label: {r.path.name: r.path for r in members} for label, members in arms.items()}
     report["stages"] = report_stages.collect(stages, eval_dirs)
-    report["plots"] = _plots(arms, out)
-    probe = report_stages.probe_plot(report["stages"], out)
+    colours = report_stages.arm_colours([r.arm for r in runs] + list(stages))
+    report["colours"] = colours
+    report["plots"] = _plots(arms, out, colours)
+    probe = report_stages.probe_plot(report["stages"], out, colours)
     if probe:
         report["plots"].append(probe)
     write_json(out / "report.json", report)
     write_text_atomic(out / "report.md", _markdown(report))
     return report
+
+
+def _run_name(run: Run) -> str:
+    return "/".join(run.path.parts[-2:])
+
+
+def _arm_entry(label: str, members: list[Run], step0_drift: dict | None) -> dict:
+    """What the report says of one arm; every number names the run (stage) and file it came from."""
+    entry = {"runs": [str(r.path) for r in members], "sources": [r.sources for r in members]}
+    accs = [(r, r.final["eval_rewards/accuracies"]) for r in members if "eval_rewards/accuracies" in r.final]
+    if accs:  # TRL's own: a mean of batch means in which a tie counts as wrong; kept for reference
+        values = [float(a) for _, a in accs]
+        entry["trl_eval_reward_accuracy"] = {
+            "values": values, "mean": statistics.fmean(values),
+            "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "stage": [_run_name(r) for r, _ in accs], "from": [r.sources.get("final") for r, _ in accs]}
+    ours = [r for r in members if r.rewards and "accuracy" in r.rewards]
+    if ours:
+        values = [r.rewards["accuracy"] for r in ours]
+        entry["reward_accuracy"] = {
+            "values": values, "mean": statistics.fmean(values), "stdev": statistics.stdev(values) if len(values) > 1
+            else 0.0, "n": [r.rewards["n"] for r in ours], "interval": ours[0].rewards["accuracy_interval"],
+            "stage": [_run_name(r) for r in ours], "from": [r.sources["rewards"] for r in ours]}
+    first = members[0]
+    if first.rewards and "accuracy" in first.rewards:
+        entry["rewards"] = {k: first.rewards.get(k) for k in (
+            "n", "accuracy", "accuracy_interval", "ties", "training_beta", "margins_per_evaluation_beta",
+            "preference_accuracy")} | {"stage": _run_name(first), "from": first.sources["rewards"]}
+    if first.winrates:
+        entry["win_rates"] = {name: {**w["stats"], "judge": w.get("judge"), "baseline": w.get("baseline"),
+                                     "stage": _run_name(first), "from": first.sources[name]}
+                              for name, w in first.winrates.items()}
+    if step0_drift is not None:  # the swap's own damage: the arm's step-0 model, never a later stage's
+        found = step0_drift.get(label)
+        if found:
+            entry["drift"] = {**_read_json(Path(found["from"])), "stage": "step 0", "from": found["from"]}
+        else:
+            entry["drift_note"] = "step 0 is the unpatched original: no swap to measure"
+    elif first.drift:
+        entry["drift"] = {**first.drift, "stage": _run_name(first), "from": first.sources["drift"]}
+    eps = {k: v for k, v in first.final.items() if k.startswith("final_epsilon/")}
+    if eps:
+        entry["final_epsilon"] = {**eps, "stage": _run_name(first), "from": first.sources.get("final")}
+    return entry
+
+
+def compare_experiment(declaration, baseline_arm: str) -> dict:
+    """The report of an experiment: every DPO run under its arm (``arm beta=B`` when the
+    experiment trains several betas), the KL column from each arm's step-0 model, and the
+    help-or-harm table from every model the declaration names."""
+    from .summary import step0_drift
+
+    several_betas = len({run.beta for run in declaration.dpo_runs}) > 1
+
+    def label(arm, beta):
+        return f"{arm} beta={beta:g}" if several_betas else arm
+
+    specs = [f"{label(run.arm, run.beta)}={run.model}" for run in declaration.dpo_runs]
+    drift = {label(run.arm, run.beta): step0_drift(declaration, run.arm) for run in declaration.dpo_runs}
+    return compare(specs, declaration.layout.report, step0_drift=drift, stages=declaration.models(),
+                   eval_dirs=declaration.eval_dirs())
 
 
 def _fmt(value) -> str:
@@ -296,21 +364,31 @@ def _markdown(report: dict) -> str:
     lines = ["# crrelu-llm comparison", ""]
     rows = []
     for label, arm in report["arms"].items():
-        acc = arm.get("final_eval_reward_accuracy")
-        rows.append(f"| {label} | {len(arm['runs'])} | "
-                    + ((f"{acc['mean']:.3f} ± {acc['stdev']:.3f}" if len(acc["values"]) > 1 else
-                        f"{acc['mean']:.3f} (one run)") if acc else "–") + " | "
-                    + (_fmt(arm["rewards"]["preference_accuracy"]) if "rewards" in arm else "–") + " | "
-                    + (f"{arm['drift']['kl_patched_original']:.4f}" if "drift" in arm else "–") + " |")
-    lines += ["| arm | runs | final eval reward accuracy (mean ± sd) | preference accuracy (reference-free) | KL to original |",
-              "|---|---|---|---|---|", *rows, ""]
+        acc = arm.get("reward_accuracy")
+        if acc and len(acc["values"]) > 1:
+            shown = f"{acc['mean']:.3f} ± {acc['stdev']:.3f} (sd over {len(acc['values'])} runs)"
+        elif acc:
+            lo, hi = acc["interval"]
+            shown = f"{acc['mean']:.3f} [{lo:.3f}, {hi:.3f}], n={acc['n'][0]}"
+        else:
+            shown = "– (not evaluated: evaluations.rewards)"
+        if "drift" in arm:
+            kl = f"{arm['drift']['kl_patched_original']:.4f} ({arm['drift']['stage']})"
+        else:
+            kl = "– (" + arm.get("drift_note", "not evaluated") + ")"
+        rows.append(f"| {label} | {len(arm['runs'])} | {shown} | "
+                    + (_fmt(arm["rewards"]["preference_accuracy"]) if "rewards" in arm else "–") + f" | {kl} |")
+    lines += ["| arm | runs | reward accuracy (95% bootstrap CI) | preference accuracy (reference-free) | "
+              "KL to original (model it was measured on) |", "|---|---|---|---|---|", *rows, "",
+              "Reward accuracy counts a tie as 1/2 (`crrelu-llm eval rewards`); TRL's batch-averaged "
+              "`eval_rewards/accuracies`, which counts a tie as wrong, is in report.json only.", ""]
     for label, arm in report["arms"].items():
         if "rewards" in arm:
             r = arm["rewards"]
             lo, hi = r["accuracy_interval"]
             trained = f"trained with beta {r['training_beta']:g}" if r.get("training_beta") is not None else \
                 "training beta unknown"
-            lines += [f"## Reward accuracy: {label}", f"(from `{r['from']}`)", "",
+            lines += [f"## Reward accuracy: {label}, {r['stage']}", f"(from `{r['from']}`)", "",
                       f"- reward accuracy {r['accuracy']:.3f}, 95% bootstrap [{lo:.3f}, {hi:.3f}], n = {r['n']} pairs, "
                       f"ties {r['ties']:.3f} ({trained}; for one model this does not depend on the evaluation beta)",
                       f"- with n = {r['n']}, two arms' accuracies must differ by {100 * detectable_difference(r['n']):.1f} "
@@ -322,7 +400,8 @@ def _markdown(report: dict) -> str:
             lines.append("")
         for name, w in arm.get("win_rates", {}).items():
             lo, hi = w["interval"]
-            lines += [f"## {label} vs {_short(w.get('baseline'))} (judge {w.get('judge')})", f"(from `{w['from']}`)", "",
+            lines += [f"## {label} (DPO, {w['stage']}) vs {_short(w.get('baseline'))} (judge {w.get('judge')})",
+                      f"(from `{w['from']}`)", "",
                       f"- wins / ties / losses: {w['wins']} / {w['ties']} / {w['losses']} of {w['n']}",
                       f"- win rate (ties as 1/2): {w['win_rate']:.3f}, 95% Wilson [{lo:.3f}, {hi:.3f}]",
                       f"- exact sign test on decisive pairs: p = {w['sign_test_p']:.4g}",
@@ -334,9 +413,10 @@ def _markdown(report: dict) -> str:
                       f"baseline {w['length_baseline']['mean']:.1f}", ""]
         if "drift" in arm:
             d = arm["drift"]
-            lines += [f"## Drift: {label}", f"(from `{d['from']}`)", "",
-                      f"- perplexity: patched {d['perplexity_patched']:.3f}, original {d['perplexity_original']:.3f}",
-                      f"- mean per-token KL(patched || original): {d['kl_patched_original']:.4f} over {d['tokens']} tokens", ""]
+            lines += [f"## Drift: {label}, {d['stage']}", f"(from `{d['from']}`)", "",
+                      f"- perplexity: this model {d['perplexity_patched']:.3f}, original {d['perplexity_original']:.3f}",
+                      f"- mean per-token KL(this model || original): {d['kl_patched_original']:.4f} over "
+                      f"{d['tokens']} tokens", ""]
     lines += report_stages.markdown(report.get("stages", []))
     if "paired_test" in report:
         t = report["paired_test"]

@@ -31,11 +31,12 @@ def collect(stages: dict[str, dict[str, Path]], eval_dirs: dict[str, Path] | Non
     """One row per (arm, stage, model) with what its ``eval/`` holds. ``eval_dirs`` maps a model
     to the directory its results went to when that is not ``MODEL/eval`` (a hub model)."""
     from .benchmark import headline
+    from .evaluate import eval_dir
 
     rows = []
     for arm, by_stage in stages.items():
         for stage, model in by_stage.items():
-            folder = Path((eval_dirs or {}).get(str(model)) or Path(model) / "eval")
+            folder = Path((eval_dirs or {}).get(str(model)) or eval_dir(model))
             row = {"arm": arm, "stage": stage, "model": str(model), "benchmarks": {}}
             drift = _read(folder / "drift.json")
             if drift:
@@ -100,8 +101,34 @@ PROBE_PANELS = (("epsilon", "learned eps"), ("least_squares_epsilon", "least-squ
                 ("share_negative", "input share negative"), ("output_small", "output share |y| < 1e-3"))
 
 
-def probe_plot(rows: list[dict], out: Path) -> str | None:
-    """One panel per probe statistic, x = layer, one line per (arm, stage)."""
+STAGE_STYLES = {"original": ":", "step 0": "-.", "recovered": (0, (5, 1, 1, 1, 1, 1)), "SFT": "--"}
+
+
+def line_style(stage: str):
+    """One line style per place in the pipeline, the same in every plot (DPO runs: solid)."""
+    return STAGE_STYLES.get(stage, "-")
+
+
+def arm_colours(arms) -> dict[str, str]:
+    """One colour per arm, the same in every plot of a report (in the order the arms come)."""
+    return {arm: f"C{i % 10}" for i, arm in enumerate(dict.fromkeys(arms))}
+
+
+def probe_plot(rows: list[dict], out: Path, colours: dict[str, str] | None = None) -> str | None:
+    """One panel per probe statistic, x = layer, one line per (arm, stage): the arm's colour and
+    the stage's line style in every panel, and one legend entry for each line."""
+    fig = probe_figure(rows, colours)
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
+    name = "probe_per_layer.png"
+    fig.savefig(out / name, dpi=100)
+    plt.close(fig)
+    return name
+
+
+def probe_figure(rows: list[dict], colours: dict[str, str] | None = None):
     probed = [r for r in rows if r.get("probe")]
     if not probed:
         return None
@@ -111,26 +138,23 @@ def probe_plot(rows: list[dict], out: Path) -> str | None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    from matplotlib.lines import Line2D
+
+    colours = {**arm_colours(r["arm"] for r in probed), **(colours or {})}
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     for ax, (key, title) in zip(axes.flat, PROBE_PANELS):
         for r in probed:
             points = [(layer["layer"], layer[key]) for layer in r["probe"]["layers"]
                       if layer[key] is not None and layer["layer"] is not None]
             if points:
-                ax.plot(*zip(*points), marker="o", label=f"{r['arm']} {r['stage']}")
+                ax.plot(*zip(*points), marker="o", color=colours[r["arm"]], linestyle=line_style(r["stage"]),
+                        label=f"{r['arm']} {r['stage']}")
         ax.set_title(title)
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    for ax in axes.flat[1:]:
-        more = ax.get_legend_handles_labels()
-        for h, label in zip(*more):
-            if label not in labels:
-                handles.append(h)
-                labels.append(label)
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize="small")
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    name = "probe_per_layer.png"
-    fig.savefig(out / name, dpi=100)
-    plt.close(fig)
-    return name
+    # the legend from the rows themselves: every line has an entry, whichever panels it appears in
+    handles = [Line2D([], [], color=colours[r["arm"]], linestyle=line_style(r["stage"]), marker="o",
+                      label=f"{r['arm']} {r['stage']}") for r in probed]
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize="small")
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * ((len(handles) + 3) // 4), 1, 1))
+    return fig

@@ -1,45 +1,85 @@
 """What an experiment prints and keeps in ``summary.json``: one row per DPO run (win rates,
 reward accuracy, KL at step 0, eps range) and the help-or-harm rows (each arm at every stage:
 KL to the original, benchmarks, eps learned and least-squares), with their sample sizes and
-the differences those sizes can detect."""
+the differences those sizes can detect.
+
+Every number is found through the experiment's stage declaration (:mod:`crrelu_llm.stages`)
+and carries the stage that computed it and the file it was read from.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import evaluate
 from .files import read_json
 from .stats import detectable_difference
 
 
-def summarise(exp, dpo_runs: list[Path], sft_dirs: dict) -> dict:
+def _winrate_entry(spec) -> dict | None:
+    file = spec.done
+    if not file.exists():
+        return None
+    stats = read_json(file)["stats"]
+    return {"win_rate": stats["win_rate"], "interval": stats["interval"], "wins": stats["wins"],
+            "ties": stats["ties"], "losses": stats["losses"], "n": stats["n"], "stage": spec.name, "from": str(file)}
+
+
+def step0_drift(declaration, arm: str) -> dict | None:
+    """The KL of the arm's step-0 model to the original, with its stage and file (None for an
+    unpatched arm, whose step 0 is the original itself, or when drift was not evaluated)."""
+    for spec in declaration.by_kind("drift"):
+        if spec.arm == arm and spec.step == "step 0" and spec.done.exists():
+            return {"value": read_json(spec.done)["kl_patched_original"], "stage": spec.name, "from": str(spec.done)}
+    return None
+
+
+def summarise(exp, declaration) -> dict:
     rows = []
-    for out in dpo_runs:
-        arm = out.parent.name
-        row = {"arm": arm, "run": str(out)}
+    for run in declaration.dpo_runs:
+        out = Path(run.model)
+        row = {"arm": run.arm, "run": str(out), "stage": run.name}
         final = read_json(out / "final_metrics.json")
-        row["eval_reward_accuracy"] = final.get("eval_rewards/accuracies")
-        rewards = evaluate.rewards_file(out)
-        if rewards.exists():
-            r = read_json(rewards)
-            if "accuracy" in r:
-                row["reward_accuracy"] = {"accuracy": r["accuracy"], "interval": r["accuracy_interval"], "n": r["n"]}
+        for spec in declaration.by_kind("rewards"):
+            if spec.model == run.model and spec.done.exists():
+                r = read_json(spec.done)
+                if "accuracy" in r:
+                    row["reward_accuracy"] = {"accuracy": r["accuracy"], "interval": r["accuracy_interval"],
+                                              "n": r["n"], "ties": r.get("ties"), "stage": spec.name,
+                                              "from": str(spec.done)}
         eps = [v for k, v in final.items() if k.startswith("final_epsilon/") and k[14:].isdigit()]
         row["epsilon_range"] = [min(eps), max(eps)] if eps else None
-        judge = exp.evaluations.get("winrate", {}).get("judge")
-        baselines = {"vs-sft": sft_dirs[arm], f"vs-{exp.baseline_arm}": exp.output_dir / exp.baseline_arm / out.name}
-        for name, baseline in baselines.items():
-            file = evaluate.winrate_file(out, judge, baseline) if judge else None
-            if file and file.exists() and baseline != out:
-                stats = read_json(file)["stats"]
-                row[f"winrate_{name}"] = {"win_rate": stats["win_rate"], "interval": stats["interval"],
-                                         "wins": stats["wins"], "ties": stats["ties"], "losses": stats["losses"],
-                                         "n": stats["n"]}
-        drift = evaluate.drift_file(exp.output_dir / arm / "patched")
-        if drift.exists():
-            row["kl_step0"] = read_json(drift)["kl_patched_original"]
+        start = declaration.start_of(run)
+        for spec in declaration.by_kind("winrate"):
+            if spec.model == run.model:
+                name = "vs-sft" if spec.baseline == start else f"vs-{exp.baseline_arm}"
+                entry = _winrate_entry(spec)
+                if entry:
+                    row[f"winrate_{name}"] = entry
+        drift = step0_drift(declaration, run.arm)
+        if drift:
+            row["kl_step0"] = drift["value"]
+            row["kl_step0_from"] = {"stage": drift["stage"], "from": drift["from"]}
         rows.append(row)
-    return {"rows": rows, "report": str(exp.output_dir / "report" / "report.md")}
+    return {"rows": rows, "report": str(declaration.layout.report / "report.md")}
+
+
+def stage_totals(log: list[dict]) -> dict:
+    """How many stages ran now and how many were reused, with their wall times (a reused stage's
+    time is the one it took when it ran)."""
+    ran = [s for s in log if s["status"] in ("ran", "reran")]
+    reused = [s for s in log if s["status"] == "skipped"]
+    return {"ran": len(ran), "ran_seconds": round(sum(s.get("seconds", 0) for s in ran), 1),
+            "reused": len(reused), "reused_seconds": round(sum(s.get("seconds", 0) for s in reused), 1),
+            "reused_without_timing": sum(1 for s in reused if "seconds" not in s)}
+
+
+def format_totals(summary: dict) -> str:
+    t = summary["stage_totals"]
+    reused = f"reused {t['reused']} finished stage(s)"
+    if t["reused"]:
+        reused += f" (they took {t['reused_seconds']:.0f} s when they ran" + (
+            f"; {t['reused_without_timing']} without a recorded time)" if t["reused_without_timing"] else ")")
+    return f"ran {t['ran']} stage(s) now ({t['ran_seconds']:.0f} s), {reused}"
 
 
 def format_table(summary: dict, baseline: str) -> str:
@@ -51,19 +91,18 @@ def format_table(summary: dict, baseline: str) -> str:
         return interval(entry["win_rate"], *entry["interval"]) if entry else "–"
 
     def acc(row):
-        if row.get("reward_accuracy"):
-            return interval(row["reward_accuracy"]["accuracy"], *row["reward_accuracy"]["interval"])
-        return f"{row['eval_reward_accuracy']:.2f}" if row.get("eval_reward_accuracy") is not None else "–"
+        r = row.get("reward_accuracy")
+        return interval(r["accuracy"], *r["interval"]) if r else "–"
 
-    columns = [("run", 26, "<"), ("DPO vs own SFT", 18, ">"), (f"vs {baseline} DPO", 18, ">"),
+    names = [f"{r['arm']}/{Path(r['run']).name}" for r in summary["rows"]]
+    columns = [("run", max([26, *map(len, names)]), "<"), ("DPO vs own SFT", 18, ">"), (f"vs {baseline} DPO", 18, ">"),
                ("reward accuracy", 18, ">"), ("KL step 0", 9, ">"), ("eps range", 16, ">")]
     lines = ["  ".join(f"{name:{align}{width}}" for name, width, align in columns)]
     sizes, detectable = set(), set()
-    for r in summary["rows"]:
+    for name, r in zip(names, summary["rows"]):
         eps = f"[{r['epsilon_range'][0]:.2f}, {r['epsilon_range'][1]:.2f}]" if r.get("epsilon_range") else "–"
         kl = f"{r['kl_step0']:.3f}" if "kl_step0" in r else "–"
-        cells = [f"{r['arm']}/{Path(r['run']).name}", wr(r.get("winrate_vs-sft")), wr(r.get(f"winrate_vs-{baseline}")),
-                 acc(r), kl, eps]
+        cells = [name, wr(r.get("winrate_vs-sft")), wr(r.get(f"winrate_vs-{baseline}")), acc(r), kl, eps]
         lines.append("  ".join(f"{c:{align}{width}}" for c, (_, width, align) in zip(cells, columns)))
         for w in (w for k, w in r.items() if k.startswith("winrate_") and w):
             sizes.add(f"win rates over {w['n']} prompts")
@@ -78,16 +117,17 @@ def format_table(summary: dict, baseline: str) -> str:
     return "\n".join(lines)
 
 
-def help_or_harm(stages: dict, eval_dirs: dict) -> list[dict]:
+def help_or_harm(declaration) -> list[dict]:
     """Per arm and stage: KL to the original, benchmark results, mean learned and least-squares eps."""
     from .report_stages import collect
 
     rows = []
-    for r in collect(stages, eval_dirs):
+    for r in collect(declaration.models(), declaration.eval_dirs()):
         layers = r.get("probe", {}).get("layers", [])
         learned = [layer["epsilon"] for layer in layers if layer["epsilon"] is not None]
         fitted = [layer["least_squares_epsilon"] for layer in layers if layer["least_squares_epsilon"] is not None]
-        rows.append({"arm": r["arm"], "stage": r["stage"], "kl_to_original": r.get("kl_to_original", {}).get("value"),
+        rows.append({"arm": r["arm"], "stage": r["stage"], "model": r["model"],
+                     "kl_to_original": r.get("kl_to_original", {}).get("value"),
                      "benchmarks": {t: {k: b[k] for k in ("metric", "value", "stderr", "n")}
                                     for t, b in r["benchmarks"].items()},
                      "epsilon_learned_mean": sum(learned) / len(learned) if learned else None,

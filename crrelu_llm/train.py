@@ -31,7 +31,7 @@ from .config import BOOKKEEPING_KEYS, CALIBRATE, CRReLUArguments, parse_recipe, 
 from .data import DataArguments, load_preference_splits, load_sft_splits
 from .distributed import use_vector_epsilons
 from .errors import Interrupted, OutputExistsError, RecipeError
-from .files import writable_dir, write_json, write_text_atomic
+from .files import check_writable, writable_dir, write_directory_atomic, write_json, write_text_atomic
 from .loading import load_causal_lm, load_tokenizer
 from .model_card import model_card
 from .model_utils import apply_epsilon_mode, apply_recipe_patch, build_reference
@@ -99,6 +99,43 @@ def claim_output_dir(output_dir: Path, recipe: dict, overwrite: bool) -> None:
     state.wait_for_everyone()
 
 
+def training_splits(command: str, data_args: DataArguments):
+    """(train, eval, summary) of a training command's data: preference pairs for DPO, SFT rows
+    for SFT and distillation."""
+    loader = load_preference_splits if command == "dpo" else load_sft_splits
+    return loader(data_args)
+
+
+def patch_for_training(model, crrelu_args: CRReLUArguments, model_args, tokenizer, train_data) -> dict | None:
+    """Patch ``model`` as a training run of this recipe does (the patch report, or None for the
+    baseline); ``epsilon_init: calibrate`` calibrates on the run's own first training rows. The
+    one path from a recipe to a patched model: training stages and an experiment's step 0 use it."""
+    pairs = calibration_pairs(train_data, crrelu_args.calibration_samples) if crrelu_args.epsilon_init == CALIBRATE \
+        else None
+    return apply_recipe_patch(model, crrelu_args, model_args.model_name_or_path, tokenizer, pairs)
+
+
+def write_patched_start(command: str, keys: dict, out: Path) -> dict | None:
+    """Write to ``out`` the model a ``command`` run with ``keys`` starts training from: loaded and
+    patched exactly as :func:`prepare` does, with its tokenizer and ``patch_report.json``. An
+    experiment's step-0 model, so that what it measures is what its arm trains."""
+    crrelu_args, data_args, training_args, model_args = recipe_from_dict(command, {**keys, "output_dir": str(out)})
+    train_data, _, _ = training_splits(command, data_args)
+    tokenizer = load_tokenizer(crrelu_args.tokenizer_name_or_path or model_args.model_name_or_path,
+                               getattr(training_args, "trust_remote_code", False))
+    model = load_causal_lm(model_args.model_name_or_path, dtype=model_args.dtype or "auto",
+                           trust_remote_code=getattr(training_args, "trust_remote_code", False), seed=training_args.seed)
+    report = patch_for_training(model, crrelu_args, model_args, tokenizer, train_data)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "patch_report.json", report)
+
+    write_directory_atomic(out, True, write)
+    return report
+
+
 @dataclass
 class PreparedRun:
     trainer: object
@@ -113,13 +150,12 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
             callbacks=None) -> PreparedRun:
     """Data, tokenizer, model (patched per the recipe), reference and trainer; nothing trained yet."""
     kernels.set_kernel(crrelu_args.crrelu_kernel)
-    output_dir = writable_dir(Path(training_args.output_dir), "output_dir")
+    output_dir = check_writable(Path(training_args.output_dir), "output_dir")  # created once the inputs are good
     recipe = resolved_recipe(crrelu_args, data_args, training_args, model_args)
     claim_output_dir(output_dir, recipe, crrelu_args.overwrite_output_dir)
 
     # data first: a bad row should stop the run before a model is downloaded
-    loader = load_preference_splits if command == "dpo" else load_sft_splits  # distill reads SFT data
-    train_data, eval_data, data_summary = loader(data_args)
+    train_data, eval_data, data_summary = training_splits(command, data_args)
 
     tokenizer = load_tokenizer(crrelu_args.tokenizer_name_or_path or model_args.model_name_or_path,
                                getattr(training_args, "trust_remote_code", False))
@@ -138,9 +174,7 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
             (command == "distill" and not training_args.teacher_model_name_or_path):
         original = load_model() if zero3 else copy.deepcopy(model)
     originals = original_activations(model) if crrelu_args.swap_steps else {}
-    pairs = calibration_pairs(train_data, crrelu_args.calibration_samples) if crrelu_args.epsilon_init == CALIBRATE \
-        else None
-    patch_report = apply_recipe_patch(model, crrelu_args, model_args.model_name_or_path, tokenizer, pairs)
+    patch_report = patch_for_training(model, crrelu_args, model_args, tokenizer, train_data)
     callbacks = list(callbacks or [])
     if originals and patch_report and not patch_report.get("already_patched"):
         blended = blend_in(model, originals)
@@ -176,6 +210,7 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
         trainer_kwargs["ref_model"] = ref  # always explicit: TRL's implicit choices differ by setting
         logger.info("DPO reference: %s", reference_info["source"])
 
+    writable_dir(output_dir, "output_dir")
     if model_args.use_peft:
         from peft import get_peft_model
         from trl import get_peft_config

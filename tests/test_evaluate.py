@@ -295,7 +295,8 @@ def test_eval_commands_write_their_outputs_and_compare_reports_them(two_runs, ta
     assert crrelu_arm["rewards"]["accuracy"] == stored["accuracy"]  # every number traceable to its file
     assert crrelu_arm["rewards"]["margins_per_evaluation_beta"] == stored["margins_per_evaluation_beta"]
     finals = [json.loads((d / "final_metrics.json").read_text())["eval_rewards/accuracies"] for d in (crrelu0, crrelu1)]
-    assert crrelu_arm["final_eval_reward_accuracy"]["values"] == finals
+    assert crrelu_arm["trl_eval_reward_accuracy"]["values"] == finals
+    assert "TRL's" in report["paired_test"]["metric"]  # ours was evaluated for one run only
     assert set(report["plots"]) == {"training_curves.png", "epsilon.png", "reward_accuracy.png", "win_rates.png"}
     for plot in report["plots"]:
         assert (report_dir / plot).stat().st_size > 1000

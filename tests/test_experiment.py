@@ -92,7 +92,8 @@ def test_reduced_demo_runs_every_stage_and_reports(demo_run, capsys):
     assert "position consistency: None" not in md and "± 0.000" not in md
     assert "## Help or harm: each arm at every stage" in md and "| crrelu | SFT |" in md
     assert "to be told apart (95% confidence, 80% power)" in md
-    assert "Reward accuracy: crrelu" in md and "| evaluation beta | mean margin |" in md and "crrelu vs " in md and "![win_rates.png]" in md
+    assert "## Reward accuracy: crrelu, crrelu/dpo-beta0.5-seed0" in md and "| evaluation beta | mean margin |" in md
+    assert "## crrelu (DPO, crrelu/dpo-beta0.5-seed0) vs crrelu/sft" in md and "![win_rates.png]" in md
     # the data are ordinary preference files
     first = json.loads((out / "data" / "train.jsonl").read_text().splitlines()[0])
     assert set(first) == {"prompt", "chosen", "rejected"}
