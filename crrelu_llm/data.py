@@ -22,6 +22,7 @@ given SFT dataset (``text``, ``prompt``/``completion`` or ``messages``).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -253,10 +254,12 @@ def _problem(convert, row: dict) -> tuple[str, str] | None:
     return None
 
 
-def convert_rows(raw: Dataset, fmt: str, source: str, split: str, args: DataArguments) -> Dataset:
+def convert_rows(raw: Dataset, fmt: str, source: str, split: str, args: DataArguments,
+                 counts: dict | None = None) -> Dataset:
     """Convert and validate every row (``Dataset.filter`` then ``Dataset.map``); a malformed row
     stops with a :class:`MalformedRowError` naming source, split, row and column, or is dropped
-    and counted with ``drop_invalid_rows``."""
+    and counted with ``drop_invalid_rows``. ``counts`` (if given) receives, under ``split``, the
+    rows read, dropped as malformed and filtered by score ratio."""
     convert = CONVERTERS[fmt]
     ratio = args.shp_min_score_ratio if fmt == "shp" else None
     filtered = 0
@@ -276,6 +279,8 @@ def convert_rows(raw: Dataset, fmt: str, source: str, split: str, args: DataArgu
     # not from a cache, and in this process: the counts above come from running `usable`
     kept = raw.filter(usable, with_indices=True, load_from_cache_file=False, desc=f"Checking {source} [{split}]")
     dropped = len(raw) - len(kept) - filtered
+    if counts is not None:
+        counts[split] = {"rows_read": len(raw), "dropped_malformed": dropped, "filtered_score_ratio": filtered}
     if dropped or filtered:
         logger.warning("%s [%s]: dropped %d malformed row(s), filtered %d by score ratio", source, split, dropped, filtered)
     if not len(kept):
@@ -287,10 +292,19 @@ def convert_rows(raw: Dataset, fmt: str, source: str, split: str, args: DataArgu
 
 
 def _cut(train: Dataset, evaluation: Dataset | None, args: DataArguments, train_split: str,
-         test_split: str | None) -> tuple[Dataset, Dataset, str]:
+         test_split: str | None, source: str = "the data") -> tuple[Dataset, Dataset, str]:
     """The evaluation split, or a seeded ``eval_fraction`` of train held out; then the sample
     limits (training rows: a seeded random subset; evaluation rows: the first ones)."""
     if evaluation is None:
+        n = len(train)
+        held = math.ceil(args.eval_fraction * n)  # datasets' own rounding of test_size
+        if held < 1 or n - held < 1:
+            raise DataError(f"{source}: {n} row(s) in split {train_split!r} cannot be split with eval_fraction "
+                            f"{args.eval_fraction:g} ({held} held out, {n - held} left to train): add rows, or give "
+                            "an evaluation split (a test*.jsonl file beside it, or dataset_test_split)")
+        if held < 10:
+            logger.warning("%s: the evaluation split holds only %d row(s) (eval_fraction %g of %d): its metrics are "
+                           "noise; add rows or give an evaluation split", source, held, args.eval_fraction, n)
         parts = train.train_test_split(test_size=args.eval_fraction, seed=args.split_seed)
         train, evaluation = parts["train"], parts["test"]
         test_split = f"{args.eval_fraction:g} of {train_split}"
@@ -316,16 +330,17 @@ def load_preference_splits(args: DataArguments) -> tuple[Dataset, Dataset, dict]
     test_split = args.dataset_test_split or default_test
     if train_split not in raw:
         raise DataError(f"{source}: no split {train_split!r}; it has {list(raw)} (set dataset_train_split)")
-    train = convert_rows(raw[train_split], fmt, source, train_split, args)
+    read: dict = {}
+    train = convert_rows(raw[train_split], fmt, source, train_split, args, read)
     if test_split in raw:
-        evaluation = convert_rows(raw[test_split], fmt, source, test_split, args)
+        evaluation = convert_rows(raw[test_split], fmt, source, test_split, args, read)
     elif args.dataset_test_split:
         raise DataError(f"{source}: no split {test_split!r}; it has {list(raw)}")
     else:
         evaluation = None
-    train, evaluation, test_split = _cut(train, evaluation, args, train_split, test_split)
+    train, evaluation, test_split = _cut(train, evaluation, args, train_split, test_split, source)
     summary = {"source": source, "format": fmt, "train_split": train_split, "eval_split": test_split,
-               "train_rows": len(train), "eval_rows": len(evaluation)}
+               "train_rows": len(train), "eval_rows": len(evaluation), "read": read}
     return train, evaluation, summary
 
 
@@ -378,7 +393,7 @@ def _best_scored_splits(args: DataArguments) -> tuple[Dataset, Dataset, dict]:
         raise DataError(f"{source}: no split {train_split!r}; it has {list(raw)} (set dataset_train_split)")
     train = best_scored_responses(raw[train_split], source, train_split, args)
     evaluation = best_scored_responses(raw[test_split], source, test_split, args) if test_split in raw else None
-    train, evaluation, test_split = _cut(train, evaluation, args, train_split, test_split)
+    train, evaluation, test_split = _cut(train, evaluation, args, train_split, test_split, source)
     return train, evaluation, {"source": source, "format": fmt, "train_split": train_split, "eval_split": test_split,
                                "train_rows": len(train), "eval_rows": len(evaluation),
                                "sft_from": "best-scored response per prompt"}
@@ -400,5 +415,5 @@ def load_sft_splits(args: DataArguments) -> tuple[Dataset, Dataset, dict]:
     if not ({"text"} <= columns or {"prompt", "completion"} <= columns or {"messages"} <= columns):
         raise DataError(f"{source}: SFT data needs a 'text', 'prompt'+'completion' or 'messages' column; has {sorted(columns)}")
     test = args.dataset_test_split or "test"
-    data, evaluation, _ = _cut(raw[split], raw[test] if test in raw else None, args, split, test)
+    data, evaluation, _ = _cut(raw[split], raw[test] if test in raw else None, args, split, test, source)
     return data, evaluation, {"source": source, "format": "sft", "train_rows": len(data), "eval_rows": len(evaluation)}

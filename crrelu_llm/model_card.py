@@ -19,6 +19,11 @@ def model_card(command, model_args, crrelu_args, data_summary, patch_report, ref
         f"- Data: {data_summary.get('source')} ({data_summary.get('format')}), {data_summary.get('train_rows')} training "
         f"/ {data_summary.get('eval_rows')} evaluation rows",
     ]
+    for split, counts in (data_summary.get("splits") or {}).items():
+        reach = counts.get("reach_training", counts.get("reach_evaluation"))
+        lines.append(f"- {split} split: {counts['rows']} {counts['unit']}s, {counts['dropped_by_length']} dropped by "
+                     f"the length rule, {counts['prompt_cut']} prompts and {counts['response_cut']} responses cut"
+                     + (f" ({counts['rule']})" if counts.get("rule") else "") + f", {reach} used")
     if reference_info:
         lines.append(f"- Reference model: {reference_info['source']}")
     lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]

@@ -210,7 +210,6 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
         trainer_kwargs["ref_model"] = ref  # always explicit: TRL's implicit choices differ by setting
         logger.info("DPO reference: %s", reference_info["source"])
 
-    writable_dir(output_dir, "output_dir")
     if model_args.use_peft:
         from peft import get_peft_model
         from trl import get_peft_config
@@ -226,10 +225,17 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
         model = get_peft_model(model, peft_config)
 
     trainer = TRAINERS[command](model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
-                                processing_class=tokenizer,
+                                processing_class=tokenizer, data_source=str(data_summary.get("source", "")),
                                 callbacks=[RankConsistencyCallback(output_dir), *callbacks], **trainer_kwargs)
 
+    # the trainer has tokenized and cut every split (an emptied one was refused): what reaches it is counted
+    data_summary["splits"] = getattr(trainer, "data_accounting", {})
+    writable_dir(output_dir, "output_dir")  # only now: a refused run leaves nothing behind
     if trainer.is_world_process_zero():
+        from .accounting import line
+
+        for split, counts in data_summary["splits"].items():
+            print(line(split, counts), flush=True)
         write_text_atomic(output_dir / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=True))
         write_json(output_dir / "patch_report.json", patch_report)
         write_json(output_dir / "data_summary.json", data_summary)

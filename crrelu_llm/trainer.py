@@ -21,6 +21,7 @@ import torch
 from transformers import TrainerCallback
 from trl import DPOTrainer, SFTTrainer
 
+from . import accounting
 from .data import truncate_like_reference
 from .distributed import fsdp2_share_epsilons, full_parameter
 from .files import write_json
@@ -32,8 +33,9 @@ logger = logging.getLogger("crrelu_llm.trainer")
 class EpsilonTrainingMixin:
     """Own optimizer group for CRReLU epsilons, and epsilon values in the logs."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, data_source: str = "", **kwargs):
         self._crrelu_reference = kwargs.get("ref_model")
+        self.data_source = data_source  # names the data in the length rule's messages
         super().__init__(*args, **kwargs)
 
     def create_accelerator_and_postprocess(self):
@@ -80,21 +82,37 @@ class EpsilonTrainingMixin:
 
 
 class PromptTruncationMixin:
-    """With ``args.max_prompt_length``: TRL tokenizes without its own length cut and filter,
-    then every example is cut as the DPO reference code cuts it
+    """TRL tokenizes every split without a length limit; then the length rule is applied here and
+    what it does is counted (:mod:`crrelu_llm.accounting`, kept in ``self.data_accounting`` per
+    split): TRL's rule, or with ``args.max_prompt_length`` the DPO reference code's
     (:func:`crrelu_llm.data.truncate_like_reference`), so a long HH conversation keeps its last
-    turns instead of being dropped or losing its response."""
+    turns instead of being dropped or losing its response. A split the rule empties is refused."""
+
+    lengths = staticmethod(accounting.dpo_lengths)
+    unit = "pair"
 
     def _prepare_dataset(self, dataset, processing_class, args, *rest):
-        limit = getattr(args, "max_prompt_length", None)
-        if not limit:
+        name, packing = rest[-1], bool(rest[0]) if len(rest) > 1 else False
+        if packing or not hasattr(dataset, "__len__"):  # packed or streamed: nothing is dropped or cut per row
             return super()._prepare_dataset(dataset, processing_class, args, *rest)
+        rows = len(dataset)
         uncut = copy.copy(args)
         uncut.max_length = None
         dataset = super()._prepare_dataset(dataset, processing_class, uncut, *rest)
-        kwargs = {"max_length": args.max_length, "max_prompt_length": limit, "mode": args.prompt_truncation_mode}
-        return dataset.map(self._truncate_example, fn_kwargs=kwargs, desc=f"Truncating prompts to {limit} tokens "
-                           f"({args.prompt_truncation_mode}) within {args.max_length}")
+        measured = dataset.map(self.lengths, remove_columns=dataset.column_names, desc=f"Measuring {name} lengths")
+        lengths = [{"prompt": p, "response": r} for p, r in zip(measured["prompt"], measured["response"])]
+        limit = getattr(args, "max_prompt_length", None)
+        counts = accounting.account(lengths, rows, name, self.unit, max_length=args.max_length,
+                                    max_prompt_length=limit, truncation_mode=args.truncation_mode)
+        if not hasattr(self, "data_accounting"):
+            self.data_accounting = {}
+        self.data_accounting[name] = counts
+        accounting.check(counts, name, args.per_device_train_batch_size, getattr(self, "data_source", ""))
+        if limit:
+            kwargs = {"max_length": args.max_length, "max_prompt_length": limit, "mode": args.prompt_truncation_mode}
+            return dataset.map(self._truncate_example, fn_kwargs=kwargs, desc=f"Truncating prompts to {limit} "
+                               f"tokens ({args.prompt_truncation_mode}) within {args.max_length}")
+        return self._length_rule(dataset, args) if args.max_length is not None else dataset
 
 
 class CRReLUDPOTrainer(EpsilonTrainingMixin, PromptTruncationMixin, DPOTrainer):
@@ -113,6 +131,15 @@ class CRReLUDPOTrainer(EpsilonTrainingMixin, PromptTruncationMixin, DPOTrainer):
                                       lambda: compute(dataset, name, batch_size), self.accelerator)
 
     @staticmethod
+    def _length_rule(dataset, args):
+        """TRL's: with ``keep_start``, drop the pairs whose prompt alone fills ``max_length`` (the
+        collator then cuts the rest); pinned against TRL's own in tests/test_accounting.py."""
+        if args.truncation_mode != "keep_start":
+            return dataset
+        return dataset.filter(lambda example: len(example["prompt_ids"]) < args.max_length,
+                              desc="Dropping pairs whose prompt fills max_length")
+
+    @staticmethod
     def _truncate_example(example, **kwargs):
         prompt, (chosen, rejected) = truncate_like_reference(
             example["prompt_ids"], [example["chosen_ids"], example["rejected_ids"]], **kwargs)
@@ -121,6 +148,27 @@ class CRReLUDPOTrainer(EpsilonTrainingMixin, PromptTruncationMixin, DPOTrainer):
 
 class CRReLUSFTTrainer(EpsilonTrainingMixin, PromptTruncationMixin, SFTTrainer):
     """TRL's ``SFTTrainer`` with the CRReLU epsilons looked after (see the module docstring)."""
+
+    lengths = staticmethod(accounting.sft_lengths)
+    unit = "row"
+
+    @staticmethod
+    def _length_rule(dataset, args):
+        """TRL's: cut every sequence to ``max_length`` (its start kept with ``keep_start``), then drop
+        the rows left with no scored token; pinned against TRL's own in tests/test_accounting.py."""
+        cut = slice(None, args.max_length) if args.truncation_mode == "keep_start" else slice(-args.max_length, None)
+        masks = [c for c in ("labels", "completion_mask") if c in dataset.column_names]
+
+        def truncate(example):
+            return {"input_ids": example["input_ids"][cut], **{c: example[c][cut] for c in masks}}
+
+        def scored(example):
+            if "labels" in example:
+                return any(label != -100 for label in example["labels"])
+            return any(example["completion_mask"]) if "completion_mask" in example else bool(example["input_ids"])
+
+        dataset = dataset.map(truncate, desc=f"Truncating to {args.max_length} tokens")
+        return dataset.filter(scored, desc="Dropping rows left without a scored token")
 
     @staticmethod
     def _truncate_example(example, **kwargs):
