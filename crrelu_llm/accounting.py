@@ -82,13 +82,14 @@ def account(lengths: list[dict], rows: int, split: str, unit: str, *, max_length
     return counts
 
 
-def check(counts: dict, split: str, batch_size: int, source: str = "") -> None:
-    """Refuse a split the length rules emptied (or left smaller than one training batch); warn
-    when more than 5% of it was dropped or cut, naming the key to change."""
+def check(counts: dict, split: str, batch_size: int = 1, source: str = "") -> None:
+    """Refuse a split the length rules emptied (or, with ``batch_size``, left smaller than one
+    batch: pass it where a partial batch is dropped); warn when more than 5% of it was dropped or
+    cut, naming the key to change."""
     kept = counts["rows"] - counts["dropped_by_length"]
     unit, where = counts["unit"], f"{source} [{split}]" if source else f"the {split} split"
     prompts = counts["prompt_tokens"] or {}
-    if counts["rows"] and kept < (batch_size if split == "train" else 1):
+    if counts["rows"] and kept < max(1, batch_size):
         if counts["dropped_by_length"]:
             why = (f"all {counts['rows']} {unit}s dropped" if not kept else
                    f"{counts['dropped_by_length']} of {counts['rows']} {unit}s dropped, {kept} left for a batch of "
@@ -97,8 +98,8 @@ def check(counts: dict, split: str, batch_size: int, source: str = "") -> None:
                             f"tokens long (prompts: median {prompts.get('median'):g}, max {prompts.get('max')}); "
                             "raise max_length, or set max_prompt_length below it to cut prompts instead of dropping "
                             "the pairs")
-        raise DataError(f"{where}: {kept} {unit}(s), fewer than one batch of {batch_size}; give more data or lower "
-                        "per_device_train_batch_size")
+        raise DataError(f"{where}: {kept} {unit}(s), fewer than one batch of {batch_size} with dataloader_drop_last: "
+                        "give more data, lower per_device_train_batch_size or set dataloader_drop_last: false")
     changed = counts["dropped_by_length"] + max(counts["prompt_cut"], counts["response_cut"])
     if counts["rows"] and changed / counts["rows"] > WARN_SHARE:
         logger.warning("%s: %d of %d %ss dropped or cut by the length rule (%s): raise max_length, or set "

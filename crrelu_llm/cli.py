@@ -49,8 +49,22 @@ def _parse_epsilon(text: str) -> float | str:
     return value
 
 
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line (the flag, the value as typed, where to look)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+def positive_int(text: str) -> int:
+    """A count flag: a whole number of at least 1, refused as typed otherwise."""
+    if not text.strip().lstrip("+").isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="crrelu-llm",
         description="Swap the MLP activation of pretrained causal LMs for CRReLU and study DPO.",
     )
@@ -71,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "--calibration-data)")
     patch.add_argument("--calibration-data", default=None, help="text to calibrate eps on: preference data (hub id or "
                                                                 "local file/directory)")
-    patch.add_argument("--calibration-samples", type=int, default=64, help="rows of it to use (default 64)")
+    patch.add_argument("--calibration-samples", type=positive_int, default=64, help="rows of it to use (default 64)")
     patch.add_argument("--layers", type=_parse_layers, default=None, help="comma-separated block indices (default: all)")
     patch.add_argument("--dtype", default="auto", help="auto (as stored), float32, bfloat16 or float16")
     patch.add_argument("--trust-remote-code", action="store_true", help="allow custom modeling code from the hub")
@@ -95,14 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--data-format", default="auto", help="auto, hh, shp, ultrafeedback or preference")
         sub.add_argument("--split", default=None, help="evaluation split (default: test, else a held-out share)")
         sub.add_argument("--out", type=Path, default=None, help="output directory (default: MODEL/eval)")
-        sub.add_argument("--batch-size", type=int, default=8)
-        sub.add_argument("--max-length", type=int, default=1024)
+        sub.add_argument("--batch-size", type=positive_int, default=8)
+        sub.add_argument("--max-length", type=positive_int, default=1024)
 
     rewards = kinds.add_parser("rewards", help="DPO implicit-reward accuracy and margins for several betas")
     rewards.add_argument("--model", required=True)
     rewards.add_argument("--reference", required=True, help="the reference model (e.g. the SFT checkpoint)")
     rewards.add_argument("--beta", type=float, nargs="+", default=[0.1])
-    rewards.add_argument("--max-samples", type=int, default=None)
+    rewards.add_argument("--max-samples", type=positive_int, default=None)
     data_options(rewards)
 
     winrate = kinds.add_parser("winrate", help="generate with both models and judge the pairs")
@@ -110,21 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
     winrate.add_argument("--baseline", required=True)
     winrate.add_argument("--judge", required=True,
                          help="reward-model:<id or path> | openai:<model>@<base url> ($OPENAI_API_KEY) | rule:<task>")
-    winrate.add_argument("--num-prompts", type=int, default=200)
-    winrate.add_argument("--max-new-tokens", type=int, default=128)
+    winrate.add_argument("--num-prompts", type=positive_int, default=200)
+    winrate.add_argument("--max-new-tokens", type=positive_int, default=128)
     winrate.add_argument("--sample", action="store_true", help="sample (default: greedy)")
     winrate.add_argument("--temperature", type=float, default=1.0)
     winrate.add_argument("--top-p", type=float, default=1.0)
     winrate.add_argument("--seed", type=int, default=0)
     winrate.add_argument("--chat-template", action="store_true", help="apply the tokenizer's chat template")
-    winrate.add_argument("--judge-concurrency", type=int, default=8,
+    winrate.add_argument("--judge-concurrency", type=positive_int, default=8,
                          help="requests an openai: judge keeps in flight (default 8)")
     data_options(winrate)
 
     drift = kinds.add_parser("drift", help="perplexity and per-token KL of a patched model against the original")
     drift.add_argument("--model", required=True, help="the patched (or trained) model")
     drift.add_argument("--original", required=True, help="the original model")
-    drift.add_argument("--max-samples", type=int, default=200)
+    drift.add_argument("--max-samples", type=positive_int, default=200)
     data_options(drift)
 
     benchmark = kinds.add_parser("benchmark", help="capability benchmarks through lm-evaluation-harness ([bench] extra)")
@@ -133,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="comma-separated lm-eval tasks, e.g. hellaswag,arc_easy; crrelu_arith_mc runs offline")
     benchmark.add_argument("--limit", type=float, default=None, help="items per task (a count, or a fraction below 1)")
     benchmark.add_argument("--num-fewshot", type=int, default=None)
-    benchmark.add_argument("--batch-size", type=int, default=16)
+    benchmark.add_argument("--batch-size", type=positive_int, default=16)
     benchmark.add_argument("--out", type=Path, default=None, help="output directory (default: MODEL/eval)")
 
     probe = commands.add_parser("probe", help="activation statistics per layer: input moments, sparsity, learned and "
@@ -141,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("model", metavar="MODEL")
     probe.add_argument("--original", default=None, help="the model it was patched from (default: the activation class "
                                                        "its patch record names)")
-    probe.add_argument("--max-samples", type=int, default=200)
+    probe.add_argument("--max-samples", type=positive_int, default=200)
     data_options(probe)
 
     experiment = commands.add_parser("experiment", help="run an experiment recipe: arms x betas x seeds, resumable")
@@ -149,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--out", default=None, help="output directory (default: the recipe's output_dir)")
     experiment.add_argument("--plan", action="store_true", help="print every stage, what it waits for and its "
                             "estimated compute (FLOPs, GPU-hours); run nothing")
-    experiment.add_argument("--plan-gpus", type=int, default=1, help="GPUs per training run, for --plan (default 1)")
+    experiment.add_argument("--plan-gpus", type=positive_int, default=1, help="GPUs per training run, for --plan (default 1)")
     experiment.add_argument("--gpu-tflops", type=float, default=989.0,
                             help="peak TFLOP/s of one GPU, for --plan (default 989: H100 SXM dense bf16)")
     experiment.add_argument("--utilisation", type=float, default=0.4, help="share of the peak reached, for --plan "

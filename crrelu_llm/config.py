@@ -365,7 +365,7 @@ def _numeric_flags(argv: list[str]) -> dict:
         key = flag[2:].replace("-", "_") if flag.startswith("--") else None
         if key in RANGES:
             try:
-                values[key] = float(value)
+                values[key] = int(value) if value.lstrip("+-").isdigit() else float(value)  # as typed: 0, not 0.0
             except ValueError:
                 pass
     return values

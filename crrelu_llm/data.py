@@ -231,7 +231,24 @@ def convert_preference(row: dict) -> dict:
     return out
 
 
-CONVERTERS = {"hh": convert_hh, "shp": convert_shp, "ultrafeedback": convert_ultrafeedback, "preference": convert_preference}
+def convert_sft_text(row: dict) -> dict:
+    return {"text": _text(row, "text")}
+
+
+def convert_sft_prompt_completion(row: dict) -> dict:
+    if isinstance(row.get("completion"), list) or isinstance(row.get("prompt"), list):
+        return {"prompt": _messages(row.get("prompt"), "prompt"), "completion": _messages(row.get("completion"),
+                                                                                         "completion")}
+    return {"prompt": _text(row, "prompt"), "completion": _text(row, "completion")}
+
+
+def convert_sft_messages(row: dict) -> dict:
+    return {"messages": _messages(row.get("messages"), "messages")}
+
+
+CONVERTERS = {"hh": convert_hh, "shp": convert_shp, "ultrafeedback": convert_ultrafeedback, "preference": convert_preference,
+              "sft-text": convert_sft_text, "sft-prompt-completion": convert_sft_prompt_completion,
+              "sft-messages": convert_sft_messages}
 
 
 def _score_ratio_ok(row: dict, min_ratio: float | None) -> bool:
@@ -247,7 +264,7 @@ def _problem(convert, row: dict) -> tuple[str, str] | None:
     """(column, problem) of a row that cannot be converted, else None."""
     try:
         out = convert(row)
-        if out["chosen"] == out["rejected"]:
+        if "chosen" in out and out["chosen"] == out["rejected"]:
             raise RowProblem("chosen", "is identical to rejected")
     except RowProblem as err:
         return err.column, err.problem
@@ -284,7 +301,9 @@ def convert_rows(raw: Dataset, fmt: str, source: str, split: str, args: DataArgu
     if dropped or filtered:
         logger.warning("%s [%s]: dropped %d malformed row(s), filtered %d by score ratio", source, split, dropped, filtered)
     if not len(kept):
-        raise DataError(f"{source} [{split}]: no usable rows (dropped {dropped}, filtered {filtered})")
+        raise DataError(f"{source} [{split}]: no usable rows (dropped {dropped} malformed, filtered {filtered} by "
+                        f"shp_min_score_ratio {ratio}: lower it)" if filtered else
+                        f"{source} [{split}]: no usable rows ({dropped} malformed, dropped by drop_invalid_rows)")
     dataset = kept.map(convert, remove_columns=kept.column_names, load_from_cache_file=False,
                        desc=f"Converting {source} [{split}]")
     dataset.info.description = f"dropped={dropped} filtered={filtered}"
@@ -344,6 +363,17 @@ def load_preference_splits(args: DataArguments) -> tuple[Dataset, Dataset, dict]
     return train, evaluation, summary
 
 
+def check_chat_template(example: dict, tokenizer, model: str, where: str, fix: str) -> None:
+    """Conversational rows (lists of messages) need a tokenizer with a chat template: refuse them
+    up front, naming the data, the model whose tokenizer lacks one, and ``fix``."""
+    from trl.data_utils import is_conversational
+
+    if is_conversational(example) and getattr(tokenizer, "chat_template", None) is None:
+        raise DataError(f"{where} holds conversational rows (lists of messages), but the tokenizer of {model} has no "
+                        f"chat template: {fix}, or give the data as plain text (prompt/completion or "
+                        "prompt/chosen/rejected strings)")
+
+
 def truncate_like_reference(prompt: list, responses: list[list], max_length: int, max_prompt_length: int,
                             mode: str = "keep_end") -> tuple[list, list[list]]:
     """Token ids cut as the DPO reference code cuts them: when prompt + longest response exceed
@@ -399,21 +429,33 @@ def _best_scored_splits(args: DataArguments) -> tuple[Dataset, Dataset, dict]:
                                "sft_from": "best-scored response per prompt"}
 
 
+def _sft_columns(columns: set) -> bool:
+    return {"text"} <= columns or {"prompt", "completion"} <= columns or {"messages"} <= columns
+
+
 def load_sft_splits(args: DataArguments) -> tuple[Dataset, Dataset, dict]:
     """SFT data: a given SFT dataset, the chosen responses of the preference pairs, or (SHP,
     ``sft_target: best_scored``) the best-scored response per prompt."""
     if not args.sft_dataset_name and args.sft_target == "best_scored":
         return _best_scored_splits(args)
-    if not args.sft_dataset_name:
-        train, evaluation, summary = load_preference_splits(args)
-        return preference_to_sft(train), preference_to_sft(evaluation), {**summary, "sft_from": "chosen responses"}
-    raw, source = load_raw(args.sft_dataset_name)
+    if args.sft_dataset_name:
+        raw, source = load_raw(args.sft_dataset_name)
+    else:  # dataset_name: SFT data as it is (as `trl sft` reads it), or the chosen responses of preference pairs
+        raw, source = load_raw(args.dataset_name, args.dataset_config)
+        columns = set(next(iter(raw.values())).column_names)
+        if not _sft_columns(columns) or {"chosen", "rejected"} <= columns:
+            train, evaluation, summary = load_preference_splits(args)
+            return preference_to_sft(train), preference_to_sft(evaluation), {**summary, "sft_from": "chosen responses"}
     split = args.dataset_train_split or "train"
     if split not in raw:
         raise DataError(f"{source}: no split {split!r}; it has {list(raw)}")
     columns = set(raw[split].column_names)
-    if not ({"text"} <= columns or {"prompt", "completion"} <= columns or {"messages"} <= columns):
+    if not _sft_columns(columns):
         raise DataError(f"{source}: SFT data needs a 'text', 'prompt'+'completion' or 'messages' column; has {sorted(columns)}")
-    test = args.dataset_test_split or "test"
-    data, evaluation, _ = _cut(raw[split], raw[test] if test in raw else None, args, split, test, source)
-    return data, evaluation, {"source": source, "format": "sft", "train_rows": len(data), "eval_rows": len(evaluation)}
+    fmt = "sft-messages" if "messages" in columns else "sft-text" if "text" in columns else "sft-prompt-completion"
+    test, read = args.dataset_test_split or "test", {}
+    train = convert_rows(raw[split], fmt, source, split, args, read)
+    evaluation = convert_rows(raw[test], fmt, source, test, args, read) if test in raw else None
+    data, evaluation, _ = _cut(train, evaluation, args, split, test, source)
+    return data, evaluation, {"source": source, "format": fmt, "train_rows": len(data), "eval_rows": len(evaluation),
+                              "read": read}

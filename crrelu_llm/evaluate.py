@@ -19,9 +19,9 @@ import logging
 import re
 from pathlib import Path
 
-from .data import DataArguments, load_preference_splits
+from .data import DataArguments, check_chat_template, load_preference_splits
 from .errors import EvaluationError
-from .files import read_jsonl, writable_dir, write_json, write_jsonl
+from .files import check_writable, read_jsonl, writable_dir, write_json, write_jsonl
 from .generation import GenerationSettings, generate
 from .judges import judge_name, make_judge
 from .loading import load_causal_lm, load_tokenizer
@@ -99,8 +99,9 @@ def run_rewards(model, reference, data: str, *, data_format: str = "auto", split
     written to :func:`rewards_file`."""
     model, reference = str(model), str(reference)
     tokenizer = _shared_tokenizer(model, reference, "rewards need a policy and a reference that share one tokenizer")
-    writable_dir(eval_dir(model, out))  # once the models are known to exist: a typo creates nothing
     evaluation, summary = _data(data, data_format, split, max_samples)
+    check_chat_template(evaluation[0], tokenizer, model, data, "evaluate with a model whose tokenizer has one")
+    writable_dir(eval_dir(model, out))  # once the models and data are known to be usable: a typo creates nothing
     logps = preference_logps(load_causal_lm(model), load_causal_lm(reference), tokenizer, evaluation, max_length,
                              batch_size)
     result = {"model": model, "reference": reference, "training_beta": _training_beta(model), "data": summary,
@@ -137,9 +138,9 @@ def run_drift(model, original, data: str, *, data_format: str = "auto", split: s
     model, original = str(model), str(original)
     tokenizer = _shared_tokenizer(model, original, "drift compares a model with its original, which must share "
                                   "one tokenizer")
-    writable_dir(eval_dir(model, out))  # once the models are known to exist: a typo creates nothing
     evaluation, summary = _data(data, data_format, split, max_samples)
-    pairs = [(r["prompt"], r["chosen"]) for r in evaluation if isinstance(r["prompt"], str)]
+    pairs = _text_pairs(evaluation, data, "drift")
+    writable_dir(eval_dir(model, out))  # once the models and data are known to be usable: a typo creates nothing
     result = {"model": model, "original": original, "data": summary,
               **drift(load_causal_lm(model), load_causal_lm(original), tokenizer, pairs, max_length, batch_size)}
     write_json(drift_file(model, out), result)
@@ -154,7 +155,7 @@ def run_probe(model, data: str, *, original=None, data_format: str = "auto", spl
 
     model = str(model)
     evaluation, summary = _data(data, data_format, split, max_samples)
-    pairs = [(r["prompt"], r["chosen"]) for r in evaluation if isinstance(r["prompt"], str)]
+    pairs = _text_pairs(evaluation, data, "probe")
     loaded = load_causal_lm(model)
     writable_dir(eval_dir(model, out))  # once the model is known to exist: a typo creates nothing
     if original is not None:
@@ -165,6 +166,14 @@ def run_probe(model, data: str, *, original=None, data_format: str = "auto", spl
               "weights": weights_stamp(model), "data": summary, "layers": layers}
     write_json(probe_file(model, out), result)
     return result
+
+
+def _text_pairs(evaluation, data: str, what: str) -> list[tuple[str, str]]:
+    """(prompt, chosen) text of every row; conversational rows are refused, not skipped."""
+    if any(not isinstance(r["prompt"], str) for r in evaluation):
+        raise EvaluationError(f"{what} reads plain text, and {data} holds conversational rows (lists of messages): "
+                              "give prompt/chosen/rejected strings (e.g. the data rendered with the chat template)")
+    return [(r["prompt"], r["chosen"]) for r in evaluation]
 
 
 def weights_stamp(model: str) -> list | None:
@@ -196,10 +205,19 @@ def run_winrate(model, baseline, data: str, judge: str, *, data_format: str = "a
     judge spec ``judge`` and write the win rate to :func:`winrate_file` (judgments beside it)."""
     model, baseline = str(model), str(baseline)
     settings = settings or GenerationSettings()
-    folder = writable_dir(eval_dir(model, out))
+    folder = check_writable(eval_dir(model, out))  # created once the inputs are known to be usable
     judged_by = make_judge(judge, cache_dir=folder, max_concurrency=judge_concurrency)  # a bad judge spec fails before data or generation
     evaluation, summary = _data(data, data_format, split, num_prompts)
     prompts = list(evaluation["prompt"])
+    for side in (model, baseline):
+        tokenizer = load_tokenizer(side)
+        if settings.chat_template and getattr(tokenizer, "chat_template", None) is None:
+            raise EvaluationError(f"--chat-template: the tokenizer of {side} has no chat template; drop "
+                                  "--chat-template for plain-text prompts, or use a model whose tokenizer has one")
+        if not settings.chat_template and not isinstance(prompts[0], str):
+            raise EvaluationError(f"{data} holds conversational prompts (lists of messages): pass --chat-template "
+                                  "(with a tokenizer that has one) or give plain-text prompts")
+    writable_dir(folder)
     ours = _completions(model, prompts, settings, generations_file(model, model, out), "model")
     theirs = _completions(baseline, prompts, settings, generations_file(model, baseline, out), "baseline")
     outcomes = judged_by.judge(prompts, list(zip(ours, theirs)))

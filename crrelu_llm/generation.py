@@ -24,6 +24,10 @@ class GenerationSettings:
 
 
 def _render(tokenizer, prompt, chat_template: bool) -> str:
+    if chat_template and getattr(tokenizer, "chat_template", None) is None:
+        raise EvaluationError(f"--chat-template: the tokenizer of {tokenizer.name_or_path or 'the model'} has no chat "
+                              "template; drop --chat-template for plain-text prompts, or use a model whose tokenizer "
+                              "has one")
     if chat_template:
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -28,7 +28,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from . import kernels
 from .config import BOOKKEEPING_KEYS, CALIBRATE, CRReLUArguments, parse_recipe, recipe_from_dict, resolved_recipe
-from .data import DataArguments, load_preference_splits, load_sft_splits
+from .data import DataArguments, check_chat_template, load_preference_splits, load_sft_splits
 from .distributed import use_vector_epsilons
 from .errors import Interrupted, OutputExistsError, RecipeError
 from .files import check_writable, writable_dir, write_directory_atomic, write_json, write_text_atomic
@@ -159,6 +159,13 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
 
     tokenizer = load_tokenizer(crrelu_args.tokenizer_name_or_path or model_args.model_name_or_path,
                                getattr(training_args, "trust_remote_code", False))
+
+    if len(train_data) and not getattr(training_args, "chat_template_path", None):
+        fix = ("set chat_template_path to a Jinja template file (or to a tokenizer that has one)"
+               if hasattr(training_args, "chat_template_path") else
+               "set tokenizer_name_or_path to a tokenizer that has one")
+        check_chat_template(train_data[0], tokenizer, crrelu_args.tokenizer_name_or_path or
+                            model_args.model_name_or_path, str(data_summary.get("source")), fix)
 
     def load_model():
         return load_causal_lm(model_args.model_name_or_path, dtype=model_args.dtype or "auto",

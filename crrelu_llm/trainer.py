@@ -107,7 +107,9 @@ class PromptTruncationMixin:
         if not hasattr(self, "data_accounting"):
             self.data_accounting = {}
         self.data_accounting[name] = counts
-        accounting.check(counts, name, args.per_device_train_batch_size, getattr(self, "data_source", ""))
+        # a partial batch trains unless the dataloader drops it
+        batch = args.per_device_train_batch_size if name == "train" and args.dataloader_drop_last else 1
+        accounting.check(counts, name, batch, getattr(self, "data_source", ""))
         if limit:
             kwargs = {"max_length": args.max_length, "max_prompt_length": limit, "mode": args.prompt_truncation_mode}
             return dataset.map(self._truncate_example, fn_kwargs=kwargs, desc=f"Truncating prompts to {limit} "
