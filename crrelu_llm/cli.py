@@ -24,7 +24,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .errors import CRReLULLMError, Interrupted
+from .errors import CRReLULLMError, Interrupted, UsageError
 from .version import __version__
 
 
@@ -55,7 +55,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, with a usage error in one line (the flag, the value as typed, where to look)."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
 
 def positive_int(text: str) -> int:
     """A count flag: a whole number of at least 1, refused as typed otherwise."""
@@ -381,7 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("sft", "dpo", "distill"):  # TRL's parser owns these flags (--help lists them all)
         args = argparse.Namespace(command=argv[0], recipe_args=argv[1:])
     else:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except UsageError as err:  # one line, exit 2, like every other bad input
+            print(err, file=sys.stderr)
+            return 2
     command = args.command + (f" {args.eval_command}" if args.command == "eval" else "")
     try:
         return COMMANDS[command](args)

@@ -103,7 +103,8 @@ def run_rewards(model, reference, data: str, *, data_format: str = "auto", split
     check_chat_template(evaluation[0], tokenizer, model, data, "evaluate with a model whose tokenizer has one")
     writable_dir(eval_dir(model, out))  # once the models and data are known to be usable: a typo creates nothing
     logps = preference_logps(load_causal_lm(model), load_causal_lm(reference), tokenizer, evaluation, max_length,
-                             batch_size)
+                             batch_size, source=data)
+    summary["lengths"] = logps.pop("lengths")
     result = {"model": model, "reference": reference, "training_beta": _training_beta(model), "data": summary,
               **reward_metrics(logps, list(betas))}
     _warn_if_wide("reward accuracy", result["accuracy_interval"], result["n"], "pairs")
@@ -140,6 +141,8 @@ def run_drift(model, original, data: str, *, data_format: str = "auto", split: s
                                   "one tokenizer")
     evaluation, summary = _data(data, data_format, split, max_samples)
     pairs = _text_pairs(evaluation, data, "drift")
+    # a pair whose prompt fills max_length has no response token left to score
+    summary["lengths"] = _count_lengths(tokenizer, pairs, max_length, data, drops=True)
     writable_dir(eval_dir(model, out))  # once the models and data are known to be usable: a typo creates nothing
     result = {"model": model, "original": original, "data": summary,
               **drift(load_causal_lm(model), load_causal_lm(original), tokenizer, pairs, max_length, batch_size)}
@@ -156,6 +159,7 @@ def run_probe(model, data: str, *, original=None, data_format: str = "auto", spl
     model = str(model)
     evaluation, summary = _data(data, data_format, split, max_samples)
     pairs = _text_pairs(evaluation, data, "probe")
+    summary["lengths"] = _count_lengths(load_tokenizer(model), pairs, max_length, data, drops=False)
     loaded = load_causal_lm(model)
     writable_dir(eval_dir(model, out))  # once the model is known to exist: a typo creates nothing
     if original is not None:
@@ -174,6 +178,18 @@ def _text_pairs(evaluation, data: str, what: str) -> list[tuple[str, str]]:
         raise EvaluationError(f"{what} reads plain text, and {data} holds conversational rows (lists of messages): "
                               "give prompt/chosen/rejected strings (e.g. the data rendered with the chat template)")
     return [(r["prompt"], r["chosen"]) for r in evaluation]
+
+
+def _count_lengths(tokenizer, pairs, max_length: int, data: str, drops: bool) -> dict:
+    """What cutting each prompt + response to ``max_length`` (their start kept) does, counted."""
+    from . import accounting
+
+    lengths = [{"prompt": len(tokenizer(p)["input_ids"]),
+                "response": len(tokenizer(c, add_special_tokens=False)["input_ids"])} for p, c in pairs]
+    counts = accounting.account(lengths, len(pairs), "eval", "pair", max_length=max_length,
+                                drop_full_prompts=drops)
+    accounting.check(counts, "eval", source=data)
+    return counts
 
 
 def weights_stamp(model: str) -> list | None:

@@ -47,6 +47,7 @@ class Run:
     winrates: dict[str, dict] = field(default_factory=dict)
     drift: dict | None = None
     patch_report: dict | None = None
+    data: dict | None = None  # data_summary.json: what reached training, per split
 
     @property
     def arm(self) -> str:
@@ -92,6 +93,9 @@ def load_run(spec: str) -> Run:
         run.sources["drift"] = str(evaluation / "drift.json")
     if (path / "patch_report.json").exists():
         run.patch_report = _read_json(path / "patch_report.json")
+    if (path / "data_summary.json").exists():
+        run.data = _read_json(path / "data_summary.json")
+        run.sources["data"] = str(path / "data_summary.json")
     if not (run.log_history or run.final or run.rewards or run.winrates or run.drift):
         raise ReportError(f"{path}: nothing to report (no trainer_state.json, final_metrics.json or eval/ outputs)")
     return run
@@ -333,6 +337,9 @@ def _arm_entry(label: str, members: list[Run], step0_drift: dict | None) -> dict
             entry["drift_note"] = "step 0 is the unpatched original: no swap to measure"
     elif first.drift:
         entry["drift"] = {**first.drift, "stage": _run_name(first), "from": first.sources["drift"]}
+    if first.data and first.data.get("splits"):
+        entry["data"] = {"source": first.data.get("source"), "splits": first.data["splits"],
+                         "stage": _run_name(first), "from": first.sources["data"]}
     eps = {k: v for k, v in first.final.items() if k.startswith("final_epsilon/")}
     if eps:
         entry["final_epsilon"] = {**eps, "stage": _run_name(first), "from": first.sources.get("final")}
@@ -382,6 +389,14 @@ def _markdown(report: dict) -> str:
               "KL to original (model it was measured on) |", "|---|---|---|---|---|", *rows, "",
               "Reward accuracy counts a tie as 1/2 (`crrelu-llm eval rewards`); TRL's batch-averaged "
               "`eval_rewards/accuracies`, which counts a tie as wrong, is in report.json only.", ""]
+    counted = [(label, arm["data"]) for label, arm in report["arms"].items() if "data" in arm]
+    if counted:
+        from .accounting import line
+
+        lines += ["Data that reached each arm's (first) run, per split (`data_summary.json`):", ""]
+        lines += [f"- {label} ({d['stage']}): " + "; ".join(line(split, c) for split, c in d["splits"].items())
+                  for label, d in counted]
+        lines.append("")
     for label, arm in report["arms"].items():
         if "rewards" in arm:
             r = arm["rewards"]

@@ -51,9 +51,13 @@ def check_tokenizers(tokenizer, *models) -> None:
             )
 
 
-def preference_logps(model, reference, tokenizer, dataset, max_length: int = 1024, batch_size: int = 8) -> dict:
-    """Per-example log-probs of chosen and rejected under the policy and the reference."""
-    from trl import DPOConfig, DPOTrainer
+def preference_logps(model, reference, tokenizer, dataset, max_length: int = 1024, batch_size: int = 8,
+                     source: str = "") -> dict:
+    """Per-example log-probs of chosen and rejected under the policy and the reference, and
+    (``"lengths"``) what the length rule dropped and cut (:mod:`crrelu_llm.accounting`)."""
+    from trl import DPOConfig
+
+    from .trainer import CRReLUDPOTrainer
 
     if len(dataset) == 0:
         raise EvaluationError("the evaluation data is empty")
@@ -61,9 +65,10 @@ def preference_logps(model, reference, tokenizer, dataset, max_length: int = 102
     args = DPOConfig(output_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), "crrelu-llm-eval"),
                      per_device_eval_batch_size=batch_size, max_length=max_length, report_to=[],
                      bf16=False, use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
-                     dataloader_num_workers=0)
-    trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=dataset, eval_dataset=dataset,
-                         processing_class=tokenizer)
+                     dataloader_num_workers=0, per_device_train_batch_size=1)
+    # TRL's pipeline (tokenization, the length rule), counted: the pairs it drops are not scored
+    trainer = CRReLUDPOTrainer(model=model, ref_model=reference, args=args, train_dataset=dataset,
+                               eval_dataset=dataset, processing_class=tokenizer, data_source=source)
     out = {k: [] for k in ("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected", "tokens_chosen",
                            "tokens_rejected")}
     for batch in tqdm(trainer.get_eval_dataloader(), desc="Scoring preference pairs", leave=False):
@@ -76,6 +81,7 @@ def preference_logps(model, reference, tokenizer, dataset, max_length: int = 102
         chosen_tokens, rejected_tokens = tokens.chunk(2)
         out["tokens_chosen"] += chosen_tokens.tolist()
         out["tokens_rejected"] += rejected_tokens.tolist()
+    out["lengths"] = trainer.data_accounting["eval"]
     return out
 
 

@@ -113,3 +113,19 @@ def test_the_length_rule_is_trl_s_own(tmp_path, kind):
     assert [[row[c] for c in columns] for row in ours] == [[row[c] for c in columns] for row in theirs]
     counts = trainer.data_accounting["train"]
     assert counts["rows"] - counts["dropped_by_length"] == len(theirs)
+
+
+def test_evaluations_count_what_the_length_rule_leaves_out(tmp_path):
+    from crrelu_llm import evaluate
+
+    data = hh_file(tmp_path / "hh.jsonl", n=60, long_every=4)
+    drift = evaluate.run_drift("tiny-gpt2", "tiny-gpt2", str(data), max_length=100, out=tmp_path / "d")
+    counted = drift["data"]["lengths"]
+    assert counted["rows"] == 3 and counted["dropped_by_length"] + counted["reach_evaluation"] == 3
+    rewards = evaluate.run_rewards("tiny-gpt2", "tiny-gpt2", str(data), max_length=100, out=tmp_path / "r",
+                                   max_samples=None)
+    lengths = rewards["data"]["lengths"]
+    assert rewards["n"] == lengths["reach_evaluation"] == lengths["rows"] - lengths["dropped_by_length"]
+    with pytest.raises(Exception, match="all 3 pairs dropped"):
+        evaluate.run_drift("tiny-gpt2", "tiny-gpt2", str(data), max_length=40, out=tmp_path / "d2")
+    assert not (tmp_path / "d2").exists()

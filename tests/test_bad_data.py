@@ -61,10 +61,8 @@ def test_a_malformed_sft_row_is_named_with_its_row_and_column(tmp_path, capsys, 
 
 
 def test_messages_name_the_flag_as_typed_and_integers_as_integers(tmp_path, capsys, pairs_file):
-    with pytest.raises(SystemExit) as usage:  # argparse's exit, in one line
-        cli_main(["eval", "winrate", "--model", "tiny-gpt2", "--baseline", "tiny-gpt2", "--data", str(pairs_file),
-                  "--judge", "rule:arithmetic", "--num-prompts", "0", "--out", str(tmp_path / "e")])
-    assert usage.value.code == 2
+    assert cli_main(["eval", "winrate", "--model", "tiny-gpt2", "--baseline", "tiny-gpt2", "--data", str(pairs_file),
+                     "--judge", "rule:arithmetic", "--num-prompts", "0", "--out", str(tmp_path / "e")]) == 2
     message = one_line(capsys)
     assert "--num-prompts: must be a whole number of at least 1, got '0'" in message
     assert "max_eval_samples" not in message and not (tmp_path / "e").exists()

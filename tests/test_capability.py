@@ -75,7 +75,7 @@ def test_benchmark_command_and_its_bad_input(models, capsys, monkeypatch):
         (["--tasks", "no_such_task"], "unknown lm-eval task 'no_such_task'"),
         (["--tasks", ","], "--tasks needs at least one"),
         (["--tasks", "crrelu_arith_mc", "--limit", "0"], "--limit must be positive"),
-        (["--tasks", "crrelu_arith_mc", "--batch-size", "0"], "--batch-size must be 1 or more"),
+        (["--tasks", "crrelu_arith_mc", "--batch-size", "0"], "--batch-size: must be a whole number of at least 1, got '0'"),
     ):
         assert cli_main(["eval", "benchmark", "--model", str(models / "original"), "--out",
                          str(models / "bad"), *argv]) == 2

@@ -79,6 +79,7 @@ def test_the_report_never_shows_one_stage_under_another(experiment):
     gelu_row = next(line for line in text.splitlines() if line.startswith("| gelu |"))
     assert "unpatched original" in gelu_row
     assert "## Drift: layer0, step 0" in text and "- perplexity: this model" in text and "perplexity: patched" not in text
+    assert "Data that reached each arm's (first) run" in text and "- gelu (gelu/dpo-beta0.5-seed0): data [train]" in text
     for entry in report["arms"].values():  # one reward accuracy per model, ours, with its n
         assert entry["reward_accuracy"]["n"] == [20]
         assert entry["rewards"]["stage"].endswith("dpo-beta0.5-seed0")
