@@ -20,9 +20,42 @@ from .patch import epsilon_parameters, epsilon_tensor, verify_patch
 from .tiny import TINY_MODEL_PREFIX, tiny_causal_lm, tiny_config, tiny_model_type, tiny_tokenizer
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter_run(name_or_path) -> bool:
+    """A PEFT run directory: an adapter (``adapter_config.json``) and no full model config."""
+    path = Path(str(name_or_path))
+    return path.is_dir() and (path / ADAPTER_CONFIG).exists() and not (path / "config.json").exists()
+
+
+def adapter_base(path: Path) -> tuple[str, int]:
+    """The model a PEFT run's adapter was trained on (its ``recipe.yaml``, else PEFT's own record)
+    and the seed it was built with (which matters for ``tiny-*`` models only)."""
+    import json
+
+    import yaml
+
+    recipe = yaml.safe_load((path / "recipe.yaml").read_text()) or {} if (path / "recipe.yaml").exists() else {}
+    base = recipe.get("model_name_or_path") or json.loads((path / ADAPTER_CONFIG).read_text()).get(
+        "base_model_name_or_path")
+    if not base:
+        raise ModelLoadError(f"{path} holds a PEFT adapter whose base model is recorded nowhere (no recipe.yaml, and "
+                             f"base_model_name_or_path is null in {ADAPTER_CONFIG}): set it there")
+    return str(base), int(recipe.get("seed", 0) or 0)
+
+
+def _refuse_non_model_dir(name, also_fine: tuple[str, ...] = ()) -> None:
+    path = Path(str(name))
+    if path.is_dir() and not any((path / f).exists() for f in ("config.json", ADAPTER_CONFIG, *also_fine)):
+        raise ModelLoadError(f"{str(name)!r} is not a model directory (no config.json or {ADAPTER_CONFIG})")
+
+
 def _hint(name: str) -> str:
+    if Path(name).is_dir() and not (Path(name) / "config.json").exists():
+        return f"{name!r} is not a model directory (no config.json or {ADAPTER_CONFIG})"
     if Path(name).exists():
-        return f"{name!r} exists locally but is not a transformers checkpoint (no loadable config.json?)"
+        return f"{name!r} exists locally but is not a transformers checkpoint (its config.json could not be read)"
     if name.startswith(("/", ".", "~")) or name.count("/") > 1:
         return f"{name!r} looks like a path but no such local directory exists"
     if os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -35,6 +68,8 @@ def _hint(name: str) -> str:
 
 def load_config(name_or_path: str, trust_remote_code: bool = False) -> PretrainedConfig:
     """The model's config only (no weights are downloaded)."""
+    if is_adapter_run(name_or_path):  # a LoRA run: its base model's config
+        return load_config(adapter_base(Path(name_or_path))[0], trust_remote_code)
     if tiny_model_type(name_or_path):
         try:
             return tiny_config(tiny_model_type(name_or_path))
@@ -62,6 +97,9 @@ def load_causal_lm(
             return tiny_causal_lm(model_type, seed=seed)
         except ValueError as err:
             raise ModelLoadError(f"{name_or_path!r}: {err}") from err
+    if is_adapter_run(name_or_path):
+        return load_adapter_run(Path(name_or_path), dtype=dtype, trust_remote_code=trust_remote_code)
+    _refuse_non_model_dir(name_or_path)
     if isinstance(dtype, str) and dtype != "auto":
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise UsageError(f"dtype must be 'auto' or a torch dtype name such as 'float32' or 'bfloat16', got {dtype!r}")
@@ -76,6 +114,49 @@ def load_causal_lm(
     if Path(name_or_path).is_dir():
         check_stored_epsilons(model, Path(name_or_path))
     return model
+
+
+def load_adapter_run(path: Path, dtype="auto", trust_remote_code: bool = False, merge: bool = True):
+    """A PEFT run as a model: its base model, patched as the run's ``patch_report.json`` records,
+    with the adapter attached by PEFT (``modules_to_save``, the eps included); every eps is checked
+    against the adapter's safetensors, bit for bit. Merged (``merge_and_unload``) unless ``merge``
+    is false: the result is then a full patched model like any checkpoint of this project."""
+    import json
+
+    from peft import PeftModel
+
+    from .patch import PATCH_CONFIG_KEY, patch_model, patch_record
+
+    base, seed = adapter_base(path)
+    model = load_causal_lm(base, dtype=dtype, trust_remote_code=trust_remote_code, seed=seed)
+    report = json.loads((path / "patch_report.json").read_text()) if (path / "patch_report.json").exists() else None
+    if report and not report.get("already_patched"):
+        patch_model(model, activation=report["activation"], epsilon_init=report.get("epsilon_init") or 0.01,
+                    layers=report.get("layers"))
+        calibrated = report.get("calibrated_epsilons") or {}
+        record = patch_record(model)
+        with torch.no_grad():  # eps that did not train (epsilon_mode: freeze) are the calibrated ones
+            for module_path, value in calibrated.items():
+                model.get_submodule(module_path).epsilon.fill_(value)
+                record["modules"][module_path]["epsilon_init"] = value
+        setattr(model.config, PATCH_CONFIG_KEY, record)
+    try:
+        wrapped = PeftModel.from_pretrained(model, str(path), is_trainable=False)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise ModelLoadError(f"the adapter in {path} does not fit its base model {base!r} patched as recorded "
+                             f"({type(err).__name__}: {err})") from err
+    if not merge:
+        return wrapped
+    merged = wrapped.merge_and_unload()
+    stored = stored_epsilons(path)
+    for key, value in stored.items():
+        module_path = key.removeprefix("base_model.model.").removesuffix(".epsilon")
+        loaded = epsilon_tensor(merged.get_submodule(module_path).epsilon).cpu()
+        if not torch.equal(loaded, value.to(loaded.dtype).reshape(())):
+            raise ModelLoadError(f"{module_path}.epsilon loaded as {loaded.item()!r} but the adapter in {path} stores "
+                                 f"{value.item()!r}: the adapter was not attached faithfully")
+    merged.config.crrelu_llm_adapter = {"run": str(path), "base": base}  # where the merged weights came from
+    return merged
 
 
 def stored_epsilons(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
@@ -111,6 +192,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
 
     if tiny_model_type(name_or_path):
         return tiny_tokenizer()
+    _refuse_non_model_dir(name_or_path, also_fine=("tokenizer_config.json", "tokenizer.json"))
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
