@@ -335,6 +335,8 @@ def _experiment(args) -> int:
     print(f"\n{exp.name}: {len(summary['rows'])} DPO runs, {summary['seconds']:.0f}s: {format_totals(summary)} "
           f"({exp.output_dir})")
     print(format_table(summary, exp.baseline_arm))
+    if summary["reading"]:
+        print("\nreading (generated from the intervals above):\n" + "\n".join(f"- {line}" for line in summary["reading"]))
     stages = format_stages(summary)
     if stages:
         print(f"\nhelp or harm: each arm at every stage\n{stages}")
@@ -373,7 +375,13 @@ COMMANDS = {"inspect": _inspect, "patch": _patch, "export": _export, "sft": _tra
 def main(argv: list[str] | None = None) -> int:
     """Parse, call one function, print. Errors crrelu-llm raises on purpose (:mod:`crrelu_llm.errors`)
     become one line on stderr and exit status 2; anything else keeps its traceback."""
+    from_console = argv is None  # only the command itself restarts pinned, never a caller's process
     argv = list(sys.argv[1:] if argv is None else argv)
+    if from_console:
+        from . import reproducibility
+
+        if reproducibility.wanted(argv):
+            reproducibility.restart_pinned(argv)
     # transformers 5 warns on every run that TRL 1.x still sets `gradient_checkpointing`:
     # library-to-library deprecation noise that a user of this command cannot act on.
     warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6.*", category=FutureWarning)

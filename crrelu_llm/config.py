@@ -95,6 +95,11 @@ class CRReLUArguments:
     crrelu_kernel: str = field(
         default="auto", metadata={"help": "CRReLU kernel: auto, torch, triton or compiled (see crrelu_llm.kernels)."}
     )
+    continue_adapter: bool = field(
+        default=False,
+        metadata={"help": "When model_name_or_path is a LoRA run: train its adapter further (with use_peft: true). "
+                  "Default: start from the run's adapter merged into its base model."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Replace an output_dir that holds a different run (another model or recipe). Without it "

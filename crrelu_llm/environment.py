@@ -8,8 +8,11 @@ import os
 import platform
 import sys
 
+from . import reproducibility
+
 PACKAGES = ("torch", "transformers", "trl", "accelerate", "peft", "datasets", "tokenizers", "lm_eval", "crrelu-llm")
-SETTINGS = ("MKL_CBWR", "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG",
+SETTINGS = ("MKL_CBWR", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+            "CUBLAS_WORKSPACE_CONFIG",
             "CUDA_VISIBLE_DEVICES", "PYTHONHASHSEED")
 
 
@@ -52,5 +55,6 @@ def environment() -> dict:
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         if torch.cuda.is_available() else [],
         "settings": {key: os.environ.get(key) for key in SETTINGS},
+        "reproducible": reproducibility.settings(),
         "executable": sys.executable,
     }

@@ -210,7 +210,9 @@ class _LocalJobs:
 
     def __init__(self, folder: Path, settings: ExecutorSettings):
         self.free = local_slots(settings)
-        self.threads = max(1, _cpus() // len(self.free))
+        # a reproducible run keeps its pinned thread count in every job (reductions split by threads)
+        self.threads = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("CRRELU_LLM_PINNED") == "1" else \
+            max(1, _cpus() // len(self.free))
         self.slot_of = {}
         self.executor = _submitit().LocalExecutor(folder=folder / "%j")
         logger.info("local executor: %d stage(s) at once, GPUs %s, %d CPU thread(s) each", len(self.free),

@@ -52,7 +52,7 @@ logger = logging.getLogger("crrelu_llm.experiment")
 
 DEMO_RECIPE = Path(__file__).with_name("demo.yaml")
 KEYS = {"name", "output_dir", "task", "dataset_name", "original", "pretrain", "arms", "sft", "dpo", "betas", "seeds",
-        "evaluations", "launcher", "baseline_arm", "recover", "slurm"}
+        "evaluations", "launcher", "baseline_arm", "recover", "slurm", "reproducible"}
 
 
 @dataclass
@@ -306,11 +306,12 @@ def run_experiment(exp: Experiment, rerun_changed: bool = False, executor: Execu
     run_stages(ledger.pending(declaration.stages, assessed), ledger.finish, executor, layout.jobs)
     exp.stage_log = ledger.log
     from .report import compare_experiment
-    from .summary import help_or_harm, stage_totals, summarise
+    from .summary import help_or_harm, readings, stage_totals, summarise
 
     compare_experiment(declaration, exp.baseline_arm)
     summary = {**summarise(exp, declaration), "seconds": round(time.time() - start, 1),
                "stage_totals": stage_totals(exp.stage_log), "help_or_harm": help_or_harm(declaration)}
+    summary["reading"] = readings(summary, exp.baseline_arm)
     from .environment import environment
 
     write_json(layout.summary, {"stages": exp.stage_log, "environment": environment(), **summary})

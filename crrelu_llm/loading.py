@@ -116,11 +116,13 @@ def load_causal_lm(
     return model
 
 
-def load_adapter_run(path: Path, dtype="auto", trust_remote_code: bool = False, merge: bool = True):
+def load_adapter_run(path: Path, dtype="auto", trust_remote_code: bool = False, merge: bool = True,
+                     trainable: bool = False):
     """A PEFT run as a model: its base model, patched as the run's ``patch_report.json`` records,
     with the adapter attached by PEFT (``modules_to_save``, the eps included); every eps is checked
     against the adapter's safetensors, bit for bit. Merged (``merge_and_unload``) unless ``merge``
-    is false: the result is then a full patched model like any checkpoint of this project."""
+    is false: the result is then a full patched model like any checkpoint of this project.
+    Unmerged and ``trainable``: the adapter, ready to train further."""
     import json
 
     from peft import PeftModel
@@ -141,7 +143,7 @@ def load_adapter_run(path: Path, dtype="auto", trust_remote_code: bool = False, 
                 record["modules"][module_path]["epsilon_init"] = value
         setattr(model.config, PATCH_CONFIG_KEY, record)
     try:
-        wrapped = PeftModel.from_pretrained(model, str(path), is_trainable=False)
+        wrapped = PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise ModelLoadError(f"the adapter in {path} does not fit its base model {base!r} patched as recorded "
                              f"({type(err).__name__}: {err})") from err

@@ -14,7 +14,8 @@ def model_card(command, model_args, crrelu_args, data_summary, patch_report, ref
     lines = [
         "---", "library_name: transformers", "tags: [crrelu-llm, " + command + "]", "---", "",
         f"# {command.upper()} run of crrelu-llm", "",
-        f"- Base model: `{model_args.model_name_or_path}`" + _adapter_note(model_args.model_name_or_path),
+        f"- Base model: `{model_args.model_name_or_path}`"
+        + _adapter_note(model_args.model_name_or_path, getattr(crrelu_args, "continue_adapter", False)),
         f"- Patch: {patch}",
         f"- Data: {data_summary.get('source')} ({data_summary.get('format')}), {data_summary.get('train_rows')} training "
         f"/ {data_summary.get('eval_rows')} evaluation rows",
@@ -35,15 +36,17 @@ def model_card(command, model_args, crrelu_args, data_summary, patch_report, ref
     return "\n".join(lines) + "\n"
 
 
-def _adapter_note(model) -> str:
+def _adapter_note(model, continued: bool = False) -> str:
     from .loading import adapter_base, is_adapter_run
 
     if not is_adapter_run(model):
         return ""
     from pathlib import Path
 
-    return (f" (a LoRA run: this run started from its adapter merged into its base `{adapter_base(Path(model))[0]}`, "
-            "and trained new weights from there)")
+    base = adapter_base(Path(model))[0]
+    if continued:
+        return f" (a LoRA run: this run trained its adapter further, on its base `{base}`)"
+    return f" (a LoRA run: this run started from its adapter merged into its base `{base}`, and trained new weights from there)"
 
 
 LOADING = [

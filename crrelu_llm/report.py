@@ -189,29 +189,37 @@ def _plots(arms: dict[str, list[Run]], out: Path, colours: dict[str, str]) -> li
         fig.savefig(out / "reward_accuracy.png", dpi=110)
         plt.close(fig)
         files.append("reward_accuracy.png")
-    bars = [(f"{label} (DPO) vs {_short(w.get('baseline'))}", run.arm, w) for label, runs in arms.items()
+    bars = [(f"{label} (DPO) vs {_short(w.get('baseline'))}", run.arm, w["stats"]) for label, runs in arms.items()
             for run in runs[:1] for w in run.winrates.values()]
     if bars:
-        fig, ax = plt.subplots(figsize=(8, 0.6 * len(bars) + 1.4))
-        ends = [0.5]
-        for i, (_, arm, w) in enumerate(bars):
-            st = w["stats"]
-            lo, hi = st["interval"]
-            ends += [lo, hi]
-            ax.errorbar(st["win_rate"], i, xerr=[[st["win_rate"] - lo], [hi - st["win_rate"]]], marker="o",
-                        capsize=4, color=colours[arm])
-            ax.annotate(f"{st['wins']} W / {st['ties']} T / {st['losses']} L", (hi, i), xytext=(6, 0),
-                        textcoords="offset points", va="center", fontsize=8)
-        ax.axvline(0.5, color="grey", linestyle="--")
-        ax.set_yticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
-        width = max(ends) - min(ends)
-        ax.set_xlim(min(ends) - 0.1 * width - 0.01, max(ends) + 0.45 * width + 0.01)  # room for the counts
-        ax.set_xlabel("win rate of the DPO model, ties as 1/2 (95% Wilson); W/T/L: wins, ties, losses")
-        fig.tight_layout()
+        fig = win_rate_figure(bars, colours)
         fig.savefig(out / "win_rates.png", dpi=110)
         plt.close(fig)
         files.append("win_rates.png")
     return files
+
+
+def win_rate_figure(bars: list[tuple[str, str, dict]], colours: dict[str, str]):
+    """One row per (label, arm, win-rate stats): the win rate with its interval in the arm's
+    colour, its wins/ties/losses beside it, on an axis zoomed to the intervals and 0.5."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(bars) + 1.4))
+    ends = [0.5]
+    for i, (_, arm, st) in enumerate(bars):
+        lo, hi = st["interval"]
+        ends += [lo, hi]
+        ax.errorbar(st["win_rate"], i, xerr=[[st["win_rate"] - lo], [hi - st["win_rate"]]], marker="o", capsize=4,
+                    color=colours[arm])
+        ax.annotate(f"{st['wins']} W / {st['ties']} T / {st['losses']} L", (hi, i), xytext=(6, 0),
+                    textcoords="offset points", va="center", fontsize=8)
+    ax.axvline(0.5, color="grey", linestyle="--")
+    ax.set_yticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
+    width = max(ends) - min(ends)
+    ax.set_xlim(min(ends) - 0.1 * width - 0.01, max(ends) + 0.45 * width + 0.01)  # room for the counts
+    ax.set_xlabel("win rate of the DPO model, ties as 1/2 (95% Wilson); W/T/L: wins, ties, losses")
+    fig.tight_layout()
+    return fig
 
 
 def _short(path) -> str:

@@ -9,6 +9,7 @@ and carries the stage that computed it and the file it was read from.
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from .files import read_json
@@ -21,7 +22,8 @@ def _winrate_entry(spec) -> dict | None:
         return None
     stats = read_json(file)["stats"]
     return {"win_rate": stats["win_rate"], "interval": stats["interval"], "wins": stats["wins"],
-            "ties": stats["ties"], "losses": stats["losses"], "n": stats["n"], "stage": spec.name, "from": str(file)}
+            "ties": stats["ties"], "losses": stats["losses"], "n": stats["n"], "sign_test_p": stats["sign_test_p"],
+            "stage": spec.name, "from": str(file)}
 
 
 def step0_drift(declaration, arm: str) -> dict | None:
@@ -115,6 +117,57 @@ def format_table(summary: dict, baseline: str) -> str:
         lines.append("95% intervals (Wilson for win rates, ties as 1/2; bootstrap for accuracy); n: "
                      + ", ".join(sorted(sizes)) + "; detectable with 80% power: " + ", ".join(sorted(detectable)))
     return "\n".join(lines)
+
+
+def _verdict(entry: dict) -> str:
+    lo, hi = entry["interval"]
+    if lo > 0.5:
+        return "wins more than it loses"
+    if hi < 0.5:
+        return "loses more than it wins"
+    need = 100 * detectable_difference(entry["n"], two_samples=False)
+    return f"no difference detectable at n = {entry['n']} (a win rate {need:.1f} points from 0.5 would be)"
+
+
+def readings(summary: dict, baseline: str) -> list[str]:
+    """Sentences generated from the intervals and tests of the summary, one per arm and
+    comparison (over its seeds when there are several): what these runs can and cannot say."""
+    lines = []
+    for key, what in (("vs-sft", "DPO model vs its own SFT start"), (f"vs-{baseline}", f"vs the {baseline} arm")):
+        groups: dict[tuple, list] = {}
+        for row in summary["rows"]:
+            entry = row.get(f"winrate_{key}")
+            if entry:
+                groups.setdefault((row["arm"], Path(row["run"]).name.split("-seed")[0]), []).append(entry)
+        for (arm, run), entries in groups.items():
+            if len(entries) == 1:
+                e = entries[0]
+                lines.append(f"{arm} {what}: {e['win_rate']:.2f} [{e['interval'][0]:.2f}, {e['interval'][1]:.2f}], "
+                             f"{e['wins']} wins, {e['losses']} losses, {e['ties']} ties (sign test p = "
+                             f"{e['sign_test_p']:.2g}): {_verdict(e)}; one seed")
+                continue
+            verdicts = [_verdict(e) for e in entries]
+            rates = [e["win_rate"] for e in entries]
+            counted = ", ".join(f"{verdicts.count(v)} of {len(entries)} seeds: {v}" for v in dict.fromkeys(verdicts))
+            lines.append(f"{arm} {what} ({run}): win rates {min(rates):.2f}-{max(rates):.2f} over {len(entries)} "
+                         f"seeds; {counted}")
+    accuracies: dict[str, list] = {}
+    for row in summary["rows"]:
+        if row.get("reward_accuracy"):
+            accuracies.setdefault(row["arm"], []).append(row["reward_accuracy"])
+    if baseline in accuracies:
+        base = statistics.fmean(a["accuracy"] for a in accuracies[baseline])
+        for arm, entries in accuracies.items():
+            if arm == baseline:
+                continue
+            n = min(a["n"] for a in entries)
+            diff = 100 * (statistics.fmean(a["accuracy"] for a in entries) - base)
+            need = 100 * detectable_difference(n)
+            lines.append(f"{arm} vs {baseline}, reward accuracy: {diff:+.1f} points"
+                         + (f" (mean over {len(entries)} seeds)" if len(entries) > 1 else "")
+                         + (f"; n = {n} pairs detects {need:.1f} points: no difference detectable" if abs(diff) < need
+                            else f"; larger than the {need:.1f} points n = {n} pairs detects"))
+    return lines
 
 
 def help_or_harm(declaration) -> list[dict]:

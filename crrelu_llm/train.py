@@ -32,7 +32,7 @@ from .data import DataArguments, check_chat_template, load_preference_splits, lo
 from .distributed import use_vector_epsilons
 from .errors import Interrupted, OutputExistsError, RecipeError
 from .files import check_writable, writable_dir, write_directory_atomic, write_json, write_text_atomic
-from .loading import load_causal_lm, load_tokenizer
+from .loading import is_adapter_run, load_adapter_run, load_causal_lm, load_tokenizer
 from .model_card import model_card
 from .model_utils import apply_epsilon_mode, apply_recipe_patch, build_reference
 from .patch import epsilon_logs, patch_record, peft_modules_to_save
@@ -167,7 +167,16 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
         check_chat_template(train_data[0], tokenizer, crrelu_args.tokenizer_name_or_path or
                             model_args.model_name_or_path, str(data_summary.get("source")), fix)
 
+    continuing = crrelu_args.continue_adapter
+    if continuing and not (is_adapter_run(model_args.model_name_or_path) and model_args.use_peft):
+        raise RecipeError("continue_adapter: true trains a LoRA run's adapter further: it needs model_name_or_path "
+                          "to be a LoRA run (a directory with adapter_config.json) and use_peft: true")
+
     def load_model():
+        if continuing:  # the run's own adapter, trainable, on its patched base
+            return load_adapter_run(Path(model_args.model_name_or_path), dtype=model_args.dtype or "auto",
+                                    trust_remote_code=getattr(training_args, "trust_remote_code", False),
+                                    merge=False, trainable=True)
         return load_causal_lm(model_args.model_name_or_path, dtype=model_args.dtype or "auto",
                               trust_remote_code=getattr(training_args, "trust_remote_code", False),
                               seed=training_args.seed)
@@ -181,7 +190,13 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
             (command == "distill" and not training_args.teacher_model_name_or_path):
         original = load_model() if zero3 else copy.deepcopy(model)
     originals = original_activations(model) if crrelu_args.swap_steps else {}
-    patch_report = patch_for_training(model, crrelu_args, model_args, tokenizer, train_data)
+    if continuing:  # the adapter's base is patched as its run recorded; its eps are the adapter's
+        record = patch_record(model) or {"modules": {}}
+        patch_report = {"already_patched": True, "activation": crrelu_args.activation, "count": len(record["modules"]),
+                        "layers": None, "modules": record["modules"], "epsilon": epsilon_logs(model),
+                        "continued_adapter": model_args.model_name_or_path}
+    else:
+        patch_report = patch_for_training(model, crrelu_args, model_args, tokenizer, train_data)
     callbacks = list(callbacks or [])
     if originals and patch_report and not patch_report.get("already_patched"):
         blended = blend_in(model, originals)
@@ -203,6 +218,8 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
                               "distil from the original model (set teacher_model_name_or_path)")
     if command == "dpo":
         def policy_copy():
+            if continuing:  # the policy at the start is the run's adapter merged: a plain model for TRL
+                return load_causal_lm(model_args.model_name_or_path, dtype=model_args.dtype or "auto")
             if not zero3:
                 return copy.deepcopy(model)
             fresh = load_model()
@@ -217,7 +234,7 @@ def prepare(command: str, crrelu_args: CRReLUArguments, data_args: DataArguments
         trainer_kwargs["ref_model"] = ref  # always explicit: TRL's implicit choices differ by setting
         logger.info("DPO reference: %s", reference_info["source"])
 
-    if model_args.use_peft:
+    if model_args.use_peft and not continuing:
         from peft import get_peft_model
         from trl import get_peft_config
 

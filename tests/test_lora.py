@@ -3,7 +3,6 @@ it and exports it; its eps are the adapter's, bit for bit; an experiment's arms 
 
 import json
 import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -105,3 +104,20 @@ def test_an_experiment_whose_arms_use_lora_runs_every_stage(tmp_path):
     assert row["reward_accuracy"]["n"] == 20 and row["winrate_vs-gelu"]["n"] == 10
     stages = {(r["arm"], r["stage"]) for r in summary["help_or_harm"]}
     assert ("crrelu", "DPO beta=0.5 seed=0") in stages and ("crrelu", "SFT") in stages
+
+
+def test_a_recipe_may_continue_the_adapter_itself(lora_run, capsys):
+    from safetensors.torch import load_file
+
+    tmp, run, data = lora_run
+    common = ["--model_name_or_path", str(run), "--dataset_name", str(data), "--max_steps", "1",
+              "--per_device_train_batch_size", "4", "--report_to", "none", "--continue_adapter", "true"]
+    assert cli_main(["dpo", *common, "--output_dir", str(tmp / "refused")]) == 2  # without use_peft
+    assert "continue_adapter: true trains a LoRA run's adapter further" in capsys.readouterr().err
+    assert not (tmp / "refused").exists()
+    further = tmp / "continued"
+    assert cli_main(["dpo", *common, "--use_peft", "true", "--learning_rate", "0", "--epsilon_learning_rate", "0",
+                     "--output_dir", str(further)]) == 0
+    before, after = load_file(run / "adapter_model.safetensors"), load_file(further / "adapter_model.safetensors")
+    assert set(before) == set(after) and all(torch.equal(before[k], after[k]) for k in before)  # the same adapter
+    assert "this run trained its adapter further" in (further / "README.md").read_text()

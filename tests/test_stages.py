@@ -109,7 +109,7 @@ def test_a_recipe_that_cannot_run_is_refused_by_the_run_and_the_plan_before_anyt
 
 
 def test_the_plan_says_unknown_for_what_it_cannot_estimate(tmp_path, capsys):
-    recipe = yaml.safe_load(small_recipe(tmp_path, ARMS).read_text())
+    recipe = yaml.safe_load(small_recipe(tmp_path, ARMS, evaluations={"winrate": {"judge": "rule:arithmetic"}}).read_text())
     del recipe["pretrain"]
     recipe["original"] = str(tmp_path / "no-such-model")
     path = tmp_path / "hub.yaml"
@@ -118,9 +118,7 @@ def test_the_plan_says_unknown_for_what_it_cannot_estimate(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "0.00e+00" not in text.splitlines()[-1] or "unknown" in text.splitlines()[-1]
     assert text.splitlines()[-1].startswith("total unknown")
-    long_name = "calibrated/winrate dpo-beta0.5-seed0 vs layer0/dpo-beta0.5-seed0"
-    assert long_name not in text  # winrate is not evaluated here; names are never cut, though:
-    assert "calibrated/rewards beta=0.5 seed=0" in text
+    assert "calibrated/winrate dpo-beta0.5-seed0 vs gelu/dpo-beta0.5-seed0 " in text  # never cut
     assert not (tmp_path / "o").exists()
 
 
@@ -163,3 +161,36 @@ def test_a_refused_training_command_leaves_no_output_directory(tmp_path, capsys)
                      "--output_dir", str(out)]) == 2
     assert "cannot tell the format" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_reading_is_generated_from_the_intervals_and_counts_seeds():
+    from crrelu_llm.summary import readings
+
+    def entry(rate, lo, hi):
+        return {"win_rate": rate, "interval": [lo, hi], "wins": 30, "losses": 10, "ties": 460, "n": 500,
+                "sign_test_p": 0.002}
+
+    rows = [{"arm": "crrelu", "run": f"x/crrelu/dpo-beta0.5-seed{seed}", "winrate_vs-sft": entry(0.52, lo, hi),
+             "reward_accuracy": {"accuracy": 0.90, "n": 500}} for seed, (lo, hi) in enumerate([(0.51, 0.56),
+                                                                                              (0.48, 0.55)])]
+    rows.append({"arm": "gelu", "run": "x/gelu/dpo-beta0.5-seed0", "reward_accuracy": {"accuracy": 0.91, "n": 500}})
+    lines = readings({"rows": rows}, "gelu")
+    assert lines[0].startswith("crrelu DPO model vs its own SFT start (dpo-beta0.5): win rates 0.52-0.52 over 2 seeds")
+    assert "1 of 2 seeds: wins more than it loses" in lines[0]
+    assert "1 of 2 seeds: no difference detectable at n = 500 (a win rate 6.3 points from 0.5 would be)" in lines[0]
+    assert lines[1] == ("crrelu vs gelu, reward accuracy: -1.0 points (mean over 2 seeds); n = 500 pairs detects "
+                        "8.9 points: no difference detectable")
+    one = readings({"rows": rows[:1]}, "gelu")
+    assert one[0].endswith("wins more than it loses; one seed") and "30 wins, 10 losses, 460 ties" in one[0]
+
+
+def test_the_win_rate_plot_zooms_in_and_shows_wins_ties_and_losses():
+    from crrelu_llm.report import win_rate_figure
+
+    stats = {"win_rate": 0.52, "interval": [0.49, 0.54], "wins": 40, "ties": 440, "losses": 20}
+    fig = win_rate_figure([("crrelu (DPO) vs crrelu/sft", "crrelu", stats)], {"crrelu": "C1"})
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    assert 0.4 < lo < 0.49 and 0.54 < hi < 0.6  # not 0-1: a few points stay visible
+    assert [t.get_text() for t in ax.texts] == ["40 W / 440 T / 20 L"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["crrelu (DPO) vs crrelu/sft"]
