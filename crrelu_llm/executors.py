@@ -128,10 +128,14 @@ def run_stage(action: Callable[[], None], threads: int | None = None, in_job: bo
 
         os.environ["OMP_NUM_THREADS"] = str(threads)  # and for a launcher's subprocesses
         torch.set_num_threads(threads)
+    from .environment import environment
+
     job = {"job_started": psutil.Process().create_time()} if in_job else {}
     start = time.time()
     action()
-    return {**job, "started": start, "ended": time.time(), "seconds": round(time.time() - start, 1)}
+    # where it ran, recorded with the stage (a job's node may differ from the submitting one)
+    return {**job, "started": start, "ended": time.time(), "seconds": round(time.time() - start, 1),
+            "environment": environment()}
 
 
 def run_stages(stages: list[Stage], finish: Callable[[Stage, dict], None], settings: ExecutorSettings,

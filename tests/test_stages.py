@@ -80,6 +80,7 @@ def test_a_rerun_keeps_each_stage_s_wall_time_and_says_what_it_reused(experiment
     assert f"ran 0 stage(s) now (0 s), reused {len(took)} finished stage(s)" in capsys.readouterr().out
     env = again["environment"]
     assert env["packages"]["torch"] and env["torch_cpu_capability"] and env["torch_threads"] >= 1
+    assert all(s["environment"]["packages"]["transformers"] for s in again["stages"])  # each stage's own record
 
 
 def test_step0_is_declared_with_the_arm_s_full_patch_keys(tmp_path):
