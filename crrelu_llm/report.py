@@ -395,8 +395,9 @@ def _markdown(report: dict) -> str:
                     + (_fmt(arm["rewards"]["preference_accuracy"]) if "rewards" in arm else "–") + f" | {kl} |")
     lines += ["| arm | runs | reward accuracy (95% bootstrap CI) | preference accuracy (reference-free) | "
               "KL to original (model it was measured on) |", "|---|---|---|---|---|", *rows, "",
-              "Reward accuracy counts a tie as 1/2 (`crrelu-llm eval rewards`); TRL's batch-averaged "
-              "`eval_rewards/accuracies`, which counts a tie as wrong, is in report.json only.", ""]
+              "Reward accuracy is `crrelu-llm eval rewards`' per-example accuracy (a tie is not correct; ties are "
+              "given in each arm's section); TRL's `eval_rewards/accuracies`, a mean of batch means, is in "
+              "report.json only.", ""]
     counted = [(label, arm["data"]) for label, arm in report["arms"].items() if "data" in arm]
     if counted:
         from .accounting import line
