@@ -55,10 +55,6 @@ class Run:
         return self.label.split(" beta=")[0]
 
 
-def _read_json(path: Path):
-    return report_stages.read_result(path)
-
-
 def _trainer_state(path: Path) -> Path | None:
     if (path / "trainer_state.json").exists():
         return path / "trainer_state.json"
@@ -75,26 +71,26 @@ def load_run(spec: str) -> Run:
     run = Run(label or _recorded_label(recipe, path), path, recipe)
     state = _trainer_state(path)
     if state:
-        run.log_history = _read_json(state).get("log_history", [])
+        run.log_history = report_stages.read_result(state).get("log_history", [])
         run.sources["log_history"] = str(state)
     if (path / "final_metrics.json").exists():
-        run.final = _read_json(path / "final_metrics.json")
+        run.final = report_stages.read_result(path / "final_metrics.json")
         run.sources["final"] = str(path / "final_metrics.json")
     evaluation = eval_dir(path)
     if (evaluation / "rewards.json").exists():
-        run.rewards = _read_json(evaluation / "rewards.json")
+        run.rewards = report_stages.read_result(evaluation / "rewards.json")
         run.sources["rewards"] = str(evaluation / "rewards.json")
     # against the run's own start (SFT) first, then the other arms: the same order in every arm
     for file in sorted(evaluation.glob("winrate*.json"), key=lambda f: (not f.stem.endswith("_sft"), f.name)):
-        run.winrates[file.stem] = _read_json(file)
+        run.winrates[file.stem] = report_stages.read_result(file)
         run.sources[file.stem] = str(file)
     if (evaluation / "drift.json").exists():
-        run.drift = _read_json(evaluation / "drift.json")
+        run.drift = report_stages.read_result(evaluation / "drift.json")
         run.sources["drift"] = str(evaluation / "drift.json")
     if (path / "patch_report.json").exists():
-        run.patch_report = _read_json(path / "patch_report.json")
+        run.patch_report = report_stages.read_result(path / "patch_report.json")
     if (path / "data_summary.json").exists():
-        run.data = _read_json(path / "data_summary.json")
+        run.data = report_stages.read_result(path / "data_summary.json")
         run.sources["data"] = str(path / "data_summary.json")
     if not (run.log_history or run.final or run.rewards or run.winrates or run.drift):
         raise ReportError(f"{path}: nothing to report (no trainer_state.json, final_metrics.json or eval/ outputs)")
@@ -340,7 +336,7 @@ def _arm_entry(label: str, members: list[Run], step0_drift: dict | None) -> dict
     if step0_drift is not None:  # the swap's own damage: the arm's step-0 model, never a later stage's
         found = step0_drift.get(label)
         if found:
-            entry["drift"] = {**_read_json(Path(found["from"])), "stage": "step 0", "from": found["from"]}
+            entry["drift"] = {**report_stages.read_result(Path(found["from"])), "stage": "step 0", "from": found["from"]}
         else:
             entry["drift_note"] = "step 0 is the unpatched original: no swap to measure"
     elif first.drift:
