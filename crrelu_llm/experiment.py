@@ -132,15 +132,16 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
     return exp
 
 
-def check_stages(exp: Experiment, declaration: Declaration, on_this_machine: bool = True) -> None:
+def check_stages(exp: Experiment, declaration: Declaration, on_this_machine: bool = True) -> dict:
     """Parse every training stage's keys as the stage itself will (the recipe dataclasses and
     their checks), so a recipe that cannot run is refused before its first stage runs. Not
-    ``on_this_machine`` (``--plan``), a recipe for GPUs is checked as if they were there."""
+    ``on_this_machine`` (``--plan``), a recipe for GPUs is checked as if they were there.
+    Returns each stage's parsed training arguments by name (``--plan`` estimates from them)."""
     from .config import accelerator_available
 
     neutral = {} if on_this_machine or accelerator_available() else {"use_cpu": True}
     config_logger = logging.getLogger("crrelu_llm.config")
-    level, seen = config_logger.level, set()
+    level, parsed, by_stage = config_logger.level, {}, {}
     config_logger.setLevel(logging.ERROR)  # the CPU-only note would repeat once per stage
     try:
         for spec in declaration.by_kind(*TRAINING_KINDS, "patch"):
@@ -150,12 +151,13 @@ def check_stages(exp: Experiment, declaration: Declaration, on_this_machine: boo
             command = spec.keys.get("command", "distill" if spec.kind == "recover" else
                                     "sft" if spec.kind == "original" else spec.kind)
             text = json.dumps([command, keys], sort_keys=True, default=str)
-            if text not in seen:
-                seen.add(text)
-                recipe_from_dict(command, {**keys, **neutral, "output_dir": str(spec.clear or spec.model)},
-                                 source=f"{exp.source} (stage {spec.name})")
+            if text not in parsed:
+                keys = {**keys, **neutral, "output_dir": str(spec.clear or spec.model)}
+                parsed[text] = recipe_from_dict(command, keys, source=f"{exp.source} (stage {spec.name})")[2]
+            by_stage[spec.name] = parsed[text]
     finally:
         config_logger.setLevel(level)
+    return by_stage
 
 
 def _check_evaluations(path, evaluations) -> None:

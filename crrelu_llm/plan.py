@@ -72,29 +72,6 @@ def training_rows(exp, keys: dict) -> int | None:
     return KNOWN_ROWS.get(str(exp.dataset_name).lower())
 
 
-def _training_args(spec, cache: dict):
-    """The stage's training arguments as the runner parses them (TRL's defaults and ours filled in)."""
-    import json
-    import logging
-
-    from .config import recipe_from_dict
-
-    command = "distill" if spec.kind == "recover" else "sft" if spec.kind == "original" else spec.kind
-    text = json.dumps([command, spec.keys], sort_keys=True, default=str)
-    if text not in cache:
-        config_logger = logging.getLogger("crrelu_llm.config")
-        level = config_logger.level
-        config_logger.setLevel(logging.ERROR)
-        try:
-            from .config import accelerator_available
-
-            neutral = {} if accelerator_available() else {"use_cpu": True}  # plan a GPU recipe on a laptop
-            cache[text] = recipe_from_dict(command, {**spec.keys, **neutral, "output_dir": str(spec.model)})[2]
-        finally:
-            config_logger.setLevel(level)
-    return cache[text]
-
-
 def _sequences(exp, keys: dict, args, gpus: int) -> tuple[float | None, str]:
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * gpus
     if args.max_steps and args.max_steps > 0:
@@ -105,7 +82,7 @@ def _sequences(exp, keys: dict, args, gpus: int) -> tuple[float | None, str]:
     return rows * args.num_train_epochs, f"{args.num_train_epochs:g} epoch(s) of {rows} rows"
 
 
-def estimate(exp, spec, stage: PlannedStage, params: int | None, gpus: int, caches: set, parsed: dict) -> None:
+def estimate(exp, spec, stage: PlannedStage, params: int | None, gpus: int, caches: set, args=None) -> None:
     """Fill ``stage.flops`` and ``stage.note`` from the stage's kind and resolved keys."""
     kind, keys = stage.kind, stage.keys
     if kind in ("data", "init", "patch"):
@@ -127,7 +104,6 @@ def estimate(exp, spec, stage: PlannedStage, params: int | None, gpus: int, cach
     elif kind == "benchmark":
         stage.note = "lm-eval tasks: not estimated"
     else:  # training: original, recover, sft, dpo
-        args = _training_args(spec, parsed)
         sequences, stage.note = _sequences(exp, keys, args, gpus)
         if sequences is None:
             return
@@ -151,17 +127,17 @@ def plan(exp, gpus: int = 1, gpu_tflops: float = 989.0, utilisation: float = 0.4
         raise UsageError(f"--plan needs --plan-gpus >= 1, --gpu-tflops > 0 and --utilisation in (0, 1]; got "
                          f"{gpus}, {gpu_tflops:g}, {utilisation:g}")
     declaration = declare(exp)
-    check_stages(exp, declaration, on_this_machine=False)  # a recipe that cannot run is refused here too
+    parsed = check_stages(exp, declaration, on_this_machine=False)  # a recipe that cannot run is refused here too
     assessed = Ledger(exp.output_dir).assess(declaration.stages)
     params = parameter_count(exp.original, exp.pretrain)
-    caches, parsed, planned = set(), {}, []
+    caches, planned = set(), []
     for spec in declaration.stages:
         if spec.external:
             continue
         status = assessed[spec.name]["status"]
         stage = PlannedStage(spec.name, spec.kind, list(dict.fromkeys(spec.after)), spec.keys,
                              "" if status == "to run" else status)
-        estimate(exp, spec, stage, params, gpus, caches, parsed)
+        estimate(exp, spec, stage, params, gpus, caches, parsed.get(spec.name))
         planned.append(stage)
     rate = gpu_tflops * 1e12 * utilisation
     rows = [{"stage": s.name, "kind": s.kind, "after": s.after, "status": s.status, "flops": s.flops,
