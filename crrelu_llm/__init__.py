@@ -1,24 +1,15 @@
 """crrelu-llm: swap the MLP activation of pretrained causal LMs for CRReLU and study DPO.
 
 Importing the package registers ``"crrelu"`` as a transformers activation name and lets
-``from_pretrained`` rebuild patched checkpoints (see :mod:`crrelu_llm.patch`).
+``from_pretrained`` rebuild patched checkpoints (see :mod:`crrelu_llm.patching.record`).
 """
 
-from .version import __version__  # noqa: E402
-from .activation import DEFAULT_EPSILON_INIT, CRReLU, CRReLUFunction, crrelu  # noqa: E402
-from .patch import (  # noqa: E402
-    NoActivationFoundError,
-    PatchReport,
-    available_activations,
-    epsilon_parameters,
-    epsilon_values,
-    find_activations,
-    patch_model,
-    patch_record,
-    peft_modules_to_save,
-    register_with_transformers,
-    verify_patch,
-)
+from crrelu_llm.errors import NoActivationFoundError
+from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT, CRReLU, CRReLUFunction, crrelu
+from crrelu_llm.patching.discovery import available_activations, find_activations
+from crrelu_llm.patching.patch import epsilon_parameters, epsilon_values, patch_model, peft_modules_to_save
+from crrelu_llm.patching.record import PatchReport, patch_record, register_with_transformers, verify_patch
+from crrelu_llm.version import __version__
 
 register_with_transformers()
 

@@ -24,8 +24,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from .errors import CRReLULLMError, Interrupted, UsageError
-from .version import __version__
+from crrelu_llm.errors import CRReLULLMError, Interrupted, UsageError
+from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT
+from crrelu_llm.version import __version__
 
 
 def _parse_layers(text: str) -> list[int]:
@@ -43,12 +44,11 @@ def _parse_epsilon(text: str) -> float | str:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--epsilon-init takes a number such as 0.01, or calibrate; got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--epsilon-init takes a number such as {DEFAULT_EPSILON_INIT}, or calibrate; got {text!r}") from None
     if value != value or value in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError(f"--epsilon-init must be finite; got {text!r}")
     return value
-
-
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -57,51 +57,74 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
 
+
 def positive_int(text: str) -> int:
     """A count flag: a whole number of at least 1, refused as typed otherwise."""
     if not text.strip().lstrip("+").isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
     return int(text)
 
+class _Help(argparse.HelpFormatter):
+    """Each option's help, then its default where it has one worth showing."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+MODEL_HELP = "hub id, local checkpoint directory, or tiny-<model_type> (a tiny model built offline)"
+
+
+def _command(group, name: str, text: str, **kwargs):
+    """A subcommand whose --help starts by saying what it does."""
+    return group.add_parser(name, help=text, description=text, formatter_class=_Help, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="crrelu-llm",
-        description="Swap the MLP activation of pretrained causal LMs for CRReLU and study DPO.",
-    )
+    parser = OneLineParser(prog="crrelu-llm", formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description="Swap the MLP activation of pretrained causal LMs for CRReLU and study what it "
+                                       "does to preference tuning.", epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--version", action="version", version=f"crrelu-llm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    inspect = commands.add_parser("inspect", help="list a model's activation modules and what a patch would replace")
-    inspect.add_argument("model", metavar="MODEL", help="hub id, local checkpoint directory, or tiny-<model_type>")
+    inspect = _command(commands, "inspect", "List a model's activation modules and which ones a patch would replace "
+                       "(built from the config on the meta device: no weights are downloaded).")
+    inspect.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     inspect.add_argument("--trust-remote-code", action="store_true", help="allow custom modeling code from the hub")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    patch = commands.add_parser("patch", help="replace the MLP activations and save a checkpoint")
-    patch.add_argument("model", metavar="MODEL", help="hub id, local checkpoint directory, or tiny-<model_type>")
+    patch = _command(commands, "patch", "Replace the MLP activations of a model and save a checkpoint that loads "
+                     "back with `import crrelu_llm`.")
+    patch.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     patch.add_argument("--out", required=True, type=Path, help="directory to write the patched checkpoint to")
-    patch.add_argument("--activation", default="crrelu", help="crrelu (default) or any transformers name, e.g. relu, gelu")
-    patch.add_argument("--epsilon-init", type=_parse_epsilon, default=0.01,
-                       help="initial CRReLU epsilon (default 0.01), or calibrate (least squares per layer, needs "
-                            "--calibration-data)")
-    patch.add_argument("--calibration-data", default=None, help="text to calibrate eps on: preference data (hub id or "
-                                                                "local file/directory)")
-    patch.add_argument("--calibration-samples", type=positive_int, default=64, help="rows of it to use (default 64)")
-    patch.add_argument("--layers", type=_parse_layers, default=None, help="comma-separated block indices (default: all)")
+    patch.add_argument("--activation", default="crrelu", help="crrelu, or any transformers name (relu, gelu, ...)")
+    patch.add_argument("--epsilon-init", type=_parse_epsilon, default=DEFAULT_EPSILON_INIT,
+                       help="initial CRReLU eps, or calibrate (least squares per layer; needs --calibration-data)")
+    patch.add_argument("--calibration-data", default=None,
+                       help="text to calibrate eps on: preference data (hub id or local file/directory)")
+    patch.add_argument("--calibration-samples", type=positive_int, default=64, help="rows of it to use")
+    patch.add_argument("--layers", type=_parse_layers, default=None,
+                       help="comma-separated block indices, negative from the end (default: every block)")
     patch.add_argument("--dtype", default="auto", help="auto (as stored), float32, bfloat16 or float16")
     patch.add_argument("--trust-remote-code", action="store_true", help="allow custom modeling code from the hub")
     patch.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
-    for name, text in (("sft", "patch per a recipe, then supervised fine-tuning (TRL SFTTrainer)"),
-                       ("dpo", "patch per a recipe, then preference tuning (TRL DPOTrainer)"),
-                       ("distill", "patch per a recipe, then distil the original into it (KL on logits, optional MLP MSE)")):
-        sub = commands.add_parser(name, help=text, add_help=False)
+    for name, text in (("sft", "Patch per a recipe, then supervised fine-tuning (TRL's SFTTrainer)."),
+                       ("dpo", "Patch per a recipe, then preference tuning (TRL's DPOTrainer)."),
+                       ("distill", "Patch per a recipe, then distil the original into it (KL on logits, optional "
+                                   "MLP MSE).")):
+        sub = commands.add_parser(name, help=text, description=text, add_help=False)
         sub.add_argument("recipe_args", nargs=argparse.REMAINDER, help="--config RECIPE.yaml and --key value overrides")
-    export = commands.add_parser("export", help="write a patched checkpoint that loads without crrelu-llm")
+    export = _command(commands, "export", "Write a copy of a patched checkpoint that loads with "
+                      "trust_remote_code=True and without crrelu-llm (modeling_crrelu.py and auto_map).")
     export.add_argument("model", metavar="MODEL", help="a patched checkpoint directory")
     export.add_argument("--out", required=True, type=Path, help="directory to write the shareable checkpoint to")
-    export.add_argument("--remote-code", action="store_true", default=True,
-                        help="add modeling_crrelu.py and auto_map: loads with trust_remote_code=True (the default)")
     export.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
-    evaluate = commands.add_parser("eval", help="evaluate checkpoints: rewards, winrate, drift, benchmark")
+    # remote code is the only kind of export; old scripts still pass --remote-code
+    export.add_argument("--remote-code", action="store_true", help=argparse.SUPPRESS)
+    evaluate = _command(commands, "eval", "Evaluate checkpoints: reward accuracy, judged win rates, drift from the "
+                        "original, capability benchmarks. Each writes one result file (default: MODEL/eval).")
     kinds = evaluate.add_subparsers(dest="eval_command", required=True, metavar="KIND")
 
     def data_options(sub):
@@ -109,88 +132,95 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--data-format", default="auto", help="auto, hh, shp, ultrafeedback or preference")
         sub.add_argument("--split", default=None, help="evaluation split (default: test, else a held-out share)")
         sub.add_argument("--out", type=Path, default=None, help="output directory (default: MODEL/eval)")
-        sub.add_argument("--batch-size", type=positive_int, default=8)
-        sub.add_argument("--max-length", type=positive_int, default=1024)
+        sub.add_argument("--batch-size", type=positive_int, default=8, help="examples per forward pass")
+        sub.add_argument("--max-length", type=positive_int, default=1024, help="tokens per example, prompt included")
 
-    rewards = kinds.add_parser("rewards", help="DPO implicit-reward accuracy and margins for several betas")
-    rewards.add_argument("--model", required=True)
-    rewards.add_argument("--reference", required=True, help="the reference model (e.g. the SFT checkpoint)")
-    rewards.add_argument("--beta", type=float, nargs="+", default=[0.1])
-    rewards.add_argument("--max-samples", type=positive_int, default=None)
+    rewards = _command(kinds, "rewards", "DPO implicit-reward accuracy and margins of a model against its "
+                       "reference, at several betas.")
+    rewards.add_argument("--model", required=True, help="the trained model (a DPO run)")
+    rewards.add_argument("--reference", required=True, help="its reference model (e.g. the SFT checkpoint)")
+    rewards.add_argument("--beta", type=float, nargs="+", default=[0.1], help="evaluation betas for the margins")
+    rewards.add_argument("--max-samples", type=positive_int, default=None, help="pairs to score (default: all)")
     data_options(rewards)
 
-    winrate = kinds.add_parser("winrate", help="generate with both models and judge the pairs")
-    winrate.add_argument("--model", required=True)
-    winrate.add_argument("--baseline", required=True)
+    winrate = _command(kinds, "winrate", "Generate with two models on the same prompts and judge the pairs: "
+                       "win rate with a Wilson interval and a sign test.")
+    winrate.add_argument("--model", required=True, help="the model under test")
+    winrate.add_argument("--baseline", required=True, help="the model it is compared with")
     winrate.add_argument("--judge", required=True,
                          help="reward-model:<id or path> | openai:<model>@<base url> ($OPENAI_API_KEY) | rule:<task>")
-    winrate.add_argument("--num-prompts", type=positive_int, default=200)
-    winrate.add_argument("--max-new-tokens", type=positive_int, default=128)
+    winrate.add_argument("--num-prompts", type=positive_int, default=200, help="prompts to generate for")
+    winrate.add_argument("--max-new-tokens", type=positive_int, default=128, help="tokens generated per response")
     winrate.add_argument("--sample", action="store_true", help="sample (default: greedy)")
-    winrate.add_argument("--temperature", type=float, default=1.0)
-    winrate.add_argument("--top-p", type=float, default=1.0)
-    winrate.add_argument("--seed", type=int, default=0)
+    winrate.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --sample)")
+    winrate.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling share (with --sample)")
+    winrate.add_argument("--seed", type=int, default=0, help="generation seed")
     winrate.add_argument("--chat-template", action="store_true", help="apply the tokenizer's chat template")
     winrate.add_argument("--judge-concurrency", type=positive_int, default=8,
-                         help="requests an openai: judge keeps in flight (default 8)")
+                         help="requests an openai: judge keeps in flight")
     data_options(winrate)
 
-    drift = kinds.add_parser("drift", help="perplexity and per-token KL of a patched model against the original")
+    drift = _command(kinds, "drift", "Perplexity of both models and per-token KL of a patched model against the "
+                     "original, on completion tokens.")
     drift.add_argument("--model", required=True, help="the patched (or trained) model")
     drift.add_argument("--original", required=True, help="the original model")
-    drift.add_argument("--max-samples", type=positive_int, default=200)
+    drift.add_argument("--max-samples", type=positive_int, default=200, help="examples to measure on")
     data_options(drift)
 
-    benchmark = kinds.add_parser("benchmark", help="capability benchmarks through lm-evaluation-harness ([bench] extra)")
-    benchmark.add_argument("--model", required=True)
+    benchmark = _command(kinds, "benchmark", "Capability benchmarks through lm-evaluation-harness (the [bench] "
+                         "extra), on a model loaded by crrelu-llm.")
+    benchmark.add_argument("--model", required=True, help="the model to benchmark")
     benchmark.add_argument("--tasks", required=True,
                            help="comma-separated lm-eval tasks, e.g. hellaswag,arc_easy; crrelu_arith_mc runs offline")
-    benchmark.add_argument("--limit", type=float, default=None, help="items per task (a count, or a fraction below 1)")
-    benchmark.add_argument("--num-fewshot", type=int, default=None)
-    benchmark.add_argument("--batch-size", type=positive_int, default=16)
+    benchmark.add_argument("--limit", type=float, default=None,
+                           help="items per task: a count, or a fraction below 1 (default: all)")
+    benchmark.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the task's)")
+    benchmark.add_argument("--batch-size", type=positive_int, default=16, help="examples per forward pass")
     benchmark.add_argument("--out", type=Path, default=None, help="output directory (default: MODEL/eval)")
 
-    probe = commands.add_parser("probe", help="activation statistics per layer: input moments, sparsity, learned and "
-                                              "least-squares eps")
-    probe.add_argument("model", metavar="MODEL")
-    probe.add_argument("--original", default=None, help="the model it was patched from (default: the activation class "
-                                                       "its patch record names)")
-    probe.add_argument("--max-samples", type=positive_int, default=200)
+    probe = _command(commands, "probe", "Activation statistics per layer: input moments, sparsity, learned and "
+                     "least-squares eps.")
+    probe.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    probe.add_argument("--original", default=None,
+                       help="the model it was patched from (default: the activation class its patch record names)")
+    probe.add_argument("--max-samples", type=positive_int, default=200, help="examples to collect activations on")
     data_options(probe)
 
-    experiment = commands.add_parser("experiment", help="run an experiment recipe: arms x betas x seeds, resumable")
+    experiment = _command(commands, "experiment", "Run an experiment recipe: arms x betas x seeds, every stage "
+                          "resumable, finished stages reused.")
     experiment.add_argument("--config", required=True, help="experiment recipe (recipes/experiments/*.yaml)")
     experiment.add_argument("--out", default=None, help="output directory (default: the recipe's output_dir)")
     experiment.add_argument("--plan", action="store_true", help="print every stage, what it waits for and its "
                             "estimated compute (FLOPs, GPU-hours); run nothing")
-    experiment.add_argument("--plan-gpus", type=positive_int, default=1, help="GPUs per training run, for --plan (default 1)")
+    experiment.add_argument("--plan-gpus", type=positive_int, default=1, help="GPUs per training run, for --plan")
     experiment.add_argument("--gpu-tflops", type=float, default=989.0,
-                            help="peak TFLOP/s of one GPU, for --plan (default 989: H100 SXM dense bf16)")
-    experiment.add_argument("--utilisation", type=float, default=0.4, help="share of the peak reached, for --plan "
-                                                                           "(default 0.4)")
+                            help="peak TFLOP/s of one GPU, for --plan (989: H100 SXM dense bf16)")
+    experiment.add_argument("--utilisation", type=float, default=0.4, help="share of the peak reached, for --plan")
     experiment.add_argument("--executor", choices=("inline", "local", "slurm"), default=None,
                             help="where stages run: inline (this process, one after another; the default), local "
                                  "(this node, several at once on disjoint GPU sets) or slurm (jobs with dependencies, "
                                  "the recipe's slurm: keys); local and slurm need the [slurm] extra (submitit)")
-    experiment.add_argument("--parallel", type=int, default=None, help="local: stages at once (default: visible GPUs "
-                                                                      "// --gpus-per-run, or 1 without GPUs)")
+    experiment.add_argument("--parallel", type=int, default=None,
+                            help="local: stages at once (default: visible GPUs // --gpus-per-run, or 1 without GPUs)")
     experiment.add_argument("--gpus-per-run", type=int, default=None,
                             help="local: GPUs given to each stage (disjoint sets); slurm: overrides slurm.gpus")
-    demo = commands.add_parser("demo", help="the embedded offline GELU vs CRReLU vs ReLU experiment (CPU, minutes)")
+    demo = _command(commands, "demo", "The embedded offline experiment: GELU vs CRReLU vs ReLU through SFT and DPO "
+                    "on a small model (CPU, about 11 minutes on 2 cores).")
     demo.add_argument("--out", default=None, help="output directory (default: runs/demo)")
     for sub in (experiment, demo):
         sub.add_argument("--rerun-changed", action="store_true",
                          help="recompute finished stages whose inputs changed (and what depends on them) instead of "
                               "refusing them")
 
-    compare = commands.add_parser("compare", help="report over run directories: report.md, report.json, plots")
+    compare = _command(commands, "compare", "Compare run directories: report.md, report.json and plots, with "
+                       "intervals and the differences each sample size can detect.")
     compare.add_argument("runs", nargs="+", metavar="RUN", help="run directory, or LABEL=DIR (same label: seeds)")
-    compare.add_argument("--out", type=Path, required=True)
+    compare.add_argument("--out", type=Path, required=True, help="directory to write the report to")
     return parser
 
 
 def _inspect(args) -> int:
-    from .checkpoints import inspect_model
+    from crrelu_llm.patching.checkpoints import inspect_model
 
     info = inspect_model(args.model, trust_remote_code=args.trust_remote_code)
     if args.json:
@@ -208,7 +238,7 @@ def _inspect(args) -> int:
 
 
 def _patch(args) -> int:
-    from .checkpoints import patch_checkpoint
+    from crrelu_llm.patching.checkpoints import patch_checkpoint
 
     report = patch_checkpoint(args.model, args.out, activation=args.activation, epsilon_init=args.epsilon_init,
                               layers=args.layers, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
@@ -221,7 +251,7 @@ def _patch(args) -> int:
 
 
 def _export(args) -> int:
-    from .remote_code import export_remote_code
+    from crrelu_llm.patching.remote_code import export_remote_code
 
     export_remote_code(args.model, args.out, overwrite=args.overwrite)
     print(f"Saved to {args.out}: loads with AutoModelForCausalLM.from_pretrained({str(args.out)!r}, "
@@ -234,7 +264,7 @@ def _data_kwargs(args) -> dict:
 
 
 def _eval_rewards(args) -> int:
-    from .evaluate import rewards_file, run_rewards
+    from crrelu_llm.evaluation.evaluate import rewards_file, run_rewards
 
     result = run_rewards(args.model, args.reference, args.data, betas=args.beta, max_samples=args.max_samples,
                          max_length=args.max_length, batch_size=args.batch_size, **_data_kwargs(args))
@@ -250,7 +280,7 @@ def _eval_rewards(args) -> int:
 
 
 def _eval_drift(args) -> int:
-    from .evaluate import drift_file, run_drift
+    from crrelu_llm.evaluation.evaluate import drift_file, run_drift
 
     result = run_drift(args.model, args.original, args.data, max_samples=args.max_samples,
                        max_length=args.max_length, batch_size=args.batch_size, **_data_kwargs(args))
@@ -261,8 +291,8 @@ def _eval_drift(args) -> int:
 
 
 def _eval_winrate(args) -> int:
-    from .evaluate import run_winrate, winrate_file
-    from .generation import GenerationSettings
+    from crrelu_llm.evaluation.evaluate import run_winrate, winrate_file
+    from crrelu_llm.evaluation.generation import GenerationSettings
 
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed,
@@ -272,13 +302,14 @@ def _eval_winrate(args) -> int:
     stats = result["stats"]
     lo, hi = stats["interval"]
     print(f"{args.model} vs {args.baseline} ({result['judge']}): {stats['wins']}/{stats['ties']}/{stats['losses']} "
-          f"W/T/L of n={stats['n']}, win rate {stats['win_rate']:.3f} [{lo:.3f}, {hi:.3f}], sign test p={stats['sign_test_p']:.3g} "
+          f"W/T/L of n={stats['n']}, win rate {stats['win_rate']:.3f} [{lo:.3f}, {hi:.3f}], "
+          f"sign test p={stats['sign_test_p']:.3g} "
           f"-> {winrate_file(args.model, args.judge, args.baseline, args.out)}")
     return 0
 
 
 def _eval_benchmark(args) -> int:
-    from .benchmark import benchmark_file, headline, run_benchmark
+    from crrelu_llm.evaluation.benchmark import benchmark_file, headline, run_benchmark
 
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     results = run_benchmark(args.model, args.tasks, limit=limit, num_fewshot=args.num_fewshot,
@@ -288,16 +319,18 @@ def _eval_benchmark(args) -> int:
         if shown:
             name, metric = shown
             spread = f" +- {metric['stderr']:.3f} (stderr)" if metric["stderr"] is not None else ""
-            print(f"{task}: {name} {metric['value']:.3f}{spread}, n={result['n']} -> {benchmark_file(args.model, task, args.out)}")
+            print(f"{task}: {name} {metric['value']:.3f}{spread}, n={result['n']} "
+                  f"-> {benchmark_file(args.model, task, args.out)}")
     return 0
 
 
 def _probe(args) -> int:
-    from .evaluate import probe_file, run_probe
+    from crrelu_llm.evaluation.evaluate import probe_file, run_probe
 
     result = run_probe(args.model, args.data, original=args.original, max_samples=args.max_samples,
                        max_length=args.max_length, batch_size=args.batch_size, **_data_kwargs(args))
-    print(f"{'layer':>5}  {'mean':>7}  {'sd':>6}  {'skew':>6}  {'ex.kurt':>7}  {'neg':>5}  {'zero':>5}  {'|y|<1e-3':>8}  "
+    print(f"{'layer':>5}  {'mean':>7}  {'sd':>6}  {'skew':>6}  {'ex.kurt':>7}  {'neg':>5}  {'zero':>5}  "
+          f"{'|y|<1e-3':>8}  "
           f"{'eps':>8}  {'eps (LS)':>8}")
     for layer in result["layers"]:
         eps = f"{layer['epsilon']:.4f}" if layer["epsilon"] is not None else "-"
@@ -311,7 +344,7 @@ def _probe(args) -> int:
 
 
 def _compare(args) -> int:
-    from .report import compare
+    from crrelu_llm.reporting.report import compare
 
     report = compare(args.runs, args.out)
     for label, arm in report["arms"].items():
@@ -323,9 +356,9 @@ def _compare(args) -> int:
 
 
 def _experiment(args) -> int:
-    from .experiment import DEMO_RECIPE, load_experiment, run_experiment
-    from .summary import format_stages, format_table, format_totals
-    from .runtime import set_cpu_threads
+    from crrelu_llm.experiments.experiment import DEMO_RECIPE, load_experiment, run_experiment
+    from crrelu_llm.reporting.summary import format_stages, format_table, format_totals
+    from crrelu_llm.runtime import set_cpu_threads
 
     set_cpu_threads()
     exp = load_experiment(DEMO_RECIPE if args.command == "demo" else args.config, args.out)
@@ -336,7 +369,8 @@ def _experiment(args) -> int:
           f"({exp.output_dir})")
     print(format_table(summary, exp.baseline_arm))
     if summary["reading"]:
-        print("\nreading (generated from the intervals above):\n" + "\n".join(f"- {line}" for line in summary["reading"]))
+        reading = "\n".join(f"- {line}" for line in summary["reading"])
+        print(f"\nreading (generated from the intervals above):\n{reading}")
     stages = format_stages(summary)
     if stages:
         print(f"\nhelp or harm: each arm at every stage\n{stages}")
@@ -345,7 +379,7 @@ def _experiment(args) -> int:
 
 
 def _executor(args):
-    from .executors import ExecutorSettings
+    from crrelu_llm.experiments.executors import ExecutorSettings
 
     parallel, gpus = getattr(args, "parallel", None), getattr(args, "gpus_per_run", None)
     kind = getattr(args, "executor", None) or ("local" if parallel is not None or gpus is not None else "inline")
@@ -353,14 +387,14 @@ def _executor(args):
 
 
 def _plan(exp, args) -> int:
-    from .plan import format_plan, plan
+    from crrelu_llm.experiments.plan import format_plan, plan
 
     print(format_plan(plan(exp, args.plan_gpus, args.gpu_tflops, args.utilisation)))
     return 0
 
 
 def _train(args) -> int:
-    from . import train
+    from crrelu_llm.training import train
 
     return train.main(args.command, args.recipe_args)
 
@@ -378,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     from_console = argv is None  # only the command itself restarts pinned, never a caller's process
     argv = list(sys.argv[1:] if argv is None else argv)
     if from_console:
-        from . import reproducibility
+        from crrelu_llm import reproducibility
 
         if reproducibility.wanted(argv):
             reproducibility.restart_pinned(argv)

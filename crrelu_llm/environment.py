@@ -8,7 +8,7 @@ import os
 import platform
 import sys
 
-from . import reproducibility
+from crrelu_llm import reproducibility
 
 PACKAGES = ("torch", "transformers", "trl", "accelerate", "peft", "datasets", "tokenizers", "lm_eval", "crrelu-llm")
 SETTINGS = ("MKL_CBWR", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -35,9 +35,9 @@ def _cpu_model() -> str:
 
 
 def environment() -> dict:
-    import torch
-
     import re
+
+    import torch
 
     config = torch.__config__.show()
     blas = {key.lower(): (re.search(rf"{key}=([^,\s]+)", config) or [None, None])[1]

@@ -75,3 +75,12 @@ class OutputError(CRReLULLMError, OSError):
 
 class Interrupted(CRReLULLMError):
     """The user stopped a run (Ctrl-C); the message says where it can resume from."""
+
+
+def did_you_mean(word: str, choices, show=repr, n: int = 1) -> str:
+    """``"; did you mean 'x'?"`` for the choices closest to a mistyped ``word`` (empty when none
+    is close): the one suggestion format every unknown key, name or arm uses."""
+    import difflib
+
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=n)
+    return f"; did you mean {' or '.join(show(c) for c in close)}?" if close else ""

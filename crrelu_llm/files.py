@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import OutputError, OutputExistsError
+from crrelu_llm.errors import OutputError, OutputExistsError
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -40,8 +40,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from crrelu_llm.evaluation.tasks import generate_task_data  # noqa: E402 - after the sys.path line
 from crrelu_llm.files import write_json  # noqa: E402
-from crrelu_llm.tasks import generate_task_data  # noqa: E402
+
 
 def expected_distributed_type(profile: dict, cuda: bool) -> str:
     kind = str(profile.get("distributed_type", "NO"))
@@ -68,7 +69,7 @@ def block_epsilons(logs: dict) -> dict[str, float]:
 
 def check(run: Path, expected_type: str, num_processes: int, start: dict[str, float] | float) -> dict[str, bool]:
     import crrelu_llm
-    from crrelu_llm.loading import load_causal_lm
+    from crrelu_llm.patching.loading import load_causal_lm
 
     consistency = json.loads((run / "rank_consistency.json").read_text())
     ranks = consistency["ranks"]
@@ -89,7 +90,9 @@ def check(run: Path, expected_type: str, num_processes: int, start: dict[str, fl
     }
 
 
-def launch(cmd_prefix: list[str], command: str, recipe: Path, env: dict, timeout: int, log: Path) -> tuple[int, str, float]:
+def launch(
+    cmd_prefix: list[str], command: str, recipe: Path, env: dict, timeout: int, log: Path
+) -> tuple[int, str, float]:
     cmd = [*cmd_prefix, "-m", "crrelu_llm.cli", command, "--config", str(recipe)]
     print("$", " ".join(cmd), flush=True)
     start = time.perf_counter()
@@ -112,8 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="keep the run here (default: a temporary directory)")
     parser.add_argument("--timeout", type=int, default=300, help="seconds for each launched run")
     parser.add_argument("--json", help="write the result here")
-    parser.add_argument("--runs", nargs="+", choices=("sft", "dpo"), default=["sft", "dpo"],
-                        help="sft, dpo or both (default); DPO follows SFT's checkpoint, else starts from --model")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        choices=("sft", "dpo"),
+        default=["sft", "dpo"],
+        help="sft, dpo or both (default); DPO follows SFT's checkpoint, else starts from --model",
+    )
     parser.add_argument("--distill", action="store_true", help="also distil the original into a fresh patch")
     args = parser.parse_args(argv)
 
@@ -128,18 +136,41 @@ def main(argv: list[str] | None = None) -> int:
     data = workdir / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in generate_task_data("arithmetic", 64, seed=0)))
 
-    prefix = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(profile_path),
-              "--num_processes", str(args.num_processes), "--num_machines", "1",
-              "--mixed_precision", "bf16" if cuda else "no", "--dynamo_backend", "no"]
+    prefix = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(profile_path),
+        "--num_processes",
+        str(args.num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "bf16" if cuda else "no",
+        "--dynamo_backend",
+        "no",
+    ]
     if not cuda and profile.get("distributed_type") in ("FSDP", "MULTI_GPU") and args.num_processes > 1:
         prefix.append("--multi_gpu")  # torchrun with gloo: what accelerate does with these profiles on CPU
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(
-        [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(
+            [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+        ),
+    }
     if not cuda:
         env.setdefault("OMP_NUM_THREADS", "1")
 
-    result = {"profile": str(profile_path), "num_processes": args.num_processes, "device": "cuda" if cuda else "cpu",
-              "expected_distributed_type": expected, "workdir": str(workdir), "runs": {}}
+    result = {
+        "profile": str(profile_path),
+        "num_processes": args.num_processes,
+        "device": "cuda" if cuda else "cpu",
+        "expected_distributed_type": expected,
+        "workdir": str(workdir),
+        "runs": {},
+    }
     start: dict[str, float] | float = 0.01  # epsilon_init of the first run's fresh patch
     model = args.model
     commands = [c for c in ("sft", "dpo") if c in args.runs] + (["distill"] if args.distill else [])
@@ -156,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             print(stderr[-3000:], file=sys.stderr)
         else:
             try:
-                entry["checks"] = {"run finished": True, **check(workdir / command, expected, args.num_processes, start)}
+                entry["checks"] = {
+                    "run finished": True,
+                    **check(workdir / command, expected, args.num_processes, start),
+                }
             except Exception as err:  # noqa: BLE001 - a check that cannot run is a failed check
                 entry["checks"] = {"run finished": True, f"checks ran ({type(err).__name__}: {err})": False}
         for name, ok in entry["checks"].items():
@@ -166,10 +200,14 @@ def main(argv: list[str] | None = None) -> int:
         consistency = json.loads((workdir / command / "rank_consistency.json").read_text())
         start = block_epsilons(consistency["ranks"][0]["epsilon"])  # DPO starts where SFT ended
         model = str(workdir / command)
-    result["passed"] = len(result["runs"]) == len(commands) and all(all(r["checks"].values()) for r in result["runs"].values())
+    result["passed"] = len(result["runs"]) == len(commands) and all(
+        all(r["checks"].values()) for r in result["runs"].values()
+    )
     total = sum(r["seconds"] for r in result["runs"].values())
-    print(f"{profile_path.name} x{args.num_processes} on {result['device']}: "
-          f"{'passed' if result['passed'] else 'FAILED'} in {total:.0f}s (expected {expected}; logs in {workdir})")
+    print(
+        f"{profile_path.name} x{args.num_processes} on {result['device']}: "
+        f"{'passed' if result['passed'] else 'FAILED'} in {total:.0f}s (expected {expected}; logs in {workdir})"
+    )
     if args.json:
         write_json(Path(args.json), result)
     return 0 if result["passed"] else 1

@@ -93,12 +93,12 @@ step() {  # step NAME LIMIT_S COMMAND...: run one step under a time limit, outpu
 within_budget() { [ $((SECONDS - START)) -lt "$BUDGET" ] || { STATUS+=("$1 skipped (budget ${BUDGET}s spent)"); false; }; }
 
 step tests 180 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_activation.py
-step bench_activation 200 $PY scripts/bench_activation.py --device "$DEVICE" --tokens "$TOKENS" --repeats "$REPEATS" \
+step bench_activation 200 $PY benchmarks/bench_activation.py --device "$DEVICE" --tokens "$TOKENS" --repeats "$REPEATS" \
   --profile --json "$OUT/bench_activation.json"
-step bench_host 60 $PY scripts/bench_activation.py --host --device "$DEVICE" --json "$OUT/bench_host.json"
-step bench_generate 180 $PY scripts/bench_generate.py --device "$DEVICE" --preset "$GEN_PRESET" --dtype "$DTYPE" \
+step bench_host 60 $PY benchmarks/bench_activation.py --host --device "$DEVICE" --json "$OUT/bench_host.json"
+step bench_generate 180 $PY benchmarks/bench_generate.py --device "$DEVICE" --preset "$GEN_PRESET" --dtype "$DTYPE" \
   --new-tokens "$GEN_TOKENS" --crrelu-kernels auto torch --profile --json "$OUT/bench_generate.json"
-step bench_train_step 200 $PY scripts/bench_train_step.py --device "$DEVICE" --preset "$PRESET" $LAYERS --dtype "$DTYPE" \
+step bench_train_step 200 $PY benchmarks/bench_train_step.py --device "$DEVICE" --preset "$PRESET" $LAYERS --dtype "$DTYPE" \
   --batch-pairs "$PAIRS" --seq "$SEQ" --repeats 10 --kinds dpo,sft --json "$OUT/bench_train_step.json"
 for profile in fsdp zero3; do
   within_budget "distributed_$profile" && step "distributed_$profile" 150 $PY scripts/distributed_check.py \

@@ -13,6 +13,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 import crrelu_llm  # noqa: E402,F401  (registers "crrelu" with transformers)
+
 from judge_server import judge_servers  # noqa: E402
 
 transformers.logging.set_verbosity_error()
@@ -40,3 +41,15 @@ def pairs_file(tmp_path_factory):
         rows.append({"prompt": f"{a}+{b}=", "chosen": f"{a + b}.", "rejected": f"{a + b + 1}!"})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The reduced demo (every stage, lm-eval benchmark and probes included), run once for every
+    test that reads a finished experiment: ``(folder of its recipe, output directory)``."""
+    from helpers import experiment_main, reduced_demo
+
+    tmp = tmp_path_factory.mktemp("demo")
+    out = tmp / "out"
+    assert experiment_main(reduced_demo(tmp, capability=True), str(out)) == 0
+    return tmp, out

@@ -9,8 +9,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 import crrelu_llm
-from crrelu_llm.tiny import tiny_causal_lm
-from crrelu_llm.distributed import fsdp2_share_epsilons
+from crrelu_llm.ops.distributed import fsdp2_share_epsilons
+from crrelu_llm.patching.tiny import tiny_causal_lm
 
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()

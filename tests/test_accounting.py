@@ -39,7 +39,7 @@ def test_pairs_that_all_fall_to_the_length_rule_are_one_line_and_nothing_written
 
 
 def test_what_the_length_rule_drops_and_cuts_is_counted_per_split_and_printed(tmp_path, capsys, caplog):
-    from crrelu_llm.loading import load_tokenizer
+    from crrelu_llm.patching.loading import load_tokenizer
 
     data = hh_file(tmp_path / "hh.jsonl", n=60, long_every=4)
     out = tmp_path / "run"
@@ -89,21 +89,36 @@ def test_the_length_rule_is_trl_s_own(tmp_path, kind):
     count, then apply the same rule; a TRL release that changes the rule fails here."""
     from trl import DPOTrainer, SFTTrainer
 
-    from crrelu_llm.config import recipe_from_dict
-    from crrelu_llm.loading import load_causal_lm, load_tokenizer
-    from crrelu_llm.trainer import TRAINERS
+    from crrelu_llm.patching.loading import load_causal_lm, load_tokenizer
+    from crrelu_llm.training.recipes import recipe_from_dict
+    from crrelu_llm.training.trainer import TRAINERS
 
-    rows = [{"prompt": "Q: " + "x" * (10 + 7 * i) + " =", "chosen": " yes" * (1 + i % 5), "rejected": " no" * (1 + i % 3)}
-            for i in range(12)]
+    rows = [
+        {"prompt": "Q: " + "x" * (10 + 7 * i) + " =", "chosen": " yes" * (1 + i % 5), "rejected": " no" * (1 + i % 3)}
+        for i in range(12)
+    ]
     if kind == "sft":
         rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows]
     dataset = Dataset.from_list(rows)
-    args = recipe_from_dict(kind, {"model_name_or_path": "tiny-gpt2", "output_dir": str(tmp_path), "max_length": 40,
-                                   "report_to": "none", "use_cpu": True, "per_device_train_batch_size": 1})[2]
+    args = recipe_from_dict(
+        kind,
+        {
+            "model_name_or_path": "tiny-gpt2",
+            "output_dir": str(tmp_path),
+            "max_length": 40,
+            "report_to": "none",
+            "use_cpu": True,
+            "per_device_train_batch_size": 1,
+        },
+    )[2]
     tokenizer = load_tokenizer("tiny-gpt2")
-    trainer = TRAINERS[kind](model=load_causal_lm("tiny-gpt2"), args=args, train_dataset=dataset,
-                             processing_class=tokenizer, **({"ref_model": load_causal_lm("tiny-gpt2")}
-                                                            if kind == "dpo" else {}))
+    trainer = TRAINERS[kind](
+        model=load_causal_lm("tiny-gpt2"),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        **({"ref_model": load_causal_lm("tiny-gpt2")} if kind == "dpo" else {}),
+    )
     trl = DPOTrainer if kind == "dpo" else SFTTrainer
     extra = (args.packing, None) if kind == "sft" else ()
     ours = trainer._prepare_dataset(dataset, tokenizer, args, *extra, "train")
@@ -116,14 +131,15 @@ def test_the_length_rule_is_trl_s_own(tmp_path, kind):
 
 
 def test_evaluations_count_what_the_length_rule_leaves_out(tmp_path):
-    from crrelu_llm import evaluate
+    from crrelu_llm.evaluation import evaluate
 
     data = hh_file(tmp_path / "hh.jsonl", n=60, long_every=4)
     drift = evaluate.run_drift("tiny-gpt2", "tiny-gpt2", str(data), max_length=100, out=tmp_path / "d")
     counted = drift["data"]["lengths"]
     assert counted["rows"] == 3 and counted["dropped_by_length"] + counted["reach_evaluation"] == 3
-    rewards = evaluate.run_rewards("tiny-gpt2", "tiny-gpt2", str(data), max_length=100, out=tmp_path / "r",
-                                   max_samples=None)
+    rewards = evaluate.run_rewards(
+        "tiny-gpt2", "tiny-gpt2", str(data), max_length=100, out=tmp_path / "r", max_samples=None
+    )
     lengths = rewards["data"]["lengths"]
     assert rewards["n"] == lengths["reach_evaluation"] == lengths["rows"] - lengths["dropped_by_length"]
     with pytest.raises(Exception, match="all 3 pairs dropped"):

@@ -5,9 +5,12 @@ from transformers import AutoModelForCausalLM
 from transformers.activations import ACT2FN
 
 from crrelu_llm import CRReLU, CRReLUFunction, crrelu
-from crrelu_llm.activation import crrelu_reference
-from crrelu_llm.memory import count_saved_bytes
-from crrelu_llm.tiny import tiny_config
+from crrelu_llm.ops.activation import crrelu_reference
+from crrelu_llm.patching.tiny import tiny_config
+
+from helpers import load_script
+
+count_saved_bytes = load_script("benchmarks/memory.py").count_saved_bytes
 
 
 def _saved_bytes(fn, x):
@@ -89,6 +92,7 @@ def test_saves_only_its_input_like_gelu():
     assert naive_bytes >= 2.5 * gelu_bytes  # what the fused function avoids
 
 
+@pytest.mark.slow
 def test_works_under_torch_compile():
     torch.manual_seed(0)
     act = CRReLU(0.2)
@@ -113,7 +117,12 @@ def test_registered_name_builds_distinct_modules():
 
 @pytest.mark.parametrize(
     "model_type,field",
-    [("gpt2", "activation_function"), ("llama", "hidden_act"), ("gemma2", "hidden_activation"), ("opt", "activation_function")],
+    [
+        ("gpt2", "activation_function"),
+        ("llama", "hidden_act"),
+        ("gemma2", "hidden_activation"),
+        ("opt", "activation_function"),
+    ],
 )
 def test_config_activation_name_builds_crrelu_per_layer(model_type, field):
     config = tiny_config(model_type, num_hidden_layers=3) if model_type != "gpt2" else tiny_config("gpt2", n_layer=3)
@@ -161,7 +170,7 @@ def _aten_ops(fn) -> list[str]:
 
 
 def test_a_small_cpu_call_costs_few_ops_and_chooses_its_kernel_once(monkeypatch):
-    from crrelu_llm import kernels
+    from crrelu_llm.ops import kernels
 
     x, g = torch.randn(4, 8, requires_grad=True), torch.ones(4, 8)
     module = CRReLU()

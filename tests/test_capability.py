@@ -7,17 +7,18 @@ import sys
 import pytest
 import torch
 
-from crrelu_llm import evaluate
-from crrelu_llm.bench_tasks import ITEMS, LOCAL_TASKS, items
-from crrelu_llm.benchmark import benchmark_file, run_benchmark
 from crrelu_llm.cli import main as cli_main
-from crrelu_llm.loading import load_causal_lm
-from crrelu_llm.patch import epsilon_parameters, patch_model
-from crrelu_llm.probe import activation_statistics, calibrated_epsilons, reference_activations
-from crrelu_llm.scoring import _encode_pairs, multiple_choice_accuracy
+from crrelu_llm.data.encoding import encode_pairs
+from crrelu_llm.evaluation import evaluate
+from crrelu_llm.evaluation.bench_tasks import ITEMS, LOCAL_TASKS, items
+from crrelu_llm.evaluation.benchmark import benchmark_file, run_benchmark
+from crrelu_llm.evaluation.scoring import multiple_choice_accuracy
+from crrelu_llm.evaluation.tasks import generate_task_data, write_task_files
+from crrelu_llm.patching.loading import load_causal_lm
+from crrelu_llm.patching.patch import epsilon_parameters, patch_model
+from crrelu_llm.patching.probe import activation_statistics, calibrated_epsilons, reference_activations
+from crrelu_llm.patching.tiny import tiny_causal_lm, tiny_tokenizer
 from crrelu_llm.stats import detectable_difference
-from crrelu_llm.tasks import generate_task_data, write_task_files
-from crrelu_llm.tiny import tiny_causal_lm, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -75,16 +76,23 @@ def test_benchmark_command_and_its_bad_input(models, capsys, monkeypatch):
         (["--tasks", "no_such_task"], "unknown lm-eval task 'no_such_task'"),
         (["--tasks", ","], "--tasks needs at least one"),
         (["--tasks", "crrelu_arith_mc", "--limit", "0"], "--limit must be positive"),
-        (["--tasks", "crrelu_arith_mc", "--batch-size", "0"], "--batch-size: must be a whole number of at least 1, got '0'"),
+        (
+            ["--tasks", "crrelu_arith_mc", "--batch-size", "0"],
+            "--batch-size: must be a whole number of at least 1, got '0'",
+        ),
     ):
-        assert cli_main(["eval", "benchmark", "--model", str(models / "original"), "--out",
-                         str(models / "bad"), *argv]) == 2
+        assert (
+            cli_main(["eval", "benchmark", "--model", str(models / "original"), "--out", str(models / "bad"), *argv])
+            == 2
+        )
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
     monkeypatch.chdir(models)  # a mistyped model name is refused before ./eval is created
-    for argv in (["eval", "benchmark", "--model", "no-such-model", "--tasks", "crrelu_arith_mc"],
-                 ["probe", "no-such-model", "--data", str(models / "data")],
-                 ["eval", "drift", "--model", "no-such-model", "--original", "no-such-model", "--data", "x"]):
+    for argv in (
+        ["eval", "benchmark", "--model", "no-such-model", "--tasks", "crrelu_arith_mc"],
+        ["probe", "no-such-model", "--data", str(models / "data")],
+        ["eval", "drift", "--model", "no-such-model", "--original", "no-such-model", "--data", "x"],
+    ):
         assert cli_main(argv) == 2
         assert not (models / "eval").exists(), argv
     capsys.readouterr()
@@ -99,10 +107,12 @@ def _captured_inputs(model, tokenizer, pairs):
     sites = [p for p in reference_activations(model)]
     handles = []
     for path in sites:
+
         def hook(module, inputs, output, path=path):
             captured.setdefault(path, []).append(inputs[0])
+
         handles.append(model.get_submodule(path).register_forward_hook(hook))
-    ids, attention, _ = _encode_pairs(tokenizer, pairs, 1024)
+    ids, attention, _ = encode_pairs(tokenizer, pairs, 1024)
     with torch.no_grad():
         model(input_ids=ids, attention_mask=attention)
     for h in handles:
@@ -130,8 +140,9 @@ def test_probe_statistics_and_least_squares_epsilon_match_a_direct_computation(m
         best = float((g * d).sum() / (g * g).sum())
         assert layer["least_squares_epsilon"] == pytest.approx(best, rel=1e-6)
 
-        def error(eps):
+        def error(eps, x=x, g=g, gelu=gelu):
             return float(((torch.relu(x) + eps * g - gelu.forward(x)) ** 2).sum())
+
         assert error(best) < min(error(best + 0.01), error(best - 0.01))  # it is the least-squares value
         assert layer["epsilon"] is None and layer["output_zero"] == 0.0
     calibrated = calibrated_epsilons(original, tokenizer, pairs, batch_size=5)
@@ -142,8 +153,23 @@ def test_probe_statistics_and_least_squares_epsilon_match_a_direct_computation(m
 
 def test_probe_command_on_a_patched_model_knows_its_original(models, capsys):
     data = str(models / "data")
-    assert cli_main(["probe", str(models / "crrelu"), "--data", data, "--max-samples", "20",
-                     "--original", str(models / "original"), "--out", str(models / "p1")]) == 0
+    assert (
+        cli_main(
+            [
+                "probe",
+                str(models / "crrelu"),
+                "--data",
+                data,
+                "--max-samples",
+                "20",
+                "--original",
+                str(models / "original"),
+                "--out",
+                str(models / "p1"),
+            ]
+        )
+        == 0
+    )
     assert "eps (LS)" in capsys.readouterr().out
     with_original = json.loads((models / "p1" / "probe.json").read_text())["layers"]
     recorded = evaluate.run_probe(models / "crrelu", data, max_samples=20, out=models / "p2")["layers"]

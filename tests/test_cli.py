@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from crrelu_llm import CRReLU, epsilon_values
 from crrelu_llm.cli import main
-from crrelu_llm.tiny import tiny_causal_lm, tiny_tokenizer
+from crrelu_llm.patching.tiny import tiny_causal_lm, tiny_tokenizer
 
 
 def test_inspect_lists_activation_modules(capsys):
@@ -46,7 +46,7 @@ def test_patch_writes_a_loadable_checkpoint_with_tokenizer(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["patch", "tiny-gpt2", "--activation", "crelu"], "Did you mean 'crrelu'"),
+        (["patch", "tiny-gpt2", "--activation", "crelu"], "did you mean 'crrelu'"),
         (["patch", "tiny-gpt2", "--layers", "7"], "out of range: the model has 2 blocks"),
         (["patch", "tiny-mamba"], "no activation module in a feed-forward block"),
         (["inspect", "tiny-gtp2"], "did you mean gpt2"),
@@ -80,6 +80,37 @@ def test_bad_flag_values_are_one_line_usage_errors(capsys):
     assert "--layers takes comma-separated block indices" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "crrelu_llm.cli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and "crrelu-llm" in result.stdout
+
+
+SUBCOMMANDS = [["inspect"], ["patch"], ["export"], ["eval"], ["eval", "rewards"], ["eval", "winrate"],
+               ["eval", "drift"], ["eval", "benchmark"], ["probe"], ["compare"], ["experiment"], ["demo"]]
+
+
+@pytest.mark.parametrize("words", SUBCOMMANDS, ids=" ".join)
+def test_every_subcommand_s_help_says_what_it_does_and_every_option_has_text(words, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*words, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    description = out.split("\n\n")[1]  # after the usage block
+    assert description[0].isupper() and not description.startswith(("options", "positional"))
+    options = out[out.index("options:"):].splitlines()[1:]
+    flags = [line.split()[0].rstrip(",") for line in options if line.startswith("  -")]
+    undocumented = [line.strip() for line in options if line.startswith("  -") and len(line.split()) <= 2
+                    and not any(o.startswith(" " * 10) and o.strip() for o in options[options.index(line) + 1:][:1])]
+    assert flags and not undocumented, undocumented
+
+
+@pytest.mark.parametrize("command", ["sft", "dpo", "distill"])
+def test_training_help_shows_this_project_s_options_first_and_no_gpu_warning(command):
+    result = subprocess.run([sys.executable, "-m", "crrelu_llm.cli", command, "--help"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and "no GPU found" not in result.stderr + result.stdout
+    head = "\n".join(result.stdout.splitlines()[:40])
+    for word in ("--config", "--arm", "--activation", "--epsilon_init", "--epsilon_learning_rate"):
+        assert word in head, word
+    assert len(result.stdout.splitlines()) > 300  # TRL's own keys follow

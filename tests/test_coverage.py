@@ -2,9 +2,12 @@
 
 import pytest
 
-from crrelu_llm.coverage import architecture_coverage, summarise
+from helpers import ARCHITECTURES, load_script
 
-from .test_patch import ARCHITECTURES
+pytestmark = pytest.mark.slow  # walks every architecture of the installed transformers
+
+coverage = load_script("scripts/patch_coverage.py")
+architecture_coverage, summarise = coverage.architecture_coverage, coverage.summarise
 
 # Architectures whose blocks have no activation *module* in a feed-forward block.
 NO_FEED_FORWARD_MODULE = {"mamba", "mamba2", "falcon_mamba", "rwkv", "gpt_oss", "lfm2"}

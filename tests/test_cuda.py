@@ -5,16 +5,17 @@ import pytest
 import torch
 
 import crrelu_llm
-from crrelu_llm import CRReLU, kernels
-from crrelu_llm.activation import crrelu_reference
-from crrelu_llm.kernels import torch_ops
+from crrelu_llm import CRReLU
+from crrelu_llm.ops import kernels
+from crrelu_llm.ops.activation import crrelu_reference
+from crrelu_llm.ops.kernels import torch_ops
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh)")
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
 def test_triton_kernel_matches_pytorch_ops_on_cuda(dtype, tol):
-    from crrelu_llm.kernels import triton_ops
+    from crrelu_llm.ops.kernels import triton_ops
 
     torch.manual_seed(0)
     for shape in ((8192, 3072), (3, 5), (4099,)):
@@ -43,7 +44,7 @@ def test_auto_kernel_is_triton_on_cuda_and_module_matches_naive():
 
 
 def test_patched_model_trains_and_compiles_on_cuda():
-    from crrelu_llm.tiny import tiny_causal_lm
+    from crrelu_llm.patching.tiny import tiny_causal_lm
 
     model = tiny_causal_lm("gpt2").cuda()
     crrelu_llm.patch_model(model)

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from crrelu_llm.data import DataArguments, DataError, load_preference_splits, load_sft_splits
+from crrelu_llm.data.preference import DataArguments, DataError, load_preference_splits
+from crrelu_llm.data.sft import load_sft_splits
 from crrelu_llm.errors import MalformedRowError
 
 
@@ -42,17 +43,25 @@ def test_shp_layout_uses_labels_and_the_score_ratio_filter(tmp_path):
     pairs = {(r["chosen"], r["rejected"]) for r in list(train) + list(evaluation)}
     assert pairs == {(" Rayleigh scattering.", " It just is."), (" Neapolitan, for the crust.", " Any.")}
     assert next(iter(train))["prompt"].startswith("\n\nHuman: ")
-    filtered, _, _ = load_preference_splits(DataArguments(dataset_name=str(file), eval_fraction=0.2, shp_min_score_ratio=2.0))
+    filtered, _, _ = load_preference_splits(
+        DataArguments(dataset_name=str(file), eval_fraction=0.2, shp_min_score_ratio=2.0)
+    )
     assert {r["chosen"] for r in filtered} == {" Rayleigh scattering."}  # 8/5 < 2 is dropped
 
 
 def test_ultrafeedback_conversational_rows_keep_the_last_assistant_turn(tmp_path):
-    row = {"prompt": "Say hi",
-           "chosen": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi!"}],
-           "rejected": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "No."}]}
+    row = {
+        "prompt": "Say hi",
+        "chosen": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi!"}],
+        "rejected": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "No."}],
+    }
     _write_jsonl(tmp_path / "train.jsonl", [row] * 4)
-    args = DataArguments(dataset_name=str(tmp_path), dataset_format="ultrafeedback", dataset_train_split="train",
-                         dataset_test_split="train")
+    args = DataArguments(
+        dataset_name=str(tmp_path),
+        dataset_format="ultrafeedback",
+        dataset_train_split="train",
+        dataset_test_split="train",
+    )
     train, _, _ = load_preference_splits(args)
     assert train[0]["prompt"] == [{"role": "user", "content": "Say hi"}]
     assert train[0]["chosen"] == [{"role": "assistant", "content": "Hi!"}]
@@ -64,7 +73,10 @@ def test_parquet_in_trl_standard_format_and_sample_limits(tmp_path):
     rows = [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(50)]
     Dataset.from_list(rows).to_parquet(str(tmp_path / "train.parquet"))
     train, evaluation, summary = load_preference_splits(
-        DataArguments(dataset_name=str(tmp_path / "train.parquet"), max_train_samples=7, max_eval_samples=2, eval_fraction=0.1))
+        DataArguments(
+            dataset_name=str(tmp_path / "train.parquet"), max_train_samples=7, max_eval_samples=2, eval_fraction=0.1
+        )
+    )
     assert summary["format"] == "preference" and (len(train), len(evaluation)) == (7, 2)
     sft_train, _, _ = load_sft_splits(DataArguments(dataset_name=str(tmp_path / "train.parquet")))
     assert set(sft_train.column_names) == {"prompt", "completion"}
@@ -98,9 +110,15 @@ def test_missing_split_and_unknown_layout_are_explained(tmp_path):
     with pytest.raises(DataError, match="cannot tell the format"):
         load_preference_splits(DataArguments(dataset_name=str(file)))
     with pytest.raises(DataError, match="no split 'dev'"):
-        load_preference_splits(DataArguments(dataset_name=str(file), dataset_format="preference", dataset_train_split="dev"))
+        load_preference_splits(
+            DataArguments(dataset_name=str(file), dataset_format="preference", dataset_train_split="dev")
+        )
     with pytest.raises(DataError, match="no .json, .jsonl"):
-        load_preference_splits(DataArguments(dataset_name=str(tmp_path / "empty_dir_that_exists")) if (tmp_path / "empty_dir_that_exists").mkdir() is None else None)
+        load_preference_splits(
+            DataArguments(dataset_name=str(tmp_path / "empty_dir_that_exists"))
+            if (tmp_path / "empty_dir_that_exists").mkdir() is None
+            else None
+        )
 
 
 def test_hub_layout_of_anthropic_hh_loads_from_local_gzipped_files(tmp_path):
@@ -118,7 +136,7 @@ def test_hub_layout_of_anthropic_hh_loads_from_local_gzipped_files(tmp_path):
 
 
 def test_truncation_follows_the_dpo_reference_code():
-    from crrelu_llm.data import truncate_like_reference
+    from crrelu_llm.data.accounting import truncate_like_reference
 
     prompt, responses = list(range(10)), [[100, 101, 102], [200]]
     assert truncate_like_reference(prompt, responses, 16, 4) == (prompt, responses)  # fits: untouched
@@ -132,23 +150,35 @@ def test_trainers_cut_prompts_like_the_reference_code_instead_of_dropping_them()
     """A prompt longer than max_length keeps its end (HH's last turn) and the response's start."""
     from datasets import Dataset
 
-    from crrelu_llm.config import CRReLUDPOConfig, CRReLUSFTConfig
-    from crrelu_llm.tiny import tiny_causal_lm, tiny_tokenizer
-    from crrelu_llm.trainer import CRReLUDPOTrainer, CRReLUSFTTrainer
+    from crrelu_llm.patching.tiny import tiny_causal_lm, tiny_tokenizer
+    from crrelu_llm.training.config import CRReLUDPOConfig, CRReLUSFTConfig
+    from crrelu_llm.training.trainer import CRReLUDPOTrainer, CRReLUSFTTrainer
 
     tok = tiny_tokenizer()
     prompt = "\n\nHuman: " + "blah " * 10 + "\n\nAssistant:"  # 68 characters, longer than max_length
     pairs = Dataset.from_list([{"prompt": prompt, "chosen": " yes" * 10, "rejected": " no"}])
-    common = {"output_dir": "unused", "max_length": 24, "max_prompt_length": 12, "use_cpu": True, "report_to": [],
-              "bf16": False}
-    dpo = CRReLUDPOTrainer(model=tiny_causal_lm("gpt2"), ref_model=tiny_causal_lm("gpt2"),
-                           args=CRReLUDPOConfig(**common), train_dataset=pairs, processing_class=tok)
+    common = {
+        "output_dir": "unused",
+        "max_length": 24,
+        "max_prompt_length": 12,
+        "use_cpu": True,
+        "report_to": [],
+        "bf16": False,
+    }
+    dpo = CRReLUDPOTrainer(
+        model=tiny_causal_lm("gpt2"),
+        ref_model=tiny_causal_lm("gpt2"),
+        args=CRReLUDPOConfig(**common),
+        train_dataset=pairs,
+        processing_class=tok,
+    )
     row = dpo.train_dataset[0]
     assert tok.decode(row["prompt_ids"]) == "\n\nAssistant:"
     assert tok.decode(row["chosen_ids"]) == " yes yes yes" and tok.decode(row["rejected_ids"]) == " no<eos>"
     sft_data = Dataset.from_list([{"prompt": prompt, "completion": " yes" * 10}])
-    sft = CRReLUSFTTrainer(model=tiny_causal_lm("gpt2"), args=CRReLUSFTConfig(**common), train_dataset=sft_data,
-                           processing_class=tok)
+    sft = CRReLUSFTTrainer(
+        model=tiny_causal_lm("gpt2"), args=CRReLUSFTConfig(**common), train_dataset=sft_data, processing_class=tok
+    )
     row = sft.train_dataset[0]
     assert tok.decode(row["input_ids"]) == "\n\nAssistant: yes yes yes"
     assert row["labels"][:12] == [-100] * 12 and -100 not in row["labels"][12:]

@@ -2,8 +2,8 @@
 
 import gc
 import json
-import time
 import shutil
+import time
 
 import pytest
 import torch
@@ -12,12 +12,13 @@ from datasets import Dataset
 import crrelu_llm
 from crrelu_llm.cli import main as cli_main
 from crrelu_llm.errors import EvaluationError
-from crrelu_llm.generation import GenerationSettings, generate
-from crrelu_llm.scoring import drift, preference_logps, reward_metrics
-from crrelu_llm.judges import JudgeError, PairwiseLLMJudge, RewardModelJudge, make_judge
+from crrelu_llm.evaluation.generation import GenerationSettings, generate
+from crrelu_llm.evaluation.judges import JudgeError, PairwiseLLMJudge, RewardModelJudge, make_judge
+from crrelu_llm.evaluation.scoring import drift, preference_logps, reward_metrics
+from crrelu_llm.evaluation.tasks import generate_task_data, score_arithmetic, score_repeat, write_task_files
+from crrelu_llm.patching.tiny import tiny_causal_lm, tiny_tokenizer
 from crrelu_llm.stats import paired_permutation_test, sign_test, wilson_interval, win_rate
-from crrelu_llm.tasks import generate_task_data, score_arithmetic, score_repeat, write_task_files
-from crrelu_llm.tiny import tiny_causal_lm, tiny_tokenizer
+
 from judge_server import answer as _answer
 from judge_server import prefers_longer as _prefers_longer
 
@@ -62,11 +63,27 @@ def test_reward_metrics_agree_with_trl_evaluate(pairs):
 
     policy, reference, tokenizer = _trained_policy(), tiny_causal_lm("gpt2", seed=0), tiny_tokenizer()
     crrelu_llm.patch_model(reference)
-    ours = reward_metrics(preference_logps(policy, reference, tokenizer, pairs, max_length=64, batch_size=4), [0.1, 0.5])
-    args = DPOConfig(output_dir="/tmp/crrelu-test-eval", per_device_eval_batch_size=4, max_length=64, report_to=[],
-                     bf16=False, use_cpu=True, gradient_checkpointing=False, beta=0.5)
-    trl_metrics = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=pairs, eval_dataset=pairs,
-                             processing_class=tokenizer).evaluate()
+    ours = reward_metrics(
+        preference_logps(policy, reference, tokenizer, pairs, max_length=64, batch_size=4), [0.1, 0.5]
+    )
+    args = DPOConfig(
+        output_dir="/tmp/crrelu-test-eval",
+        per_device_eval_batch_size=4,
+        max_length=64,
+        report_to=[],
+        bf16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        beta=0.5,
+    )
+    trl_metrics = DPOTrainer(
+        model=policy,
+        ref_model=reference,
+        args=args,
+        train_dataset=pairs,
+        eval_dataset=pairs,
+        processing_class=tokenizer,
+    ).evaluate()
     b = ours["margins_per_evaluation_beta"][1]
     assert b["beta"] == 0.5 and ours["n"] == 16
     assert ours["accuracy"] == pytest.approx(trl_metrics["eval_rewards/accuracies"], abs=1e-6)
@@ -77,8 +94,14 @@ def test_reward_metrics_agree_with_trl_evaluate(pairs):
     assert lo <= ours["accuracy"] <= hi
     # one accuracy: for a fixed policy and reference, the evaluation beta cannot change it
     args.beta = 0.1
-    again = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=pairs, eval_dataset=pairs,
-                       processing_class=tokenizer).evaluate()
+    again = DPOTrainer(
+        model=policy,
+        ref_model=reference,
+        args=args,
+        train_dataset=pairs,
+        eval_dataset=pairs,
+        processing_class=tokenizer,
+    ).evaluate()
     assert again["eval_rewards/accuracies"] == pytest.approx(ours["accuracy"], abs=1e-6)
 
 
@@ -200,6 +223,7 @@ def test_garbage_and_silent_endpoints_end_with_a_clear_error_keeping_the_cache(s
 def test_judge_keeps_requests_in_flight(server):
     """Against an endpoint that answers after 50 ms, 200 pairs (400 requests) take at most a
     fifth of the time one request at a time takes (measured on 40 pairs, scaled by 5)."""
+
     def slow(content, n):
         time.sleep(0.05)
         return _prefers_longer(content, n)
@@ -246,18 +270,45 @@ def task_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, task_dir):
-    from crrelu_llm.train import parse_recipe, run
+    from crrelu_llm.training.train import parse_recipe, run
 
     root = tmp_path_factory.mktemp("runs")
     dirs = []
     for arm, activation in (("gelu", None), ("crrelu", "crrelu")):
         for seed in (0, 1):
             out = root / f"{arm}-seed{seed}"
-            argv = ["--model_name_or_path", "tiny-gpt2", "--dataset_name", str(task_dir), "--output_dir", str(out),
-                    "--max_steps", "3", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
-                    "--learning_rate", "1e-3", "--logging_steps", "1", "--save_strategy", "no", "--bf16", "false",
-                    "--use_cpu", "true", "--gradient_checkpointing", "false", "--max_length", "32", "--seed", str(seed),
-                    "--report_to", "none"]
+            argv = [
+                "--model_name_or_path",
+                "tiny-gpt2",
+                "--dataset_name",
+                str(task_dir),
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                "3",
+                "--per_device_train_batch_size",
+                "4",
+                "--per_device_eval_batch_size",
+                "4",
+                "--learning_rate",
+                "1e-3",
+                "--logging_steps",
+                "1",
+                "--save_strategy",
+                "no",
+                "--bf16",
+                "false",
+                "--use_cpu",
+                "true",
+                "--gradient_checkpointing",
+                "false",
+                "--max_length",
+                "32",
+                "--seed",
+                str(seed),
+                "--report_to",
+                "none",
+            ]
             if activation is None:
                 argv += ["--activation", "none"]
             run("dpo", *parse_recipe("dpo", argv))
@@ -267,12 +318,66 @@ def two_runs(tmp_path_factory, task_dir):
 
 def test_eval_commands_write_their_outputs_and_compare_reports_them(two_runs, task_dir, tmp_path, capsys, caplog):
     gelu0, gelu1, crrelu0, crrelu1 = two_runs
-    assert cli_main(["eval", "rewards", "--model", str(crrelu0), "--reference", "tiny-gpt2", "--data", str(task_dir),
-                     "--beta", "0.1", "0.5", "--batch-size", "4", "--max-length", "32"]) == 0
-    assert cli_main(["eval", "winrate", "--model", str(crrelu0), "--baseline", str(gelu0), "--data", str(task_dir),
-                     "--judge", "rule:arithmetic", "--num-prompts", "6", "--max-new-tokens", "4"]) == 0
-    assert cli_main(["eval", "drift", "--model", str(crrelu0), "--original", "tiny-gpt2", "--data", str(task_dir),
-                     "--max-samples", "6"]) == 0
+    assert (
+        cli_main(
+            [
+                "eval",
+                "rewards",
+                "--model",
+                str(crrelu0),
+                "--reference",
+                "tiny-gpt2",
+                "--data",
+                str(task_dir),
+                "--beta",
+                "0.1",
+                "0.5",
+                "--batch-size",
+                "4",
+                "--max-length",
+                "32",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli_main(
+            [
+                "eval",
+                "winrate",
+                "--model",
+                str(crrelu0),
+                "--baseline",
+                str(gelu0),
+                "--data",
+                str(task_dir),
+                "--judge",
+                "rule:arithmetic",
+                "--num-prompts",
+                "6",
+                "--max-new-tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli_main(
+            [
+                "eval",
+                "drift",
+                "--model",
+                str(crrelu0),
+                "--original",
+                "tiny-gpt2",
+                "--data",
+                str(task_dir),
+                "--max-samples",
+                "6",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "reward accuracy" in out and "W/T/L" in out and "KL(patched || original)" in out
     for name in ("rewards.json", "drift.json"):
@@ -280,8 +385,27 @@ def test_eval_commands_write_their_outputs_and_compare_reports_them(two_runs, ta
     assert len(list((crrelu0 / "eval").glob("winrate-rule_arithmetic-vs-*gelu-seed0.json"))) == 1
     # a second winrate run reuses the saved generations (and says so in its log)
     caplog.set_level("INFO", logger="crrelu_llm")
-    assert cli_main(["eval", "winrate", "--model", str(crrelu0), "--baseline", str(gelu0), "--data", str(task_dir),
-                     "--judge", "rule:arithmetic", "--num-prompts", "6", "--max-new-tokens", "4"]) == 0
+    assert (
+        cli_main(
+            [
+                "eval",
+                "winrate",
+                "--model",
+                str(crrelu0),
+                "--baseline",
+                str(gelu0),
+                "--data",
+                str(task_dir),
+                "--judge",
+                "rule:arithmetic",
+                "--num-prompts",
+                "6",
+                "--max-new-tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
     assert caplog.text.count("reusing") == 2
 
     report_dir = tmp_path / "report"
@@ -310,8 +434,10 @@ def test_compare_groups_by_what_runs_record_and_never_pools_different_recipes(tw
     renamed = tmp_path / "x"
     for i, run in enumerate((gelu0, crrelu0)):
         shutil.copytree(run, renamed / f"arm-seed{i}")
-    assert cli_main(["compare", str(renamed / "arm-seed0"), str(renamed / "arm-seed1"), "--out",
-                     str(tmp_path / "r1")]) == 0
+    assert (
+        cli_main(["compare", str(renamed / "arm-seed0"), str(renamed / "arm-seed1"), "--out", str(tmp_path / "r1")])
+        == 0
+    )
     report = json.loads((tmp_path / "r1" / "report.json").read_text())
     assert set(report["arms"]) == {"unpatched beta=0.1", "crrelu beta=0.1"}
     # an explicit label cannot pool runs that differ in more than the seed
@@ -328,15 +454,30 @@ def test_bad_eval_inputs_end_with_a_clear_message(task_dir, tmp_path, server, ca
     # the silent judge below is retried with the default backoff (1 + 2 + 4 + 8 s of sleeping);
     # the message is what this test is about, so the waits are made short
     monkeypatch.setattr(PairwiseLLMJudge, "__init__", functools.partialmethod(PairwiseLLMJudge.__init__, backoff=0.01))
-    assert cli_main(["eval", "rewards", "--model", str(tmp_path / "missing"), "--reference", "tiny-gpt2",
-                     "--data", str(task_dir)]) == 2
+    assert (
+        cli_main(
+            [
+                "eval",
+                "rewards",
+                "--model",
+                str(tmp_path / "missing"),
+                "--reference",
+                "tiny-gpt2",
+                "--data",
+                str(task_dir),
+            ]
+        )
+        == 2
+    )
     assert "no such local directory" in capsys.readouterr().err
     other = tmp_path / "other-tok"
     tiny_causal_lm("gpt2").save_pretrained(other)
     tok = tiny_tokenizer()
     tok.add_tokens(["<extra>"])
     tok.save_pretrained(other)
-    assert cli_main(["eval", "rewards", "--model", str(other), "--reference", "tiny-gpt2", "--data", str(task_dir)]) == 2
+    assert (
+        cli_main(["eval", "rewards", "--model", str(other), "--reference", "tiny-gpt2", "--data", str(task_dir)]) == 2
+    )
     assert "tokenizers of" in capsys.readouterr().err
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -344,7 +485,25 @@ def test_bad_eval_inputs_end_with_a_clear_message(task_dir, tmp_path, server, ca
     assert f"{empty} is empty" in capsys.readouterr().err
     silent = server(lambda content, n: (None, None))
     out = tmp_path / "winrate"
-    code = cli_main(["eval", "winrate", "--model", "tiny-gpt2", "--baseline", "tiny-llama", "--data", str(task_dir),
-                     "--judge", f"openai:m@{silent.url}", "--num-prompts", "2", "--max-new-tokens", "2", "--out", str(out)])
+    code = cli_main(
+        [
+            "eval",
+            "winrate",
+            "--model",
+            "tiny-gpt2",
+            "--baseline",
+            "tiny-llama",
+            "--data",
+            str(task_dir),
+            "--judge",
+            f"openai:m@{silent.url}",
+            "--num-prompts",
+            "2",
+            "--max-new-tokens",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 2 and "no usable verdict" in capsys.readouterr().err
     assert len(list(out.glob("generations-*.jsonl"))) == 2  # what was computed is kept

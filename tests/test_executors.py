@@ -9,10 +9,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import slurm_cluster
 from crrelu_llm.cli import main as cli_main
-from crrelu_llm.experiment import DEMO_RECIPE, launcher_command
-from crrelu_llm.tiny import tiny_causal_lm, tiny_tokenizer
+from crrelu_llm.experiments.experiment import DEMO_RECIPE
+from crrelu_llm.experiments.stage_actions import launcher_command
+from crrelu_llm.patching.tiny import tiny_causal_lm, tiny_tokenizer
+
+import slurm_cluster
 
 RUNS = ("crrelu/dpo-beta0.5-seed0", "crrelu/dpo-beta0.5-seed1")
 
@@ -46,6 +48,7 @@ def run(recipe: Path, out: Path, *flags) -> int:
     return cli_main(["experiment", "--config", str(recipe), "--out", str(out), *flags])
 
 
+@pytest.mark.slow
 def test_two_dpo_runs_at_once_give_what_they_give_in_turn(tmp_path):
     recipe = grid_recipe(tmp_path, evaluations={"rewards": {"betas": [0.5], "max_samples": 20, "max_length": 32}})
     assert run(recipe, tmp_path / "in_turn") == 0
@@ -89,6 +92,7 @@ def slurm(tmp_path_factory):
     slurm_cluster.stop(daemons)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("executor", ["local", "slurm"])
 def test_a_failed_stage_stops_alone_and_a_rerun_submits_only_it(tmp_path, executor, request, capsys):
     """With ``slurm`` the stages are sbatch jobs on a real single-node Slurm (skipped where it
@@ -122,23 +126,28 @@ def test_accelerate_launch_gets_the_gpu_count_of_its_stage(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
     assert launcher_command("accelerate launch --config_file multi_gpu.yaml") == [
         "accelerate", "launch", "--num_processes", "2", "--config_file", "multi_gpu.yaml"]
-    assert launcher_command("python -m accelerate.commands.launch --mixed_precision no")[3:5] == ["--num_processes", "2"]
+    command = launcher_command("python -m accelerate.commands.launch --mixed_precision no")
+    assert command[3:5] == ["--num_processes", "2"]
     assert launcher_command("accelerate launch --num_processes 1") == ["accelerate", "launch", "--num_processes", "1"]
     assert launcher_command("torchrun --nproc-per-node 2") == ["torchrun", "--nproc-per-node", "2"]
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert launcher_command("accelerate launch") == ["accelerate", "launch"]
 
 
-@pytest.mark.parametrize("flags, recipe_change, message", [
-    (["--executor", "inline", "--parallel", "2"], {}, "--parallel needs --executor local"),
-    (["--gpus-per-run", "1"], {}, "--gpus-per-run 1: this node shows 0 GPU(s)"),
-    (["--executor", "local", "--parallel", "0"], {}, "--parallel 0: give a positive number"),
-    (["--executor", "slurm", "--parallel", "2"], {}, "--parallel is for --executor local"),
-    ([], {"slurm": {"partion": "gpu"}}, "slurm has unknown key 'partion'"),
-    ([], {"slurm": {"time": "4h"}}, "slurm.time is the time limit of one stage in minutes"),
-])
-def test_bad_executor_settings_are_one_line_errors_before_anything_is_written(tmp_path, capsys, monkeypatch, flags,
-                                                                             recipe_change, message):
+@pytest.mark.parametrize(
+    "flags, recipe_change, message",
+    [
+        (["--executor", "inline", "--parallel", "2"], {}, "--parallel needs --executor local"),
+        (["--gpus-per-run", "1"], {}, "--gpus-per-run 1: this node shows 0 GPU(s)"),
+        (["--executor", "local", "--parallel", "0"], {}, "--parallel 0: give a positive number"),
+        (["--executor", "slurm", "--parallel", "2"], {}, "--parallel is for --executor local"),
+        ([], {"slurm": {"partion": "gpu"}}, "slurm has unknown key 'partion'"),
+        ([], {"slurm": {"time": "4h"}}, "slurm.time is the time limit of one stage in minutes"),
+    ],
+)
+def test_bad_executor_settings_are_one_line_errors_before_anything_is_written(
+    tmp_path, capsys, monkeypatch, flags, recipe_change, message
+):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     recipe = grid_recipe(tmp_path)
     raw = yaml.safe_load(recipe.read_text())
@@ -151,6 +160,7 @@ def test_bad_executor_settings_are_one_line_errors_before_anything_is_written(tm
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_each_local_stage_gets_its_own_gpu_set_and_waits_for_what_it_reads(tmp_path, monkeypatch):
     """Four stages on a node showing GPUs 4-7, two per stage: two at a time, on disjoint sets
     (the indices the node's CUDA_VISIBLE_DEVICES names), and `last` only after `first`.
@@ -161,7 +171,7 @@ def test_each_local_stage_gets_its_own_gpu_set_and_waits_for_what_it_reads(tmp_p
     scheduler that ran them one at a time makes every stage wait the 30 s and the test fail."""
     from functools import partial
 
-    from crrelu_llm.executors import ExecutorSettings, Stage, local_slots, run_stages
+    from crrelu_llm.experiments.executors import ExecutorSettings, Stage, local_slots, run_stages
 
     def record_gpus(folder: str, name: str, others: list) -> None:  # nested: pickled by value into the job
         import json
@@ -188,9 +198,15 @@ def test_each_local_stage_gets_its_own_gpu_set_and_waits_for_what_it_reads(tmp_p
     settings = ExecutorSettings(kind="local", gpus_per_run=2)
     assert local_slots(settings) == [(4, 5), (6, 7)]
     names = ["first", "second", "third", "last"]
-    stages = [Stage(name, tmp_path / f"{name}.json",
-                    partial(record_gpus, str(tmp_path), name, [other for other in names if other != name]),
-                    after=["first"] if name == "last" else []) for name in names]
+    stages = [
+        Stage(
+            name,
+            tmp_path / f"{name}.json",
+            partial(record_gpus, str(tmp_path), name, [other for other in names if other != name]),
+            after=["first"] if name == "last" else [],
+        )
+        for name in names
+    ]
     finished = []
     run_stages(stages, lambda stage, timing: finished.append(stage.name), settings, tmp_path / "jobs")
     seen = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in names}

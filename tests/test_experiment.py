@@ -12,46 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crrelu_llm.cli import main as cli_main
-from crrelu_llm.experiment import DEMO_RECIPE, load_experiment
+from crrelu_llm.experiments.experiment import DEMO_RECIPE, load_experiment
+
+from helpers import experiment_main, reduced_demo
 from judge_server import prefers_longer
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def experiment_main(recipe: Path, out: str) -> int:
-    return cli_main(["experiment", "--config", str(recipe), "--out", str(out)])
-
-
-def reduced_demo(tmp_path: Path, dpo_steps: int = 12, save_steps: int = 6, capability: bool = False) -> Path:
-    """The embedded demo recipe with everything made small (a minute or two on 2 CPU cores);
-    the lm-eval benchmark and the probes only with ``capability`` (they add seconds per model)."""
-    recipe = yaml.safe_load(DEMO_RECIPE.read_text())
-    recipe["task"].update(n_train=300, n_test=40)
-    recipe["pretrain"]["config"].update(n_layer=2, n_embd=32, n_inner=64)
-    recipe["pretrain"]["train"].update(max_steps=40, per_device_train_batch_size=32, save_steps=20, logging_steps=10)
-    recipe["sft"].update(max_steps=6, save_steps=3, logging_steps=2)
-    recipe["dpo"].update(max_steps=dpo_steps, save_steps=save_steps, logging_steps=2)
-    recipe["evaluations"]["rewards"].update(max_samples=40)
-    recipe["evaluations"]["winrate"].update(num_prompts=40)
-    recipe["evaluations"]["drift"].update(max_samples=20)
-    recipe["evaluations"]["benchmark"].update(limit=40)
-    recipe["evaluations"]["probe"].update(max_samples=20)
-    if not capability:
-        del recipe["evaluations"]["benchmark"], recipe["evaluations"]["probe"]
-    path = tmp_path / "demo_small.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("demo")
-    out = tmp / "out"
-    assert experiment_main(reduced_demo(tmp, capability=True), str(out)) == 0
-    return tmp, out
-
-
+@pytest.mark.slow
 def test_reduced_demo_runs_every_stage_and_reports(demo_run, capsys):
     _, out = demo_run
     summary = json.loads((out / "summary.json").read_text())
@@ -99,6 +68,7 @@ def test_reduced_demo_runs_every_stage_and_reports(demo_run, capsys):
     assert set(first) == {"prompt", "chosen", "rejected"}
 
 
+@pytest.mark.slow
 def test_running_again_skips_every_finished_stage(demo_run, capsys):
     tmp, out = demo_run
     assert experiment_main(reduced_demo(tmp, capability=True), str(out)) == 0
@@ -107,6 +77,7 @@ def test_running_again_skips_every_finished_stage(demo_run, capsys):
     assert "DPO vs own SFT" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_an_openai_judged_experiment_finds_its_own_win_rates(demo_run, server, tmp_path):
     """Win rates judged by an OpenAI-compatible endpoint are written and found under one name
     (the CLI and the runner once named the file two different ways)."""
@@ -121,9 +92,13 @@ def test_an_openai_judged_experiment_finds_its_own_win_rates(demo_run, server, t
     assert experiment_main(path, str(copy)) == 0
     summary = json.loads((copy / "summary.json").read_text())
     ran = {s["stage"] for s in summary["stages"] if s["status"] == "ran"}
-    assert ran == {"gelu/winrate dpo-beta0.5-seed0 vs gelu/sft", "crrelu/winrate dpo-beta0.5-seed0 vs crrelu/sft",
-                   "crrelu/winrate dpo-beta0.5-seed0 vs gelu/dpo-beta0.5-seed0",
-                   "relu/winrate dpo-beta0.5-seed0 vs relu/sft", "relu/winrate dpo-beta0.5-seed0 vs gelu/dpo-beta0.5-seed0"}
+    assert ran == {
+        "gelu/winrate dpo-beta0.5-seed0 vs gelu/sft",
+        "crrelu/winrate dpo-beta0.5-seed0 vs crrelu/sft",
+        "crrelu/winrate dpo-beta0.5-seed0 vs gelu/dpo-beta0.5-seed0",
+        "relu/winrate dpo-beta0.5-seed0 vs relu/sft",
+        "relu/winrate dpo-beta0.5-seed0 vs gelu/dpo-beta0.5-seed0",
+    }
     # five pairings of 40 prompts, both orders; identical (prompt, a, b) questions are asked once
     assert 0 < len(judge.requests) <= 5 * 40 * 2
     judgments = list(copy.glob("*/dpo-beta0.5-seed0/eval/judgments-pairwise_judge-model-vs-*.jsonl"))
@@ -132,11 +107,15 @@ def test_an_openai_judged_experiment_finds_its_own_win_rates(demo_run, server, t
         assert 0 <= row["winrate_vs-sft"]["win_rate"] <= 1
         if row["arm"] != "gelu":
             assert "winrate_vs-gelu" in row
-    result = json.loads(next((copy / "crrelu" / "dpo-beta0.5-seed0" / "eval").glob("winrate-pairwise_judge-model-vs-*"
-                                                                                    "sft.json")).read_text())
+    result = json.loads(
+        next(
+            (copy / "crrelu" / "dpo-beta0.5-seed0" / "eval").glob("winrate-pairwise_judge-model-vs-*sft.json")
+        ).read_text()
+    )
     assert result["judge"] == "pairwise:judge-model"
 
 
+@pytest.mark.slow
 def test_killed_experiment_resumes_mid_stage(tmp_path):
     recipe = reduced_demo(tmp_path, dpo_steps=200, save_steps=10)  # long enough to be killed mid-way
     raw = yaml.safe_load(recipe.read_text())  # one arm and one evaluation: what resuming needs, no more
@@ -196,11 +175,14 @@ def test_shipped_paper_experiments_parse(name):
     assert exp.evaluations["winrate"]["judge"].startswith("reward-model:")
 
 
+@pytest.mark.slow
 def test_training_stages_run_under_the_recipes_launcher(tmp_path):
     """`launcher:` makes every training stage a subprocess of accelerate launch."""
     recipe = yaml.safe_load(reduced_demo(tmp_path).read_text())
-    recipe["launcher"] = f"{sys.executable} -m accelerate.commands.launch --num_processes 1 --num_machines 1 " \
-                         "--mixed_precision no --dynamo_backend no"
+    recipe["launcher"] = (
+        f"{sys.executable} -m accelerate.commands.launch --num_processes 1 --num_machines 1 "
+        "--mixed_precision no --dynamo_backend no"
+    )
     recipe["arms"], recipe["baseline_arm"] = {"crrelu": {"activation": "crrelu"}}, "crrelu"  # one launch a stage
     recipe["evaluations"] = {"rewards": {"betas": [0.5], "max_samples": 20, "max_length": 32}}
     path = tmp_path / "launched.yaml"
@@ -217,29 +199,43 @@ def test_training_stages_run_under_the_recipes_launcher(tmp_path):
     assert (out / "crrelu" / "dpo-beta0.5-seed0" / "eval" / "rewards.json").exists()
 
 
+@pytest.mark.slow
 def test_the_readme_shows_the_demo_table_as_the_demo_prints_it(demo_run):
     """The README's demo output is pasted from a run: same header, same columns, same footer."""
-    from crrelu_llm.summary import format_table
+    from crrelu_llm.reporting.summary import format_table
 
     _, out = demo_run
     printed = format_table(json.loads((out / "summary.json").read_text()), "gelu").splitlines()
     readme = (ROOT / "README.md").read_text()
-    block = readme[readme.index("```\ndemo: 3 DPO runs") + 4:]
-    block = block[:block.index("```")].splitlines()
+    block = readme[readme.index("```\ndemo: 3 DPO runs") + 4 :]
+    block = block[: block.index("```")].splitlines()
     assert block[1] == printed[0]  # the header
-    rows = [line for line in block if line.split(" ")[0] in {f"{a}/dpo-beta0.5-seed0" for a in ("gelu", "crrelu", "relu")}]
+    rows = [
+        line for line in block if line.split(" ")[0] in {f"{a}/dpo-beta0.5-seed0" for a in ("gelu", "crrelu", "relu")}
+    ]
     assert len(rows) == 3 and all(len(row) == len(printed[1]) for row in rows)
     assert block[5].startswith("95% intervals") and printed[-1].startswith("95% intervals")
 
 
+@pytest.mark.slow
 def test_a_recover_stage_distils_every_patched_arm_before_sft(tmp_path, capsys):
     """`recover:` distils CRReLU (calibrated, gradual) and the ReLU control alike; SFT starts from it."""
     recipe = yaml.safe_load(reduced_demo(tmp_path).read_text())
     recipe["evaluations"] = {"drift": {"max_samples": 20}, "probe": {"max_samples": 10}}
-    recipe["recover"] = {"max_steps": 4, "learning_rate": 3e-4, "per_device_train_batch_size": 16, "max_length": 32,
-                         "logging_steps": 2, "save_steps": 4, "bf16": False, "use_cpu": True,
-                         "gradient_checkpointing": False, "report_to": "none", "epsilon_init": "calibrate",
-                         "swap_steps": 2}
+    recipe["recover"] = {
+        "max_steps": 4,
+        "learning_rate": 3e-4,
+        "per_device_train_batch_size": 16,
+        "max_length": 32,
+        "logging_steps": 2,
+        "save_steps": 4,
+        "bf16": False,
+        "use_cpu": True,
+        "gradient_checkpointing": False,
+        "report_to": "none",
+        "epsilon_init": "calibrate",
+        "swap_steps": 2,
+    }
     path = tmp_path / "recover.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "out"

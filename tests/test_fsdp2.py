@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 import crrelu_llm
-from crrelu_llm.tiny import tiny_causal_lm
-from crrelu_llm.distributed import fsdp2_share_epsilons
+from crrelu_llm.ops.distributed import fsdp2_share_epsilons
+from crrelu_llm.patching.tiny import tiny_causal_lm
 
 WORKER = Path(__file__).with_name("fsdp2_epsilon_worker.py")
 
@@ -25,6 +25,7 @@ def _torchrun(tmp_path, mode):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_fsdp2_refuses_the_0_dim_epsilon_unless_it_is_shared(tmp_path):
     plain = _torchrun(tmp_path, "plain")
     assert "scalar parameters" in plain["error"]
@@ -53,7 +54,7 @@ def test_trainer_shares_policy_and_reference_epsilons_before_the_reference_is_sh
 
     import torch
 
-    from crrelu_llm.trainer import EpsilonTrainingMixin
+    from crrelu_llm.training.trainer import EpsilonTrainingMixin
 
     policy = tiny_causal_lm("gpt2")
     crrelu_llm.patch_model(policy)
@@ -78,4 +79,6 @@ def test_trainer_shares_policy_and_reference_epsilons_before_the_reference_is_sh
         assert all(m.epsilon.device.type == "meta" for m in crrelus)  # moved to the accelerator's device
     assert len(ignored) == 4
     assert all(getattr(p, "_crrelu_rank_mean_hook", False) for p in crrelu_llm.epsilon_parameters(policy).values())
-    assert not any(getattr(p, "_crrelu_rank_mean_hook", False) for p in crrelu_llm.epsilon_parameters(reference).values())
+    assert not any(
+        getattr(p, "_crrelu_rank_mean_hook", False) for p in crrelu_llm.epsilon_parameters(reference).values()
+    )

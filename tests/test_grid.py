@@ -6,9 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from crrelu_llm.config import parse_recipe
-from crrelu_llm.train import run
-from test_train import recipe
+from crrelu_llm.training.recipes import parse_recipe
+from crrelu_llm.training.train import run
+
+from helpers import recipe
 
 
 def _dpo(folder, pairs_file, **keys):
@@ -48,9 +49,10 @@ def test_the_plan_lists_every_stage_with_its_estimate_and_writes_nothing(tmp_pat
     import yaml
 
     from crrelu_llm.cli import main as cli_main
-    from crrelu_llm.experiment import load_experiment
-    from crrelu_llm.plan import parameter_count, plan
-    from test_experiment import reduced_demo
+    from crrelu_llm.experiments.experiment import load_experiment
+    from crrelu_llm.experiments.plan import parameter_count, plan
+
+    from helpers import reduced_demo
 
     recipe = yaml.safe_load(reduced_demo(tmp_path).read_text())
     recipe["betas"], recipe["seeds"] = [0.1, 0.5], [0, 1]

@@ -9,14 +9,15 @@ import pytest
 import torch
 
 import crrelu_llm
-from crrelu_llm import kernels
-from crrelu_llm.tiny import tiny_causal_lm
+from crrelu_llm.ops import kernels
+from crrelu_llm.patching.tiny import tiny_causal_lm
 
 TRITON_CHECK = textwrap.dedent(
     """
     import torch
-    from crrelu_llm import CRReLU, kernels
-    from crrelu_llm.kernels import torch_ops, triton_ops
+    from crrelu_llm import CRReLU
+    from crrelu_llm.ops import kernels
+    from crrelu_llm.ops.kernels import torch_ops, triton_ops
     torch.manual_seed(0)
     for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
         for shape in ((3, 5), (37, 301), (0, 8), (4099,)):
@@ -47,6 +48,7 @@ TRITON_CHECK = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_triton_kernel_matches_reference_in_interpreter_mode():
     pytest.importorskip("triton", reason="triton is in the [test] extra; install it to run this check")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -59,7 +61,7 @@ def test_triton_kernel_matches_reference_in_interpreter_mode():
 def test_functional_form_used_under_compile_equals_the_in_place_form(dtype, tol):
     """torch.compile traces the functional form (torch 2.11 zeroes the gradients of the in-place
     one); both must compute the same thing, including need_x/need_eps and the fp32 upcast."""
-    from crrelu_llm.kernels import torch_ops
+    from crrelu_llm.ops.kernels import torch_ops
 
     torch.manual_seed(0)
     x, g = (torch.randn(37, 301) * 2).to(dtype), torch.randn(37, 301).to(dtype)
@@ -122,6 +124,7 @@ def test_bf16_autocast_trains_epsilon(tokens):
     assert all(p.dtype == torch.float32 and p.grad is not None and torch.isfinite(p.grad) for p in eps.values())
 
 
+@pytest.mark.slow
 def test_whole_model_torch_compile_matches_eager(tokens):
     model = tiny_causal_lm("gpt2")
     crrelu_llm.patch_model(model, epsilon_init=0.3)
@@ -135,10 +138,11 @@ def test_whole_model_torch_compile_matches_eager(tokens):
         torch.testing.assert_close(p.grad, eager_grads[name], rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_static_cache_and_compiled_decoding_work_with_a_patched_model():
     """Greedy decoding with transformers' static cache, eager and under torch.compile, gives the
     same tokens as the default dynamic cache for a CRReLU model."""
-    from crrelu_llm.tiny import tiny_causal_lm
+    from crrelu_llm.patching.tiny import tiny_causal_lm
 
     model = tiny_causal_lm("gpt2")
     crrelu_llm.patch_model(model)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from crrelu_llm.cli import main as cli_main
+
 from helpers import small_recipe
 
 
@@ -33,7 +34,7 @@ def test_a_lora_run_loads_with_the_eps_its_adapter_stores_and_merges_exactly(lor
     from safetensors.torch import load_file
 
     from crrelu_llm import epsilon_values
-    from crrelu_llm.loading import load_adapter_run, load_causal_lm
+    from crrelu_llm.patching.loading import load_adapter_run, load_causal_lm
 
     _, run, _ = lora_run
     merged = load_causal_lm(str(run))
@@ -63,7 +64,7 @@ def test_every_command_takes_a_lora_run(lora_run, capsys):
     assert cli_main(["export", str(run), "--out", str(exported)]) == 0
     from transformers import AutoModelForCausalLM
 
-    from crrelu_llm.loading import load_causal_lm
+    from crrelu_llm.patching.loading import load_causal_lm
 
     shared = AutoModelForCausalLM.from_pretrained(exported, trust_remote_code=True)
     ids = torch.randint(3, 100, (1, 8), generator=torch.Generator().manual_seed(1))
@@ -87,6 +88,7 @@ def test_a_directory_that_is_no_model_is_named_so_without_a_word_about_the_netwo
     assert "internet" not in err and "offline" not in err
 
 
+@pytest.mark.slow
 def test_an_experiment_whose_arms_use_lora_runs_every_stage(tmp_path):
     lora = {"use_peft": True, "lora_r": 4}
     recipe = small_recipe(tmp_path, {"gelu": {"activation": None, **lora}, "crrelu": {"activation": "crrelu", **lora}},

@@ -9,31 +9,10 @@ from transformers import AutoModelForCausalLM
 
 import crrelu_llm
 from crrelu_llm import CRReLU, NoActivationFoundError, epsilon_parameters, epsilon_values, patch_model
-from crrelu_llm.loading import check_stored_epsilons, load_causal_lm
-from crrelu_llm.tiny import tiny_causal_lm
+from crrelu_llm.patching.loading import check_stored_epsilons, load_causal_lm
+from crrelu_llm.patching.tiny import tiny_causal_lm
 
-# The GELU families of the paper's question, then ReLU / SiLU / mixture-of-experts families.
-ARCHITECTURES = {
-    "gpt2": "NewGELUActivation",
-    "gptj": "NewGELUActivation",
-    "gpt_neox": "GELUActivation",
-    "bloom": "BloomGelu",
-    "falcon": "GELUActivation",
-    "phi": "NewGELUActivation",
-    "gemma": "GELUTanh",
-    "gemma2": "GELUTanh",
-    "gemma3_text": "GELUTanh",
-    "biogpt": "GELUActivation",
-    "codegen": "NewGELUActivation",
-    "opt": "ReLU",
-    "llama": "SiLUActivation",
-    "mistral": "SiLUActivation",
-    "qwen2": "SiLUActivation",
-    "qwen3": "SiLUActivation",
-    "phi3": "SiLUActivation",
-    "mixtral": "SiLUActivation",
-    "qwen2_moe": "SiLUActivation",
-}
+from helpers import ARCHITECTURES
 
 
 def _logits(model, tokens):
@@ -159,8 +138,8 @@ def test_vector_epsilon_for_deepspeed_keeps_values_gradients_and_checkpoint_form
     with torch.no_grad():
         model.transformer.h[1].mlp.act.epsilon.fill_(-0.2)
     before = _logits(model, tokens)
-    assert crrelu_llm.distributed.use_vector_epsilons(model) == 2
-    assert crrelu_llm.distributed.use_vector_epsilons(model) == 0  # idempotent
+    assert crrelu_llm.ops.distributed.use_vector_epsilons(model) == 2
+    assert crrelu_llm.ops.distributed.use_vector_epsilons(model) == 0  # idempotent
     eps = epsilon_parameters(model)
     assert sorted(eps) == ["transformer.h.0.mlp.act.epsilon", "transformer.h.1.mlp.act.epsilon"]
     assert all(p.shape == (1,) for p in eps.values())
@@ -185,11 +164,11 @@ def test_vector_epsilon_for_deepspeed_keeps_values_gradients_and_checkpoint_form
 
 def test_trainer_save_stores_vector_epsilons_as_scalars(tmp_path):
     """What a ZeRO-3 consolidated state dict looks like: (1,) epsilons, saved 0-dim."""
-    from crrelu_llm.trainer import EpsilonTrainingMixin
+    from crrelu_llm.training.trainer import EpsilonTrainingMixin
 
     model = tiny_causal_lm("gpt2")
     patch_model(model)
-    crrelu_llm.distributed.use_vector_epsilons(model)
+    crrelu_llm.ops.distributed.use_vector_epsilons(model)
     state = {k: v.clone() for k, v in model.named_parameters()}  # parameters as they are, no hooks
     assert state["transformer.h.0.mlp.act.epsilon"].shape == (1,)
     saved = {}
@@ -206,7 +185,7 @@ def test_trainer_save_stores_vector_epsilons_as_scalars(tmp_path):
 
 
 def test_local_checkpoint_with_tokenizer_loads_like_a_hub_one(tmp_path):
-    from crrelu_llm.tiny import tiny_tokenizer
+    from crrelu_llm.patching.tiny import tiny_tokenizer
 
     tiny_causal_lm("gpt2").save_pretrained(tmp_path)
     tiny_tokenizer().save_pretrained(tmp_path)
@@ -218,7 +197,7 @@ def test_local_checkpoint_with_tokenizer_loads_like_a_hub_one(tmp_path):
 @pytest.mark.parametrize(
     "kwargs,error,match",
     [
-        ({"activation": "crelu"}, ValueError, "Did you mean 'crrelu'"),
+        ({"activation": "crelu"}, ValueError, "did you mean 'crrelu'"),
         ({"activation": 3}, TypeError, "string name"),
         ({"layers": [2]}, ValueError, "out of range: the model has 2 blocks"),
         ({"layers": [-3]}, ValueError, "out of range"),

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crrelu_llm.config import parse_recipe
 from crrelu_llm.errors import RecipeError
+from crrelu_llm.training.recipes import parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml")
@@ -89,17 +89,30 @@ def test_sweep_script_runs_each_beta_once(tmp_path):
     done = tmp_path / "out-beta0.1"
     done.mkdir()
     (done / "final_metrics.json").write_text("{}")
-    env = {**os.environ, "LAUNCH": "echo RUN"}
-    result = subprocess.run(["bash", str(ROOT / "scripts/sweep_beta.sh"), str(recipe), "0.1", "0.5", "--", "--seed", "1"],
-                            env=env, capture_output=True, text=True, check=True)
+    # the venv's python first on PATH, as for a user who activated it
+    env = {**os.environ, "LAUNCH": "echo RUN", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts/sweep_beta.sh"), str(recipe), "0.1", "0.5", "--", "--seed", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "beta 0.1: done" in result.stdout
     assert f"RUN dpo --config {recipe} --beta 0.5 --output_dir {tmp_path}/out-beta0.5 --seed 1" in result.stdout
     assert result.stdout.count("RUN ") == 1
     shipped = ROOT / "recipes/gpt2-large/hh/dpo.yaml"  # a recipe with arms: the arm's output_dir
-    result = subprocess.run(["bash", str(ROOT / "scripts/sweep_beta.sh"), str(shipped), "--arm", "relu", "0.2"],
-                            env=env, capture_output=True, text=True, check=True)
-    assert (f"RUN dpo --config {shipped} --arm relu --beta 0.2 --output_dir runs/gpt2-large-hh-dpo-relu-beta0.2"
-            in result.stdout)
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts/sweep_beta.sh"), str(shipped), "--arm", "relu", "0.2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert (
+        f"RUN dpo --config {shipped} --arm relu --beta 0.2 --output_dir runs/gpt2-large-hh-dpo-relu-beta0.2"
+        in result.stdout
+    )
 
 
 def test_slurm_launcher_is_valid_bash():
@@ -113,8 +126,13 @@ def test_gpu_check_is_valid_bash_names_real_files_and_refuses_cpu_unless_rehears
     script = ROOT / "scripts" / "gpu_check.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text()
-    for name in ("scripts/bench_activation.py", "scripts/bench_train_step.py", "scripts/distributed_check.py",
-                 "tests/test_cuda.py", "tests/test_activation.py"):
+    for name in (
+        "benchmarks/bench_activation.py",
+        "benchmarks/bench_train_step.py",
+        "scripts/distributed_check.py",
+        "tests/test_cuda.py",
+        "tests/test_activation.py",
+    ):
         assert name in text and (ROOT / name).is_file(), name
     for profile in ("fsdp", "zero3"):
         assert (ROOT / "recipes" / "accelerate_configs" / f"{profile}.yaml").is_file()
@@ -123,13 +141,17 @@ def test_gpu_check_is_valid_bash_names_real_files_and_refuses_cpu_unless_rehears
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: the refusal is for CPU-only machines")
     env = {k: v for k, v in os.environ.items() if k != "GPU_CHECK_ALLOW_CPU"}
-    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120,
-                            env={**env, "OUT": str(tmp_path / "out")})
+    result = subprocess.run(
+        ["bash", str(script)], capture_output=True, text=True, timeout=120, env={**env, "OUT": str(tmp_path / "out")}
+    )
     assert result.returncode == 1 and "set GPU_CHECK_ALLOW_CPU=1 to rehearse on CPU" in result.stdout
     assert not (tmp_path / "out" / "log.txt").exists()
 
 
-@pytest.mark.parametrize("profile,expected", [("multi_gpu", "MULTI_CPU"), ("zero2", "DEEPSPEED"), ("zero3", "DEEPSPEED")])
+@pytest.mark.parametrize(
+    "profile,expected", [("multi_gpu", "MULTI_CPU"), ("zero2", "DEEPSPEED"), ("zero3", "DEEPSPEED")]
+)
+@pytest.mark.slow
 def test_sft_then_dpo_under_accelerate_launch_with_two_cpu_processes(profile, expected, tmp_path):
     """scripts/distributed_check.py: SFT patches a GELU model, DPO starts from that checkpoint;
     two processes over gloo (DDP; DeepSpeed on its CPU accelerator). Both ranks end identical,
@@ -142,12 +164,24 @@ def test_sft_then_dpo_under_accelerate_launch_with_two_cpu_processes(profile, ex
         pytest.skip("DeepSpeed is in the [test] extra on Linux only")
     out = tmp_path / "result.json"
     runs = ["dpo"] if profile == "zero2" else ["sft", "dpo", "distill"]
-    cmd = [sys.executable, str(ROOT / "scripts" / "distributed_check.py"), "--profile",
-           str(ROOT / "recipes" / "accelerate_configs" / f"{profile}.yaml"), "--num-processes", "2",
-           "--workdir", str(tmp_path / "work"), "--json", str(out), "--runs", *[r for r in runs if r != "distill"],
-           *(["--distill"] if "distill" in runs else [])]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "distributed_check.py"),
+        "--profile",
+        str(ROOT / "recipes" / "accelerate_configs" / f"{profile}.yaml"),
+        "--num-processes",
+        "2",
+        "--workdir",
+        str(tmp_path / "work"),
+        "--json",
+        str(out),
+        "--runs",
+        *[r for r in runs if r != "distill"],
+        *(["--distill"] if "distill" in runs else []),
+    ]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads(out.read_text())
     assert summary["passed"] is True and summary["expected_distributed_type"] == expected

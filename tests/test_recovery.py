@@ -8,18 +8,20 @@ import yaml
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 import crrelu_llm
-from crrelu_llm import evaluate
-from crrelu_llm.activation import CRReLU
 from crrelu_llm.cli import main as cli_main
-from crrelu_llm.config import parse_recipe
-from crrelu_llm.data import DataArguments, load_preference_splits
-from crrelu_llm.loading import load_causal_lm
-from crrelu_llm.probe import calibrated_epsilons
-from crrelu_llm.recovery import BLENDS, calibration_pairs
-from crrelu_llm.tasks import write_task_files
-from crrelu_llm.tiny import tiny_causal_lm, tiny_tokenizer
-from crrelu_llm.train import run
-from test_train import CrashAfterStep3, _Crash
+from crrelu_llm.data.preference import DataArguments, load_preference_splits
+from crrelu_llm.evaluation import evaluate
+from crrelu_llm.evaluation.tasks import write_task_files
+from crrelu_llm.ops.activation import CRReLU
+from crrelu_llm.patching.calibration import calibration_pairs
+from crrelu_llm.patching.loading import load_causal_lm
+from crrelu_llm.patching.probe import calibrated_epsilons
+from crrelu_llm.patching.tiny import tiny_causal_lm, tiny_tokenizer
+from crrelu_llm.training.recipes import parse_recipe
+from crrelu_llm.training.recovery import BLENDS
+from crrelu_llm.training.train import run
+
+from helpers import Crash, CrashAfterStep3
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +122,7 @@ def test_gradual_swap_blends_in_then_leaves_pure_crrelu_and_resumes_exactly(setu
     resumed.mkdir()
     path = _recipe(resumed, "gradual", model_name_or_path=original, activation="crrelu", swap_steps=3, max_steps=5,
                    dataset_name=str(setup / "data"))
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         run("sft", *parse_recipe("sft", ["--config", str(path)]), callbacks=[CrashAfterStep3()])
     assert (resumed / "gradual" / "checkpoint-2").exists()
     run("sft", *parse_recipe("sft", ["--config", str(path)]))  # resumes mid-schedule from checkpoint-2

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from crrelu_llm.cli import main as cli_main
-from test_experiment import reduced_demo
-from test_train import recipe
+
+from helpers import recipe, reduced_demo
 
 
 def _snapshot(folder: Path) -> dict:
@@ -47,26 +47,19 @@ def test_a_different_run_is_refused_before_anything_is_written(tmp_path, pairs_f
 # --------------------------------------------------------------------------- 2: stale stages
 
 
-@pytest.fixture(scope="module")
-def finished_demo(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("stale")
-    out = tmp / "out"
-    assert cli_main(["experiment", "--config", str(reduced_demo(tmp)), "--out", str(out)]) == 0
-    return tmp, out
-
-
-def test_an_edited_recipe_is_refused_naming_the_change_then_rerun_when_asked(finished_demo, tmp_path, capsys):
-    tmp, out = finished_demo
+@pytest.mark.slow
+def test_an_edited_recipe_is_refused_naming_the_change_then_rerun_when_asked(demo_run, tmp_path, capsys):
+    tmp, out = demo_run
     work = tmp_path / "out"
     shutil.copytree(out, work)
-    recipe_ = yaml.safe_load(reduced_demo(tmp).read_text())
+    recipe_ = yaml.safe_load(reduced_demo(tmp, capability=True).read_text())
     recipe_["arms"]["crrelu"]["epsilon_learning_rate"] = 0.05
     edited = tmp_path / "edited.yaml"
     edited.write_text(yaml.safe_dump(recipe_))
     before = _snapshot(work)
     assert cli_main(["experiment", "--config", str(edited), "--out", str(work)]) == 2
     err = capsys.readouterr().err
-    assert "crrelu/sft (epsilon_learning_rate: 0.01 -> 0.05)" in err and "--rerun-changed" in err
+    assert "crrelu/sft (epsilon_learning_rate: 0.01 -> 0.05)" in err and "--rerun-changed" in err, err
     assert _snapshot(work) == before
     assert cli_main(["experiment", "--config", str(edited), "--out", str(work), "--rerun-changed"]) == 0
     summary = json.loads((work / "summary.json").read_text())
@@ -86,8 +79,8 @@ def test_an_edited_recipe_is_refused_naming_the_change_then_rerun_when_asked(fin
 
 
 def test_generations_of_a_model_retrained_in_place_are_not_reused(tmp_path):
-    from crrelu_llm.evaluate import weights_stamp
-    from crrelu_llm.tiny import tiny_causal_lm
+    from crrelu_llm.evaluation.evaluate import weights_stamp
+    from crrelu_llm.patching.tiny import tiny_causal_lm
 
     model_dir = tmp_path / "m"
     tiny_causal_lm("gpt2").save_pretrained(model_dir)
@@ -161,7 +154,7 @@ def test_patched_checkpoints_get_the_users_umask_and_a_tokenizer(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "p").stat().st_mode) == 0o755
     assert (tmp_path / "p" / "tokenizer_config.json").exists()  # tiny models save their tokenizer too
-    from crrelu_llm.loading import load_tokenizer
+    from crrelu_llm.patching.loading import load_tokenizer
 
     assert len(load_tokenizer(str(tmp_path / "p"))) == len(load_tokenizer("tiny-gpt2"))
 
@@ -194,8 +187,8 @@ def test_a_recipe_without_bf16_trains_in_fp32_on_a_cpu_only_machine(tmp_path, pa
     del config["bf16"], config["use_cpu"]
     path = tmp_path / "plain.yaml"
     path.write_text(yaml.safe_dump(config))
-    from crrelu_llm.config import parse_recipe
     from crrelu_llm.errors import RecipeError
+    from crrelu_llm.training.recipes import parse_recipe
 
     caplog.set_level("WARNING", logger="crrelu_llm")
     training_args = parse_recipe("dpo", ["--config", str(path)])[2]
@@ -207,6 +200,7 @@ def test_a_recipe_without_bf16_trains_in_fp32_on_a_cpu_only_machine(tmp_path, pa
 # --------------------------------------------------------------------------- 6: Ctrl-C
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_where_the_last_checkpoint_is(tmp_path, pairs_file):
     path = recipe(tmp_path, pairs_file, max_steps=400, save_steps=2)
     run_dir = tmp_path / "run"
@@ -240,12 +234,19 @@ def test_cpu_threads_follow_the_affinity_and_busy_cpus_are_named(monkeypatch, ca
 
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    import psutil
+
     monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0}, raising=False)
-    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (1.9, 1.0, 1.0))
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (1.9, 1.0, 1.0))  # a job that has just ended
+    usage = {"now": [5.0, 100.0]}  # CPU 0 (ours) idle, CPU 1 (not ours) busy
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval, percpu: usage["now"])
     caplog.set_level("WARNING", logger="crrelu_llm")
     try:
         assert runtime.set_cpu_threads() == 1 and torch.get_num_threads() == 1
-        assert "the CPUs are busy (load 1.9 on 1)" in caplog.text
+        assert "busy" not in caplog.text  # neither the load average nor another CPU counts
+        usage["now"] = [95.0, 0.0]
+        assert runtime.set_cpu_threads() == 1
+        assert "the CPUs are busy (0.9 of 1 in use by other processes)" in caplog.text
         monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice wins
         assert runtime.set_cpu_threads() == torch.get_num_threads() == 1
     finally:

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 import crrelu_llm
 from crrelu_llm.cli import main as cli_main
-from crrelu_llm.tiny import tiny_causal_lm
+from crrelu_llm.patching.tiny import tiny_causal_lm
 
 IDS = [[1, 5, 9, 13, 2, 7, 30, 31]]
 
@@ -59,6 +59,7 @@ LOAD_PLAIN = """
 """
 
 
+@pytest.mark.slow
 def test_a_crrelu_checkpoint_fails_loudly_without_crrelu_llm(tmp_path):
     path, _ = patched_checkpoint(tmp_path)
     config = json.loads((path / "config.json").read_text())
@@ -69,6 +70,7 @@ def test_a_crrelu_checkpoint_fails_loudly_without_crrelu_llm(tmp_path):
     assert "crrelu" in out.get("error", ""), out  # never a GELU model with the eps "ignored"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type,patch", [("gpt2", {"layers": [0]}), ("bloom", {}),
                                               ("gpt2", {"layers": [1], "activation": "relu"})])
 def test_patches_no_config_key_can_express_are_refused_by_their_model_type(tmp_path, model_type, patch):
@@ -84,6 +86,7 @@ def test_patches_no_config_key_can_express_are_refused_by_their_model_type(tmp_p
     assert loaded.config.model_type == model_type and logits(loaded) == pytest.approx(logits(model), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_relu_arm_checkpoint_loads_right_without_crrelu_llm(tmp_path):
     path, model = patched_checkpoint(tmp_path, activation="relu")
     result = without_crrelu_llm(LOAD_PLAIN.format(path=str(path), ids=IDS), tmp_path)
@@ -92,6 +95,7 @@ def test_a_relu_arm_checkpoint_loads_right_without_crrelu_llm(tmp_path):
     assert out["logits"] == pytest.approx(logits(model), abs=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type,patch", [("gpt2", {}), ("llama", {}), ("gpt2", {"layers": [0]}),
                                               ("bloom", {})])
 def test_an_exported_checkpoint_loads_with_remote_code_only(tmp_path, model_type, patch):

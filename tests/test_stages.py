@@ -7,8 +7,9 @@ import pytest
 import yaml
 
 from crrelu_llm.cli import main as cli_main
-from crrelu_llm.experiment import load_experiment
-from crrelu_llm.stages import declare
+from crrelu_llm.experiments.experiment import load_experiment
+from crrelu_llm.experiments.stages import declare
+
 from helpers import small_recipe
 
 
@@ -29,6 +30,7 @@ def experiment(tmp_path_factory):
     return tmp, out
 
 
+@pytest.mark.slow
 def test_every_model_of_an_arm_has_the_patch_the_arm_trains(experiment):
     _, out = experiment
     for arm in ("layer0", "calibrated"):
@@ -41,6 +43,7 @@ def test_every_model_of_an_arm_has_the_patch_the_arm_trains(experiment):
     assert dpo["already_patched"] is True
 
 
+@pytest.mark.slow
 def test_a_calibrated_arm_starts_every_stage_from_the_same_calibrated_eps(experiment):
     _, out = experiment
     step0 = json.loads((out / "calibrated" / "patched" / "patch_report.json").read_text())
@@ -50,6 +53,7 @@ def test_a_calibrated_arm_starts_every_stage_from_the_same_calibrated_eps(experi
     assert all(value != 0.01 for value in step0["calibrated_epsilons"].values())
 
 
+@pytest.mark.slow
 def test_the_report_never_shows_one_stage_under_another(experiment):
     _, out = experiment
     report = json.loads((out / "report" / "report.json").read_text())
@@ -61,13 +65,18 @@ def test_the_report_never_shows_one_stage_under_another(experiment):
     text = (out / "report" / "report.md").read_text()
     gelu_row = next(line for line in text.splitlines() if line.startswith("| gelu |"))
     assert "unpatched original" in gelu_row
-    assert "## Drift: layer0, step 0" in text and "- perplexity: this model" in text and "perplexity: patched" not in text
-    assert "Data that reached each arm's (first) run" in text and "- gelu (gelu/dpo-beta0.5-seed0): data [train]" in text
+    assert (
+        "## Drift: layer0, step 0" in text and "- perplexity: this model" in text and "perplexity: patched" not in text
+    )
+    assert (
+        "Data that reached each arm's (first) run" in text and "- gelu (gelu/dpo-beta0.5-seed0): data [train]" in text
+    )
     for entry in report["arms"].values():  # one reward accuracy per model, ours, with its n
         assert entry["reward_accuracy"]["n"] == [20]
         assert entry["rewards"]["stage"].endswith("dpo-beta0.5-seed0")
 
 
+@pytest.mark.slow
 def test_a_rerun_keeps_each_stage_s_wall_time_and_says_what_it_reused(experiment, capsys):
     tmp, out = experiment
     first = json.loads((out / "summary.json").read_text())
@@ -99,8 +108,9 @@ def test_step0_is_declared_with_the_arm_s_full_patch_keys(tmp_path):
 
 
 def test_a_recipe_that_cannot_run_is_refused_by_the_run_and_the_plan_before_anything(tmp_path, capsys):
-    bad = small_recipe(tmp_path, {"gelu": {"activation": None}, "relu": {"activation": "relu",
-                                                                            "epsilon_init": "calibrate"}})
+    bad = small_recipe(
+        tmp_path, {"gelu": {"activation": None}, "relu": {"activation": "relu", "epsilon_init": "calibrate"}}
+    )
     for extra in ([], ["--plan"]):
         out = tmp_path / f"out{len(extra)}"
         assert cli_main(["experiment", "--config", str(bad), "--out", str(out), *extra]) == 2
@@ -110,7 +120,9 @@ def test_a_recipe_that_cannot_run_is_refused_by_the_run_and_the_plan_before_anyt
 
 
 def test_the_plan_says_unknown_for_what_it_cannot_estimate(tmp_path, capsys):
-    recipe = yaml.safe_load(small_recipe(tmp_path, ARMS, evaluations={"winrate": {"judge": "rule:arithmetic"}}).read_text())
+    recipe = yaml.safe_load(
+        small_recipe(tmp_path, ARMS, evaluations={"winrate": {"judge": "rule:arithmetic"}}).read_text()
+    )
     del recipe["pretrain"]
     recipe["original"] = str(tmp_path / "no-such-model")
     path = tmp_path / "hub.yaml"
@@ -124,14 +136,27 @@ def test_the_plan_says_unknown_for_what_it_cannot_estimate(tmp_path, capsys):
 
 
 def test_probe_plot_gives_each_arm_one_colour_and_each_line_a_legend_entry():
-    from crrelu_llm.report_stages import arm_colours, line_style, probe_figure
+    from crrelu_llm.reporting.figures import arm_colours, line_style, probe_figure
 
     def layers(eps):
-        return [{"layer": i, "epsilon": eps, "least_squares_epsilon": 0.1, "excess_kurtosis": 1.0, "skewness": 0.0,
-                 "share_negative": 0.5, "output_small": 0.1} for i in range(2)]
+        return [
+            {
+                "layer": i,
+                "epsilon": eps,
+                "least_squares_epsilon": 0.1,
+                "excess_kurtosis": 1.0,
+                "skewness": 0.0,
+                "share_negative": 0.5,
+                "output_small": 0.1,
+            }
+            for i in range(2)
+        ]
 
-    rows = [{"arm": arm, "stage": stage, "probe": {"layers": layers(0.01 if arm == "crrelu" else None)}}
-            for arm in ("gelu", "crrelu", "relu") for stage in ("step 0", "SFT")]
+    rows = [
+        {"arm": arm, "stage": stage, "probe": {"layers": layers(0.01 if arm == "crrelu" else None)}}
+        for arm in ("gelu", "crrelu", "relu")
+        for stage in ("step 0", "SFT")
+    ]
     colours = arm_colours(["gelu", "crrelu", "relu"])
     fig = probe_figure(rows, colours)
     labels = [text.get_text() for text in fig.legends[0].get_texts()]
@@ -139,54 +164,79 @@ def test_probe_plot_gives_each_arm_one_colour_and_each_line_a_legend_entry():
     for ax in fig.axes:
         for line in ax.get_lines():
             arm, stage = line.get_label().split(" ", 1)
-            assert line.get_color() == colours[arm] and line.get_linestyle() == \
-                {"-.": "-.", "--": "--"}[line_style(stage)]
+            assert (
+                line.get_color() == colours[arm] and line.get_linestyle() == {"-.": "-.", "--": "--"}[line_style(stage)]
+            )
 
 
 def test_the_epsilon_plot_starts_a_run_from_the_eps_it_started_with():
-    from crrelu_llm.report import Run, _starting_epsilons
+    from crrelu_llm.reporting.figures import starting_epsilons
+    from crrelu_llm.reporting.report import Run
 
-    kept = Run("crrelu", Path("x"), recipe={"epsilon_init": 0.01},
-               patch_report={"already_patched": True, "epsilon": {"epsilon/00": 0.08, "epsilon/01": 0.1,
-                                                                  "epsilon/mean": 0.09}})
-    assert _starting_epsilons(kept) == {"epsilon/00": 0.08, "epsilon/01": 0.1}
+    kept = Run(
+        "crrelu",
+        Path("x"),
+        recipe={"epsilon_init": 0.01},
+        patch_report={
+            "already_patched": True,
+            "epsilon": {"epsilon/00": 0.08, "epsilon/01": 0.1, "epsilon/mean": 0.09},
+        },
+    )
+    assert starting_epsilons(kept) == {"epsilon/00": 0.08, "epsilon/01": 0.1}
     fresh = Run("crrelu", Path("x"), recipe={"epsilon_init": 0.01}, patch_report={"epsilon_init": 0.02})
-    assert _starting_epsilons(fresh) == {"*": 0.02}
+    assert starting_epsilons(fresh) == {"*": 0.02}
 
 
 def test_a_refused_training_command_leaves_no_output_directory(tmp_path, capsys):
     data = tmp_path / "qa.jsonl"
     data.write_text('{"question": "a", "answer": "b"}\n{"question": "c", "answer": "d"}\n')
     out = tmp_path / "run"
-    assert cli_main(["dpo", "--model_name_or_path", "tiny-gpt2", "--dataset_name", str(data),
-                     "--output_dir", str(out)]) == 2
+    assert (
+        cli_main(["dpo", "--model_name_or_path", "tiny-gpt2", "--dataset_name", str(data), "--output_dir", str(out)])
+        == 2
+    )
     assert "cannot tell the format" in capsys.readouterr().err
     assert not out.exists()
 
 
 def test_the_reading_is_generated_from_the_intervals_and_counts_seeds():
-    from crrelu_llm.summary import readings
+    from crrelu_llm.reporting.summary import readings
 
     def entry(rate, lo, hi):
-        return {"win_rate": rate, "interval": [lo, hi], "wins": 30, "losses": 10, "ties": 460, "n": 500,
-                "sign_test_p": 0.002}
+        return {
+            "win_rate": rate,
+            "interval": [lo, hi],
+            "wins": 30,
+            "losses": 10,
+            "ties": 460,
+            "n": 500,
+            "sign_test_p": 0.002,
+        }
 
-    rows = [{"arm": "crrelu", "run": f"x/crrelu/dpo-beta0.5-seed{seed}", "winrate_vs-sft": entry(0.52, lo, hi),
-             "reward_accuracy": {"accuracy": 0.90, "n": 500}} for seed, (lo, hi) in enumerate([(0.51, 0.56),
-                                                                                              (0.48, 0.55)])]
+    rows = [
+        {
+            "arm": "crrelu",
+            "run": f"x/crrelu/dpo-beta0.5-seed{seed}",
+            "winrate_vs-sft": entry(0.52, lo, hi),
+            "reward_accuracy": {"accuracy": 0.90, "n": 500},
+        }
+        for seed, (lo, hi) in enumerate([(0.51, 0.56), (0.48, 0.55)])
+    ]
     rows.append({"arm": "gelu", "run": "x/gelu/dpo-beta0.5-seed0", "reward_accuracy": {"accuracy": 0.91, "n": 500}})
     lines = readings({"rows": rows}, "gelu")
     assert lines[0].startswith("crrelu DPO model vs its own SFT start (dpo-beta0.5): win rates 0.52-0.52 over 2 seeds")
     assert "1 of 2 seeds: wins more than it loses" in lines[0]
     assert "1 of 2 seeds: no difference detectable at n = 500 (a win rate 6.3 points from 0.5 would be)" in lines[0]
-    assert lines[1] == ("crrelu vs gelu, reward accuracy: -1.0 points (mean over 2 seeds); n = 500 pairs detects "
-                        "8.9 points: no difference detectable")
+    assert lines[1] == (
+        "crrelu vs gelu, reward accuracy: -1.0 points (mean over 2 seeds); n = 500 pairs detects "
+        "8.9 points: no difference detectable"
+    )
     one = readings({"rows": rows[:1]}, "gelu")
     assert one[0].endswith("wins more than it loses; one seed") and "30 wins, 10 losses, 460 ties" in one[0]
 
 
 def test_the_win_rate_plot_zooms_in_and_shows_wins_ties_and_losses():
-    from crrelu_llm.report import win_rate_figure
+    from crrelu_llm.reporting.figures import win_rate_figure
 
     stats = {"win_rate": 0.52, "interval": [0.49, 0.54], "wins": 40, "ties": 440, "losses": 20}
     fig = win_rate_figure([("crrelu (DPO) vs crrelu/sft", "crrelu", stats)], {"crrelu": "C1"})

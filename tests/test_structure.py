@@ -29,7 +29,8 @@ def import_graph() -> dict[str, set[str]]:
                 target = ".".join(base + ([node.module] if node.module else []))
                 deps |= {f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target for a in node.names}
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("crrelu_llm"):
-                deps.add(node.module)
+                deps |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                         for a in node.names}
             elif isinstance(node, ast.Import):
                 deps |= {a.name for a in node.names if a.name.startswith("crrelu_llm")}
         graph[name] = {d for d in deps if d in modules and d != name}
@@ -57,13 +58,58 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_no_import_cycles():
     graph = import_graph()
-    assert "crrelu_llm.cli" in graph and graph["crrelu_llm.experiment"]  # the walk found the modules
+    assert "crrelu_llm.cli" in graph and graph["crrelu_llm.experiments.experiment"]  # the walk found the modules
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
 def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+# The subpackages in the order data flows through them: a module imports only from its own layer
+# or the ones before it (the foundation is the top-level modules beside cli.py).
+LAYERS = ["foundation", "ops", "data", "patching", "training", "evaluation", "reporting", "experiments", "cli"]
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    if module == "crrelu_llm":
+        return "package"
+    if module == "crrelu_llm.cli":
+        return "cli"
+    return "foundation" if len(parts) == 2 else parts[1]
+
+
+def test_data_flows_one_way_through_the_subpackages():
+    graph = import_graph()
+    assert {layer_of(m) for m in graph} >= set(LAYERS)  # every layer exists
+    upward = [f"{m} imports {d}" for m, deps in sorted(graph.items()) for d in sorted(deps)
+              if layer_of(m) != "package" and (layer_of(d) == "package" or LAYERS.index(layer_of(d)) > LAYERS.index(
+                  layer_of(m)))]
+    assert not upward, "; ".join(upward)
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert layer_of("crrelu_llm.training.train") == "training" and layer_of("crrelu_llm.errors") == "foundation"
+    assert LAYERS.index(layer_of("crrelu_llm.evaluation.scoring")) > LAYERS.index(layer_of("crrelu_llm.patching.probe"))
+
+
+def test_no_private_name_is_imported_across_modules():
+    crossing = []
+    for file in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("crrelu_llm")):
+                crossing += [f"{file.relative_to(PACKAGE)}: {node.module}.{a.name}" for a in node.names
+                             if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not crossing, "; ".join(crossing)
+
+
+def test_every_module_is_small_enough_to_read_in_one_sitting():
+    long = {
+        str(f.relative_to(PACKAGE)): n for f in PACKAGE.rglob("*.py") if (n := len(f.read_text().splitlines())) > 450
+    }
+    assert not long, long
 
 
 def test_library_modules_do_not_import_the_cli():
@@ -83,8 +129,12 @@ def test_every_error_the_project_raises_derives_from_one_root():
             if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and isinstance(node.exc.func, ast.Name):
                 name = node.exc.func.id
                 raised.add(name)
-                if name in dir(__builtins__) or name in BUILT_IN_ALLOWED or name.endswith("Error") and not hasattr(
-                        errors, name):
+                if (
+                    name in dir(__builtins__)
+                    or name in BUILT_IN_ALLOWED
+                    or name.endswith("Error")
+                    and not hasattr(errors, name)
+                ):
                     built_in.append((name, file.name, node.lineno))
     ours = {name for name in raised if hasattr(errors, name)}
     assert {"RecipeError", "DataError", "MalformedRowError", "ModelLoadError", "EvaluationError", "UsageError"} <= ours
@@ -96,20 +146,29 @@ def test_every_error_the_project_raises_derives_from_one_root():
 
 
 def _cli(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "crrelu_llm.cli", *args], capture_output=True, text=True,
-                          timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "crrelu_llm.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        **kwargs,
+    )
 
 
 def test_cli_turns_project_errors_into_one_line_and_exit_2(tmp_path):
     result = _cli("patch", "tiny-gpt2", "--out", str(tmp_path / "p"), "--activation", "crelu")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("crrelu-llm patch: error: Unknown activation 'crelu'") and "Traceback" not in result.stderr
+    assert (
+        lines[-1].startswith("crrelu-llm patch: error: unknown activation 'crelu'") and "Traceback" not in result.stderr
+    )
 
 
 def test_cli_lets_programming_errors_keep_their_traceback(tmp_path, monkeypatch):
     """A ValueError that is not one of ours is a bug: it must not be dressed up as bad input."""
-    from crrelu_llm import checkpoints, cli
+    from crrelu_llm import cli
+    from crrelu_llm.patching import checkpoints
 
     def broken(*args, **kwargs):
         raise ValueError("a bug inside the library")
@@ -128,19 +187,19 @@ def test_cli_functions_are_small():
         assert fn.end_lineno - fn.lineno < 25, f"cli.{fn.name} is {fn.end_lineno - fn.lineno} lines"
 
 
-def test_the_readme_layout_lists_every_module():
-    readme = (PACKAGE.parent / "README.md").read_text()
-    layout = readme[readme.index("## Layout"):]
-    for file in PACKAGE.glob("*.py"):
-        if file.name != "__init__.py":
-            assert file.name in layout, f"README's layout section does not describe {file.name}"
+def test_the_architecture_page_lists_every_module():
+    layout = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    for file in PACKAGE.rglob("*.py"):
+        if file.name != "__init__.py" and file.parent.name != "kernels" and file.parent.name != "bench_tasks":
+            path = str(file.relative_to(PACKAGE.parent))
+            assert path in layout, f"docs/architecture.md does not describe {path}"
 
 
-def test_the_readme_bad_input_table_is_held_by_its_tests():
-    """Every message excerpt in the README's table appears in the test file its row names."""
-    readme = (PACKAGE.parent / "README.md").read_text()
-    section = readme[readme.index("## What bad input gets"):]
-    section = section[:section.index("\n## ")]
+def test_the_documented_bad_input_table_is_held_by_its_tests():
+    """Every message excerpt in docs/cli.md's table appears in the test file its row names."""
+    page = (PACKAGE.parent / "docs" / "cli.md").read_text() + "\n## "
+    section = page[page.index("## What bad input gets") :]
+    section = section[: section.index("\n## ")]
     rows = [line for line in section.splitlines() if line.startswith("| ") and "`tests/" in line]
     assert len(rows) >= 15
     for row in rows:

@@ -5,27 +5,15 @@ import json
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM
 
 import crrelu_llm
 from crrelu_llm.cli import main as cli_main
-from crrelu_llm.config import parse_recipe
 from crrelu_llm.errors import RecipeError
-from crrelu_llm.train import prepare, run
+from crrelu_llm.training.recipes import parse_recipe
+from crrelu_llm.training.train import prepare, run
 
-
-def recipe(tmp_path, pairs_file, **overrides):
-    config = {
-        "model_name_or_path": "tiny-gpt2", "dataset_name": str(pairs_file), "eval_fraction": 0.1,
-        "output_dir": str(tmp_path / "run"), "max_steps": 4, "per_device_train_batch_size": 4,
-        "per_device_eval_batch_size": 4, "learning_rate": 1e-3, "epsilon_learning_rate": 1e-2,
-        "logging_steps": 1, "save_steps": 2, "bf16": False, "use_cpu": True, "gradient_checkpointing": False,
-        "max_length": 32, "report_to": [], "seed": 0, "dataloader_num_workers": 0,
-    }
-    config.update(overrides)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+from helpers import Crash, CrashAfterStep3, recipe
 
 
 def parse(command, path, *flags):
@@ -42,7 +30,7 @@ def parse(command, path, *flags):
         ({"max_completion_length": 128}, "'max_completion_length' was removed from TRL: use max_length"),
         ({"rpo_alpha": 1.0}, "loss_type: [sigmoid, sft]"),
         ({"beta": "high"}, "'beta' must be a float, got 'high'"),
-        ({"activation": "crelu"}, "Did you mean 'crrelu'"),
+        ({"activation": "crelu"}, "did you mean 'crrelu'"),
         ({"epsilon_mode": "maybe"}, "epsilon_mode must be one of train, freeze, only"),
         ({"use_liger_kernel": True}, "silently bypassed"),
     ],
@@ -120,7 +108,7 @@ def test_baseline_arm_is_the_same_recipe_with_the_patch_off(tmp_path, pairs_file
 
 @pytest.mark.parametrize("mode", ["freeze", "only"])
 def test_epsilon_can_be_frozen_or_trained_alone(tmp_path, pairs_file, mode):
-    from crrelu_llm.tiny import tiny_causal_lm
+    from crrelu_llm.patching.tiny import tiny_causal_lm
 
     run("sft", *parse("sft", recipe(tmp_path, pairs_file, epsilon_mode=mode, max_steps=2)))
     trained = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
@@ -146,7 +134,7 @@ def completion_logps(model, batch):
 
 
 def _expected(choice, tmp_path):
-    from crrelu_llm.tiny import tiny_causal_lm
+    from crrelu_llm.patching.tiny import tiny_causal_lm
 
     if choice == "original":
         return tiny_causal_lm("gpt2", seed=0)
@@ -195,18 +183,6 @@ def test_the_reference_is_the_one_the_recipe_chose(tmp_path, pairs_file, sft_che
 # --------------------------------------------------------------------------- resume
 
 
-class _Crash(Exception):
-    pass
-
-
-class CrashAfterStep3(TrainerCallback):
-    """Stops a run at step 3, after checkpoint-2, as a kill would."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 3:
-            raise _Crash()
-
-
 def test_interrupted_run_resumes_to_the_same_weights_and_epsilon(tmp_path, pairs_file, caplog):
 
     straight = tmp_path / "straight"
@@ -216,7 +192,7 @@ def test_interrupted_run_resumes_to_the_same_weights_and_epsilon(tmp_path, pairs
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     path = recipe(resumed, pairs_file)
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         run("dpo", *parse("dpo", path), callbacks=[CrashAfterStep3()])
     assert (resumed / "run" / "checkpoint-2").exists() and not (resumed / "run" / "model.safetensors").exists()
     caplog.clear()

@@ -1,0 +1,264 @@
+"""Evaluation stages as functions: load what they need, compute, write one result file, return it.
+
+    from crrelu_llm import evaluate
+    evaluate.run_rewards("runs/crrelu/dpo", "runs/crrelu/sft", data="Anthropic/hh-rlhf", betas=[0.1])
+    evaluate.run_winrate("runs/crrelu/dpo", "runs/gelu/dpo", data=..., judge="rule:arithmetic")
+    evaluate.run_drift("runs/crrelu/patched", "gpt2", data=...)
+
+Each function owns its model loading, its caching (generations are reused when the model,
+the settings and the prompts are the same) and the name of its result file, which the
+``*_file`` functions compute for anyone who needs to find it (``crrelu-llm eval``, the
+experiment runner, ``compare``). Results go to ``MODEL/eval/`` unless ``out`` is given.
+The arithmetic lives in :mod:`crrelu_llm.evaluation.scoring`, generation in :mod:`crrelu_llm.evaluation.generation`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from pathlib import Path
+
+from crrelu_llm.data.encoding import check_chat_template
+from crrelu_llm.data.preference import DataArguments, load_preference_splits
+from crrelu_llm.errors import EvaluationError
+from crrelu_llm.evaluation.generation import GenerationSettings, generate
+from crrelu_llm.evaluation.judges import judge_name, make_judge
+from crrelu_llm.evaluation.scoring import drift, preference_logps, reward_metrics
+from crrelu_llm.files import check_writable, read_jsonl, writable_dir, write_json, write_jsonl
+from crrelu_llm.patching.loading import load_causal_lm, load_tokenizer
+from crrelu_llm.stats import win_rate
+
+logger = logging.getLogger("crrelu_llm.evaluate")
+
+
+def slug(name: str, parts: int = 2) -> str:
+    """A file-name-safe label for a model: the last ``parts`` components of its path or hub id."""
+    tail = "/".join(Path(str(name).rstrip("/")).parts[-parts:])
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", tail)[-80:]
+
+
+# --------------------------------------------------------------------------- where results go
+
+
+def eval_dir(model: str | Path, out: str | Path | None = None) -> Path:
+    """``out``, else ``MODEL/eval`` for a local model, else ``./eval``."""
+    if out is not None:
+        return Path(out)
+    return Path(model) / "eval" if Path(model).is_dir() else Path("eval")
+
+
+def rewards_file(model, out=None) -> Path:
+    return eval_dir(model, out) / "rewards.json"
+
+
+def drift_file(model, out=None) -> Path:
+    return eval_dir(model, out) / "drift.json"
+
+
+def winrate_file(model, judge: str, baseline, out=None) -> Path:
+    """The win-rate result of ``model`` against ``baseline`` judged by the judge spec ``judge``."""
+    return eval_dir(model, out) / f"winrate-{_winrate_label(judge, baseline)}.json"
+
+
+def _winrate_label(judge: str, baseline) -> str:
+    return f"{slug(judge_name(judge), 1)}-vs-{slug(str(baseline))}"
+
+
+def probe_file(model, out=None) -> Path:
+    return eval_dir(model, out) / "probe.json"
+
+
+def generations_file(model, name, out=None) -> Path:
+    return eval_dir(model, out) / f"generations-{slug(str(name))}.jsonl"
+
+
+# --------------------------------------------------------------------------- shared steps
+
+
+def _data(data: str, data_format: str, split: str | None, limit: int | None):
+    args = DataArguments(dataset_name=data, dataset_format=data_format, dataset_test_split=split,
+                         max_eval_samples=limit)
+    _, evaluation, summary = load_preference_splits(args)
+    return evaluation, summary
+
+
+def _shared_tokenizer(a: str, b: str, need: str):
+    first, second = load_tokenizer(str(a)), load_tokenizer(str(b))
+    if first.get_vocab() != second.get_vocab():
+        raise EvaluationError(f"the tokenizers of {a} and {b} disagree (different vocabularies): {need}")
+    return first
+
+
+# --------------------------------------------------------------------------- the stages
+
+
+def run_rewards(model, reference, data: str, *, data_format: str = "auto", split: str | None = None,
+                betas=(0.1,), max_samples: int | None = None, max_length: int = 1024, batch_size: int = 8,
+                out=None) -> dict:
+    """DPO implicit-reward accuracy and margins of ``model`` against ``reference``, per beta;
+    written to :func:`rewards_file`."""
+    model, reference = str(model), str(reference)
+    tokenizer = _shared_tokenizer(model, reference, "rewards need a policy and a reference that share one tokenizer")
+    evaluation, summary = _data(data, data_format, split, max_samples)
+    check_chat_template(evaluation[0], tokenizer, model, data, "evaluate with a model whose tokenizer has one")
+    writable_dir(eval_dir(model, out))  # once the models and data are known to be usable: a typo creates nothing
+    logps = preference_logps(load_causal_lm(model), load_causal_lm(reference), tokenizer, evaluation, max_length,
+                             batch_size, source=data)
+    summary["lengths"] = logps.pop("lengths")
+    result = {"model": model, "reference": reference, "training_beta": _training_beta(model), "data": summary,
+              **reward_metrics(logps, list(betas))}
+    _warn_if_wide("reward accuracy", result["accuracy_interval"], result["n"], "pairs")
+    write_json(rewards_file(model, out), result)
+    return result
+
+
+def _training_beta(model: str) -> float | None:
+    """The beta ``model`` was trained with, from the ``recipe.yaml`` of its run (None if unknown)."""
+    recipe = Path(model) / "recipe.yaml"
+    if not recipe.exists():
+        return None
+    import yaml
+
+    return (yaml.safe_load(recipe.read_text()) or {}).get("beta")
+
+
+WIDE = 0.10  # a 95% interval wider than +-10 points cannot separate arms that differ by a few points
+
+
+def _warn_if_wide(what: str, interval, n: int, unit: str) -> None:
+    lo, hi = interval
+    if (hi - lo) / 2 > WIDE:
+        logger.warning("%s: the 95%% interval is +-%.0f points with n=%d %s, too wide to tell arms apart by a few "
+                       "points; evaluate on more %s", what, 100 * (hi - lo) / 2, n, unit, unit)
+
+
+def run_drift(model, original, data: str, *, data_format: str = "auto", split: str | None = None,
+              max_samples: int | None = 200, max_length: int = 1024, batch_size: int = 8, out=None) -> dict:
+    """Perplexity of both models and the per-token KL(model || original) on the chosen responses
+    of ``data`` (each after its prompt; prompt tokens are not scored); written to :func:`drift_file`."""
+    model, original = str(model), str(original)
+    tokenizer = _shared_tokenizer(model, original, "drift compares a model with its original, which must share "
+                                  "one tokenizer")
+    evaluation, summary = _data(data, data_format, split, max_samples)
+    pairs = _text_pairs(evaluation, data, "drift")
+    # a pair whose prompt fills max_length has no response token left to score
+    summary["lengths"] = _count_lengths(tokenizer, pairs, max_length, data, drops=True)
+    writable_dir(eval_dir(model, out))  # once the models and data are known to be usable: a typo creates nothing
+    result = {"model": model, "original": original, "data": summary,
+              **drift(load_causal_lm(model), load_causal_lm(original), tokenizer, pairs, max_length, batch_size)}
+    write_json(drift_file(model, out), result)
+    return result
+
+
+def run_probe(model, data: str, *, original=None, data_format: str = "auto", split: str | None = None,
+              max_samples: int | None = 200, max_length: int = 1024, batch_size: int = 8, out=None) -> dict:
+    """Activation statistics per feed-forward layer of ``model`` on the prompts and chosen
+    responses of ``data`` (:mod:`crrelu_llm.patching.probe`); written to :func:`probe_file`."""
+    from crrelu_llm.patching.probe import activation_statistics, reference_activations
+
+    model = str(model)
+    evaluation, summary = _data(data, data_format, split, max_samples)
+    pairs = _text_pairs(evaluation, data, "probe")
+    summary["lengths"] = _count_lengths(load_tokenizer(model), pairs, max_length, data, drops=False)
+    loaded = load_causal_lm(model)
+    writable_dir(eval_dir(model, out))  # once the model is known to exist: a typo creates nothing
+    if original is not None:
+        _shared_tokenizer(model, str(original), "the probe runs one text through both")
+    references = reference_activations(loaded, load_causal_lm(str(original)) if original is not None else None)
+    layers = activation_statistics(loaded, load_tokenizer(model), pairs, references, max_length, batch_size)
+    result = {"model": model, "original": str(original) if original is not None else None,
+              "weights": weights_stamp(model), "data": summary, "layers": layers}
+    write_json(probe_file(model, out), result)
+    return result
+
+
+def _text_pairs(evaluation, data: str, what: str) -> list[tuple[str, str]]:
+    """(prompt, chosen) text of every row; conversational rows are refused, not skipped."""
+    if any(not isinstance(r["prompt"], str) for r in evaluation):
+        raise EvaluationError(f"{what} reads plain text, and {data} holds conversational rows (lists of messages): "
+                              "give prompt/chosen/rejected strings (e.g. the data rendered with the chat template)")
+    return [(r["prompt"], r["chosen"]) for r in evaluation]
+
+
+def _count_lengths(tokenizer, pairs, max_length: int, data: str, drops: bool) -> dict:
+    """What cutting each prompt + response to ``max_length`` (their start kept) does, counted."""
+    from crrelu_llm.data import accounting
+
+    lengths = [{"prompt": len(tokenizer(p)["input_ids"]),
+                "response": len(tokenizer(c, add_special_tokens=False)["input_ids"])} for p, c in pairs]
+    counts = accounting.account(lengths, len(pairs), "eval", "pair", max_length=max_length,
+                                drop_full_prompts=drops)
+    accounting.check(counts, "eval", source=data)
+    return counts
+
+
+def weights_stamp(model: str) -> list | None:
+    """Name, size and modification time of a local model's weight files: a model retrained in
+    place gets a new stamp, so nothing computed from the old weights is reused."""
+    path = Path(model)
+    if not path.is_dir():
+        return None
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(path.glob("*.safetensors"))]
+
+
+def _completions(model: str, prompts: list, settings: GenerationSettings, file: Path, side: str) -> list[str]:
+    """Generations of ``model``, reused from ``file`` when the model (and its weights), the
+    settings and the prompts are the same."""
+    record = {"model": model, "weights": weights_stamp(model), "settings": dataclasses.asdict(settings)}
+    cached = read_jsonl(file) if file.exists() else []
+    if cached and cached[0] == record and [r["prompt"] for r in cached[1:]] == prompts:
+        logger.info("%s: reusing %s", side, file)
+        return [r["completion"] for r in cached[1:]]
+    texts = generate(load_causal_lm(model), load_tokenizer(model), prompts, settings, desc=f"Generating ({side})")
+    write_jsonl(file, [record] + [{"prompt": p, "completion": c} for p, c in zip(prompts, texts)])
+    return texts
+
+
+def run_winrate(model, baseline, data: str, judge: str, *, data_format: str = "auto", split: str | None = None,
+                num_prompts: int | None = 200, settings: GenerationSettings | None = None, out=None,
+                judge_concurrency: int = 8) -> dict:
+    """Generate with ``model`` and ``baseline`` from the same prompts, judge the pairs with the
+    judge spec ``judge`` and write the win rate to :func:`winrate_file` (judgments beside it)."""
+    model, baseline = str(model), str(baseline)
+    settings = settings or GenerationSettings()
+    folder = check_writable(eval_dir(model, out))  # created once the inputs are known to be usable
+    # a bad judge spec fails before data or generation
+    judged_by = make_judge(judge, cache_dir=folder, max_concurrency=judge_concurrency)
+    evaluation, summary = _data(data, data_format, split, num_prompts)
+    prompts = list(evaluation["prompt"])
+    for side in (model, baseline):
+        tokenizer = load_tokenizer(side)
+        if settings.chat_template and getattr(tokenizer, "chat_template", None) is None:
+            raise EvaluationError(
+                f"--chat-template: the tokenizer of {side} has no chat template; drop "
+                "--chat-template for plain-text prompts, or use a model whose tokenizer has one"
+            )
+        if not settings.chat_template and not isinstance(prompts[0], str):
+            raise EvaluationError(
+                f"{data} holds conversational prompts (lists of messages): pass --chat-template "
+                "(with a tokenizer that has one) or give plain-text prompts"
+            )
+    writable_dir(folder)
+    ours = _completions(model, prompts, settings, generations_file(model, model, out), "model")
+    theirs = _completions(baseline, prompts, settings, generations_file(model, baseline, out), "baseline")
+    outcomes = judged_by.judge(prompts, list(zip(ours, theirs)))
+    stats = win_rate([o.winner for o in outcomes], ours, theirs, [o.consistent for o in outcomes])
+    write_jsonl(
+        folder / f"judgments-{_winrate_label(judge, baseline)}.jsonl",
+        [
+            {"prompt": p, "model": a, "baseline": b, "winner": o.winner, "consistent": o.consistent, "detail": o.detail}
+            for p, a, b, o in zip(prompts, ours, theirs, outcomes)
+        ],
+    )
+    result = {
+        "model": model,
+        "baseline": baseline,
+        "judge": judged_by.name,
+        "data": summary,
+        "settings": dataclasses.asdict(settings),
+        "stats": stats.to_dict(),
+    }
+    _warn_if_wide("win rate", stats.interval, stats.n, "prompts")
+    write_json(winrate_file(model, judge, baseline, out), result)
+    return result

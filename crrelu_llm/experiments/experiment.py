@@ -1,0 +1,371 @@
+"""Experiments: arms x betas x seeds, each stage in its own directory, resumable.
+
+    crrelu-llm experiment --config recipes/experiments/paper_gpt2_hh.yaml
+    crrelu-llm demo          # the same runner with the embedded offline recipe (demo.yaml)
+
+An experiment recipe (YAML) says:
+
+- ``task`` (a built-in synthetic task, generated into ``<output_dir>/data``) or ``dataset_name``;
+- ``original``: a hub id / path, or ``pretrain`` to build a small GELU model here and train it
+  briefly on the task (a competent but imperfect "pretrained original");
+- ``arms``: name -> recipe keys (``activation: null`` is the GELU baseline);
+- ``sft`` and ``dpo``: recipe keys shared by every arm (TRL field names, as in training recipes);
+- ``betas``, ``seeds``; ``evaluations``: ``rewards``, ``winrate`` (per DPO run), ``drift``,
+  ``benchmark`` (lm-eval tasks) and ``probe`` (for the original, each arm's patched model at
+  step 0, each SFT and each DPO run); ``launcher`` (e.g.
+  ``accelerate launch --config_file ...``) to run the training stages under accelerate.
+
+Stages: data, original, per arm ``patched`` (step 0), ``recover`` (optional: ``recover`` holds
+``distill`` keys, e.g. ``epsilon_init: calibrate`` and ``swap_steps``, applied to every patched
+arm alike, the ReLU control included) and ``sft``, per arm/beta/seed ``dpo``,
+their evaluations, then the ``compare`` report. Every stage is a library call in this process
+(:func:`crrelu_llm.training.train.run_keys`, :mod:`crrelu_llm.evaluation.evaluate`,
+:func:`crrelu_llm.reporting.report.compare`);
+only a ``launcher`` turns training stages into commands. A stage is skipped when its
+completion file exists; a training stage that was interrupted resumes from its last checkpoint.
+Every stage is declared once, with its kind, arm, model and keys, by :mod:`crrelu_llm.experiments.stages`
+(paths from :mod:`crrelu_llm.experiments.layout`); this module loads the recipe, checks what finished
+(:class:`Ledger`) and hands what has to run to :mod:`crrelu_llm.experiments.executors`, which decides where
+the stages run (here in turn, several at once on this node, or as Slurm jobs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from crrelu_llm.errors import ExperimentError, did_you_mean
+from crrelu_llm.experiments.executors import ExecutorSettings, Stage, check_slurm_keys, run_stages
+from crrelu_llm.experiments.layout import RunLayout
+from crrelu_llm.experiments.stages import EVALUATION_KEYS, TRAINING_KINDS, Declaration, declare, recover_keys
+from crrelu_llm.files import read_json, writable_dir, write_json
+from crrelu_llm.training.recipes import check_recipe_keys, recipe_from_dict
+
+logger = logging.getLogger("crrelu_llm.experiment")
+
+DEMO_RECIPE = Path(__file__).parents[1] / "demo.yaml"
+KEYS = {
+    "name",
+    "output_dir",
+    "task",
+    "dataset_name",
+    "original",
+    "pretrain",
+    "arms",
+    "sft",
+    "dpo",
+    "betas",
+    "seeds",
+    "evaluations",
+    "launcher",
+    "baseline_arm",
+    "recover",
+    "slurm",
+    "reproducible",
+}
+
+
+@dataclass
+class Experiment:
+    name: str
+    output_dir: Path
+    arms: dict[str, dict]
+    sft: dict | None
+    dpo: dict
+    betas: list[float]
+    seeds: list[int]
+    evaluations: dict = field(default_factory=dict)
+    task: dict | None = None
+    dataset_name: str | None = None
+    original: str | None = None
+    pretrain: dict | None = None
+    launcher: str | None = None
+    baseline_arm: str = "gelu"
+    recover: dict | None = None
+    slurm: dict = field(default_factory=dict)  # submitit SlurmExecutor settings, for --executor slurm
+    stage_log: list[dict] = field(default_factory=list)  # what ran and what was skipped, for summary.json
+    source: str = "experiment recipe"
+
+
+def load_experiment(path: str | Path, output_dir: str | None = None, overrides: dict | None = None) -> Experiment:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ExperimentError(f"experiment recipe {path} does not exist") from None
+    if not isinstance(raw, dict):
+        raise ExperimentError(f"{path} must be a YAML mapping")
+    raw.update(overrides or {})
+    unknown = set(raw) - KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ExperimentError(f"{path}: unknown key {key!r}" + did_you_mean(key, sorted(KEYS)))
+    for key in ("name", "arms", "dpo", "betas", "seeds"):
+        if key not in raw:
+            raise ExperimentError(f"{path}: {key!r} is required")
+    if bool(raw.get("task")) == bool(raw.get("dataset_name")):
+        raise ExperimentError(f"{path}: give exactly one of 'task' (built-in synthetic data) or 'dataset_name'")
+    if bool(raw.get("original")) == bool(raw.get("pretrain")):
+        raise ExperimentError(f"{path}: give exactly one of 'original' (a model) or 'pretrain' (build one here)")
+    _check_evaluations(path, raw.get("evaluations") or {})
+    baseline = raw.get("baseline_arm", "gelu")
+    if baseline not in raw["arms"]:
+        raise ExperimentError(f"{path}: baseline_arm {baseline!r} is not one of the arms {sorted(raw['arms'])}")
+    stage_keys = {"model_name_or_path": "x", "dataset_name": "x", "output_dir": "x"}
+    dpo_keys = {"beta": 0.1, "seed": 0, "reference": "policy"}
+    for arm, keys in raw["arms"].items():  # every stage's keys, checked before anything runs
+        if not isinstance(keys, dict):
+            raise ExperimentError(f"{path}: arm {arm!r} must be a mapping of recipe keys (e.g. activation: crrelu)")
+        for command, shared in (("sft", raw.get("sft")), ("dpo", raw["dpo"])):
+            if shared is not None:
+                extra = dpo_keys if command == "dpo" else {}
+                check_recipe_keys({**shared, **keys, **stage_keys, **extra}, command, f"{path} ({arm}, {command})")
+    if raw.get("recover") is not None:
+        if not isinstance(raw["recover"], dict):
+            raise ExperimentError(f"{path}: 'recover' must be a mapping of distill recipe keys (e.g. max_steps: 200)")
+        for arm, keys in raw["arms"].items():
+            if keys.get("activation"):
+                check_recipe_keys(
+                    {**recover_keys(raw["recover"], keys), **stage_keys}, "distill", f"{path} ({arm}, recover)"
+                )
+    if raw.get("slurm") is not None:
+        check_slurm_keys(path, raw["slurm"])
+    if raw.get("pretrain"):
+        check_recipe_keys({**raw["pretrain"].get("train", {}), **stage_keys}, "sft", f"{path} (pretrain)")
+    out = Path(output_dir or raw.get("output_dir") or f"runs/{raw['name']}")
+    exp = Experiment(
+        name=raw["name"],
+        output_dir=out,
+        arms=raw["arms"],
+        sft=raw.get("sft"),
+        dpo=raw["dpo"],
+        betas=[float(b) for b in raw["betas"]],
+        seeds=[int(s) for s in raw["seeds"]],
+        evaluations=raw.get("evaluations") or {},
+        task=raw.get("task"),
+        dataset_name=raw.get("dataset_name"),
+        original=raw.get("original"),
+        pretrain=raw.get("pretrain"),
+        launcher=raw.get("launcher"),
+        baseline_arm=baseline,
+        recover=raw.get("recover"),
+        slurm=raw.get("slurm") or {},
+    )
+    exp.source = str(path)
+    return exp
+
+
+def check_stages(exp: Experiment, declaration: Declaration, on_this_machine: bool = True) -> dict:
+    """Parse every training stage's keys as the stage itself will (the recipe dataclasses and
+    their checks), so a recipe that cannot run is refused before its first stage runs. Not
+    ``on_this_machine`` (``--plan``), a recipe for GPUs is checked as if they were there.
+    Returns each stage's parsed training arguments by name (``--plan`` estimates from them)."""
+    from crrelu_llm.training.recipes import accelerator_available
+
+    neutral = {} if on_this_machine or accelerator_available() else {"use_cpu": True}
+    config_logger = logging.getLogger("crrelu_llm.config")
+    level, parsed, by_stage = config_logger.level, {}, {}
+    config_logger.setLevel(logging.ERROR)  # the CPU-only note would repeat once per stage
+    try:
+        for spec in declaration.by_kind(*TRAINING_KINDS, "patch"):
+            if spec.external:
+                continue
+            keys = {k: v for k, v in spec.keys.items() if k != "command"}
+            command = spec.keys.get(
+                "command", "distill" if spec.kind == "recover" else "sft" if spec.kind == "original" else spec.kind
+            )
+            text = json.dumps([command, keys], sort_keys=True, default=str)
+            if text not in parsed:
+                keys = {**keys, **neutral, "output_dir": str(spec.clear or spec.model)}
+                parsed[text] = recipe_from_dict(command, keys, source=f"{exp.source} (stage {spec.name})")[2]
+            by_stage[spec.name] = parsed[text]
+    finally:
+        config_logger.setLevel(level)
+    return by_stage
+
+
+def _check_evaluations(path, evaluations) -> None:
+    if not isinstance(evaluations, dict):
+        raise ExperimentError(f"{path}: 'evaluations' must be a mapping such as {{drift: {{max_samples: 100}}}}")
+    for kind, settings in evaluations.items():
+        if kind not in EVALUATION_KEYS:
+            raise ExperimentError(
+                f"{path}: unknown evaluation {kind!r}"
+                + (did_you_mean(kind, sorted(EVALUATION_KEYS)) or f"; known: {', '.join(sorted(EVALUATION_KEYS))}")
+            )
+        if not isinstance(settings, dict):
+            raise ExperimentError(f"{path}: evaluations.{kind} must be a mapping of its settings ({{}} for defaults)")
+        unknown = sorted(set(settings) - EVALUATION_KEYS[kind])
+        if unknown:
+            raise ExperimentError(
+                f"{path}: evaluations.{kind} has unknown key {unknown[0]!r}; known: "
+                f"{', '.join(sorted(EVALUATION_KEYS[kind]))}"
+            )
+    if "winrate" in evaluations and "judge" not in evaluations["winrate"]:
+        raise ExperimentError(f"{path}: evaluations.winrate needs a 'judge' (e.g. rule:arithmetic)")
+    if "benchmark" in evaluations and not evaluations["benchmark"].get("tasks"):
+        raise ExperimentError(f"{path}: evaluations.benchmark needs 'tasks' (e.g. [crrelu_arith_mc])")
+
+
+# --------------------------------------------------------------------------- the ledger
+
+
+def _relative(value, root: str):
+    """``value`` with the experiment's own directory written ``<out>``, so a moved experiment stays current."""
+    if isinstance(value, dict):
+        return {k: _relative(v, root) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_relative(v, root) for v in value]
+    if isinstance(value, Path):
+        value = str(value)
+    return value.replace(root, "<out>") if isinstance(value, str) else value
+
+
+class Ledger:
+    """What every stage was computed from, and when it ran, kept in ``<output_dir>/stages.json``.
+
+    A stage's fingerprint covers its resolved keys and the fingerprints of the stages it reads,
+    so a changed key changes the fingerprint of its stage and of everything downstream. A stage
+    is skipped only when its completion file exists *and* its fingerprint is unchanged. A done
+    stage whose fingerprint changed is refused, naming what changed, before anything runs, or
+    recomputed (with its outputs cleared first) when the user passed ``rerun_changed``. Each
+    record keeps the wall time of the run that computed it, so a skipped stage still says what
+    it took and when it ran."""
+
+    def __init__(self, output_dir: Path, rerun_changed: bool = False):
+        self.path = RunLayout(Path(output_dir)).ledger
+        self.root = str(output_dir)
+        self.rerun_changed = rerun_changed
+        self.records: dict = read_json(self.path) if self.path.exists() else {}
+        self.log: list[dict] = []
+
+    @staticmethod
+    def fingerprint(keys: dict) -> str:
+        return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def assess(self, stages) -> dict[str, dict]:
+        """Per stage: its recorded keys and fingerprint, and its status: ``done`` (finished with
+        these inputs), ``changed`` (finished with other inputs: ``changes`` says which),
+        ``input`` (from outside, never run here) or ``to run``."""
+        fingerprints, out = {}, {}
+        for spec in stages:
+            keys = _relative({**spec.keys, "after": {dep: fingerprints[dep] for dep in spec.after}}, self.root)
+            keys = json.loads(json.dumps(keys, sort_keys=True, default=str))
+            fingerprint = fingerprints[spec.name] = self.fingerprint(keys)
+            recorded = self.records.get(spec.name)
+            entry = {"fingerprint": fingerprint, "keys": keys}
+            if spec.external:
+                entry["status"] = "input"
+            elif spec.done.exists() and recorded is not None and recorded["fingerprint"] != fingerprint:
+                entry.update(status="changed", changes=_differences(recorded["keys"], keys))
+            else:
+                entry["status"] = "done" if spec.done.exists() else "to run"
+            out[spec.name] = entry
+        return out
+
+    def pending(self, stages, assessed: dict[str, dict]) -> list[Stage]:
+        """What has to run, in declaration (dependency) order; skipped stages are logged with the
+        timing of the run that computed them."""
+        todo = []
+        for spec in stages:
+            entry = assessed[spec.name]
+            if entry["status"] == "input":
+                continue
+            if entry["status"] == "done":
+                recorded = self.records.get(spec.name)
+                if recorded is None:  # done before this ledger existed: adopt it as it is
+                    self._record(spec.name, entry["fingerprint"], entry["keys"], {})
+                logger.info("skip %s (done: %s)", spec.name, spec.done)
+                self.log.append({"stage": spec.name, "status": "skipped", **self.records[spec.name].get("timing", {})})
+                continue
+            todo.append(
+                Stage(
+                    spec.name,
+                    spec.done,
+                    spec.action,
+                    list(spec.after),
+                    spec.clear,
+                    entry["status"] == "changed",
+                    {"fingerprint": entry["fingerprint"], "keys": entry["keys"]},
+                )
+            )
+        return todo
+
+    def finish(self, stage: Stage, timing: dict) -> None:
+        """Record ``stage`` as done (called as each stage finishes, wherever it ran)."""
+        if not stage.done.exists():
+            raise ExperimentError(f"stage {stage.name} finished without writing {stage.done}")
+        self._record(stage.name, stage.record["fingerprint"], stage.record["keys"], timing)
+        self.log.append({"stage": stage.name, "status": "reran" if stage.stale else "ran", **timing})
+
+    def _record(self, name: str, fingerprint: str, keys: dict, timing: dict) -> None:
+        self.records[name] = {"fingerprint": fingerprint, "keys": keys, "timing": timing}
+        write_json(self.path, self.records)
+
+
+def _differences(old: dict, new: dict) -> str:
+    changed = [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if k != "after" and old.get(k) != new.get(k)
+    ]
+    upstream = [
+        dep
+        for dep in sorted(set(old.get("after", {})) | set(new.get("after", {})))
+        if old.get("after", {}).get(dep) != new.get("after", {}).get(dep)
+    ]
+    if upstream:
+        changed.append("inputs from " + ", ".join(upstream))
+    return "; ".join(changed) or "its record"
+
+
+def refuse_changed(exp: Experiment, assessed: dict[str, dict]) -> None:
+    changed = [f"{name} ({entry['changes']})" for name, entry in assessed.items() if entry["status"] == "changed"]
+    if changed:
+        shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
+        raise ExperimentError(
+            f"{exp.output_dir}: {len(changed)} finished stage(s) were computed from other "
+            f"inputs: {shown}. Pass --rerun-changed to recompute them and what depends on them, "
+            "or choose another --out"
+        )
+
+
+def run_experiment(exp: Experiment, rerun_changed: bool = False, executor: ExecutorSettings | None = None) -> dict:
+    """Run (or skip, when done and unchanged) every stage of ``exp``; the summary also goes to
+    ``summary.json``. Stages whose inputs changed since they ran are refused before anything
+    runs, naming the changes, unless ``rerun_changed`` (then they and their dependents rerun).
+    ``executor`` says where the stages run (:mod:`crrelu_llm.experiments.executors`; default: here, in turn)."""
+    start = time.time()
+    layout = RunLayout(exp.output_dir)
+    executor = executor or ExecutorSettings()
+    executor.slurm = {**exp.slurm, **executor.slurm}
+    executor.check(layout.jobs)
+    declaration = declare(exp)
+    check_stages(exp, declaration)
+    ledger = Ledger(exp.output_dir, rerun_changed)
+    assessed = ledger.assess(declaration.stages)
+    if not rerun_changed:
+        refuse_changed(exp, assessed)
+    writable_dir(exp.output_dir)
+    run_stages(ledger.pending(declaration.stages, assessed), ledger.finish, executor, layout.jobs)
+    exp.stage_log = ledger.log
+    from crrelu_llm.reporting.report import compare_experiment
+    from crrelu_llm.reporting.summary import help_or_harm, readings, stage_totals, summarise
+
+    compare_experiment(declaration, exp.baseline_arm)
+    summary = {
+        **summarise(exp, declaration),
+        "seconds": round(time.time() - start, 1),
+        "stage_totals": stage_totals(exp.stage_log),
+        "help_or_harm": help_or_harm(declaration),
+    }
+    summary["reading"] = readings(summary, exp.baseline_arm)
+    from crrelu_llm.environment import environment
+
+    write_json(layout.summary, {"stages": exp.stage_log, "environment": environment(), **summary})
+    return summary

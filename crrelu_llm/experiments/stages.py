@@ -1,0 +1,307 @@
+"""One typed declaration of every stage of an experiment, built once from the recipe.
+
+:func:`declare` turns an :class:`~crrelu_llm.experiments.experiment.Experiment` into a list of
+:class:`StageSpec`: what kind each stage is, its arm, beta, seed and place in the pipeline, the
+model it produces or evaluates, its resolved keys (the runner's defaults filled in), the stages
+it reads, its completion file and the action that computes it. Everything that needs to know
+the stages reads this list: the runner and its executors, the staleness ledger, ``--plan``,
+``summary.json`` and the report. Paths come from :class:`~crrelu_llm.experiments.layout.RunLayout`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from crrelu_llm.evaluation import evaluate
+from crrelu_llm.evaluation.generation import GenerationSettings
+from crrelu_llm.experiments.layout import RunLayout
+from crrelu_llm.experiments.stage_actions import train_stage, write_step0
+from crrelu_llm.training.train import start_keys
+
+TRAINING_KINDS = ("original", "recover", "sft", "dpo")
+MODEL_EVALUATIONS = ("drift", "benchmark", "probe")  # per model: the original, step 0, recover, SFT, DPO
+# What an evaluation computes when the recipe leaves a setting out (``--plan`` estimates from these too).
+EVALUATION_DEFAULTS = {
+    "rewards": {"max_samples": 500, "max_length": 1024},  # betas: the experiment's
+    "winrate": {"num_prompts": 200, "max_new_tokens": 128, "batch_size": 16, "against_sft": True,
+                "judge_concurrency": 8},
+    "drift": {"max_samples": 200, "max_length": 1024},
+    "benchmark": {"limit": None, "num_fewshot": None, "batch_size": 16},
+    "probe": {"max_samples": 200, "max_length": 1024},
+}
+EVALUATION_REQUIRED = {"winrate": {"judge"}, "benchmark": {"tasks"}, "rewards": {"betas"}}
+EVALUATION_KEYS = {kind: set(defaults) | EVALUATION_REQUIRED.get(kind, set())
+                   for kind, defaults in EVALUATION_DEFAULTS.items()}
+
+
+@dataclass
+class StageSpec:
+    name: str
+    kind: str  # data, init, original, patch, recover, sft, dpo, rewards, winrate, drift, benchmark, probe
+    keys: dict  # resolved: what the stage computes from
+    done: Path | None  # its completion file (None: an input from outside, never run here)
+    action: Callable[[], None] | None
+    after: list[str] = field(default_factory=list)
+    clear: Path | None = None
+    arm: str | None = None
+    step: str | None = None  # place in the pipeline of the model: original, step 0, recovered, SFT, DPO ...
+    beta: float | None = None
+    seed: int | None = None
+    model: str | None = None  # the model this stage produces (training, patch) or evaluates
+    baseline: str | None = None  # winrate: the other side
+    results: list[Path] = field(default_factory=list)
+
+    @property
+    def external(self) -> bool:
+        return self.done is None
+
+
+@dataclass
+class Declaration:
+    layout: RunLayout
+    data: str
+    original: str
+    arms: list[str]
+    stages: list[StageSpec]
+
+    def by_kind(self, *kinds: str) -> list[StageSpec]:
+        return [s for s in self.stages if s.kind in kinds]
+
+    def models(self) -> dict[str, dict[str, str]]:
+        """arm -> {step: model directory} for every model of the arm (step 0 is the original for
+        an unpatched arm)."""
+        out: dict[str, dict[str, str]] = {arm: {"step 0": str(self.original)} for arm in self.arms}
+        for s in self.stages:
+            if s.kind in ("patch", "recover", "sft", "dpo"):
+                out[s.arm][s.step] = s.model
+        return out
+
+    @property
+    def dpo_runs(self) -> list[StageSpec]:
+        return self.by_kind("dpo")
+
+    def start_of(self, dpo: StageSpec) -> str:
+        """The model a DPO run started from (the arm's SFT, recovered or step-0 model)."""
+        return next(s.model for s in self.stages if s.name == dpo.after[0])
+
+    def eval_dirs(self) -> dict[str, Path]:
+        return {str(self.original): self.layout.eval_dir(self.original)}
+
+
+def data_identity(exp) -> dict:
+    """What the data is: the task spec, or the dataset name plus a digest of local files."""
+    if exp.task:
+        return {"task": exp.task}
+    path = Path(exp.dataset_name).expanduser()
+    if not path.exists():
+        return {"dataset_name": exp.dataset_name}
+    digest = hashlib.sha256()
+    for file in sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file()):
+        digest.update(str(file.relative_to(path.parent)).encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return {"dataset_name": exp.dataset_name, "sha256": digest.hexdigest()}
+
+
+def recover_keys(recover: dict, arm_keys: dict) -> dict:
+    """The distill keys of an arm's recovery: the arm's keys, then the shared recovery keys;
+    calibration applies to CRReLU only (the ReLU control has no eps to calibrate)."""
+    keys = {**arm_keys, **recover}
+    if arm_keys.get("activation") != "crrelu":
+        for key in ("epsilon_init", "calibration_samples", "epsilon_learning_rate"):
+            keys.pop(key, None)
+    return keys
+
+
+def evaluation_settings(exp, kind: str) -> dict:
+    settings = {**EVALUATION_DEFAULTS[kind], **exp.evaluations[kind]}
+    if kind == "rewards":
+        settings.setdefault("betas", exp.betas)
+    return settings
+
+
+class _Builder:
+    def __init__(self, exp):
+        self.exp, self.layout, self.stages = exp, RunLayout(exp.output_dir), []
+
+    def add(self, **kwargs) -> StageSpec:
+        spec = StageSpec(**kwargs)
+        self.stages.append(spec)
+        return spec
+
+    def train(self, command: str, keys: dict, out: Path, name: str, after: list[str], **where) -> StageSpec:
+        exp = self.exp
+        return self.add(name=name, kind="recover" if command == "distill" else where.pop("kind", command),
+                        keys=keys, done=out / "final_metrics.json",
+                        action=lambda: train_stage(command, keys, out, exp.launcher), after=after, clear=out,
+                        model=str(out), **where)
+
+    def evaluations(self, model: str, step_stage: str, arm: str | None, step: str) -> None:
+        """The per-model evaluations the recipe asks for: drift to the original, benchmarks, probe."""
+        exp, data, original = self.exp, self.data, self.original
+        out = self.layout.eval_dir(model)
+        where = {"arm": arm, "step": step, "model": model}
+        if "drift" in exp.evaluations and model != original:
+            d = evaluation_settings(exp, "drift")
+            self.add(name=f"{step_stage} drift", kind="drift", keys=d, done=evaluate.drift_file(model, out),
+                     action=lambda: evaluate.run_drift(model, original, data, max_samples=d["max_samples"],
+                                                       max_length=d["max_length"], out=out),
+                     after=[step_stage, "original", "data"], **where)
+        if "benchmark" in exp.evaluations:
+            from crrelu_llm.evaluation.benchmark import benchmark_file, parse_tasks, run_benchmark
+
+            b = evaluation_settings(exp, "benchmark")
+            tasks = parse_tasks(b["tasks"])
+            self.add(name=f"{step_stage} benchmark", kind="benchmark", keys=b,
+                     done=benchmark_file(model, tasks[-1], out),
+                     action=lambda: run_benchmark(model, tasks, limit=b["limit"], num_fewshot=b["num_fewshot"],
+                                                  batch_size=b["batch_size"], out=out),
+                     after=[step_stage], results=[benchmark_file(model, t, out) for t in tasks], **where)
+        if "probe" in exp.evaluations:
+            p = evaluation_settings(exp, "probe")
+            self.add(name=f"{step_stage} probe", kind="probe", keys=p, done=evaluate.probe_file(model, out),
+                     action=lambda: evaluate.run_probe(model, data, original=None if model == original else original,
+                                                       max_samples=p["max_samples"], max_length=p["max_length"],
+                                                       out=out),
+                     after=[step_stage, "original", "data"], **where)
+
+    def inputs(self) -> None:
+        exp, layout = self.exp, self.layout
+        if exp.dataset_name:  # not run here, but what every stage reads: its identity enters their fingerprints
+            self.data = exp.dataset_name
+            self.add(name="data", kind="data", keys=data_identity(exp), done=None, action=None)
+        else:
+            self.data = str(layout.data)
+
+            def make(data=layout.data, task=dict(exp.task)):  # noqa: B006 - bound here, on purpose
+                from crrelu_llm.evaluation.tasks import write_task_files
+
+                task = dict(task)
+                write_task_files(task.pop("name"), data, task.pop("n_train"), task.pop("n_test"), task.pop("seed", 0))
+
+            self.add(name="data", kind="data", keys=data_identity(exp), done=layout.data / "test.jsonl",
+                     action=make, clear=layout.data, results=[layout.data])
+        if exp.original:
+            self.original = exp.original
+            self.add(name="original", kind="original", keys={"original": exp.original}, done=None, action=None,
+                     model=exp.original, step="original")
+            return
+        self.original = str(layout.original)
+        spec = {k: v for k, v in exp.pretrain.items() if k != "train"}
+
+        def build(init=layout.init, spec=dict(exp.pretrain)):  # noqa: B006 - bound here, on purpose
+            from crrelu_llm.patching.tiny import tiny_causal_lm, tiny_tokenizer
+
+            model = tiny_causal_lm(spec.get("model_type", "gpt2"), seed=spec.get("seed", 0), **spec.get("config", {}))
+            model.save_pretrained(init)
+            tiny_tokenizer().save_pretrained(init)
+
+        self.add(name="init", kind="init", keys=spec, done=layout.init / "config.json", action=build,
+                 clear=layout.init, model=str(layout.init))
+        keys = {"model_name_or_path": str(layout.init), "dataset_name": self.data, "activation": None,
+                **exp.pretrain.get("train", {})}
+        self.train("sft", keys, layout.original, "original", ["init", "data"], kind="original", step="original")
+
+    def first_training(self, arm: str, arm_keys: dict) -> tuple[str, dict]:
+        """The command and keys of the arm's first training stage: the patch step 0 must match."""
+        exp, common = self.exp, {"dataset_name": self.data, "model_name_or_path": self.original}
+        if exp.recover is not None:
+            return "distill", {**common, **recover_keys(exp.recover, arm_keys)}
+        if exp.sft is not None:
+            return "sft", {**common, **exp.sft, **arm_keys}
+        return "dpo", self.dpo_keys(arm, exp.betas[0], exp.seeds[0], self.original)
+
+    def dpo_keys(self, arm: str, beta: float, seed: int, start: str) -> dict:
+        # every beta and seed of an arm shares its reference (the arm's SFT model): its log-probabilities are
+        # computed once and kept under the arm (crrelu_llm.training.reference_cache), unless the recipe says otherwise
+        exp = self.exp
+        shared_reference = {"precompute_ref_log_probs": True, "ref_logps_cache_dir": str(self.layout.ref_logps(arm))}
+        return {"dataset_name": self.data, **shared_reference, **exp.dpo, **exp.arms[arm],
+                "model_name_or_path": start, "beta": beta, "seed": seed, "reference": "policy"}
+
+    def arm(self, arm: str, arm_keys: dict) -> tuple[str, str]:
+        """Step 0, recovery and SFT of one arm; returns the model DPO starts from and its stage."""
+        exp, layout = self.exp, self.layout
+        start, start_stage = self.original, "original"
+        if not arm_keys.get("activation"):
+            return self.sft(arm, arm_keys, start, start_stage)
+        command, keys = self.first_training(arm, arm_keys)
+        if any(kind in exp.evaluations for kind in MODEL_EVALUATIONS):  # step 0: only where it is evaluated
+            patched = layout.patched(arm)
+            self.add(name=f"{arm}/patched", kind="patch", keys={"command": command, **start_keys(keys)},
+                     done=patched / "patch_report.json", after=["original", "data"], clear=patched, arm=arm,
+                     action=lambda c=command, k=keys, p=patched: write_step0(c, k, p), step="step 0",
+                     model=str(patched))
+            self.evaluations(str(patched), f"{arm}/patched", arm, "step 0")
+        if exp.recover is not None:
+            recovered = layout.recover(arm)
+            self.train("distill", keys, recovered, f"{arm}/recover", ["original", "data"], arm=arm,
+                       step="recovered")
+            self.evaluations(str(recovered), f"{arm}/recover", arm, "recovered")
+            start, start_stage = str(recovered), f"{arm}/recover"
+        return self.sft(arm, arm_keys, start, start_stage)
+
+    def sft(self, arm: str, arm_keys: dict, start: str, start_stage: str) -> tuple[str, str]:
+        exp = self.exp
+        if exp.sft is not None:
+            sft = self.layout.sft(arm)
+            keys = {"dataset_name": self.data, **exp.sft, **arm_keys, "model_name_or_path": start}
+            self.train("sft", keys, sft, f"{arm}/sft", [start_stage, "data"], arm=arm, step="SFT")
+            self.evaluations(str(sft), f"{arm}/sft", arm, "SFT")
+            start, start_stage = str(sft), f"{arm}/sft"
+        return start, start_stage
+
+    def build(self) -> Declaration:
+        exp = self.exp
+        self.inputs()
+        self.evaluations(self.original, "original", None, "original")
+        starts = {arm: self.arm(arm, keys) for arm, keys in exp.arms.items()}
+        runs = {}
+        for arm in exp.arms:
+            start, start_stage = starts[arm]
+            for beta in exp.betas:
+                for seed in exp.seeds:
+                    out = self.layout.dpo(arm, beta, seed)
+                    step = f"DPO beta={beta:g} seed={seed}"
+                    runs[arm, beta, seed] = self.train(
+                        "dpo", self.dpo_keys(arm, beta, seed, start), out, f"{arm}/dpo beta={beta:g} seed={seed}",
+                        [start_stage, "data"], arm=arm, step=step, beta=beta, seed=seed)
+                    self.evaluations(str(out), runs[arm, beta, seed].name, arm, step)
+        for (arm, beta, seed), run in runs.items():
+            self.pairwise(run, starts[arm], runs.get((exp.baseline_arm, beta, seed)))
+        return Declaration(self.layout, self.data, self.original, list(exp.arms), self.stages)
+
+    def pairwise(self, run: StageSpec, start: tuple[str, str], baseline_run: StageSpec | None) -> None:
+        exp, data, out = self.exp, self.data, run.model
+        where = {"arm": run.arm, "step": run.step, "beta": run.beta, "seed": run.seed, "model": out}
+        evals, folder = exp.evaluations, self.layout.eval_dir(out)
+        if "rewards" in evals:
+            r = evaluation_settings(exp, "rewards")
+            self.add(name=f"{run.arm}/rewards beta={run.beta:g} seed={run.seed}", kind="rewards", keys=r,
+                     done=evaluate.rewards_file(out, folder), after=[run.name, start[1]], baseline=start[0],
+                     action=lambda s=start[0]: evaluate.run_rewards(out, s, data, betas=r["betas"],
+                                                                   max_samples=r["max_samples"],
+                                                                   max_length=r["max_length"]), **where)
+        if "winrate" not in evals:
+            return
+        w = evaluation_settings(exp, "winrate")
+        settings = GenerationSettings(max_new_tokens=w["max_new_tokens"], batch_size=w["batch_size"])
+        baselines = [start] if w["against_sft"] else []
+        if run.arm != exp.baseline_arm and baseline_run is not None:
+            baselines.append((baseline_run.model, baseline_run.name))
+        for baseline, baseline_stage in baselines:
+            self.add(name=f"{run.arm}/winrate {Path(out).name} vs {Path(baseline).parent.name}/{Path(baseline).name}",
+                     kind="winrate", keys=w, done=evaluate.winrate_file(out, w["judge"], baseline, folder),
+                     after=[run.name, baseline_stage], baseline=baseline,
+                     action=lambda b=baseline: evaluate.run_winrate(
+                         out, b, data, w["judge"], num_prompts=w["num_prompts"], settings=settings,
+                         judge_concurrency=w["judge_concurrency"]), **where)
+
+
+def declare(exp) -> Declaration:
+    """Every stage of ``exp`` in dependency order (nothing is run or written)."""
+    return _Builder(exp).build()

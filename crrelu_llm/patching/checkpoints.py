@@ -1,0 +1,76 @@
+"""Checkpoints on disk: what a model's activation modules are, and patching one into a new directory."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from crrelu_llm.errors import ModelLoadError, UsageError
+from crrelu_llm.files import refuse_existing, writable_dir, write_directory_atomic, write_json
+from crrelu_llm.patching.discovery import find_activations, make_activation
+from crrelu_llm.patching.loading import load_causal_lm, load_config, load_tokenizer
+from crrelu_llm.patching.patch import patch_model
+from crrelu_llm.patching.record import PatchReport, patch_record
+
+logger = logging.getLogger("crrelu_llm.checkpoints")
+
+
+def inspect_model(model: str, trust_remote_code: bool = False) -> dict:
+    """The activation modules of ``model`` and whether a patch would replace each, built on the
+    meta device from the config alone (no weights are downloaded or allocated)."""
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(model, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        built = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return {"model": model, "model_class": type(built).__name__,
+            "activations": [vars(s) for s in find_activations(built)], "patch_record": patch_record(built)}
+
+
+def patch_checkpoint(model: str, out: Path, activation: str = "crrelu", epsilon_init: float | str = 0.01,
+                     layers: list[int] | None = None, dtype: str = "auto", trust_remote_code: bool = False,
+                     overwrite: bool = False, calibration_data: str | None = None,
+                     calibration_samples: int = 64) -> PatchReport:
+    """Load ``model``, patch it, and write it with its tokenizer and ``patch_report.json`` to
+    ``out``, which appears only once complete. An existing ``out`` is replaced only with
+    ``overwrite``. ``epsilon_init="calibrate"`` sets each eps to its least-squares value on the
+    prompts and chosen responses of ``calibration_samples`` rows of ``calibration_data``."""
+    calibrating = epsilon_init == "calibrate"
+    if calibrating and (activation != "crrelu" or not calibration_data):
+        raise UsageError("--epsilon-init calibrate needs --activation crrelu and --calibration-data DATA (text to "
+                         "calibrate on, e.g. the training data)")
+    make_activation(activation, 0.01 if calibrating else epsilon_init)  # a bad name fails before any download
+    out = Path(out)
+    refuse_existing(out, overwrite)  # both before any download
+    writable_dir(out.parent)
+    if calibrating:
+        from crrelu_llm.data.preference import DataArguments, load_preference_splits
+        from crrelu_llm.patching.calibration import calibration_pairs
+
+        train, _, _ = load_preference_splits(DataArguments(dataset_name=calibration_data))
+        pairs = calibration_pairs(train, calibration_samples)
+    loaded = load_causal_lm(model, dtype=dtype, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = load_tokenizer(model, trust_remote_code)
+    except ModelLoadError:
+        if calibrating:
+            raise
+        tokenizer = None
+        logger.warning("no tokenizer found for %s; the checkpoint holds the model only", model)
+    if calibrating:
+        from crrelu_llm.patching.calibration import calibrate
+
+        report = calibrate(loaded, tokenizer, pairs, lambda: patch_model(loaded, activation="crrelu", layers=layers))
+    else:
+        report = patch_model(loaded, activation=activation, epsilon_init=epsilon_init, layers=layers)
+
+    def write(tmp: Path) -> None:
+        loaded.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_json(tmp / "patch_report.json", report.to_dict())
+
+    write_directory_atomic(out, overwrite, write)
+    return report

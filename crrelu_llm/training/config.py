@@ -1,0 +1,248 @@
+"""Recipe keys and their checks: this project's dataclasses beside TRL's configs.
+
+A recipe is flat YAML whose keys are TRL's own field names (``DPOConfig``/``SFTConfig``,
+``ModelConfig``) plus this project's: :class:`CRReLUArguments` (the patch, the reference),
+:class:`~crrelu_llm.data.preference.DataArguments`, and the eps optimiser settings, which travel in the
+trainer's own ``args`` (:class:`CRReLUDPOConfig`, :class:`CRReLUSFTConfig`, as TRL puts an
+``XConfig`` beside each ``XTrainer``). Command-line flags override the file. Every key is
+checked before any model is loaded.
+
+A recipe may hold ``arms``: name -> keys that override the shared ones for that arm (``{arm}``
+in any string value is replaced by the arm's name). ``--arm NAME`` picks one::
+
+    crrelu-llm sft --config recipes/gpt2-large/hh/sft.yaml --arm crrelu
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from trl import DPOConfig, SFTConfig
+
+from crrelu_llm.errors import RecipeError
+
+logger = logging.getLogger("crrelu_llm.config")
+
+EPSILON_MODES = ("train", "freeze", "only")
+CALIBRATE = "calibrate"
+
+
+@dataclass
+class CRReLUArguments:
+    """This project's recipe keys: the patch, the eps optimisation, the reference."""
+
+    activation: str | None = field(
+        default="crrelu",
+        metadata={"help": "Activation to put into the MLPs: crrelu, or any transformers name (relu, gelu, ...) for a "
+                  "control arm; null or 'none' keeps the model as it is (the baseline arm)."},
+    )
+    epsilon_init: str = field(
+        default=0.01,
+        metadata={"help": "Initial CRReLU epsilon: a number (the paper: 0.01), or 'calibrate': per layer, the "
+                  "least-squares value that best imitates the replaced activation on the original model's own "
+                  "pre-activations over calibration_samples training rows."},
+    )
+    calibration_samples: int = field(
+        default=64, metadata={"help": "Training rows whose text calibrates eps (epsilon_init: calibrate)."}
+    )
+    swap_steps: int | None = field(
+        default=None,
+        metadata={"help": "Gradual swap (sft, distill): blend (1-a)*original + a*new activation, a from 0 to 1 over "
+                  "the first swap_steps steps; later checkpoints hold the pure new activation."},
+    )
+    patch_layers: list[int] | None = field(
+        default=None, metadata={"help": "Block indices to patch (negative from the end); default all blocks."}
+    )
+    epsilon_mode: str = field(
+        default="train", metadata={"help": "train (with the model), freeze (eps fixed), only (train eps alone)."}
+    )
+    reference: str = field(
+        default="policy",
+        metadata={"help": "DPO reference model: 'policy' (the patched policy as it is when DPO starts: standard DPO), "
+                  "'original' (the unpatched model), or a checkpoint path (e.g. the SFT run)."},
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer to use (default: the model's)."}
+    )
+    crrelu_kernel: str = field(
+        default="auto",
+        metadata={"help": "CRReLU kernel: auto, torch, triton or compiled (see crrelu_llm.ops.kernels)."},
+    )
+    continue_adapter: bool = field(
+        default=False,
+        metadata={
+            "help": "When model_name_or_path is a LoRA run: train its adapter further (with use_peft: true). "
+            "Default: start from the run's adapter merged into its base model."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace an output_dir that holds a different run (another model or recipe). Without it "
+            "such a directory is refused before anything is written; the same run resumes by itself."
+        },
+    )
+
+    def __post_init__(self):
+        if isinstance(self.activation, str) and self.activation.lower() in ("none", "null", ""):
+            self.activation = None
+        if self.epsilon_init != CALIBRATE:
+            try:
+                self.epsilon_init = float(self.epsilon_init)
+            except (TypeError, ValueError):
+                raise RecipeError(
+                    f"epsilon_init must be a number such as 0.01 or 'calibrate', got {self.epsilon_init!r}"
+                ) from None
+        if self.activation is not None:
+            from crrelu_llm.patching.discovery import make_activation
+
+            initial = 0.01 if self.epsilon_init == CALIBRATE else self.epsilon_init
+            make_activation(self.activation, initial)  # unknown name -> closest valid ones
+        if self.epsilon_init == CALIBRATE and self.activation != "crrelu":
+            raise RecipeError("epsilon_init: calibrate sets CRReLU's eps: it needs activation: crrelu")
+        if self.calibration_samples < 1:
+            raise RecipeError(f"calibration_samples must be a positive number of rows, got {self.calibration_samples}")
+        if self.swap_steps is not None and (self.swap_steps < 1 or self.activation is None):
+            raise RecipeError("swap_steps must be a positive number of steps, with an activation to swap in")
+        if self.epsilon_mode not in EPSILON_MODES:
+            raise RecipeError(f"epsilon_mode must be one of {', '.join(EPSILON_MODES)}, got {self.epsilon_mode!r}")
+        from crrelu_llm.ops.kernels import KERNELS
+
+        if self.crrelu_kernel not in KERNELS:
+            raise RecipeError(f"crrelu_kernel must be one of {', '.join(KERNELS)}, got {self.crrelu_kernel!r}")
+
+
+@dataclass
+class EpsilonTrainingArguments:
+    """The eps optimiser settings, carried by the trainer's ``args`` (see :class:`CRReLUDPOConfig`)."""
+
+    epsilon_learning_rate: float | None = field(
+        default=1e-4,
+        metadata={
+            "help": "Learning rate of the epsilon parameter group (no weight decay). At DPO learning rates a "
+            "scalar epsilon barely moves, hence its own rate; null uses learning_rate (the paper's setup)."
+        },
+    )
+
+    def __post_init__(self):
+        if self.epsilon_learning_rate is not None and self.epsilon_learning_rate < 0:
+            raise RecipeError(f"epsilon_learning_rate must be >= 0, got {self.epsilon_learning_rate}")
+        super().__post_init__()
+
+
+TRUNCATION_MODES = ("keep_end", "keep_start")
+
+
+@dataclass
+class PromptTruncationArguments:
+    """Truncation as the DPO reference code (and so the paper) does it, which TRL no longer
+    offers: when prompt + longest response exceed ``max_length``, the prompt is cut to
+    ``max_prompt_length`` tokens (its end kept with ``keep_end``, used for Anthropic HH, whose
+    last turns matter; its start with ``keep_start``), then the responses to what is left."""
+
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens a prompt keeps when prompt + longest response exceed max_length (the DPO reference "
+            "code: 256 within 512); null: TRL's own truncation of the whole sequence."
+        },
+    )
+    prompt_truncation_mode: str = field(
+        default="keep_end", metadata={"help": "keep_end (cut the prompt's start: HH) or keep_start (cut its end)."}
+    )
+
+    def __post_init__(self):
+        if self.prompt_truncation_mode not in TRUNCATION_MODES:
+            raise RecipeError(
+                f"prompt_truncation_mode must be one of {', '.join(TRUNCATION_MODES)}, got "
+                f"{self.prompt_truncation_mode!r}"
+            )
+        if self.max_prompt_length is not None:
+            if self.max_prompt_length < 1:
+                raise RecipeError(
+                    f"max_prompt_length must be a positive number of tokens, got {self.max_prompt_length}"
+                )
+            if self.max_length is None or self.max_prompt_length >= self.max_length:
+                raise RecipeError(
+                    f"max_prompt_length ({self.max_prompt_length}) must be below max_length "
+                    f"({self.max_length}), e.g. 256 within 512"
+                )
+            if getattr(self, "packing", False):
+                raise RecipeError(
+                    "max_prompt_length cuts prompts apart from responses, which packing does not keep: "
+                    "set packing: false or drop max_prompt_length"
+                )
+        super().__post_init__()
+
+
+@dataclass
+class ReferenceCacheArguments:
+    """Where DPO runs that share a reference keep its log-probabilities (with ``precompute_ref_log_probs``)."""
+
+    ref_logps_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Directory of reference log-probabilities shared across runs (every beta and seed of an "
+            "arm), keyed by a checksum of the reference weights, the tokenized data and the truncation "
+            "settings; needs precompute_ref_log_probs: true. Null: TRL's own cache only."
+        },
+    )
+
+    def __post_init__(self):
+        if self.ref_logps_cache_dir and not self.precompute_ref_log_probs:
+            raise RecipeError(
+                "ref_logps_cache_dir keeps precomputed reference log-probabilities: set "
+                "precompute_ref_log_probs: true, or drop ref_logps_cache_dir"
+            )
+        super().__post_init__()
+
+
+@dataclass
+class CRReLUDPOConfig(ReferenceCacheArguments, PromptTruncationArguments, EpsilonTrainingArguments, DPOConfig):
+    """TRL's ``DPOConfig`` plus the eps settings that :class:`~crrelu_llm.training.trainer.CRReLUDPOTrainer` reads."""
+
+
+@dataclass
+class CRReLUSFTConfig(PromptTruncationArguments, EpsilonTrainingArguments, SFTConfig):
+    """TRL's ``SFTConfig`` plus the eps settings that :class:`~crrelu_llm.training.trainer.CRReLUSFTTrainer` reads."""
+
+
+@dataclass
+class DistillationArguments:
+    """What :class:`~crrelu_llm.training.trainer.CRReLUDistillTrainer` matches: the original's next-token
+    distribution (forward KL, at a temperature), and optionally each MLP's output."""
+
+    teacher_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "The teacher; default: model_name_or_path as loaded, before the patch."}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of both distributions (KL x T^2)."})
+    student_dropout: bool = field(
+        default=False,
+        metadata={"help": "Keep the student's dropout during distillation (default: off, like the teacher's)."},
+    )
+    mlp_mse_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the mean squared error between each MLP's output in the student and "
+            "in the teacher (0: logits only)."
+        },
+    )
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise RecipeError(f"temperature must be > 0, got {self.temperature}")
+        if self.mlp_mse_weight < 0:
+            raise RecipeError(f"mlp_mse_weight must be >= 0, got {self.mlp_mse_weight}")
+        super().__post_init__()
+
+
+@dataclass
+class CRReLUDistillConfig(DistillationArguments, PromptTruncationArguments, EpsilonTrainingArguments, SFTConfig):
+    """TRL's ``SFTConfig`` (data, batching, saving) plus what distillation matches."""
+
+
+CONFIGS = {"dpo": CRReLUDPOConfig, "sft": CRReLUSFTConfig, "distill": CRReLUDistillConfig}
+
+
+# --------------------------------------------------------------------------- recipes
