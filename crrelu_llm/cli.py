@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import warnings
 from pathlib import Path
 
 from crrelu_llm.errors import CRReLULLMError, Interrupted, UsageError
-from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT
+from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT, epsilon_init_value
+from crrelu_llm.runtime import configure_logging
 from crrelu_llm.version import __version__
 
 
@@ -39,16 +39,10 @@ def _parse_layers(text: str) -> list[int]:
 
 
 def _parse_epsilon(text: str) -> float | str:
-    if text == "calibrate":
-        return text
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--epsilon-init takes a number such as {DEFAULT_EPSILON_INIT}, or calibrate; got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"--epsilon-init must be finite; got {text!r}")
-    return value
+        return epsilon_init_value(text)
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -419,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     # transformers 5 warns on every run that TRL 1.x still sets `gradient_checkpointing`:
     # library-to-library deprecation noise that a user of this command cannot act on.
     warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6.*", category=FutureWarning)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging("%(levelname)s %(name)s: %(message)s")
     if argv and argv[0] in ("sft", "dpo", "distill"):  # TRL's parser owns these flags (--help lists them all)
         args = argparse.Namespace(command=argv[0], recipe_args=argv[1:])
     else:

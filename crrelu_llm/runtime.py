@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 logger = logging.getLogger("crrelu_llm.runtime")
 
@@ -57,3 +58,49 @@ def set_cpu_threads() -> int:
                        "both several times slower; run one at a time, or give each OMP_NUM_THREADS=%d", busy, threads,
                        max(1, threads // 2))
     return threads
+
+
+# Messages the libraries this project drives print on every run, that a user cannot act on: the
+# project passes lm-eval an already loaded model on purpose, and DeepSpeed guesses the accelerator
+# when it is imported on a machine without a GPU.
+UNACTIONABLE = (
+    ("DeepSpeed", "Setting accelerator to CPU"),
+    ("lm_eval", "`pretrained` model kwarg is not of type `str`"),
+    ("lm_eval", "Passed an already-initialized model through `pretrained`"),
+    ("lm_eval", "Custom kwargs can be passed to `--metadata`"),
+)
+
+
+class QuietFilter(logging.Filter):
+    """Drops the :data:`UNACTIONABLE` messages, and lets every other warning through once."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(record.name.startswith(name) and text in message for name, text in UNACTIONABLE):
+            return False
+        if record.levelno >= logging.WARNING:
+            if (record.name, message) in self.seen:
+                return False
+            self.seen.add((record.name, message))
+        return True
+
+
+def configure_logging(fmt: str = "%(levelname)s %(name)s: %(message)s") -> None:
+    """``logging.basicConfig`` at INFO on stderr, with :class:`QuietFilter` on the handler it
+    creates, and on DeepSpeed's own logger (which prints to stdout by itself). Like basicConfig,
+    it leaves a process whose root logger already has handlers (a test's capture, an
+    application's own) as it is."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(fmt))
+        handler.addFilter(QuietFilter())
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+    deepspeed = logging.getLogger("DeepSpeed")
+    if not any(isinstance(f, QuietFilter) for f in deepspeed.filters):
+        deepspeed.addFilter(QuietFilter())

@@ -114,3 +114,71 @@ def test_training_help_shows_this_project_s_options_first_and_no_gpu_warning(com
     for word in ("--config", "--arm", "--activation", "--epsilon_init", "--epsilon_learning_rate"):
         assert word in head, word
     assert len(result.stdout.splitlines()) > 300  # TRL's own keys follow
+
+
+def test_the_command_line_and_the_runner_default_to_what_the_library_functions_do():
+    """One owner for evaluation defaults: the library functions. The command line and the
+    experiment runner must not drift from them."""
+    import inspect
+
+    from crrelu_llm.cli import build_parser
+    from crrelu_llm.evaluation import benchmark, evaluate
+    from crrelu_llm.evaluation.generation import GenerationSettings
+    from crrelu_llm.experiments.stages import EVALUATION_DEFAULTS
+
+    def library(function):
+        return {k: p.default for k, p in inspect.signature(function).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
+    parse = build_parser().parse_args
+    data = ["--data", "d"]
+    cases = {
+        "rewards": (parse(["eval", "rewards", "--model", "m", "--reference", "r", *data]),
+                    library(evaluate.run_rewards)),
+        "drift": (parse(["eval", "drift", "--model", "m", "--original", "o", *data]), library(evaluate.run_drift)),
+        "probe": (parse(["probe", "m", *data]), library(evaluate.run_probe)),
+        "benchmark": (parse(["eval", "benchmark", "--model", "m", "--tasks", "t"]), library(benchmark.run_benchmark)),
+        "winrate": (parse(["eval", "winrate", "--model", "m", "--baseline", "b", "--judge", "j", *data]),
+                    {**library(evaluate.run_winrate), "max_new_tokens": GenerationSettings.max_new_tokens,
+                     "batch_size": GenerationSettings.batch_size, "seed": GenerationSettings.seed}),
+    }
+    for kind, (args, defaults) in cases.items():
+        for key, value in defaults.items():
+            if hasattr(args, key):
+                assert getattr(args, key) == value, f"crrelu-llm {kind} --{key.replace('_', '-')}"
+        for key, value in EVALUATION_DEFAULTS[kind].items():
+            assert key not in defaults or defaults[key] == value, f"experiment {kind}: {key}"
+
+
+def test_messages_nobody_can_act_on_are_dropped_and_other_warnings_shown_once(capfd, monkeypatch):
+    """DeepSpeed's accelerator guess (its own logger, on stdout) and lm-eval's notes about the model
+    this project hands it are dropped; any other warning appears once however often it is logged.
+    Only the command's own handler is filtered: a handler that was there before (pytest's) is not."""
+    import logging
+
+    from crrelu_llm import runtime
+
+    root = logging.getLogger()
+    before = root.handlers[:]
+    kept = logging.StreamHandler()  # stands for a handler the caller had: left unfiltered
+    monkeypatch.setattr(root, "handlers", [])
+    deepspeed = logging.getLogger("DeepSpeed")
+    monkeypatch.setattr(deepspeed, "filters", [])
+    monkeypatch.setattr(deepspeed, "handlers", [logging.StreamHandler()])
+    try:
+        runtime.configure_logging("%(name)s: %(message)s")
+        runtime.configure_logging("%(name)s: %(message)s")  # idempotent: one handler, one filter
+        assert len(root.handlers) == 1 and len(deepspeed.filters) == 1
+        deepspeed.warning("Setting accelerator to CPU. If you have GPU or other accelerator, ...")
+        lm_eval = logging.getLogger("lm_eval.models.huggingface")
+        for _ in range(3):
+            lm_eval.warning("Passed an already-initialized model through `pretrained`, assuming single-process")
+            lm_eval.warning("something a user should read")
+        err = capfd.readouterr().err
+        assert "Setting accelerator" not in err and "already-initialized" not in err
+        assert err.count("something a user should read") == 1
+        root.handlers = [kept]
+        runtime.configure_logging()
+        assert not kept.filters  # a handler that was there before is left alone
+    finally:
+        root.handlers = before

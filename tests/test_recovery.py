@@ -137,7 +137,7 @@ def test_recovery_settings_are_checked_before_anything_runs(setup, capsys):
     original = str(setup / "original")
     for overrides, message in (
         ({"activation": "relu", "epsilon_init": "calibrate"}, "epsilon_init: calibrate sets CRReLU's eps"),
-        ({"epsilon_init": "lots"}, "epsilon_init must be a number such as 0.01 or 'calibrate'"),
+        ({"epsilon_init": "lots"}, "epsilon_init must be a finite number such as 0.01 or 'calibrate'"),
         ({"swap_steps": 0}, "swap_steps must be a positive number"),
         ({"temperature": 0}, "temperature must be > 0"),
     ):

@@ -47,3 +47,11 @@ def check_chat_template(example: dict, tokenizer, model: str, where: str, fix: s
         raise DataError(f"{where} holds conversational rows (lists of messages), but the tokenizer of {model} has no "
                         f"chat template: {fix}, or give the data as plain text (prompt/completion or "
                         "prompt/chosen/rejected strings)")
+
+
+def ensure_pad_token(tokenizer):
+    """Pad with the end-of-sequence token where a tokenizer has no pad token (GPT-2's): the one
+    place this project sets it, for every tokenizer it loads or is given."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from crrelu_llm.data.encoding import model_device
+from crrelu_llm.data.encoding import ensure_pad_token, model_device
 from crrelu_llm.errors import EvaluationError
 
 
@@ -42,8 +42,7 @@ def generate(model, tokenizer, prompts: list, settings: GenerationSettings, desc
     if not prompts:
         raise EvaluationError("no prompts to generate from")
     tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     model.eval()
     device = model_device(model)
     texts = [_render(tokenizer, p, settings.chat_template) for p in prompts]

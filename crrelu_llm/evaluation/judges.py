@@ -31,6 +31,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from crrelu_llm.data.encoding import ensure_pad_token
 from crrelu_llm.errors import JudgeError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -97,8 +98,7 @@ class RewardModelJudge:
     @torch.no_grad()
     def scores(self, prompts: list[str], completions: list[str]) -> list[float]:
         out = []
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        ensure_pad_token(self.tokenizer)
         for start in range(0, len(prompts), self.batch_size):
             batch = self.tokenizer(prompts[start:start + self.batch_size], completions[start:start + self.batch_size],
                                    return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)

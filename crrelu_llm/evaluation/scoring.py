@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from crrelu_llm.data.encoding import check_tokenizers, encode_pairs, model_device
+from crrelu_llm.data.encoding import check_tokenizers, encode_pairs, ensure_pad_token, model_device
 from crrelu_llm.errors import EvaluationError
 from crrelu_llm.stats import bootstrap_interval
 
@@ -140,8 +140,7 @@ def drift(
     if not pairs:
         raise EvaluationError("no text to measure drift on")
     check_tokenizers(tokenizer, patched, original)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     nll = {"patched": 0.0, "original": 0.0}
     kl_sum, tokens, per_example = 0.0, 0, []
     for start in tqdm(range(0, len(pairs), batch_size), desc="Measuring drift", leave=False):

@@ -31,6 +31,7 @@ import psutil
 
 from crrelu_llm.errors import ExperimentError, UsageError
 from crrelu_llm.files import read_json, write_json
+from crrelu_llm.runtime import configure_logging
 
 logger = logging.getLogger("crrelu_llm.executors")
 EXECUTORS = ("inline", "local", "slurm")
@@ -121,7 +122,7 @@ def run_stage(action: Callable[[], None], threads: int | None = None, in_job: bo
     """What a job runs: one stage's action, timed where it runs (queueing not included). A job
     also records when its process started: unpickling the action imports torch and the rest,
     seconds that are not the stage's own."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging("%(asctime)s %(name)s %(levelname)s %(message)s")
     threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0))  # a Slurm job: the CPUs it was given
     if threads:
         import torch

@@ -94,6 +94,8 @@ def estimate(exp, spec, stage: PlannedStage, params: int | None, gpus: int, cach
     if kind == "winrate":
         n, new = keys["num_prompts"], keys["max_new_tokens"]
         stage.flops, stage.note = 2 * 2 * params * n * new, f"{n} prompts x {new} new tokens, 2 models"
+    elif kind in ("rewards", "drift", "probe") and keys["max_samples"] is None:
+        stage.note = "every evaluation example (max_samples unset): not estimated"
     elif kind == "rewards":
         n, length = keys["max_samples"], keys["max_length"]
         stage.flops, stage.note = 2 * 2 * 2 * params * n * length, f"{n} pairs x {length} tokens, 2 models"

@@ -11,11 +11,13 @@ the stages reads this list: the runner and its executors, the staleness ledger, 
 from __future__ import annotations
 
 import hashlib
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from crrelu_llm.evaluation import evaluate
+from crrelu_llm.evaluation.benchmark import run_benchmark
 from crrelu_llm.evaluation.generation import GenerationSettings
 from crrelu_llm.experiments.layout import RunLayout
 from crrelu_llm.experiments.stage_actions import train_stage, write_step0
@@ -23,14 +25,23 @@ from crrelu_llm.training.train import start_keys
 
 TRAINING_KINDS = ("original", "recover", "sft", "dpo")
 MODEL_EVALUATIONS = ("drift", "benchmark", "probe")  # per model: the original, step 0, recover, SFT, DPO
-# What an evaluation computes when the recipe leaves a setting out (``--plan`` estimates from these too).
+
+
+def _defaults(function, *names) -> dict:
+    parameters = inspect.signature(function).parameters
+    return {name: parameters[name].default for name in names}
+
+
+# What an evaluation computes when the recipe leaves a setting out: the library functions' own
+# defaults (one owner; ``--plan`` estimates from these too). betas: the experiment's.
 EVALUATION_DEFAULTS = {
-    "rewards": {"max_samples": 500, "max_length": 1024},  # betas: the experiment's
-    "winrate": {"num_prompts": 200, "max_new_tokens": 128, "batch_size": 16, "against_sft": True,
-                "judge_concurrency": 8},
-    "drift": {"max_samples": 200, "max_length": 1024},
-    "benchmark": {"limit": None, "num_fewshot": None, "batch_size": 16},
-    "probe": {"max_samples": 200, "max_length": 1024},
+    "rewards": _defaults(evaluate.run_rewards, "max_samples", "max_length"),
+    "winrate": {**_defaults(evaluate.run_winrate, "num_prompts", "judge_concurrency"),
+                "max_new_tokens": GenerationSettings.max_new_tokens, "batch_size": GenerationSettings.batch_size,
+                "against_sft": True},
+    "drift": _defaults(evaluate.run_drift, "max_samples", "max_length"),
+    "benchmark": _defaults(run_benchmark, "limit", "num_fewshot", "batch_size"),
+    "probe": _defaults(evaluate.run_probe, "max_samples", "max_length"),
 }
 EVALUATION_REQUIRED = {"winrate": {"judge"}, "benchmark": {"tasks"}, "rewards": {"betas"}}
 EVALUATION_KEYS = {kind: set(defaults) | EVALUATION_REQUIRED.get(kind, set())

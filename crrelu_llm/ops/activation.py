@@ -28,6 +28,22 @@ from crrelu_llm.ops import kernels
 from crrelu_llm.runtime import deepspeed_zero3_enabled
 
 DEFAULT_EPSILON_INIT = 0.01
+CALIBRATE = "calibrate"  # epsilon_init: least squares per layer (crrelu_llm.patching.calibration)
+
+
+def epsilon_init_value(value, allow_calibrate: bool = True) -> float | str:
+    """The one check of an ``epsilon_init`` wherever it comes from (recipe, flag, constructor): a
+    finite number, or ``"calibrate"`` where calibration applies."""
+    if allow_calibrate and value == CALIBRATE:
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if number != number or number in (float("inf"), float("-inf")) or isinstance(value, bool):
+        words = f"a finite number such as {DEFAULT_EPSILON_INIT}" + (" or 'calibrate'" if allow_calibrate else "")
+        raise UsageError(f"epsilon_init must be {words}, got {value!r}")
+    return number
 
 
 class CRReLUFunction(torch.autograd.Function):
@@ -84,9 +100,7 @@ class CRReLU(nn.Module):
 
     def __init__(self, epsilon_init: float = DEFAULT_EPSILON_INIT):
         super().__init__()
-        epsilon_init = float(epsilon_init)
-        if epsilon_init != epsilon_init or epsilon_init in (float("inf"), float("-inf")):
-            raise UsageError(f"CRReLU: epsilon_init must be a finite number, got {epsilon_init}")
+        epsilon_init = epsilon_init_value(epsilon_init, allow_calibrate=False)
         self.epsilon_init = epsilon_init
         shape = (1,) if deepspeed_zero3_enabled() else ()
         self.epsilon = nn.Parameter(torch.full(shape, epsilon_init))

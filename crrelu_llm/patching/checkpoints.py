@@ -9,6 +9,7 @@ import torch
 
 from crrelu_llm.errors import ModelLoadError, UsageError
 from crrelu_llm.files import refuse_existing, writable_dir, write_directory_atomic, write_json
+from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT
 from crrelu_llm.patching.discovery import find_activations, make_activation
 from crrelu_llm.patching.loading import load_causal_lm, load_config, load_tokenizer
 from crrelu_llm.patching.patch import patch_model
@@ -29,7 +30,8 @@ def inspect_model(model: str, trust_remote_code: bool = False) -> dict:
             "activations": [vars(s) for s in find_activations(built)], "patch_record": patch_record(built)}
 
 
-def patch_checkpoint(model: str, out: Path, activation: str = "crrelu", epsilon_init: float | str = 0.01,
+def patch_checkpoint(model: str, out: Path, activation: str = "crrelu",
+                     epsilon_init: float | str = DEFAULT_EPSILON_INIT,
                      layers: list[int] | None = None, dtype: str = "auto", trust_remote_code: bool = False,
                      overwrite: bool = False, calibration_data: str | None = None,
                      calibration_samples: int = 64) -> PatchReport:
@@ -41,7 +43,8 @@ def patch_checkpoint(model: str, out: Path, activation: str = "crrelu", epsilon_
     if calibrating and (activation != "crrelu" or not calibration_data):
         raise UsageError("--epsilon-init calibrate needs --activation crrelu and --calibration-data DATA (text to "
                          "calibrate on, e.g. the training data)")
-    make_activation(activation, 0.01 if calibrating else epsilon_init)  # a bad name fails before any download
+    # a bad name fails before any download
+    make_activation(activation, DEFAULT_EPSILON_INIT if calibrating else epsilon_init)
     out = Path(out)
     refuse_existing(out, overwrite)  # both before any download
     writable_dir(out.parent)

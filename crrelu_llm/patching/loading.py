@@ -15,7 +15,9 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
+from crrelu_llm.data.encoding import ensure_pad_token
 from crrelu_llm.errors import ModelLoadError, UsageError
+from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT
 from crrelu_llm.patching.patch import epsilon_parameters, epsilon_tensor
 from crrelu_llm.patching.record import verify_patch
 from crrelu_llm.patching.tiny import TINY_MODEL_PREFIX, tiny_causal_lm, tiny_config, tiny_model_type, tiny_tokenizer
@@ -140,7 +142,7 @@ def load_adapter_run(
         patch_model(
             model,
             activation=report["activation"],
-            epsilon_init=report.get("epsilon_init") or 0.01,
+            epsilon_init=report.get("epsilon_init") or DEFAULT_EPSILON_INIT,
             layers=report.get("layers"),
         )
         calibrated = report.get("calibrated_epsilons") or {}
@@ -213,6 +215,5 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
         raise ModelLoadError(
             f"No tokenizer could be loaded from {name_or_path!r}: {_hint(name_or_path)} ({err})"
         ) from err
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     return tokenizer

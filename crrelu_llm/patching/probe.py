@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from crrelu_llm.data.encoding import check_tokenizers, encode_pairs, model_device
+from crrelu_llm.data.encoding import check_tokenizers, encode_pairs, ensure_pad_token, model_device
 from crrelu_llm.errors import EvaluationError
 from crrelu_llm.ops.activation import CRReLU
 from crrelu_llm.patching.discovery import find_activations
@@ -126,8 +126,7 @@ def activation_statistics(model: nn.Module, tokenizer, pairs: list[tuple[str, st
     if not pairs:
         raise EvaluationError("no text to probe the activations with")
     check_tokenizers(tokenizer, model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     accumulators = {path: _Accumulator() for path in references}
     mask = {}
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from crrelu_llm.errors import ModelLoadError, PatchError
 from crrelu_llm.files import refuse_existing, write_directory_atomic, write_text_atomic
+from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT
 from crrelu_llm.patching.loading import load_causal_lm, load_tokenizer
 from crrelu_llm.patching.record import GUARD_PREFIX, patch_record
 
@@ -37,7 +38,7 @@ from transformers.activations import ACT2CLS, ACT2FN
 
 
 class CRReLU(nn.Module):
-    def __init__(self, epsilon_init=0.01):
+    def __init__(self, epsilon_init={default_epsilon}):
         super().__init__()
         self.epsilon_init = float(epsilon_init)
         self.epsilon = nn.Parameter(torch.tensor(self.epsilon_init))
@@ -74,7 +75,7 @@ def _rebuild(root, record):
         if local is None:
             continue
         if entry["activation"] == "crrelu":
-            new = CRReLU(entry.get("epsilon_init", 0.01))
+            new = CRReLU(entry.get("epsilon_init", {default_epsilon}))
         else:
             new = ACT2FN[entry["activation"]]
         current = root.get_submodule(local)
@@ -130,6 +131,7 @@ def modeling_source(architecture: str, guarded_type: str | None = None, base_con
     config_class = _CONFIG_CLASS.format(base_config=base_config, model_type=guarded_type) if guarded_type else ""
     config_line = "    config_class = CRReLUConfig\n" if guarded_type else ""
     return _TEMPLATE.format(version=__version__, base=architecture, name=name, config_class=config_class,
+                            default_epsilon=DEFAULT_EPSILON_INIT,
                             config_line=config_line), name
 
 

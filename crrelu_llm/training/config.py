@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from trl import DPOConfig, SFTConfig
 
 from crrelu_llm.errors import RecipeError
+from crrelu_llm.ops.activation import CALIBRATE, DEFAULT_EPSILON_INIT, epsilon_init_value
 
 logger = logging.getLogger("crrelu_llm.config")
 
 EPSILON_MODES = ("train", "freeze", "only")
-CALIBRATE = "calibrate"
 
 
 @dataclass
@@ -38,7 +38,7 @@ class CRReLUArguments:
                   "control arm; null or 'none' keeps the model as it is (the baseline arm)."},
     )
     epsilon_init: str = field(
-        default=0.01,
+        default=DEFAULT_EPSILON_INIT,
         metadata={"help": "Initial CRReLU epsilon: a number (the paper: 0.01), or 'calibrate': per layer, the "
                   "least-squares value that best imitates the replaced activation on the original model's own "
                   "pre-activations over calibration_samples training rows."},
@@ -87,17 +87,11 @@ class CRReLUArguments:
     def __post_init__(self):
         if isinstance(self.activation, str) and self.activation.lower() in ("none", "null", ""):
             self.activation = None
-        if self.epsilon_init != CALIBRATE:
-            try:
-                self.epsilon_init = float(self.epsilon_init)
-            except (TypeError, ValueError):
-                raise RecipeError(
-                    f"epsilon_init must be a number such as 0.01 or 'calibrate', got {self.epsilon_init!r}"
-                ) from None
+        self.epsilon_init = epsilon_init_value(self.epsilon_init)
         if self.activation is not None:
             from crrelu_llm.patching.discovery import make_activation
 
-            initial = 0.01 if self.epsilon_init == CALIBRATE else self.epsilon_init
+            initial = DEFAULT_EPSILON_INIT if self.epsilon_init == CALIBRATE else self.epsilon_init
             make_activation(self.activation, initial)  # unknown name -> closest valid ones
         if self.epsilon_init == CALIBRATE and self.activation != "crrelu":
             raise RecipeError("epsilon_init: calibrate sets CRReLU's eps: it needs activation: crrelu")

@@ -145,7 +145,6 @@ _POSITIVE, _NON_NEGATIVE, _FRACTION = (lambda v: v > 0, "> 0"), (lambda v: v >= 
 RANGES = {
     "beta": (*_POSITIVE, "beta <= 0 inverts or removes the DPO objective"),
     "learning_rate": (*_NON_NEGATIVE, ""),
-    "epsilon_learning_rate": (*_NON_NEGATIVE, ""),
     "weight_decay": (*_NON_NEGATIVE, ""),
     "max_grad_norm": (*_NON_NEGATIVE, ""),
     "warmup_steps": (*_NON_NEGATIVE, "an int counts steps, a float below 1 is a share of them"),
@@ -166,7 +165,6 @@ RANGES = {
     "max_train_samples": (*_POSITIVE, ""),
     "max_eval_samples": (*_POSITIVE, ""),
     "shp_min_score_ratio": (lambda v: v >= 1, ">= 1 (a ratio of the larger score to the smaller)", ""),
-    "epsilon_init": (lambda v: v == v and abs(v) != float("inf"), "a finite number", ""),
 }
 
 

@@ -6,7 +6,8 @@ same for all of them: about a quarter of a DPO step's compute, repeated in every
 computes them up front with ``precompute_ref_log_probs: true``; with ``ref_logps_cache_dir``
 :class:`~crrelu_llm.training.trainer.CRReLUDPOTrainer` keeps them in that directory under a key of:
 
-- the reference weights: TRL's own checksum of the reference's state dict (dtype included);
+- the reference weights: a SHA-256 of the reference's state dict (:func:`weights_checksum`, the
+  same digest TRL keeps from 1.15 on), taken before anything is sharded;
 - the tokenized data: a SHA-256 of the prompt, chosen and rejected token ids, in order;
 - the truncation settings applied after tokenization (``max_length``, ``truncation_mode``,
   ``max_prompt_length``, ``prompt_truncation_mode``) and the padding token.
@@ -31,6 +32,21 @@ logger = logging.getLogger("crrelu_llm.reference_cache")
 COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 SETTINGS = ("max_length", "truncation_mode", "max_prompt_length", "prompt_truncation_mode", "pad_token")
+
+
+def weights_checksum(module) -> str:
+    """SHA-256 over a module's state dict, entry by entry in name order: each tensor's dtype, then
+    its bytes (bfloat16 and float8, which numpy cannot hold, as float32)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for _, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu()
+        digest.update(str(tensor.dtype).encode())
+        if tensor.dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2):
+            tensor = tensor.to(torch.float32)
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def data_checksum(dataset) -> str:

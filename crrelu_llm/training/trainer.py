@@ -26,6 +26,7 @@ from crrelu_llm.data.accounting import truncate_like_reference
 from crrelu_llm.files import write_json
 from crrelu_llm.ops.distributed import fsdp2_share_epsilons, full_parameter
 from crrelu_llm.patching.patch import active_epsilons, epsilon_logs, epsilon_parameters
+from crrelu_llm.training.reference_cache import weights_checksum
 
 logger = logging.getLogger("crrelu_llm.trainer")
 
@@ -49,9 +50,13 @@ class EpsilonTrainingMixin:
         if shared:
             logger.info("FSDP2: %d CRReLU epsilons kept unsharded on %s, gradients averaged over ranks",
                         len(shared), self.accelerator.device)
+        args = getattr(self, "args", None)
+        if getattr(args, "ref_logps_cache_dir", None) and getattr(args, "precompute_ref_log_probs", False):
+            # the key of shared reference log-probabilities, hashed before anything is sharded
+            self.reference_checksum = weights_checksum(self._crrelu_reference or self.model)
 
-    def create_optimizer(self, model=None):
-        optimizer = super().create_optimizer(model)
+    def create_optimizer(self, *args, **kwargs):  # transformers 5.x added a `model` argument along the way
+        optimizer = super().create_optimizer(*args, **kwargs)
         if getattr(self, "_epsilon_group_built", False):
             return optimizer
         self._epsilon_group_built = True
@@ -129,7 +134,7 @@ class CRReLUDPOTrainer(EpsilonTrainingMixin, PromptTruncationMixin, DPOTrainer):
         compute = super()._precompute_ref_logps
         if not folder:
             return compute(dataset, name, batch_size)
-        return cached_reference_logps(Path(folder), dataset, name, self._precompute_model_hash, self.args,
+        return cached_reference_logps(Path(folder), dataset, name, self.reference_checksum, self.args,
                                       lambda: compute(dataset, name, batch_size), self.accelerator)
 
     @staticmethod
