@@ -99,6 +99,9 @@ def test_step0_is_declared_with_the_arm_s_full_patch_keys(tmp_path):
     assert set(patch) == {"layer0", "calibrated"}
     assert patch["layer0"].keys["patch_layers"] == [0] and patch["layer0"].keys["command"] == "sft"
     assert patch["calibrated"].keys["epsilon_init"] == "calibrate"
+    # only what the starting model depends on: an optimiser setting changes training, not step 0
+    assert "epsilon_learning_rate" not in patch["layer0"].keys and "learning_rate" not in patch["layer0"].keys
+    assert {"model_name_or_path", "activation", "seed", "dataset_name"} <= set(patch["layer0"].keys)
     probes = {(s.arm, s.step): s.model for s in declaration.by_kind("probe")}
     assert probes[("layer0", "step 0")] == str(exp.output_dir / "layer0" / "patched")
     assert declaration.models()["gelu"]["step 0"] == declaration.original
