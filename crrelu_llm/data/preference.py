@@ -393,13 +393,10 @@ def load_preference_splits(args: DataArguments) -> tuple[Dataset, Dataset, dict]
     else:
         evaluation = None
     train, evaluation, test_split = cut_splits(train, evaluation, args, train_split, test_split, source)
-    summary = {
-        "source": source,
-        "format": fmt,
-        "train_split": train_split,
-        "eval_split": test_split,
-        "train_rows": len(train),
-        "eval_rows": len(evaluation),
-        "read": read,
-    }
-    return train, evaluation, summary
+    return train, evaluation, split_summary(source, fmt, train_split, test_split, train, evaluation, read=read)
+
+
+def split_summary(source: str, fmt: str, train_split: str, eval_split: str, train, evaluation, **more) -> dict:
+    """What ``data_summary.json`` records of the splits a run read (``more``: what else it says)."""
+    return {"source": source, "format": fmt, "train_split": train_split, "eval_split": eval_split,
+            "train_rows": len(train), "eval_rows": len(evaluation), **more}

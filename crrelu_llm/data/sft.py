@@ -15,6 +15,7 @@ from crrelu_llm.data.preference import (
     load_raw,
     row_problem,
     score_ratio_ok,
+    split_summary,
 )
 from crrelu_llm.errors import DataError, RecipeError
 
@@ -61,19 +62,8 @@ def _best_scored_splits(args: DataArguments) -> tuple[Dataset, Dataset, dict]:
     train = best_scored_responses(raw[train_split], source, train_split, args)
     evaluation = best_scored_responses(raw[test_split], source, test_split, args) if test_split in raw else None
     train, evaluation, test_split = cut_splits(train, evaluation, args, train_split, test_split, source)
-    return (
-        train,
-        evaluation,
-        {
-            "source": source,
-            "format": fmt,
-            "train_split": train_split,
-            "eval_split": test_split,
-            "train_rows": len(train),
-            "eval_rows": len(evaluation),
-            "sft_from": "best-scored response per prompt",
-        },
-    )
+    return train, evaluation, split_summary(source, fmt, train_split, test_split, train, evaluation,
+                                            sft_from="best-scored response per prompt")
 
 
 def _sft_columns(columns: set) -> bool:
