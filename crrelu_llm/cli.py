@@ -287,6 +287,7 @@ def _eval_drift(args) -> int:
 def _eval_winrate(args) -> int:
     from crrelu_llm.evaluation.evaluate import run_winrate, winrate_file
     from crrelu_llm.evaluation.generation import GenerationSettings
+    from crrelu_llm.evaluation.length_control import describe
 
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed,
@@ -297,7 +298,7 @@ def _eval_winrate(args) -> int:
     lo, hi = stats["interval"]
     print(f"{args.model} vs {args.baseline} ({result['judge']}): {stats['wins']}/{stats['ties']}/{stats['losses']} "
           f"W/T/L of n={stats['n']}, win rate {stats['win_rate']:.3f} [{lo:.3f}, {hi:.3f}], "
-          f"sign test p={stats['sign_test_p']:.3g} "
+          f"sign test p={stats['sign_test_p']:.3g}; {describe(stats.get('length_controlled'))} "
           f"-> {winrate_file(args.model, args.judge, args.baseline, args.out)}")
     return 0
 

@@ -78,6 +78,8 @@ class WinRate:
     position_consistency: float | None  # pairwise judges: share of pairs judged the same in both orders
     length_model: dict
     length_baseline: dict
+    # crrelu_llm.evaluation.length_control: value, 95% interval and n (value None, with the reason, if undefined)
+    length_controlled: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

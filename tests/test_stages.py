@@ -248,3 +248,16 @@ def test_the_win_rate_plot_zooms_in_and_shows_wins_ties_and_losses():
     assert 0.4 < lo < 0.49 and 0.54 < hi < 0.6  # not 0-1: a few points stay visible
     assert [t.get_text() for t in ax.texts] == ["40 W / 440 T / 20 L"]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["crrelu (DPO) vs crrelu/sft"]
+
+
+def test_the_win_rate_plot_shows_the_length_controlled_rate_beside_the_raw_one():
+    from crrelu_llm.reporting.figures import win_rate_figure
+
+    stats = {"win_rate": 0.7, "interval": [0.64, 0.75], "wins": 140, "ties": 0, "losses": 60,
+             "length_controlled": {"value": 0.52, "interval": [0.45, 0.58], "n": 200}}
+    ax = win_rate_figure([("crrelu (DPO) vs gelu", "crrelu", stats)], {"crrelu": "C1"}).axes[0]
+    assert sorted(round(c.lines[0].get_xdata()[0], 2) for c in ax.containers) == [0.52, 0.7]
+    assert ax.get_xlim()[0] < 0.45
+    undefined = {**stats, "length_controlled": {"value": None, "interval": None, "n": 200, "undefined": "why"}}
+    ax = win_rate_figure([("crrelu (DPO) vs gelu", "crrelu", undefined)], {"crrelu": "C1"}).axes[0]
+    assert len(ax.containers) == 1

@@ -24,6 +24,7 @@ from crrelu_llm.data.preference import DataArguments, load_preference_splits
 from crrelu_llm.errors import EvaluationError
 from crrelu_llm.evaluation.generation import GenerationSettings, generate
 from crrelu_llm.evaluation.judges import judge_name, make_judge
+from crrelu_llm.evaluation.length_control import length_controlled_win_rate, token_lengths
 from crrelu_llm.evaluation.scoring import drift, preference_logps, reward_metrics
 from crrelu_llm.files import check_writable, read_jsonl, writable_dir, write_json, write_jsonl
 from crrelu_llm.patching.loading import load_causal_lm, load_tokenizer
@@ -244,6 +245,10 @@ def run_winrate(model, baseline, data: str, judge: str, *, data_format: str = "a
     theirs = _completions(baseline, prompts, settings, generations_file(model, baseline, out), "baseline")
     outcomes = judged_by.judge(prompts, list(zip(ours, theirs)))
     stats = win_rate([o.winner for o in outcomes], ours, theirs, [o.consistent for o in outcomes])
+    policy_tokenizer = load_tokenizer(model)  # both sides measured in the policy's tokens
+    stats.length_controlled = length_controlled_win_rate([o.winner for o in outcomes],
+                                                         token_lengths(policy_tokenizer, ours),
+                                                         token_lengths(policy_tokenizer, theirs))
     write_jsonl(
         folder / f"judgments-{_winrate_label(judge, baseline)}.jsonl",
         [

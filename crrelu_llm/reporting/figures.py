@@ -94,12 +94,20 @@ def win_rate_figure(bars: list[tuple[str, str, dict]], colours: dict[str, str]):
         ends += [lo, hi]
         ax.errorbar(st["win_rate"], i, xerr=[[st["win_rate"] - lo], [hi - st["win_rate"]]], marker="o", capsize=4,
                     color=colours[arm])
+        lc = st.get("length_controlled") or {}
+        if lc.get("value") is not None and lc.get("interval"):  # hollow: the length-controlled rate, just below
+            llo, lhi = lc["interval"]
+            ends += [llo, lhi]
+            ax.errorbar(lc["value"], i - 0.25, xerr=[[lc["value"] - llo], [lhi - lc["value"]]], marker="o",
+                        mfc="white", capsize=3, color=colours[arm], alpha=0.8)
+            hi = max(hi, lhi)
         ax.annotate(f"{st['wins']} W / {st['ties']} T / {st['losses']} L", (hi, i), xytext=(6, 0),
                     textcoords="offset points", va="center", fontsize=8)
     ax.axvline(0.5, color="grey", linestyle="--")
     ax.set_yticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
     width = max(ends) - min(ends)
     ax.set_xlim(min(ends) - 0.1 * width - 0.01, max(ends) + 0.45 * width + 0.01)  # room for the counts
-    ax.set_xlabel("win rate of the DPO model, ties as 1/2 (95% Wilson); W/T/L: wins, ties, losses")
+    ax.set_xlabel("win rate of the DPO model, ties as 1/2 (filled: raw, 95% Wilson; hollow: length-controlled, "
+                  "95% bootstrap); W/T/L: wins, ties, losses", fontsize=8)
     fig.tight_layout()
     return fig

@@ -23,6 +23,7 @@ import yaml
 
 from crrelu_llm.errors import ReportError
 from crrelu_llm.evaluation.evaluate import eval_dir
+from crrelu_llm.evaluation.length_control import describe
 from crrelu_llm.files import writable_dir, write_json, write_text_atomic
 from crrelu_llm.reporting import figures, report_stages
 from crrelu_llm.stats import detectable_difference, paired_permutation_test
@@ -388,6 +389,8 @@ def _markdown(report: dict) -> str:
                       f"(from `{w['from']}`)", "",
                       f"- wins / ties / losses: {w['wins']} / {w['ties']} / {w['losses']} of {w['n']}",
                       f"- win rate (ties as 1/2): {w['win_rate']:.3f}, 95% Wilson [{lo:.3f}, {hi:.3f}]",
+                      f"- {describe(w.get('length_controlled'))} (the judge's preference at equal length, "
+                      "95% bootstrap over prompts; see docs/evaluation.md)",
                       f"- exact sign test on decisive pairs: p = {w['sign_test_p']:.4g}",
                       f"- with n = {w['n']}, a win rate must be "
                       f"{100 * detectable_difference(w['n'], two_samples=False):.1f} "

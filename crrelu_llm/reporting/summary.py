@@ -23,7 +23,7 @@ def _winrate_entry(spec) -> dict | None:
     stats = read_json(file)["stats"]
     return {"win_rate": stats["win_rate"], "interval": stats["interval"], "wins": stats["wins"],
             "ties": stats["ties"], "losses": stats["losses"], "n": stats["n"], "sign_test_p": stats["sign_test_p"],
-            "stage": spec.name, "from": str(file)}
+            "length_controlled": stats.get("length_controlled"), "stage": spec.name, "from": str(file)}
 
 
 def step0_drift(declaration, arm: str) -> dict | None:
