@@ -3,9 +3,7 @@
     crrelu-llm inspect MODEL                 which activation modules a model has, and where
     crrelu-llm patch MODEL --out DIR         swap them for CRReLU and save a loadable checkpoint
     crrelu-llm export MODEL --out DIR        the same checkpoint, loadable without crrelu-llm (remote code)
-    crrelu-llm sft --config RECIPE [--key value ...]    patch (per the recipe), then SFT with TRL
-    crrelu-llm dpo --config RECIPE [--key value ...]    patch (per the recipe), then DPO with TRL
-    crrelu-llm distill --config RECIPE [--key value ...]  patch, then distil the original into it (recovery)
+    crrelu-llm sft|dpo|simpo|orpo|kto|distill --config RECIPE [--key value ...]   patch, then train with TRL
     crrelu-llm eval rewards|winrate|drift|benchmark ...  evaluate checkpoints (see --help of each)
     crrelu-llm probe MODEL --data DATA                   activation statistics per layer, learned vs least-squares eps
     crrelu-llm compare RUN [RUN ...] --out DIR           report.md, report.json and plots
@@ -27,6 +25,14 @@ from crrelu_llm.errors import CRReLULLMError, Interrupted, UsageError
 from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT, epsilon_init_value
 from crrelu_llm.runtime import configure_logging
 from crrelu_llm.version import __version__
+
+# One command per trainer, as TRL's CLI has it.
+TRAINING = {"sft": "Patch per a recipe, then supervised fine-tuning (TRL's SFTTrainer).",
+            "dpo": "Patch per a recipe, then preference tuning (TRL's DPOTrainer).",
+            "simpo": "Patch per a recipe, then SimPO (TRL's CPOTrainer, loss_type simpo; no reference model).",
+            "orpo": "Patch per a recipe, then ORPO (TRL's ORPOTrainer; no reference model).",
+            "kto": "Patch per a recipe, then KTO on the pairs unpaired (TRL's KTOTrainer).",
+            "distill": "Patch per a recipe, then distil the original into it (KL on logits, optional MLP MSE)."}
 
 
 def _parse_layers(text: str) -> list[int]:
@@ -93,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "back with `import crrelu_llm`.")
     patch.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     patch.add_argument("--out", required=True, type=Path, help="directory to write the patched checkpoint to")
-    patch.add_argument("--activation", default="crrelu", help="crrelu, or any transformers name (relu, gelu, ...)")
+    patch.add_argument("--activation", default="crrelu", help="crrelu, swish_beta, relu2, any transformers name "
+                       "(relu, gelu, ...), or your class as module:Class")
+    patch.add_argument("--activation-kwargs", default=None, help="the class's keyword arguments, as JSON")
     patch.add_argument("--epsilon-init", type=_parse_epsilon, default=DEFAULT_EPSILON_INIT,
                        help="initial CRReLU eps, or calibrate (least squares per layer; needs --calibration-data)")
     patch.add_argument("--calibration-data", default=None,
@@ -104,10 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--dtype", default="auto", help="auto (as stored), float32, bfloat16 or float16")
     patch.add_argument("--trust-remote-code", action="store_true", help="allow custom modeling code from the hub")
     patch.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
-    for name, text in (("sft", "Patch per a recipe, then supervised fine-tuning (TRL's SFTTrainer)."),
-                       ("dpo", "Patch per a recipe, then preference tuning (TRL's DPOTrainer)."),
-                       ("distill", "Patch per a recipe, then distil the original into it (KL on logits, optional "
-                                   "MLP MSE).")):
+    for name, text in TRAINING.items():
         sub = commands.add_parser(name, help=text, description=text, add_help=False)
         sub.add_argument("recipe_args", nargs=argparse.REMAINDER, help="--config RECIPE.yaml and --key value overrides")
     export = _command(commands, "export", "Write a copy of a patched checkpoint that loads with "
@@ -129,10 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--batch-size", type=positive_int, default=8, help="examples per forward pass")
         sub.add_argument("--max-length", type=positive_int, default=1024, help="tokens per example, prompt included")
 
-    rewards = _command(kinds, "rewards", "DPO implicit-reward accuracy and margins of a model against its "
-                       "reference, at several betas.")
-    rewards.add_argument("--model", required=True, help="the trained model (a DPO run)")
-    rewards.add_argument("--reference", required=True, help="its reference model (e.g. the SFT checkpoint)")
+    rewards = _command(kinds, "rewards", "Implicit-reward accuracy and margins of a model against its reference "
+                       "(DPO), or by its objective's own reward (SimPO, ORPO), at several betas.")
+    rewards.add_argument("--model", required=True, help="the trained model (a preference run)")
+    rewards.add_argument("--reference", help="its reference (e.g. the SFT model); none: a SimPO/ORPO run's own reward")
     rewards.add_argument("--beta", type=float, nargs="+", default=[0.1], help="evaluation betas for the margins")
     rewards.add_argument("--max-samples", type=positive_int, default=None, help="pairs to score (default: all)")
     data_options(rewards)
@@ -233,11 +238,13 @@ def _inspect(args) -> int:
 
 def _patch(args) -> int:
     from crrelu_llm.patching.checkpoints import patch_checkpoint
+    from crrelu_llm.patching.discovery import activation_kwargs_value
 
     report = patch_checkpoint(args.model, args.out, activation=args.activation, epsilon_init=args.epsilon_init,
                               layers=args.layers, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
                               overwrite=args.overwrite, calibration_data=args.calibration_data,
-                              calibration_samples=args.calibration_samples)
+                              calibration_samples=args.calibration_samples,
+                              activation_kwargs=activation_kwargs_value(args.activation_kwargs))
     print(report)
     print(f"Saved to {args.out} (load it with AutoModelForCausalLM.from_pretrained after `import crrelu_llm`; "
           "to share it without crrelu-llm: crrelu-llm export)")
@@ -264,7 +271,8 @@ def _eval_rewards(args) -> int:
                          max_length=args.max_length, batch_size=args.batch_size, **_data_kwargs(args))
     lo, hi = result["accuracy_interval"]
     trained = f", trained with beta {result['training_beta']:g}" if result["training_beta"] is not None else ""
-    print(f"reward accuracy {result['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] (n={result['n']} pairs{trained}; the same "
+    print(f"{result.get('objective', 'dpo').upper()} implicit-reward accuracy {result['accuracy']:.3f} [{lo:.3f}, "
+          f"{hi:.3f}] (n={result['n']} pairs{trained}; the same "
           f"at every evaluation beta), ties {result['ties']:.3f}")
     for b in result["margins_per_evaluation_beta"]:
         print(f"  margin at evaluation beta {b['beta']:g}: {b['margin']:.4f}")
@@ -394,7 +402,7 @@ def _train(args) -> int:
     return train.main(args.command, args.recipe_args)
 
 
-COMMANDS = {"inspect": _inspect, "patch": _patch, "export": _export, "sft": _train, "dpo": _train, "distill": _train,
+COMMANDS = {"inspect": _inspect, "patch": _patch, "export": _export, **dict.fromkeys(TRAINING, _train),
             "compare": _compare,
             "experiment": _experiment, "demo": _experiment, "eval rewards": _eval_rewards,
             "eval winrate": _eval_winrate, "eval drift": _eval_drift, "eval benchmark": _eval_benchmark,
@@ -415,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     # library-to-library deprecation noise that a user of this command cannot act on.
     warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6.*", category=FutureWarning)
     configure_logging("%(levelname)s %(name)s: %(message)s")
-    if argv and argv[0] in ("sft", "dpo", "distill"):  # TRL's parser owns these flags (--help lists them all)
+    if argv and argv[0] in TRAINING:  # TRL's parser owns these flags (--help lists them all)
         args = argparse.Namespace(command=argv[0], recipe_args=argv[1:])
     else:
         try:

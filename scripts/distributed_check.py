@@ -56,7 +56,7 @@ def write_recipe(workdir: Path, command: str, model: str, data: Path, steps: int
     recipe.write_text(yaml.safe_dump({
         "model_name_or_path": model, "dataset_name": str(data), "output_dir": str(workdir / command),
         "eval_fraction": 0.125, "max_steps": steps, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 4,
-        "learning_rate": 1e-3, "epsilon_learning_rate": 1e-2, "logging_steps": 1, "save_strategy": "no",
+        "learning_rate": 1e-3, "activation_learning_rate": 1e-2, "logging_steps": 1, "save_strategy": "no",
         "eval_strategy": "no", "bf16": cuda, "use_cpu": not cuda, "gradient_checkpointing": False,
         "max_length": 32, "report_to": [], "seed": 0, "dataloader_num_workers": 0,
     }))

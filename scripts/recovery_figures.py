@@ -50,7 +50,7 @@ def main(argv=None) -> int:
         "per_device_train_batch_size": 32,
         "per_device_eval_batch_size": 64,
         "max_length": 32,
-        "epsilon_learning_rate": 1e-2,
+        "activation_learning_rate": 1e-2,
         "logging_steps": 50,
         "save_steps": args.steps,
         "bf16": False,

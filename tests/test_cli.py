@@ -111,7 +111,7 @@ def test_training_help_shows_this_project_s_options_first_and_no_gpu_warning(com
                             text=True, timeout=300)
     assert result.returncode == 0 and "no GPU found" not in result.stderr + result.stdout
     head = "\n".join(result.stdout.splitlines()[:40])
-    for word in ("--config", "--arm", "--activation", "--epsilon_init", "--epsilon_learning_rate"):
+    for word in ("--config", "--arm", "--activation", "--epsilon_init", "--activation_learning_rate"):
         assert word in head, word
     assert len(result.stdout.splitlines()) > 300  # TRL's own keys follow
 

@@ -384,8 +384,9 @@ def test_eval_commands_write_their_outputs_and_compare_reports_them(two_runs, ta
         assert (crrelu0 / "eval" / name).exists()
     assert len(list((crrelu0 / "eval").glob("winrate-rule_arithmetic-vs-*gelu-seed0.json"))) == 1
     winrate = json.loads(next((crrelu0 / "eval").glob("winrate-rule_arithmetic-vs-*gelu-seed0.json")).read_text())
-    lc = winrate["stats"]["length_controlled"]  # beside the raw rate; 6 prompts are too few for a fit
-    assert lc["n"] == 6 and lc["value"] is None and "decisive pairs" in lc["undefined"]
+    lc = winrate["stats"]["length_controlled"]  # beside the raw rate; 6 prompts of 4 tokens each give no fit
+    assert lc["n"] == 6 and lc["value"] is None and ("decisive pairs" in lc["undefined"] or "no variation" in
+                                                     lc["undefined"])
     assert "length-controlled: undefined" in out
     # a second winrate run reuses the saved generations (and says so in its log)
     caplog.set_level("INFO", logger="crrelu_llm")

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from crrelu_llm.errors import EvaluationError
 from crrelu_llm.evaluation.length_control import describe, length_controlled_win_rate
 
 
@@ -55,5 +56,5 @@ def test_undefined_rates_say_why():
     assert describe(by_length).startswith("length-controlled: undefined (length alone separates")
     one_way = length_controlled_win_rate([0] * 50, ours[:50], theirs[:50])
     assert "every decisive pair went to the model" in one_way["undefined"]
-    with pytest.raises(ValueError):
+    with pytest.raises(EvaluationError):
         length_controlled_win_rate([0], [1, 2], [1])

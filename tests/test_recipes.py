@@ -41,22 +41,24 @@ def test_the_shipped_set_is_complete():
                          else str(c))
 def test_recipe_parses_and_validates(path, arm):
     command = path.stem.split("_")[0]
-    assert command in ("sft", "dpo"), f"{path.name}: recipes are named sft* or dpo*"
+    assert command in ("sft", "dpo", "simpo", "orpo", "kto"), f"{path.name}: recipes are named after their command"
     # bf16 needs a GPU to validate; everything else is checked as shipped
     arm_flags = ["--arm", arm] if arm else []
     crrelu_args, data_args, training_args, model_args = parse_recipe(
         command, ["--config", str(path), *arm_flags, "--bf16", "false", "--use_cpu", "true"])
     assert model_args.model_name_or_path and data_args.dataset_name and training_args.output_dir.startswith("runs/")
     arm = arm or path.stem.split("_")[1]
-    assert crrelu_args.activation == {"gelu": None, "crrelu": "crrelu", "relu": "relu"}[arm]
+    assert crrelu_args.activation == {"gelu": None, "crrelu": "crrelu", "relu": "relu", "swish": "swish_beta"}[arm]
     assert "{arm}" not in training_args.output_dir + model_args.model_name_or_path
     if "gpt2-large" in str(path):
         assert training_args.output_dir == f"runs/gpt2-large-{path.parent.name}-{command}-{arm}"
-    if command == "dpo" and "gpt2-large" in str(path):
+    if command in ("dpo", "simpo") and "gpt2-large" in str(path):
         assert model_args.model_name_or_path == f"runs/gpt2-large-{path.parent.name}-sft-{arm}"
         assert crrelu_args.reference == "policy"
-    if arm == "crrelu":
-        assert training_args.epsilon_learning_rate == 1e-4  # the eps settings travel in the trainer's args
+    if arm in ("crrelu", "swish"):
+        assert training_args.activation_learning_rate == 1e-4  # the eps settings travel in the trainer's args
+    if command == "simpo":
+        assert (training_args.loss_type, training_args.cpo_alpha, training_args.beta) == ("simpo", 0.0, 2.0)
 
 
 def test_a_recipe_with_arms_needs_one_chosen():

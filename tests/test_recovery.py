@@ -68,7 +68,8 @@ def test_calibrated_eps_is_the_least_squares_value_and_is_reported(setup, capsys
     first = probe["layers"][0]
     assert first["least_squares_epsilon"] == pytest.approx(first["epsilon"], rel=1e-4)
     assert cli_main(["patch", original, "--out", str(setup / "x"), "--epsilon-init", "calibrate"]) == 2
-    assert "needs --activation crrelu and --calibration-data" in capsys.readouterr().err
+    assert "needs an activation with least_squares_init (crrelu, swish_beta) and --calibration-data" in \
+        capsys.readouterr().err
     assert not (setup / "x").exists()
 
 
@@ -136,7 +137,7 @@ def test_gradual_swap_blends_in_then_leaves_pure_crrelu_and_resumes_exactly(setu
 def test_recovery_settings_are_checked_before_anything_runs(setup, capsys):
     original = str(setup / "original")
     for overrides, message in (
-        ({"activation": "relu", "epsilon_init": "calibrate"}, "epsilon_init: calibrate sets CRReLU's eps"),
+        ({"activation": "relu", "epsilon_init": "calibrate"}, "(crrelu, swish_beta); relu has none"),
         ({"epsilon_init": "lots"}, "epsilon_init must be a finite number such as 0.01 or 'calibrate'"),
         ({"swap_steps": 0}, "swap_steps must be a positive number"),
         ({"temperature": 0}, "temperature must be > 0"),

@@ -97,7 +97,7 @@ def test_generations_of_a_model_retrained_in_place_are_not_reused(tmp_path):
     ({"beta": -0.1}, "beta must be > 0, got -0.1 (beta <= 0 inverts or removes the DPO objective)"),
     ({"beta": 0.0}, "beta must be > 0"),
     ({"learning_rate": -1e-3}, "learning_rate must be >= 0"),
-    ({"epsilon_learning_rate": -1.0}, "epsilon_learning_rate must be >= 0"),
+    ({"epsilon_learning_rate": -1.0}, "activation_learning_rate must be >= 0"),
     ({"max_length": 0}, "max_length must be > 0"),
     ({"lora_dropout": 1.5}, "lora_dropout must be in [0, 1]"),
     ({"per_device_train_batch_size": 0}, "per_device_train_batch_size must be > 0"),

@@ -71,7 +71,7 @@ def test_dpo_run_trains_epsilon_in_its_own_group_and_writes_its_outputs(tmp_path
     args = parse("dpo", recipe(tmp_path, pairs_file, weight_decay=0.1, output_dir=str(tmp_path / "prepared")))
     prepared = prepare("dpo", *args)
     optimizer = prepared.trainer.create_optimizer()
-    eps_groups = [g for g in optimizer.param_groups if g.get("name") == "crrelu_epsilon"]
+    eps_groups = [g for g in optimizer.param_groups if g.get("name") == "activation_parameters"]
     assert len(eps_groups) == 1 and eps_groups[0]["lr"] == 1e-2 and eps_groups[0]["weight_decay"] == 0.0
     assert len(eps_groups[0]["params"]) == 2
     others = [p for g in optimizer.param_groups if g is not eps_groups[0] for p in g["params"]]

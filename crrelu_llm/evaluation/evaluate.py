@@ -25,8 +25,8 @@ from crrelu_llm.errors import EvaluationError
 from crrelu_llm.evaluation.generation import GenerationSettings, generate
 from crrelu_llm.evaluation.judges import judge_name, make_judge
 from crrelu_llm.evaluation.length_control import length_controlled_win_rate, token_lengths
-from crrelu_llm.evaluation.scoring import drift, preference_logps, reward_metrics
-from crrelu_llm.files import check_writable, read_jsonl, writable_dir, write_json, write_jsonl
+from crrelu_llm.evaluation.scoring import drift, implicit_reward_metrics, preference_logps, reward_metrics
+from crrelu_llm.files import check_writable, read_json, read_jsonl, writable_dir, write_json, write_jsonl
 from crrelu_llm.patching.loading import load_causal_lm, load_tokenizer
 from crrelu_llm.stats import win_rate
 
@@ -98,20 +98,40 @@ def run_rewards(model, reference, data: str, *, data_format: str = "auto", split
                 betas=(0.1,), max_samples: int | None = None, max_length: int = 1024, batch_size: int = 8,
                 out=None) -> dict:
     """DPO implicit-reward accuracy and margins of ``model`` against ``reference``, per beta;
-    written to :func:`rewards_file`."""
-    model, reference = str(model), str(reference)
-    tokenizer = _shared_tokenizer(model, reference, "rewards need a policy and a reference that share one tokenizer")
+    written to :func:`rewards_file`. With ``reference`` None, ``model`` is a run of a
+    reference-free objective (SimPO, ORPO: its ``reference.json`` says which) and the reward is
+    the one that objective defines (:data:`~crrelu_llm.evaluation.scoring.IMPLICIT_REWARDS`)."""
+    model = str(model)
+    objective = None if reference is not None else reference_free_objective(model)
+    reference = str(reference) if reference is not None else None
+    tokenizer = _shared_tokenizer(model, reference or model,
+                                  "rewards need a policy and a reference that share one tokenizer")
     evaluation, summary = _data(data, data_format, split, max_samples)
     check_chat_template(evaluation[0], tokenizer, model, data, "evaluate with a model whose tokenizer has one")
     writable_dir(eval_dir(model, out))  # once the models and data are known to be usable: a typo creates nothing
-    logps = preference_logps(load_causal_lm(model), load_causal_lm(reference), tokenizer, evaluation, max_length,
-                             batch_size, source=data)
+    logps = preference_logps(load_causal_lm(model), reference and load_causal_lm(reference), tokenizer, evaluation,
+                             max_length, batch_size, source=data)
     summary["lengths"] = logps.pop("lengths")
+    metrics = implicit_reward_metrics(logps, objective, list(betas)) if objective else \
+        reward_metrics(logps, list(betas))
     result = {"model": model, "reference": reference, "training_beta": _training_beta(model), "data": summary,
-              **reward_metrics(logps, list(betas))}
+              **metrics}
     _warn_if_wide("reward accuracy", result["accuracy_interval"], result["n"], "pairs")
     write_json(rewards_file(model, out), result)
     return result
+
+
+def reference_free_objective(model: str) -> str:
+    """The reference-free objective (simpo, orpo) ``model`` was trained with, from its run's
+    ``reference.json``; refused when it has a reference (DPO, KTO) or says nothing."""
+    from crrelu_llm.training.objectives import REFERENCE_FREE
+
+    recorded = Path(model) / "reference.json"
+    objective = read_json(recorded).get("objective") if recorded.exists() else None
+    if objective not in REFERENCE_FREE:
+        raise EvaluationError(f"eval rewards: give --reference for {model}: only a run of a reference-free objective "
+                              f"({', '.join(REFERENCE_FREE)}; its reference.json says so) is scored without one")
+    return objective
 
 
 def _training_beta(model: str) -> float | None:

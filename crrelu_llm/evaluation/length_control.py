@@ -23,6 +23,8 @@ import random
 import statistics
 import warnings
 
+from crrelu_llm.errors import EvaluationError
+
 MIN_DECISIVE = 10  # fewer wins + losses than this: no fit worth printing
 N_BOOT = 1000
 
@@ -68,7 +70,7 @@ def length_controlled_win_rate(outcomes: list[int | None], model_lengths: list[i
     model wins, 1: the baseline wins, None: tie) and the responses' lengths; ``value`` None with
     ``undefined`` (the reason) when no length-controlled rate can be given."""
     if not len(outcomes) == len(model_lengths) == len(baseline_lengths):
-        raise ValueError("outcomes and both length lists must have one entry per prompt")
+        raise EvaluationError("outcomes and both length lists must have one entry per prompt")
     n = len(outcomes)
     scores = [1.0 if o == 0 else 0.0 if o == 1 else 0.5 for o in outcomes]
     diffs = [float(a - b) for a, b in zip(model_lengths, baseline_lengths)]

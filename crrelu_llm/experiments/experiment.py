@@ -10,6 +10,8 @@ An experiment recipe (YAML) says:
   briefly on the task (a competent but imperfect "pretrained original");
 - ``arms``: name -> recipe keys (``activation: null`` is the GELU baseline);
 - ``sft`` and ``dpo``: recipe keys shared by every arm (TRL field names, as in training recipes);
+  ``objective`` (in ``dpo`` or an arm: ``dpo``, ``simpo``, ``orpo`` or ``kto``) picks the trainer of
+  the preference stage, so an experiment can compare objectives as arms;
 - ``betas``, ``seeds``; ``evaluations``: ``rewards``, ``winrate`` (per DPO run), ``drift``,
   ``benchmark`` (lm-eval tasks) and ``probe`` (for the original, each arm's patched model at
   step 0, each SFT and each DPO run); ``launcher`` (e.g.
@@ -45,6 +47,7 @@ from crrelu_llm.experiments.executors import ExecutorSettings, Stage, check_slur
 from crrelu_llm.experiments.layout import RunLayout
 from crrelu_llm.experiments.stages import EVALUATION_KEYS, TRAINING_KINDS, Declaration, declare, recover_keys
 from crrelu_llm.files import read_json, writable_dir, write_json
+from crrelu_llm.training.objectives import PREFERENCE_OBJECTIVES
 from crrelu_llm.training.recipes import check_recipe_keys, recipe_from_dict
 
 logger = logging.getLogger("crrelu_llm.experiment")
@@ -89,6 +92,7 @@ class Experiment:
     baseline_arm: str = "gelu"
     recover: dict | None = None
     slurm: dict = field(default_factory=dict)  # submitit SlurmExecutor settings, for --executor slurm
+    objectives: dict[str, str] = field(default_factory=dict)  # arm -> dpo, simpo, orpo or kto (default dpo)
     stage_log: list[dict] = field(default_factory=list)  # what ran and what was skipped, for summary.json
     source: str = "experiment recipe"
 
@@ -118,12 +122,21 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
         raise ExperimentError(f"{path}: baseline_arm {baseline!r} is not one of the arms {sorted(raw['arms'])}")
     stage_keys = {"model_name_or_path": "x", "dataset_name": "x", "output_dir": "x"}
     dpo_keys = {"beta": 0.1, "seed": 0, "reference": "policy"}
+    if not isinstance(raw["dpo"], dict):
+        raise ExperimentError(f"{path}: 'dpo' must be a mapping of recipe keys shared by the preference stages")
+    objectives = {}
     for arm, keys in raw["arms"].items():  # every stage's keys, checked before anything runs
         if not isinstance(keys, dict):
             raise ExperimentError(f"{path}: arm {arm!r} must be a mapping of recipe keys (e.g. activation: crrelu)")
-        for command, shared in (("sft", raw.get("sft")), ("dpo", raw["dpo"])):
+        objectives[arm] = objective = keys.get("objective", raw["dpo"].get("objective", "dpo"))
+        if objective not in PREFERENCE_OBJECTIVES:
+            raise ExperimentError(f"{path}: arm {arm!r}: objective must be one of {', '.join(PREFERENCE_OBJECTIVES)}, "
+                                  f"got {objective!r}" + did_you_mean(str(objective), PREFERENCE_OBJECTIVES))
+        keys = {k: v for k, v in keys.items() if k != "objective"}
+        preference = {k: v for k, v in raw["dpo"].items() if k != "objective"}
+        for command, shared in (("sft", raw.get("sft")), (objective, preference)):
             if shared is not None:
-                extra = dpo_keys if command == "dpo" else {}
+                extra = dpo_keys if command != "sft" else {}
                 check_recipe_keys({**shared, **keys, **stage_keys, **extra}, command, f"{path} ({arm}, {command})")
     if raw.get("recover") is not None:
         if not isinstance(raw["recover"], dict):
@@ -141,9 +154,10 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
     exp = Experiment(
         name=raw["name"],
         output_dir=out,
-        arms=raw["arms"],
+        arms={arm: {k: v for k, v in keys.items() if k != "objective"} for arm, keys in raw["arms"].items()},
+        objectives=objectives,
         sft=raw.get("sft"),
-        dpo=raw["dpo"],
+        dpo={k: v for k, v in raw["dpo"].items() if k != "objective"},
         betas=[float(b) for b in raw["betas"]],
         seeds=[int(s) for s in raw["seeds"]],
         evaluations=raw.get("evaluations") or {},
@@ -176,7 +190,7 @@ def check_stages(exp: Experiment, declaration: Declaration, on_this_machine: boo
             if spec.external:
                 continue
             keys = {k: v for k, v in spec.keys.items() if k != "command"}
-            command = spec.keys.get(
+            command = spec.command or spec.keys.get(
                 "command", "distill" if spec.kind == "recover" else "sft" if spec.kind == "original" else spec.kind
             )
             text = json.dumps([command, keys], sort_keys=True, default=str)

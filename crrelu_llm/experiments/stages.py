@@ -21,6 +21,7 @@ from crrelu_llm.evaluation.benchmark import run_benchmark
 from crrelu_llm.evaluation.generation import GenerationSettings
 from crrelu_llm.experiments.layout import RunLayout
 from crrelu_llm.experiments.stage_actions import train_stage, write_step0
+from crrelu_llm.training.objectives import REFERENCE_FREE
 from crrelu_llm.training.train import start_keys
 
 TRAINING_KINDS = ("original", "recover", "sft", "dpo")
@@ -62,6 +63,7 @@ class StageSpec:
     beta: float | None = None
     seed: int | None = None
     model: str | None = None  # the model this stage produces (training, patch) or evaluates
+    command: str | None = None  # training: the crrelu-llm command it runs (a "dpo" stage may run simpo, orpo, kto)
     baseline: str | None = None  # winrate: the other side
     results: list[Path] = field(default_factory=list)
 
@@ -123,7 +125,7 @@ def recover_keys(recover: dict, arm_keys: dict) -> dict:
     calibration applies to CRReLU only (the ReLU control has no eps to calibrate)."""
     keys = {**arm_keys, **recover}
     if arm_keys.get("activation") != "crrelu":
-        for key in ("epsilon_init", "calibration_samples", "epsilon_learning_rate"):
+        for key in ("epsilon_init", "calibration_samples", "activation_learning_rate", "epsilon_learning_rate"):
             keys.pop(key, None)
     return keys
 
@@ -147,7 +149,7 @@ class _Builder:
     def train(self, command: str, keys: dict, out: Path, name: str, after: list[str], **where) -> StageSpec:
         exp = self.exp
         return self.add(name=name, kind="recover" if command == "distill" else where.pop("kind", command),
-                        keys=keys, done=out / "final_metrics.json",
+                        keys=keys, done=out / "final_metrics.json", command=command,
                         action=lambda: train_stage(command, keys, out, exp.launcher), after=after, clear=out,
                         model=str(out), **where)
 
@@ -224,13 +226,19 @@ class _Builder:
             return "distill", {**common, **recover_keys(exp.recover, arm_keys)}
         if exp.sft is not None:
             return "sft", {**common, **exp.sft, **arm_keys}
-        return "dpo", self.dpo_keys(arm, exp.betas[0], exp.seeds[0], self.original)
+        return self.objective(arm), self.dpo_keys(arm, exp.betas[0], exp.seeds[0], self.original)
+
+    def objective(self, arm: str) -> str:
+        """The command of the arm's preference stages: dpo, or simpo, orpo, kto."""
+        return self.exp.objectives.get(arm, "dpo")
 
     def dpo_keys(self, arm: str, beta: float, seed: int, start: str) -> dict:
         # every beta and seed of an arm shares its reference (the arm's SFT model): its log-probabilities are
         # computed once and kept under the arm (crrelu_llm.training.reference_cache), unless the recipe says otherwise
         exp = self.exp
         shared_reference = {"precompute_ref_log_probs": True, "ref_logps_cache_dir": str(self.layout.ref_logps(arm))}
+        if self.objective(arm) != "dpo":  # SimPO and ORPO have no reference; KTO's is its own trainer's
+            shared_reference = {}
         return {"dataset_name": self.data, **shared_reference, **exp.dpo, **exp.arms[arm],
                 "model_name_or_path": start, "beta": beta, "seed": seed, "reference": "policy"}
 
@@ -279,8 +287,9 @@ class _Builder:
                     out = self.layout.dpo(arm, beta, seed)
                     step = f"DPO beta={beta:g} seed={seed}"
                     runs[arm, beta, seed] = self.train(
-                        "dpo", self.dpo_keys(arm, beta, seed, start), out, f"{arm}/dpo beta={beta:g} seed={seed}",
-                        [start_stage, "data"], arm=arm, step=step, beta=beta, seed=seed)
+                        self.objective(arm), self.dpo_keys(arm, beta, seed, start), out,
+                        f"{arm}/dpo beta={beta:g} seed={seed}", [start_stage, "data"], arm=arm, step=step,
+                        beta=beta, seed=seed, kind="dpo")
                     self.evaluations(str(out), runs[arm, beta, seed].name, arm, step)
         for (arm, beta, seed), run in runs.items():
             self.pairwise(run, starts[arm], runs.get((exp.baseline_arm, beta, seed)))
@@ -292,11 +301,13 @@ class _Builder:
         evals, folder = exp.evaluations, self.layout.eval_dir(out)
         if "rewards" in evals:
             r = evaluation_settings(exp, "rewards")
+            # a reference-free objective's own implicit reward (no reference), else DPO's against the start
+            reference = None if self.objective(run.arm) in REFERENCE_FREE else start[0]
             self.add(name=f"{run.arm}/rewards beta={run.beta:g} seed={run.seed}", kind="rewards", keys=r,
-                     done=evaluate.rewards_file(out, folder), after=[run.name, start[1]], baseline=start[0],
-                     action=lambda s=start[0]: evaluate.run_rewards(out, s, data, betas=r["betas"],
-                                                                   max_samples=r["max_samples"],
-                                                                   max_length=r["max_length"]), **where)
+                     done=evaluate.rewards_file(out, folder), after=[run.name, start[1]], baseline=reference,
+                     action=lambda: evaluate.run_rewards(out, reference, data, betas=r["betas"],
+                                                         max_samples=r["max_samples"], max_length=r["max_length"]),
+                     **where)
         if "winrate" not in evals:
             return
         w = evaluation_settings(exp, "winrate")

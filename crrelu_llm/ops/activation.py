@@ -30,6 +30,21 @@ from crrelu_llm.runtime import deepspeed_zero3_enabled
 DEFAULT_EPSILON_INIT = 0.01
 CALIBRATE = "calibrate"  # epsilon_init: least squares per layer (crrelu_llm.patching.calibration)
 
+# Set on every activation module a patch puts in (and kept by deepcopy, PEFT's modules_to_save
+# copies and checkpoints, which rebuild it): its parameters are "activation parameters", trained
+# in their own optimizer group, logged, kept whole under FSDP2 and saved with a LoRA adapter.
+PATCHED_ATTRIBUTE = "_crrelu_llm_patched"
+
+
+def mark_patched(module: nn.Module) -> nn.Module:
+    setattr(module, PATCHED_ATTRIBUTE, True)
+    return module
+
+
+def is_patched_activation(module: nn.Module) -> bool:
+    """A module a patch put in (any class), or a CRReLU however it was built."""
+    return isinstance(module, CRReLU) or bool(getattr(module, PATCHED_ATTRIBUTE, False))
+
 
 def epsilon_init_value(value, allow_calibrate: bool = True) -> float | str:
     """The one check of an ``epsilon_init`` wherever it comes from (recipe, flag, constructor): a
@@ -133,6 +148,19 @@ class CRReLU(nn.Module):
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
+            self.epsilon.fill_(self.epsilon_init)
+
+    @torch.no_grad()
+    def least_squares_init(self, x: torch.Tensor, target: torch.Tensor) -> None:
+        """Set ``epsilon`` (and ``epsilon_init``) to the closed-form least-squares value that
+        brings this module closest to ``target`` on inputs ``x``: ``sum(g d) / sum(g^2)`` with
+        ``g = x exp(-x^2/2)`` and ``d = target - relu(x)`` (the calibration protocol of any
+        activation class; see :mod:`crrelu_llm.patching.calibration`)."""
+        x, target = x.double(), target.double()
+        g = x * torch.exp(-x * x / 2)
+        gg = float((g * g).sum())
+        if gg > 0:
+            self.epsilon_init = float((g * (target - torch.relu(x))).sum()) / gg
             self.epsilon.fill_(self.epsilon_init)
 
     def extra_repr(self) -> str:

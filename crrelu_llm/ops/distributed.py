@@ -1,6 +1,7 @@
-"""The CRReLU epsilons under distributed training: FSDP2 sharing, DeepSpeed shapes, ZeRO gathers.
+"""Activation parameters under distributed training: FSDP2 sharing, DeepSpeed shapes, ZeRO gathers.
 
-eps is a 0-dim parameter, which neither FSDP2 nor DeepSpeed handles as it is:
+CRReLU's eps (and a Swish's beta, and any patched class's scalars) is a 0-dim parameter, which
+neither FSDP2 nor DeepSpeed handles as it is:
 
 - FSDP2's ``fully_shard`` refuses 0-dim parameters. :func:`fsdp2_share_epsilons` keeps the
   CRReLU modules whole on every rank (``ignored_modules``) and averages their gradients.
@@ -16,7 +17,9 @@ import re
 import torch
 from torch import nn
 
-from crrelu_llm.ops.activation import CRReLU
+from crrelu_llm.ops.activation import CRReLU, is_patched_activation
+
+_SCALARS = "_crrelu_llm_scalar_parameters"  # names of 0-dim parameters a module holds as (1,)
 
 
 def full_parameter(param: torch.Tensor) -> torch.Tensor:
@@ -34,15 +37,46 @@ def full_parameter(param: torch.Tensor) -> torch.Tensor:
 
 
 def use_vector_epsilons(model: nn.Module) -> int:
-    """Hold every CRReLU ``epsilon`` with shape ``(1,)``, for DeepSpeed (which cannot broadcast
-    0-dim parameters). Values, ``state_dict()`` and checkpoints are unchanged. Returns how many
-    were converted. Call before the optimizer is built."""
+    """Hold every 0-dim parameter of the patched activations (CRReLU's ``epsilon``, any class's
+    scalars) with shape ``(1,)``, for DeepSpeed (which cannot broadcast 0-dim parameters).
+    Values, ``state_dict()`` and checkpoints are unchanged (element-wise forwards broadcast a
+    ``(1,)`` as they do a scalar). Returns how many were converted. Call before the optimizer is built."""
     converted = 0
     for module in model.modules():
-        if isinstance(module, CRReLU) and module.epsilon.dim() == 0:
-            module.use_vector_epsilon()
-            converted += 1
+        if isinstance(module, CRReLU):
+            if module.epsilon.dim() == 0:
+                module.use_vector_epsilon()
+                converted += 1
+        elif is_patched_activation(module):
+            converted += _vector_scalars(module)
     return converted
+
+
+def _vector_scalars(module: nn.Module) -> int:
+    names = [n for n, p in module.named_parameters(recurse=False) if p.dim() == 0]
+    for name in names:
+        old = getattr(module, name)
+        setattr(module, name, nn.Parameter(old.detach().reshape(1).clone(), requires_grad=old.requires_grad))
+    if names and not hasattr(module, _SCALARS):
+        module._register_state_dict_hook(_scalars_in_state_dict)
+        module._register_load_state_dict_pre_hook(_vectors_on_load)
+    setattr(module, _SCALARS, sorted(set(getattr(module, _SCALARS, [])) | set(names)))
+    return len(names)
+
+
+def _scalars_in_state_dict(module, state_dict, prefix, local_metadata):
+    for name in getattr(module, _SCALARS, []):
+        value = state_dict.get(prefix + name)
+        if isinstance(value, torch.Tensor) and value.shape == (1,):
+            state_dict[prefix + name] = value.reshape(())
+    return state_dict
+
+
+def _vectors_on_load(state_dict, prefix, *args):
+    # a pre-hook registered on the module sees the module's own state_dict keys under prefix
+    for key in list(state_dict):
+        if key.startswith(prefix) and "." not in key[len(prefix):] and state_dict[key].dim() == 0:
+            state_dict[key] = state_dict[key].reshape(1)
 
 
 def fsdp2_share_epsilons(plugin, model, device=None) -> list:
@@ -57,7 +91,8 @@ def fsdp2_share_epsilons(plugin, model, device=None) -> list:
     hook) before either is sharded. Returns the CRReLU modules it added."""
     if plugin is None or getattr(plugin, "fsdp_version", 1) != 2 or model is None:
         return []
-    modules = [m for m in model.modules() if isinstance(m, CRReLU)]
+    modules = [m for m in model.modules()
+               if is_patched_activation(m) and next(m.parameters(recurse=False), None) is not None]
     if not modules:
         return []
     existing = plugin.ignored_modules
@@ -68,9 +103,10 @@ def fsdp2_share_epsilons(plugin, model, device=None) -> list:
     for module in modules:
         if device is not None:
             module.to(device)
-        if module.epsilon.requires_grad and not getattr(module.epsilon, "_crrelu_rank_mean_hook", False):
-            module.epsilon.register_post_accumulate_grad_hook(average_over_ranks)
-            module.epsilon._crrelu_rank_mean_hook = True
+        for param in module.parameters(recurse=False):
+            if param.requires_grad and not getattr(param, "_crrelu_rank_mean_hook", False):
+                param.register_post_accumulate_grad_hook(average_over_ranks)
+                param._crrelu_rank_mean_hook = True
     return modules
 
 

@@ -10,7 +10,7 @@ import torch
 from crrelu_llm.errors import ModelLoadError, UsageError
 from crrelu_llm.files import refuse_existing, writable_dir, write_directory_atomic, write_json
 from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT
-from crrelu_llm.patching.discovery import find_activations, make_activation
+from crrelu_llm.patching.discovery import canonical_activation, check_activation, find_activations, supports_calibration
 from crrelu_llm.patching.loading import load_causal_lm, load_config, load_tokenizer
 from crrelu_llm.patching.patch import patch_model
 from crrelu_llm.patching.record import PatchReport, patch_record
@@ -34,17 +34,18 @@ def patch_checkpoint(model: str, out: Path, activation: str = "crrelu",
                      epsilon_init: float | str = DEFAULT_EPSILON_INIT,
                      layers: list[int] | None = None, dtype: str = "auto", trust_remote_code: bool = False,
                      overwrite: bool = False, calibration_data: str | None = None,
-                     calibration_samples: int = 64) -> PatchReport:
+                     calibration_samples: int = 64, activation_kwargs: dict | None = None) -> PatchReport:
     """Load ``model``, patch it, and write it with its tokenizer and ``patch_report.json`` to
     ``out``, which appears only once complete. An existing ``out`` is replaced only with
     ``overwrite``. ``epsilon_init="calibrate"`` sets each eps to its least-squares value on the
     prompts and chosen responses of ``calibration_samples`` rows of ``calibration_data``."""
     calibrating = epsilon_init == "calibrate"
-    if calibrating and (activation != "crrelu" or not calibration_data):
-        raise UsageError("--epsilon-init calibrate needs --activation crrelu and --calibration-data DATA (text to "
-                         "calibrate on, e.g. the training data)")
-    # a bad name fails before any download
-    make_activation(activation, DEFAULT_EPSILON_INIT if calibrating else epsilon_init)
+    activation = canonical_activation(activation)
+    # a bad name, class or shape fails before any download
+    check_activation(activation, activation_kwargs, DEFAULT_EPSILON_INIT if calibrating else epsilon_init)
+    if calibrating and (not supports_calibration(activation, activation_kwargs) or not calibration_data):
+        raise UsageError("--epsilon-init calibrate needs an activation with least_squares_init (crrelu, swish_beta) "
+                         "and --calibration-data DATA (text to calibrate on, e.g. the training data)")
     out = Path(out)
     refuse_existing(out, overwrite)  # both before any download
     writable_dir(out.parent)
@@ -65,9 +66,11 @@ def patch_checkpoint(model: str, out: Path, activation: str = "crrelu",
     if calibrating:
         from crrelu_llm.patching.calibration import calibrate
 
-        report = calibrate(loaded, tokenizer, pairs, lambda: patch_model(loaded, activation="crrelu", layers=layers))
+        report = calibrate(loaded, tokenizer, pairs, lambda: patch_model(
+            loaded, activation=activation, layers=layers, activation_kwargs=activation_kwargs), activation)
     else:
-        report = patch_model(loaded, activation=activation, epsilon_init=epsilon_init, layers=layers)
+        report = patch_model(loaded, activation=activation, epsilon_init=epsilon_init, layers=layers,
+                             activation_kwargs=activation_kwargs)
 
     def write(tmp: Path) -> None:
         loaded.save_pretrained(tmp)

@@ -9,6 +9,7 @@ attention, state-space mixers, routers, heads and vision/audio towers are left a
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from dataclasses import dataclass
 
@@ -18,24 +19,115 @@ from transformers.activations import ACT2CLS, ACT2FN
 from transformers.modeling_utils import PreTrainedModel
 
 from crrelu_llm.errors import PatchError, did_you_mean
-from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT, CRReLU
+from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT, CRReLU, is_patched_activation
+from crrelu_llm.ops.candidates import SwishBeta
+
+BUILT_IN = {"crrelu": "CRReLU (Sun et al. 2024), learnable eps", "swish_beta": "x*sigmoid(beta*x), learnable beta "
+            "(Ramachandran et al. 2017)", "relu2": "squared ReLU (So et al. 2021, Primer)"}
+ALIASES = {"squared_relu": "relu2"}
 
 
 def available_activations() -> list[str]:
-    """Names ``patch_model(activation=...)`` accepts: ``crrelu`` and every transformers name."""
-    return sorted(set(ACT2CLS) | {"crrelu"})
+    """Names ``patch_model(activation=...)`` accepts besides import paths: the built-in candidates
+    and every transformers name."""
+    return sorted(set(ACT2CLS) | set(BUILT_IN) | set(ALIASES))
 
 
-def make_activation(name: str, epsilon_init: float = DEFAULT_EPSILON_INIT) -> nn.Module:
-    """A fresh activation module for ``name``; ``epsilon_init`` is used by CRReLU only."""
+def is_import_path(name: str) -> bool:
+    """``package.module:Class``: a user's activation class."""
+    return isinstance(name, str) and ":" in name
+
+
+def canonical_activation(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def _import_class(path: str) -> type:
+    import importlib
+
+    module_name, _, class_name = path.partition(":")
+    fix = "give module:Class with the module importable here (installed, or on PYTHONPATH)"
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # noqa: BLE001 - any import failure is the user's path
+        raise PatchError(f"activation {path!r}: module {module_name!r} cannot be imported "
+                         f"({type(err).__name__}: {err}); {fix}") from None
+    cls = module
+    for part in class_name.split("."):
+        cls = getattr(cls, part, None)
+    if cls is None:
+        raise PatchError(f"activation {path!r}: {module_name} has no {class_name!r}; {fix}")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise PatchError(f"activation {path!r} is not a torch.nn.Module class ({type(cls).__name__}); "
+                         "give a class whose forward(x) returns a tensor of x's shape")
+    return cls
+
+
+def make_activation(name: str, epsilon_init: float = DEFAULT_EPSILON_INIT, kwargs: dict | None = None) -> nn.Module:
+    """A fresh activation module for ``name`` (a built-in or transformers name, or an import path
+    ``module:Class``), built with ``kwargs``; ``epsilon_init`` is used by CRReLU only."""
     if not isinstance(name, str):
         raise TypeError(f"activation must be a string name, got {type(name).__name__}")
+    name, kwargs = canonical_activation(name), dict(kwargs or {})
     if name == "crrelu":
-        return CRReLU(epsilon_init)
-    if name in ACT2CLS:
-        return ACT2FN[name]
-    raise PatchError(f"unknown activation {name!r}{did_you_mean(name, available_activations(), n=3)} "
-                     f"Valid names: {', '.join(available_activations())}.")
+        cls, kwargs = CRReLU, {"epsilon_init": epsilon_init, **kwargs}
+    elif name == "swish_beta":
+        cls = SwishBeta
+    elif is_import_path(name):
+        cls = _import_class(name)
+    elif name in ACT2CLS:
+        if not kwargs:
+            return ACT2FN[name]
+        cls = ACT2CLS[name][0] if isinstance(ACT2CLS[name], tuple) else ACT2CLS[name]
+    else:
+        raise PatchError(f"unknown activation {name!r}{did_you_mean(name, available_activations(), n=3)} "
+                         f"Valid names: {', '.join(available_activations())}, or an import path module:Class.")
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise PatchError(f"activation {name!r} cannot be built with activation_kwargs {kwargs}: {err}") from None
+
+
+def activation_kwargs_value(value) -> dict | None:
+    """The one check of ``activation_kwargs`` (recipe key, ``--activation-kwargs``): a mapping
+    of keyword arguments, or JSON for one; None when empty."""
+    if value is None or value == "" or value == {}:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            value = None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise PatchError("activation_kwargs must be a mapping of keyword arguments, e.g. {beta_init: 1.702} in a "
+                         "recipe or '{\"beta_init\": 1.702}' on the command line")
+    return value
+
+
+def supports_calibration(name: str, kwargs: dict | None = None) -> bool:
+    """Whether the class defines ``least_squares_init(x, target)`` (``epsilon_init: calibrate``)."""
+    return callable(getattr(make_activation(name, DEFAULT_EPSILON_INIT, kwargs), "least_squares_init", None))
+
+
+def has_parameters(name: str, kwargs: dict | None = None) -> bool:
+    """Whether the activation has learnable parameters (an activation-parameter group to train)."""
+    return next(make_activation(name, DEFAULT_EPSILON_INIT, kwargs).parameters(), None) is not None
+
+
+def check_activation(name: str, kwargs: dict | None = None, epsilon_init: float = DEFAULT_EPSILON_INIT) -> None:
+    """Build ``name`` and run it on a small tensor: a class that cannot be built, or whose output
+    shape differs from its input's, is refused before any model is loaded."""
+    module = make_activation(name, epsilon_init, kwargs)
+    x = torch.linspace(-3, 3, 2 * 3 * 8).reshape(2, 3, 8)
+    try:
+        with torch.no_grad():
+            y = module(x)
+    except Exception as err:  # noqa: BLE001 - the user's forward: report it in one line
+        raise PatchError(f"activation {name!r} fails on a (2, 3, 8) tensor: {type(err).__name__}: {err}") from None
+    if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise PatchError(f"activation {name!r} maps a (2, 3, 8) input to {shape}: an MLP activation must "
+                         "return a tensor of its input's shape")
 
 
 _TORCH_ACTIVATIONS = tuple(
@@ -123,7 +215,8 @@ LAYER_INDEX = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
 def is_activation_module(module: nn.Module) -> bool:
     """True for a module that is an element-wise activation, judged by its type."""
-    if isinstance(module, (CRReLU, *_TRANSFORMERS_ACTIVATIONS, *_TORCH_ACTIVATIONS)):
+    if is_patched_activation(module) or isinstance(module, (SwishBeta, *_TRANSFORMERS_ACTIVATIONS,
+                                                            *_TORCH_ACTIVATIONS)):
         return True
     if next(module.children(), None) is not None or next(module.parameters(recurse=False), None) is not None:
         return False

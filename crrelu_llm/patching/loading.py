@@ -18,7 +18,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 from crrelu_llm.data.encoding import ensure_pad_token
 from crrelu_llm.errors import ModelLoadError, UsageError
 from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT
-from crrelu_llm.patching.patch import epsilon_parameters, epsilon_tensor
+from crrelu_llm.ops.distributed import full_parameter
+from crrelu_llm.patching.patch import activation_parameters
 from crrelu_llm.patching.record import verify_patch
 from crrelu_llm.patching.tiny import TINY_MODEL_PREFIX, tiny_causal_lm, tiny_config, tiny_model_type, tiny_tokenizer
 
@@ -144,6 +145,7 @@ def load_adapter_run(
             activation=report["activation"],
             epsilon_init=report.get("epsilon_init") or DEFAULT_EPSILON_INIT,
             layers=report.get("layers"),
+            activation_kwargs=report.get("activation_kwargs"),
         )
         calibrated = report.get("calibrated_epsilons") or {}
         record = patch_record(model)
@@ -162,44 +164,57 @@ def load_adapter_run(
     if not merge:
         return wrapped
     merged = wrapped.merge_and_unload()
-    stored = stored_epsilons(path)
+    stored = stored_activation_parameters(path)
     for key, value in stored.items():
-        module_path = key.removeprefix("base_model.model.").removesuffix(".epsilon")
-        loaded = epsilon_tensor(merged.get_submodule(module_path).epsilon).cpu()
-        if not torch.equal(loaded, value.to(loaded.dtype).reshape(())):
-            raise ModelLoadError(
-                f"{module_path}.epsilon loaded as {loaded.item()!r} but the adapter in {path} stores "
-                f"{value.item()!r}: the adapter was not attached faithfully"
-            )
+        name = key.removeprefix("base_model.model.")
+        _same_value(name, activation_parameters(merged).get(name), value,
+                    f"the adapter in {path}", "the adapter was not attached faithfully")
     merged.config.crrelu_llm_adapter = {"run": str(path), "base": base}  # where the merged weights came from
     return merged
 
 
-def stored_epsilons(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
-    """Every ``*.epsilon`` tensor stored in the checkpoint's safetensors files."""
+def stored_activation_parameters(checkpoint_dir: Path, names=None) -> dict[str, torch.Tensor]:
+    """The tensors of ``names`` (default: every ``*.epsilon``; an adapter's activation parameters,
+    named like the modules it saves) stored in the checkpoint's safetensors files."""
     found = {}
     for file in sorted(Path(checkpoint_dir).glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as handle:
+            modules = set()
+            if names is None and file.name.startswith("adapter"):
+                import json
+
+                modules = set(json.loads((Path(checkpoint_dir) / "adapter_config.json").read_text())
+                              .get("modules_to_save") or [])
             for key in handle.keys():
-                if key.endswith(".epsilon"):
+                wanted = key in names if names is not None else (
+                    key.endswith(".epsilon") or any(f".{m}." in f".{key}" for m in modules))
+                if wanted:
                     found[key] = handle.get_tensor(key)
     return found
 
 
+def _same_value(name: str, param, stored: torch.Tensor, where, why: str) -> None:
+    if param is None:
+        return
+    loaded = full_parameter(param).cpu()
+    expected = stored.to(loaded.dtype).reshape(loaded.shape)
+    if not torch.equal(loaded, expected):
+        raise ModelLoadError(f"{name} loaded as {_shown(loaded)} but {where} stores {_shown(stored)}: {why}")
+
+
+def _shown(t: torch.Tensor) -> str:
+    return repr(t.reshape(()).item()) if t.numel() == 1 else f"a tensor of norm {float(t.float().norm()):.6g}"
+
+
 def check_stored_epsilons(model: torch.nn.Module, checkpoint_dir: Path) -> None:
-    """Raise if a loaded ``epsilon`` differs from the checkpoint's (transformers can silently
-    re-initialise parameters it does not know)."""
-    stored = stored_epsilons(checkpoint_dir)
-    for name, param in epsilon_parameters(model).items():
-        if name not in stored:
-            continue
-        expected = stored[name].to(param.dtype).reshape(())
-        loaded = epsilon_tensor(param).cpu()
-        if not torch.equal(loaded, expected):
-            raise ModelLoadError(
-                f"{name} loaded as {loaded.item()!r} but {checkpoint_dir} stores {stored[name].item()!r}: "
-                "the checkpoint was not loaded faithfully (was crrelu_llm imported before loading?)"
-            )
+    """Raise if a loaded activation parameter (CRReLU's ``epsilon``, any patched class's) differs
+    from the checkpoint's (transformers can silently re-initialise parameters it does not know)."""
+    params = activation_parameters(model)
+    stored = stored_activation_parameters(checkpoint_dir, set(params))
+    for name, param in params.items():
+        if name in stored:
+            _same_value(name, param, stored[name], checkpoint_dir,
+                        "the checkpoint was not loaded faithfully (was crrelu_llm imported before loading?)")
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):

@@ -15,11 +15,13 @@ import torch
 from torch import nn
 
 from crrelu_llm.errors import NoActivationFoundError, PatchError
-from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT, CRReLU
+from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT, CRReLU, is_patched_activation, mark_patched
 from crrelu_llm.ops.distributed import full_parameter
 from crrelu_llm.patching.discovery import (
     ActivationSite,
     base_model,
+    canonical_activation,
+    check_activation,
     count_blocks,
     find_activations,
     layer_index,
@@ -68,15 +70,18 @@ def patch_model(
     activation: str = "crrelu",
     epsilon_init: float = DEFAULT_EPSILON_INIT,
     layers=None,
+    activation_kwargs: dict | None = None,
 ) -> PatchReport:
     """Replace the feed-forward activation modules of ``model`` in place.
 
     Args:
         model: a transformers model (or a PEFT model wrapping one), or any ``nn.Module``.
-        activation: ``"crrelu"`` or any transformers activation name (``"gelu"``, ``"relu"``,
-            ``"silu"``...), e.g. for control arms.
+        activation: ``"crrelu"``, another built-in candidate (``"swish_beta"``, ``"relu2"``), any
+            transformers activation name (``"gelu"``, ``"relu"``...; control arms), or the import
+            path of an ``nn.Module`` class, ``"my_pkg.acts:MyActivation"``.
         epsilon_init: initial ``epsilon`` of each CRReLU module.
         layers: block indices to patch (negative counts from the end); ``None`` for all.
+        activation_kwargs: keyword arguments of the activation class (recorded with the patch).
 
     Returns:
         A :class:`PatchReport`. The patch is also recorded in ``model.config`` so that
@@ -87,7 +92,8 @@ def patch_model(
             f"patch_model expects a torch.nn.Module such as a transformers model, got "
             f"{type(model).__name__}; load it first, e.g. AutoModelForCausalLM.from_pretrained(...)"
         )
-    make_activation(activation, epsilon_init)  # validate the name and epsilon before touching anything
+    activation = canonical_activation(activation)
+    check_activation(activation, activation_kwargs, epsilon_init)  # name, class, shape: before touching anything
     root = base_model(model)
     sites = find_activations(root)
     candidates = [s for s in sites if s.feed_forward]
@@ -106,6 +112,7 @@ def patch_model(
         model_type=model_type,
         activation=activation,
         epsilon_init=float(epsilon_init) if activation == "crrelu" else None,
+        activation_kwargs=dict(activation_kwargs) if activation_kwargs else None,
         layers=chosen_layers,
         num_layers=num_blocks,
         skipped=[s for s in sites if not s.feed_forward],
@@ -114,7 +121,7 @@ def patch_model(
         if chosen_layers is not None and site.layer not in chosen_layers:
             continue
         device, dtype = placement(root, site.path)
-        new = make_activation(activation, epsilon_init).to(device=device, dtype=dtype)
+        new = mark_patched(make_activation(activation, epsilon_init, activation_kwargs).to(device=device, dtype=dtype))
         set_submodule(root, site.path, new)
         report.replaced.append(ReplacedModule(site.path, site.module_type, type(new).__name__, site.layer))
     record_patch(root, report)
@@ -123,6 +130,23 @@ def patch_model(
 
 
 # --------------------------------------------------------------------------- helpers for training
+
+
+def activation_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """``{path: module}`` for every activation module a patch put in (any class; PEFT's copies included)."""
+    return {path: module for path, module in model.named_modules() if is_patched_activation(module)}
+
+
+def activation_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """``{parameter name: parameter}`` for every learnable parameter of a patched activation module
+    (CRReLU's ``epsilon``, a Swish's ``beta``, a user class's own), named as in ``named_parameters``."""
+    return {f"{path}.{name}" if path else name: param for path, module in activation_modules(model).items()
+            for name, param in module.named_parameters(recurse=False)}
+
+
+def active_activation_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The activation parameters that train (PEFT's frozen ``original_module`` copies left out)."""
+    return {n: p for n, p in activation_parameters(model).items() if ".original_module." not in n}
 
 
 def epsilon_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -137,6 +161,12 @@ def epsilon_tensor(param: torch.Tensor) -> torch.Tensor:
     return full_parameter(param).reshape(())
 
 
+def parameter_value(param: torch.Tensor) -> float:
+    """What a log shows of an activation parameter: a scalar's value, a tensor's L2 norm."""
+    full = full_parameter(param).float()
+    return float(full.reshape(())) if full.numel() == 1 else float(full.norm())
+
+
 def epsilon_values(model: nn.Module) -> dict[str, float]:
     """Current ``epsilon`` of every CRReLU module, keyed by module path."""
     return {
@@ -146,29 +176,29 @@ def epsilon_values(model: nn.Module) -> dict[str, float]:
     }
 
 
-def active_epsilons(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The CRReLU epsilons that train (PEFT's frozen ``original_module`` copies left out)."""
-    return {n: p for n, p in epsilon_parameters(model).items() if ".original_module." not in n}
-
-
-def epsilon_logs(model: nn.Module) -> dict[str, float]:
-    """``epsilon/<block>`` for every CRReLU, plus mean/min/max (empty for unpatched models): the
-    names under which trainers log them."""
-    values = {}
-    for name, p in active_epsilons(model).items():
+def activation_logs(model: nn.Module) -> dict[str, float]:
+    """``<parameter>/<block>`` for every parameter of the patched activations (``epsilon/03`` for
+    CRReLU, ``beta/03`` for a Swish; scalars as values, tensors as norms), plus mean/min/max per
+    parameter name (empty for unpatched models): the names under which trainers log them."""
+    values, by_name = {}, {}
+    for name, p in active_activation_parameters(model).items():
+        path, _, short = name.rpartition(".")
         layer = layer_index(name)
-        key = f"epsilon/{layer:02d}" if layer is not None else f"epsilon/{name.removesuffix('.epsilon')}"
+        key = f"{short}/{layer:02d}" if layer is not None else f"{short}/{path}"
         if key in values:  # several per block (e.g. MoE shared + routed experts)
-            key = f"epsilon/{name.removesuffix('.epsilon')}"
-        values[key] = float(epsilon_tensor(p).float().item())
-    if values:
-        v = list(values.values())
-        values.update({"epsilon/mean": sum(v) / len(v), "epsilon/min": min(v), "epsilon/max": max(v)})
+            key = f"{short}/{path}"
+        values[key] = parameter_value(p)
+        by_name.setdefault(short, []).append(values[key])
+    for short, v in by_name.items():
+        values.update({f"{short}/mean": sum(v) / len(v), f"{short}/min": min(v), f"{short}/max": max(v)})
     return values
 
 
+epsilon_logs = activation_logs  # the name the trainers used before other activations came
+
+
 def peft_modules_to_save(model: nn.Module) -> list[str]:
-    """Module paths to pass as ``LoraConfig(modules_to_save=...)`` so that the ``epsilon``
+    """Module paths to pass as ``LoraConfig(modules_to_save=...)`` so that the activation
     parameters train with the adapter, are saved with it and survive ``merge_and_unload``."""
-    root = base_model(model)
-    return [path for path, module in root.named_modules() if isinstance(module, CRReLU)]
+    return [path for path, module in activation_modules(base_model(model)).items()
+            if next(module.parameters(recurse=False), None) is not None]

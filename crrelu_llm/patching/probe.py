@@ -10,7 +10,8 @@ non-padding tokens of real text, the probe records:
   inputs; with n in the millions any departure is "significant", so compare its size across
   layers and arms rather than reading a P-value);
 - the output's sparsity: the share of exact zeros and of ``|y| < 1e-3``;
-- the learned ``epsilon`` (CRReLU modules);
+- the learned ``epsilon`` (CRReLU modules), and every learned parameter of any patched class
+  (``parameters``: scalars as values, tensors as norms);
 - the least-squares ``epsilon``: the value that brings CRReLU closest, in squared error, to the
   original activation on these very inputs, ``sum(g d) / sum(g^2)`` with
   ``d = original(x) - relu(x)`` and ``g = x exp(-x^2/2)``. The original activation is the module
@@ -32,9 +33,9 @@ from tqdm.auto import tqdm
 
 from crrelu_llm.data.encoding import check_tokenizers, encode_pairs, ensure_pad_token, model_device
 from crrelu_llm.errors import EvaluationError
-from crrelu_llm.ops.activation import CRReLU
+from crrelu_llm.ops.activation import CRReLU, is_patched_activation
 from crrelu_llm.patching.discovery import find_activations
-from crrelu_llm.patching.patch import epsilon_tensor
+from crrelu_llm.patching.patch import epsilon_tensor, parameter_value
 from crrelu_llm.patching.record import patch_record
 
 logger = logging.getLogger("crrelu_llm.probe")
@@ -113,7 +114,7 @@ def reference_activations(model: nn.Module, original: nn.Module | None = None) -
             refs[site.path] = _recorded_original(record[site.path]["original"])
         else:  # unpatched: the activation itself; CRReLU with no record of what it replaced: unknown
             module = model.get_submodule(site.path)
-            refs[site.path] = None if isinstance(module, CRReLU) else module
+            refs[site.path] = None if is_patched_activation(module) else module
     return refs
 
 
@@ -155,7 +156,9 @@ def activation_statistics(model: nn.Module, tokenizer, pairs: list[tuple[str, st
         reference = references[path]
         layers.append({"path": path, "layer": layer_index(path), "module_type": type(module).__name__,
                        "original_type": type(reference).__name__ if reference is not None else None,
-                       "epsilon": learned, **acc.summary()})
+                       "epsilon": learned, "parameters": {n: parameter_value(p) for n, p in
+                                                         module.named_parameters(recurse=False)},
+                       **acc.summary()})
     return layers
 
 

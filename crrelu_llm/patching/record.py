@@ -20,7 +20,8 @@ from transformers.initialization import no_init_weights
 from transformers.modeling_utils import PreTrainedModel
 
 from crrelu_llm.errors import ModelLoadError, PatchError
-from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT, CRReLU
+from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT, CRReLU, is_patched_activation, mark_patched
+from crrelu_llm.ops.candidates import SwishBeta
 from crrelu_llm.patching.discovery import ActivationSite, base_model, make_activation, placement, set_submodule
 from crrelu_llm.version import __version__
 
@@ -48,6 +49,8 @@ class PatchReport:
     replaced: list[ReplacedModule] = field(default_factory=list)
     skipped: list[ActivationSite] = field(default_factory=list)
     calibrated_epsilons: dict[str, float] | None = None  # epsilon_init: calibrate, per module path
+    activation_kwargs: dict | None = None  # the activation class's keyword arguments
+    calibrated: dict[str, dict[str, float]] | None = None  # calibrate, any class: parameters per module path
 
     @property
     def count(self) -> int:
@@ -64,7 +67,9 @@ class PatchReport:
         eps = f" (epsilon_init={self.epsilon_init})" if self.epsilon_init is not None else \
             (" (epsilon calibrated per layer)" if self.calibrated_epsilons else "")
         scope = "all blocks" if self.layers is None else f"blocks {self.layers}"
-        lines = [f"Patched {self.model_type}: {self.count} activation module(s) -> {self.activation}{eps}, {scope}"]
+        kwargs = f" {self.activation_kwargs}" if self.activation_kwargs else ""
+        lines = [f"Patched {self.model_type}: {self.count} activation module(s) -> {self.activation}{kwargs}{eps}, "
+                 f"{scope}"]
         lines += [f"  {old} -> {new}: {n}" for (old, new), n in kinds.items()]
         lines += [f"  {r.path}: {r.old_type} -> {r.new_type}" for r in self.replaced]
         if self.calibrated_epsilons:
@@ -84,6 +89,8 @@ def register_with_transformers() -> None:
     """
     ACT2CLS["crrelu"] = CRReLU
     ACT2FN["crrelu"] = CRReLU
+    ACT2CLS["swish_beta"] = SwishBeta
+    ACT2FN["swish_beta"] = SwishBeta
     if not getattr(PreTrainedModel.post_init, "_crrelu_llm_wrapped", False):
         original_post_init = PreTrainedModel.post_init
 
@@ -103,10 +110,11 @@ def register_with_transformers() -> None:
         original_initialize = PreTrainedModel._initialize_weights
 
         def _initialize_weights(self, module, *args, **kwargs):
-            # Models' _init_weights do not know CRReLU: an epsilon missing from a checkpoint
-            # would otherwise keep whatever memory it was materialised in.
-            if isinstance(module, CRReLU):
-                if not getattr(module.epsilon, "_is_hf_initialized", False) and not module.epsilon.is_meta:
+            # Models' _init_weights do not know patched activations: an epsilon (or beta) missing
+            # from a checkpoint would otherwise keep whatever memory it was materialised in.
+            own = list(module.parameters(recurse=False))
+            if is_patched_activation(module) and own and hasattr(module, "reset_parameters"):
+                if not any(getattr(p, "_is_hf_initialized", False) or p.is_meta for p in own):
                     module.reset_parameters()
                 module._is_hf_initialized = True
                 return None
@@ -165,6 +173,8 @@ def record_patch(root: nn.Module, report: PatchReport) -> None:
         entry = {"activation": report.activation, "original": modules.get(r.path, {}).get("original", r.old_type)}
         if report.activation == "crrelu":
             entry["epsilon_init"] = report.epsilon_init
+        if report.activation_kwargs:
+            entry["activation_kwargs"] = dict(report.activation_kwargs)
         modules[r.path] = entry
     setattr(config, PATCH_CONFIG_KEY, {"version": PATCH_RECORD_VERSION, "crrelu_llm": __version__, "modules": modules})
 
@@ -202,8 +212,8 @@ def name_activation_in_config(root: nn.Module, report: PatchReport, feed_forward
         record = {**record, "guard": "model_type"}
         setattr(config, PATCH_CONFIG_KEY, record)
     patched = {path for path, entry in record["modules"].items() if entry["activation"] == report.activation}
-    if set(feed_forward) - patched or len(patched) != len(record["modules"]):
-        return  # some blocks only, or mixed activations: a single config key cannot say it
+    if set(feed_forward) - patched or len(patched) != len(record["modules"]) or report.activation_kwargs:
+        return  # some blocks only, mixed activations or keyword arguments: a single config key cannot say it
     new_type = type(make_activation(report.activation, report.epsilon_init or DEFAULT_EPSILON_INIT)).__name__
     before = None
     for key in ACTIVATION_CONFIG_KEYS:
@@ -255,15 +265,21 @@ def restore_patch(root: nn.Module, record: dict) -> None:
         local = _resolve(root, path)
         if local is None:
             continue
-        activation = entry["activation"]
-        new = make_activation(activation, entry.get("epsilon_init", DEFAULT_EPSILON_INIT))
+        new = recorded_activation(entry)  # a class that cannot be imported: a one-line PatchError naming it
         current = root.get_submodule(local)
-        if type(current) is type(new):
+        if type(current) is type(new) and not entry.get("activation_kwargs"):
             if isinstance(current, CRReLU):  # built from the config key: give it the recorded init
                 current.epsilon_init = new.epsilon_init
+            mark_patched(current)
             continue
         device, dtype = placement(root, local)
-        set_submodule(root, local, new.to(device=device, dtype=dtype))
+        set_submodule(root, local, mark_patched(new.to(device=device, dtype=dtype)))
+
+
+def recorded_activation(entry: dict) -> nn.Module:
+    """A fresh module for one entry of a patch record (name or import path, kwargs, eps init)."""
+    return make_activation(entry["activation"], entry.get("epsilon_init", DEFAULT_EPSILON_INIT),
+                           entry.get("activation_kwargs"))
 
 
 def verify_patch(model: nn.Module) -> None:
@@ -277,7 +293,7 @@ def verify_patch(model: nn.Module) -> None:
         except AttributeError:
             problems.append(f"{path}: missing")
             continue
-        expected = type(make_activation(entry["activation"], entry.get("epsilon_init", DEFAULT_EPSILON_INIT)))
+        expected = type(recorded_activation(entry))
         if type(module) is not expected:
             problems.append(f"{path}: {type(module).__name__}, expected {expected.__name__}")
     if problems:

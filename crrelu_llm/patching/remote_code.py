@@ -6,8 +6,10 @@
     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)
 
 rebuilds the CRReLU modules (and their trained eps) in an environment that has only
-transformers and torch. The modeling file is self-contained: it defines CRReLU, registers the
-``"crrelu"`` activation name, and subclasses the checkpoint's own architecture class so that
+transformers and torch. The modeling file is self-contained: it defines CRReLU (and carries the
+source of any other patched class, when that is self-contained:
+:mod:`crrelu_llm.patching.export_classes`), registers the ``"crrelu"`` activation name, and
+subclasses the checkpoint's own architecture class so that
 the modules recorded in ``config.crrelu_llm_patch`` are replaced before the weights load.
 """
 
@@ -19,6 +21,7 @@ from pathlib import Path
 from crrelu_llm.errors import ModelLoadError, PatchError
 from crrelu_llm.files import refuse_existing, write_directory_atomic, write_text_atomic
 from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT
+from crrelu_llm.patching.export_classes import HEADER_IMPORTS, exported_classes
 from crrelu_llm.patching.loading import load_causal_lm, load_tokenizer
 from crrelu_llm.patching.record import GUARD_PREFIX, patch_record
 
@@ -31,7 +34,7 @@ CRReLU(x) = relu(x) + eps * x * exp(-x**2 / 2), with a learnable scalar eps per 
     AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
 """
 
-import torch
+{header_imports}import torch
 from torch import nn
 from transformers import {base}
 from transformers.activations import ACT2CLS, ACT2FN
@@ -57,6 +60,11 @@ if "crrelu" not in ACT2CLS:  # crrelu-llm, when installed, registers its own (sa
     ACT2FN["crrelu"] = CRReLU
 
 
+{classes}
+
+_CLASSES = {table}
+
+
 def _resolve(root, path):
     parts = path.split(".")
     for start in range(len(parts)):
@@ -76,6 +84,8 @@ def _rebuild(root, record):
             continue
         if entry["activation"] == "crrelu":
             new = CRReLU(entry.get("epsilon_init", {default_epsilon}))
+        elif entry["activation"] in _CLASSES:
+            new = _CLASSES[entry["activation"]](**entry.get("activation_kwargs", {{}}))
         else:
             new = ACT2FN[entry["activation"]]
         current = root.get_submodule(local)
@@ -98,6 +108,10 @@ class {name}({base}):
                 with torch.no_grad():
                     module.epsilon.fill_(module.epsilon_init)
             return
+        if type(module) in _CLASSES.values():
+            if hasattr(module, "reset_parameters") and not any(p.is_meta for p in module.parameters()):
+                module.reset_parameters()
+            return
         return super()._init_weights(module)
 '''
 
@@ -115,8 +129,8 @@ class CRReLUConfig({base_config}):
 '''
 
 
-def modeling_source(architecture: str, guarded_type: str | None = None, base_config: str | None = None
-                    ) -> tuple[str, str]:
+def modeling_source(architecture: str, guarded_type: str | None = None, base_config: str | None = None,
+                    record: dict | None = None) -> tuple[str, str]:
     """The modeling file for ``architecture`` (a transformers class name) and its class name.
     With ``guarded_type`` it also defines ``CRReLUConfig``, the config class for a checkpoint
     saved under that model type (see :func:`crrelu_llm.patching.record.register_with_transformers`)."""
@@ -130,9 +144,11 @@ def modeling_source(architecture: str, guarded_type: str | None = None, base_con
     name = f"CRReLU{architecture}"
     config_class = _CONFIG_CLASS.format(base_config=base_config, model_type=guarded_type) if guarded_type else ""
     config_line = "    config_class = CRReLUConfig\n" if guarded_type else ""
+    classes, table = exported_classes(record or {})  # refused here unless each is self-contained
     return _TEMPLATE.format(version=__version__, base=architecture, name=name, config_class=config_class,
-                            default_epsilon=DEFAULT_EPSILON_INIT,
-                            config_line=config_line), name
+                            default_epsilon=DEFAULT_EPSILON_INIT, config_line=config_line, classes=classes,
+                            table="{" + ", ".join(f"{k!r}: {v}" for k, v in table.items()) + "}",
+                            header_imports=HEADER_IMPORTS if table else ""), name
 
 
 def export_remote_code(model: str, out: Path, overwrite: bool = False) -> Path:
@@ -145,7 +161,7 @@ def export_remote_code(model: str, out: Path, overwrite: bool = False) -> Path:
         raise PatchError(f"{model} is not patched (no config.crrelu_llm_patch): there is nothing to export")
     architecture = type(loaded).__name__
     guarded = GUARD_PREFIX + type(loaded.config).model_type if record.get("guard") == "model_type" else None
-    source, name = modeling_source(architecture, guarded, type(loaded.config).__name__)
+    source, name = modeling_source(architecture, guarded, type(loaded.config).__name__, record)
     try:
         tokenizer = load_tokenizer(str(model))
     except ModelLoadError:  # a checkpoint without a tokenizer is still a model

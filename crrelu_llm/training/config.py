@@ -22,6 +22,7 @@ from trl import DPOConfig, SFTConfig
 
 from crrelu_llm.errors import RecipeError
 from crrelu_llm.ops.activation import CALIBRATE, DEFAULT_EPSILON_INIT, epsilon_init_value
+from crrelu_llm.patching.discovery import activation_kwargs_value
 
 logger = logging.getLogger("crrelu_llm.config")
 
@@ -34,8 +35,15 @@ class CRReLUArguments:
 
     activation: str | None = field(
         default="crrelu",
-        metadata={"help": "Activation to put into the MLPs: crrelu, or any transformers name (relu, gelu, ...) for a "
-                  "control arm; null or 'none' keeps the model as it is (the baseline arm)."},
+        metadata={"help": "Activation to put into the MLPs: crrelu; another built-in candidate (swish_beta: learnable "
+                  "beta; relu2: squared ReLU); any transformers name (relu, gelu, ...) for a control arm; or the "
+                  "import path of your own nn.Module class, my_pkg.acts:MyActivation. Null or 'none' keeps the "
+                  "model as it is (the baseline arm)."},
+    )
+    activation_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments of the activation class (a mapping; on the command line as JSON), "
+                  "e.g. {beta_init: 1.702} for swish_beta. Recorded with the patch and used again at load time."},
     )
     epsilon_init: str = field(
         default=DEFAULT_EPSILON_INIT,
@@ -88,13 +96,19 @@ class CRReLUArguments:
         if isinstance(self.activation, str) and self.activation.lower() in ("none", "null", ""):
             self.activation = None
         self.epsilon_init = epsilon_init_value(self.epsilon_init)
+        self.activation_kwargs = activation_kwargs_value(self.activation_kwargs)
         if self.activation is not None:
-            from crrelu_llm.patching.discovery import make_activation
+            from crrelu_llm.patching.discovery import canonical_activation, check_activation, supports_calibration
 
+            self.activation = canonical_activation(self.activation)
             initial = DEFAULT_EPSILON_INIT if self.epsilon_init == CALIBRATE else self.epsilon_init
-            make_activation(self.activation, initial)  # unknown name -> closest valid ones
-        if self.epsilon_init == CALIBRATE and self.activation != "crrelu":
-            raise RecipeError("epsilon_init: calibrate sets CRReLU's eps: it needs activation: crrelu")
+            # unknown name -> closest valid ones; a class that is not an nn.Module or changes the shape: refused
+            check_activation(self.activation, self.activation_kwargs, initial)
+            if self.epsilon_init == CALIBRATE and not supports_calibration(self.activation, self.activation_kwargs):
+                raise RecipeError(f"epsilon_init: calibrate needs an activation class with a least_squares_init(x, "
+                                  f"target) method (crrelu, swish_beta); {self.activation} has none")
+        elif self.activation_kwargs:
+            raise RecipeError("activation_kwargs needs an activation to build (activation is null)")
         if self.calibration_samples < 1:
             raise RecipeError(f"calibration_samples must be a positive number of rows, got {self.calibration_samples}")
         if self.swap_steps is not None and (self.swap_steps < 1 or self.activation is None):
@@ -111,17 +125,18 @@ class CRReLUArguments:
 class EpsilonTrainingArguments:
     """The eps optimiser settings, carried by the trainer's ``args`` (see :class:`CRReLUDPOConfig`)."""
 
-    epsilon_learning_rate: float | None = field(
+    activation_learning_rate: float | None = field(
         default=1e-4,
         metadata={
-            "help": "Learning rate of the epsilon parameter group (no weight decay). At DPO learning rates a "
-            "scalar epsilon barely moves, hence its own rate; null uses learning_rate (the paper's setup)."
+            "help": "Learning rate of the activation-parameter group (CRReLU's eps, a Swish's beta, your class's "
+            "parameters; no weight decay). At DPO learning rates a scalar barely moves, hence its own rate; null "
+            "uses learning_rate (the paper's setup). epsilon_learning_rate is the same key under its old name."
         },
     )
 
     def __post_init__(self):
-        if self.epsilon_learning_rate is not None and self.epsilon_learning_rate < 0:
-            raise RecipeError(f"epsilon_learning_rate must be >= 0, got {self.epsilon_learning_rate}")
+        if self.activation_learning_rate is not None and self.activation_learning_rate < 0:
+            raise RecipeError(f"activation_learning_rate must be >= 0, got {self.activation_learning_rate}")
         super().__post_init__()
 
 

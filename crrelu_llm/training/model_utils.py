@@ -9,7 +9,13 @@ from pathlib import Path
 from crrelu_llm.errors import RecipeError
 from crrelu_llm.patching.discovery import find_activations
 from crrelu_llm.patching.loading import load_causal_lm
-from crrelu_llm.patching.patch import active_epsilons, epsilon_logs, patch_model, patch_sites
+from crrelu_llm.patching.patch import (
+    activation_logs,
+    activation_parameters,
+    active_activation_parameters,
+    patch_model,
+    patch_sites,
+)
 from crrelu_llm.patching.record import patch_record
 
 logger = logging.getLogger("crrelu_llm.train")
@@ -46,18 +52,19 @@ def apply_recipe_patch(model, crrelu_args, source: str, tokenizer=None, calibrat
         # e.g. DPO starting from an SFT checkpoint of this project: re-patching would reset the
         # epsilons it learned, so keep them and say so.
         record = patch_record(model)
-        kept = "its modules and trained epsilons" if crrelu_args.activation == "crrelu" else "its modules"
+        kept = "its modules and trained parameters" if activation_parameters(model) else "its modules"
         logger.warning("%s is already patched with %s (%d modules): keeping %s",
                        source, crrelu_args.activation, len(record["modules"]), kept)
         return {"already_patched": True, "activation": crrelu_args.activation, "count": len(record["modules"]),
-                "layers": None, "modules": record["modules"], "epsilon": epsilon_logs(model)}
+                "layers": None, "modules": record["modules"], "epsilon": activation_logs(model)}
     if crrelu_args.epsilon_init == "calibrate":
         from crrelu_llm.patching.calibration import calibrate
 
         return calibrate(model, tokenizer, calibration_pairs, lambda: patch_model(
-            model, activation="crrelu", layers=crrelu_args.patch_layers)).to_dict()
+            model, activation=crrelu_args.activation, layers=crrelu_args.patch_layers,
+            activation_kwargs=crrelu_args.activation_kwargs), crrelu_args.activation).to_dict()
     return patch_model(model, activation=crrelu_args.activation, epsilon_init=crrelu_args.epsilon_init,
-                       layers=crrelu_args.patch_layers).to_dict()
+                       layers=crrelu_args.patch_layers, activation_kwargs=crrelu_args.activation_kwargs).to_dict()
 
 
 def already_patched(model, activation: str, layers=None) -> bool:
@@ -72,13 +79,15 @@ def already_patched(model, activation: str, layers=None) -> bool:
 
 
 def apply_epsilon_mode(model, mode: str) -> None:
-    eps = active_epsilons(model)
+    """``freeze``: the activation parameters stay as they are; ``only``: they alone train."""
+    eps = active_activation_parameters(model)
     if mode == "freeze":
         for p in eps.values():
             p.requires_grad_(False)
     elif mode == "only":
         if not eps:
-            raise RecipeError("epsilon_mode: only needs a CRReLU-patched model (activation: crrelu)")
+            raise RecipeError("epsilon_mode: only trains the activation's parameters alone: it needs an activation "
+                              "that has some (crrelu, swish_beta, or a class with nn.Parameters)")
         for p in model.parameters():
             p.requires_grad_(False)
         for p in eps.values():

@@ -29,7 +29,8 @@ from trl import ModelConfig
 
 from crrelu_llm.data.preference import DataArguments
 from crrelu_llm.errors import RecipeError, did_you_mean
-from crrelu_llm.training.config import CONFIGS, CRReLUArguments, EpsilonTrainingArguments
+from crrelu_llm.training.config import CRReLUArguments, EpsilonTrainingArguments
+from crrelu_llm.training.objectives import CONFIGS, PREFERENCE_OBJECTIVES, TRL_TRAINERS
 
 logger = logging.getLogger("crrelu_llm.config")
 
@@ -53,6 +54,26 @@ REMOVED_KEYS = {
     "label_pad_token_id": "removed from TRL",
     "padding_value": "removed from TRL: use pad_token",
 }
+
+
+# Old key names still read, and the key each now is.
+ALIASES = {"epsilon_learning_rate": "activation_learning_rate"}
+
+
+def resolve_aliases(config: dict, argv: list[str], source: str) -> tuple[dict, list[str]]:
+    """``config`` and ``argv`` with old key names (:data:`ALIASES`) under their new ones; the same
+    key given under both names (with different values) is refused."""
+    config = dict(config)
+    for old, new in ALIASES.items():
+        if old in config:
+            value = config.pop(old)
+            if new in config and config[new] != value:
+                raise RecipeError(f"{source}: {old} ({value!r}) is another name for {new} ({config[new]!r}); "
+                                  f"keep one of them")
+            config[new] = value
+    argv = [f"--{ALIASES[a[2:].split('=', 1)[0]]}" + (a[2:].partition("=")[1] + a[2:].partition("=")[2])
+            if a.startswith("--") and a[2:].split("=", 1)[0] in ALIASES else a for a in argv]
+    return config, argv
 
 
 def recipe_types(command: str):
@@ -100,7 +121,8 @@ def check_flag_names(argv: list[str], command: str) -> None:
         if not arg.startswith("--") or len(arg) == 2:
             continue
         name = arg[2:].split("=", 1)[0].replace("-", "_")  # HfArgumentParser also takes --output-dir
-        if name in index or name in ("config", "help") or (name.startswith("no_") and name[3:] in index):
+        if name in index or name in ALIASES or name in ("config", "help") or (
+                name.startswith("no_") and name[3:] in index):
             continue
         problems.append(_unknown_key_problem(name, index, flag=True))
     if problems:
@@ -114,6 +136,7 @@ def check_recipe_keys(config: dict, command: str, path: str) -> None:
     for key, value in config.items():
         if key == "env":
             continue
+        key = ALIASES.get(key, key)
         if key not in index:
             problems.append(_unknown_key_problem(key, index))
             continue
@@ -262,7 +285,9 @@ def parse_recipe(command: str, argv: list[str]):
     return recipe_from_dict(command, config, argv, source=path + (f" (arm {arm})" if arm else ""))
 
 
-TRAINERS_OF = {"sft": "SFTTrainer", "dpo": "DPOTrainer", "distill": "SFTTrainer, distilling the original"}
+def trl_config_name(command: str) -> str:
+    """The TRL config a command's recipe extends (``DPOConfig``, ``CPOConfig``...)."""
+    return next(c.__name__ for c in CONFIGS[command].__mro__ if c.__module__.startswith("trl."))
 
 
 def recipe_parser(command: str):
@@ -272,12 +297,12 @@ def recipe_parser(command: str):
 
     own = [f"--{f.name}" for cls in (CRReLUArguments, EpsilonTrainingArguments) for f in dataclasses.fields(cls)]
     keys = textwrap.fill(
-        f"This project's keys (the first group below, and epsilon_learning_rate with the trainer's): "
+        f"This project's keys (the first group below, and activation_learning_rate with the trainer's): "
         f"{', '.join(own)}. Then the data keys, then every key of TRL's "
-        f"{'DPOConfig' if command == 'dpo' else 'SFTConfig'} and ModelConfig. Unknown keys are refused with the "
+        f"{trl_config_name(command)} and ModelConfig. Unknown keys are refused with the "
         "closest valid one.", width=100)
     description = (
-        f"Patch a model per a recipe, then train it with TRL's {TRAINERS_OF[command]}.\n\n"
+        f"Patch a model per a recipe, then train it with TRL's {TRL_TRAINERS[command]}.\n\n"
         "  --config RECIPE.yaml   the recipe: flat YAML of the keys below (flags override it)\n"
         "  --arm NAME             for a recipe with arms: the arm whose keys are laid over the shared ones\n\n"
         + keys
@@ -294,7 +319,7 @@ def recipe_parser(command: str):
 def recipe_from_dict(command: str, config: dict, argv: list[str] = (), source: str = "recipe"):
     """The recipe dataclasses from a mapping of keys (a recipe file's content, or the keys an
     experiment stage is given), with ``--key value`` flags in ``argv`` laid over them."""
-    argv = list(argv)
+    config, argv = resolve_aliases(config, list(argv), source)
     check_flag_names(argv, command)
     check_recipe_keys(config, command, source)
     # what the user gave (defaults are in range), before TrainingArguments' own checks
@@ -325,7 +350,7 @@ def recipe_from_dict(command: str, config: dict, argv: list[str] = (), source: s
         )
     if model_args.model_name_or_path is None:
         raise RecipeError("model_name_or_path is required (a hub id, a local checkpoint or tiny-<model_type>)")
-    if command == "dpo" and crrelu_args.swap_steps:
+    if command in PREFERENCE_OBJECTIVES and crrelu_args.swap_steps:
         raise RecipeError(
             "swap_steps blends the activation in during sft or distill; DPO starts from a model whose "
             "swap is done (its reference is that model)"

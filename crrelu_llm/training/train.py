@@ -36,15 +36,23 @@ from crrelu_llm.ops import kernels
 from crrelu_llm.ops.distributed import use_vector_epsilons
 from crrelu_llm.patching.calibration import calibration_pairs
 from crrelu_llm.patching.loading import is_adapter_run, load_adapter_run, load_causal_lm, load_tokenizer
-from crrelu_llm.patching.patch import epsilon_logs, peft_modules_to_save
+from crrelu_llm.patching.patch import activation_logs, peft_modules_to_save
 from crrelu_llm.patching.record import patch_record
 from crrelu_llm.runtime import deepspeed_zero3_enabled
 from crrelu_llm.training.config import CALIBRATE, CRReLUArguments
 from crrelu_llm.training.model_card import model_card
 from crrelu_llm.training.model_utils import apply_epsilon_mode, apply_recipe_patch, build_reference
+from crrelu_llm.training.objectives import (
+    PREFERENCE_OBJECTIVES,
+    REFERENCE_FREE,
+    TRAINERS,
+    UNPAIRED,
+    reference_free_info,
+    unpaired,
+)
 from crrelu_llm.training.recipes import BOOKKEEPING_KEYS, parse_recipe, recipe_from_dict, resolved_recipe
 from crrelu_llm.training.recovery import SwapScheduleCallback, blend_in, original_activations
-from crrelu_llm.training.trainer import TRAINERS, RankConsistencyCallback
+from crrelu_llm.training.trainer import RankConsistencyCallback
 
 logger = logging.getLogger("crrelu_llm.train")
 
@@ -81,6 +89,8 @@ def claim_output_dir(output_dir: Path, recipe: dict, overwrite: bool) -> None:
     recorded_file = output_dir / "recipe.yaml"
     if recorded_file.exists():
         recorded = yaml.safe_load(recorded_file.read_text()) or {}
+        if "epsilon_learning_rate" in recorded:  # a run recorded before the key was renamed
+            recorded.setdefault("activation_learning_rate", recorded.pop("epsilon_learning_rate"))
         now = yaml.safe_load(yaml.safe_dump(recipe))  # compare as recorded (YAML types)
         changed = sorted(k for k in set(recorded) | set(now)
                          if k not in BOOKKEEPING_KEYS and recorded.get(k) != now.get(k))
@@ -106,10 +116,15 @@ def claim_output_dir(output_dir: Path, recipe: dict, overwrite: bool) -> None:
 
 
 def training_splits(command: str, data_args: DataArguments):
-    """(train, eval, summary) of a training command's data: preference pairs for DPO, SFT rows
-    for SFT and distillation."""
-    loader = load_preference_splits if command == "dpo" else load_sft_splits
-    return loader(data_args)
+    """(train, eval, summary) of a training command's data: preference pairs for DPO, SimPO and
+    ORPO, the same pairs unpaired for KTO, SFT rows for SFT and distillation."""
+    if command not in PREFERENCE_OBJECTIVES:
+        return load_sft_splits(data_args)
+    train, evaluation, summary = load_preference_splits(data_args)
+    if command in UNPAIRED:
+        train, evaluation = unpaired(train), unpaired(evaluation)
+        summary["unpaired"] = "each pair as a desirable (chosen) and an undesirable (rejected) example"
+    return train, evaluation, summary
 
 
 def patch_for_training(model, crrelu_args: CRReLUArguments, model_args, tokenizer, train_data) -> dict | None:
@@ -226,7 +241,8 @@ def prepare(
     zero3 = deepspeed_zero3_enabled()
     model = load_model()
     original = None
-    if (command == "dpo" and crrelu_args.reference == "original") or (
+    with_reference = command in PREFERENCE_OBJECTIVES and command not in REFERENCE_FREE
+    if (with_reference and crrelu_args.reference == "original") or (
         command == "distill" and not training_args.teacher_model_name_or_path
     ):
         original = load_model() if zero3 else copy.deepcopy(model)
@@ -239,7 +255,7 @@ def prepare(
             "count": len(record["modules"]),
             "layers": None,
             "modules": record["modules"],
-            "epsilon": epsilon_logs(model),
+            "epsilon": activation_logs(model),
             "continued_adapter": model_args.model_name_or_path,
         }
     else:
@@ -272,7 +288,10 @@ def prepare(
                 f"the distillation teacher ({teacher or model_args.model_name_or_path}) is already patched: "
                 "distil from the original model (set teacher_model_name_or_path)"
             )
-    if command == "dpo":
+    if command in REFERENCE_FREE:
+        reference_info = reference_free_info(command)
+        logger.info("%s: %s", command, reference_info["source"])
+    if with_reference:
 
         def policy_copy():
             if continuing:  # the policy at the start is the run's adapter merged: a plain model for TRL
@@ -289,7 +308,7 @@ def prepare(
         reference_info["precompute_ref_log_probs"] = training_args.precompute_ref_log_probs
         reference_info["peft"] = bool(model_args.use_peft)
         trainer_kwargs["ref_model"] = ref  # always explicit: TRL's implicit choices differ by setting
-        logger.info("DPO reference: %s", reference_info["source"])
+        logger.info("%s reference: %s", command.upper(), reference_info["source"])
 
     if model_args.use_peft and not continuing:
         from peft import get_peft_model
@@ -317,12 +336,15 @@ def prepare(
     )
 
     # the trainer has tokenized and cut every split (an emptied one was refused): what reaches it is counted
-    data_summary["splits"] = getattr(trainer, "data_accounting", {})
+    if hasattr(trainer, "data_accounting"):
+        data_summary["splits"] = trainer.data_accounting
+    else:  # SimPO, ORPO, KTO: TRL's trainers tokenize and cut by their own rules, not counted row by row here
+        data_summary["truncation"] = f"{type(trainer).__mro__[2].__name__}'s own (max_length), not counted per row"
     writable_dir(output_dir, "output_dir")  # only now: a refused run leaves nothing behind
     if trainer.is_world_process_zero():
         from crrelu_llm.data.accounting import line
 
-        for split, counts in data_summary["splits"].items():
+        for split, counts in data_summary.get("splits", {}).items():
             print(line(split, counts), flush=True)
         write_text_atomic(output_dir / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=True))
         write_json(output_dir / "patch_report.json", patch_report)
@@ -348,7 +370,7 @@ def run(
     metrics = dict(train_result.metrics)
     if trainer.eval_dataset is not None and len(trainer.eval_dataset):
         metrics.update(trainer.evaluate())
-    eps = epsilon_logs(trainer.model)
+    eps = activation_logs(trainer.model)
     metrics.update({f"final_{k}": v for k, v in eps.items()})
     trainer.save_model(str(output_dir))
     trainer.save_state()  # trainer_state.json (log history, epsilon per step) beside the model
@@ -370,7 +392,8 @@ def run(
             f"{command} done: {trainer.state.global_step} steps in {time.time() - start:.1f}s"
             + (f", eval reward accuracy {accuracy:.3f}" if accuracy is not None else "")
             + (f", eval loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else "")
-            + (f", epsilon in [{eps['epsilon/min']:.4g}, {eps['epsilon/max']:.4g}]" if eps else "")
+            + "".join(f", {name} in [{eps[name + '/min']:.4g}, {eps[name + '/max']:.4g}]"
+                      for name in sorted({k.split("/")[0] for k in eps}))
             + f" -> {output_dir}",
             flush=True,
         )
@@ -395,7 +418,7 @@ def resume_hint(output_dir: Path) -> str:
 
 
 def main(command: str, argv: list[str]) -> int:
-    """``crrelu-llm sft|dpo|distill --config RECIPE [--arm NAME] [--key value ...]``."""
+    """``crrelu-llm sft|dpo|simpo|orpo|kto|distill --config RECIPE [--arm NAME] [--key value ...]``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args = parse_recipe(command, argv)
     try:

@@ -1,10 +1,11 @@
 """TRL's trainers with the CRReLU epsilons looked after, and the callbacks a run uses.
 
 :class:`CRReLUDPOTrainer` and :class:`CRReLUSFTTrainer` are TRL's ``DPOTrainer`` and
-``SFTTrainer`` with :class:`EpsilonTrainingMixin`: the epsilons get their own optimizer
-parameter group (``args.epsilon_learning_rate``, no weight decay; built by overriding
-``create_optimizer``, so it also holds under DeepSpeed and FSDP), their values are logged with
-the other metrics (``epsilon/<layer>``, mean, min, max, so they reach ``trainer_state.json``
+``SFTTrainer`` with :class:`EpsilonTrainingMixin`: the epsilons (every patched activation's
+parameters) get their own optimizer parameter group (``args.activation_learning_rate``, no
+weight decay; built by overriding ``create_optimizer``, so it also holds under DeepSpeed and
+FSDP), their values are logged with the other metrics (``epsilon/<layer>``, ``beta/<layer>``...,
+mean, min, max, so they reach ``trainer_state.json``
 and every ``report_to``), FSDP2 keeps them whole (:mod:`crrelu_llm.ops.distributed`), and
 checkpoints hold them 0-dim. Pass a :class:`~crrelu_llm.training.config.CRReLUDPOConfig` (or SFT) as
 ``args``; a plain TRL config trains eps at ``learning_rate``.
@@ -25,7 +26,7 @@ from crrelu_llm.data import accounting
 from crrelu_llm.data.accounting import truncate_like_reference
 from crrelu_llm.files import write_json
 from crrelu_llm.ops.distributed import fsdp2_share_epsilons, full_parameter
-from crrelu_llm.patching.patch import active_epsilons, epsilon_logs, epsilon_parameters
+from crrelu_llm.patching.patch import activation_logs, activation_parameters, active_activation_parameters
 from crrelu_llm.training.reference_cache import weights_checksum
 
 logger = logging.getLogger("crrelu_llm.trainer")
@@ -60,27 +61,27 @@ class EpsilonTrainingMixin:
         if getattr(self, "_epsilon_group_built", False):
             return optimizer
         self._epsilon_group_built = True
-        eps = [p for p in active_epsilons(self.model).values() if p.requires_grad]
+        eps = [p for p in active_activation_parameters(self.model).values() if p.requires_grad]
         if not eps:
             return optimizer
         ids = {id(p) for p in eps}
         for group in optimizer.param_groups:
             group["params"] = [p for p in group["params"] if id(p) not in ids]
-        lr = getattr(self.args, "epsilon_learning_rate", None)
+        lr = getattr(self.args, "activation_learning_rate", None)
         lr = self.args.learning_rate if lr is None else lr
-        optimizer.add_param_group({"params": eps, "lr": lr, "weight_decay": 0.0, "name": "crrelu_epsilon"})
-        logger.info("epsilon parameter group: %d parameters, lr %g, no weight decay", len(eps), lr)
+        optimizer.add_param_group({"params": eps, "lr": lr, "weight_decay": 0.0, "name": "activation_parameters"})
+        logger.info("activation parameter group: %d parameters, lr %g, no weight decay", len(eps), lr)
         return optimizer
 
     def log(self, logs: dict, *args, **kwargs):
-        logs.update(epsilon_logs(self.model))
+        logs.update(activation_logs(self.model))
         return super().log(logs, *args, **kwargs)
 
     def _save(self, output_dir=None, state_dict=None):
         # A ZeRO-3 consolidated state dict is built from the parameters themselves, where the
         # epsilons are (1,)-shaped (see CRReLU): store them 0-dim like every other checkpoint.
         if state_dict:
-            names = set(epsilon_parameters(self.model))
+            names = set(activation_parameters(self.model))
             state_dict = {k: (v.reshape(()) if k in names and v.dim() == 1 and v.numel() == 1 else v)
                           for k, v in state_dict.items()}
         return super()._save(output_dir, state_dict=state_dict)
@@ -307,7 +308,7 @@ class RankConsistencyCallback(TrainerCallback):
         import torch.distributed as dist
 
         checksum = float(sum(_value_sum(p) for p in model.parameters()))
-        mine = {"rank": int(os.environ.get("RANK", "0")), "checksum": checksum, "epsilon": epsilon_logs(model)}
+        mine = {"rank": int(os.environ.get("RANK", "0")), "checksum": checksum, "epsilon": activation_logs(model)}
         everyone = [mine]
         if dist.is_available() and dist.is_initialized():
             everyone = [None] * dist.get_world_size()

@@ -1,0 +1,73 @@
+"""The activation classes a remote-code export carries: each patched class's own source, when it
+is self-contained (it needs nothing from its module but ``torch``, ``nn``, ``F`` and ``math``).
+
+A class that reaches for anything else (a helper function, a constant, another class of its
+package) cannot be copied faithfully into ``modeling_crrelu.py``; the export is refused with the
+names it would lose, rather than writing a file that fails, or behaves differently, where it loads.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import inspect
+import textwrap
+
+from crrelu_llm.errors import PatchError
+from crrelu_llm.patching.discovery import is_import_path, make_activation
+
+# What the modeling file imports; a class may use these and nothing else from its module.
+AVAILABLE = {"torch", "nn", "F", "math"}
+HEADER_IMPORTS = "import math\n\nimport torch.nn.functional as F\n"
+
+
+def _free_names(tree: ast.ClassDef) -> set[str]:
+    bound = {tree.name}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            bound.add(node.id)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return used - bound - set(dir(builtins))
+
+
+def class_source(name: str, kwargs: dict | None = None) -> tuple[str, str]:
+    """(class name, source) of the activation ``name`` builds, checked self-contained."""
+    cls = type(make_activation(name, kwargs=kwargs))
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError) as err:
+        raise PatchError(f"export: the source of {name} ({cls.__qualname__}) cannot be read ({err}), so it "
+                         "cannot be written into the exported files") from None
+    tree = ast.parse(source).body[0]
+    missing = sorted(_free_names(tree) - AVAILABLE)
+    if missing:
+        raise PatchError(f"export: {name} is not self-contained: its class uses {', '.join(missing)} from its "
+                         f"module, which the exported modeling file would not have. Move what it needs into the "
+                         f"class (torch, nn, F and math are available), or share the checkpoint with crrelu-llm")
+    bases = [ast.unparse(b) for b in tree.bases]
+    if bases != ["nn.Module"]:
+        raise PatchError(f"export: {name} derives from {', '.join(bases) or 'nothing'}; a class copied into the "
+                         "exported files must derive from nn.Module directly")
+    return cls.__name__, source
+
+
+def exported_classes(record: dict) -> tuple[str, dict[str, str]]:
+    """The sources of every activation class the patch ``record`` uses other than CRReLU and
+    transformers' own, and ``{recorded name: class name}`` for the modeling file's table."""
+    sources, table = [], {}
+    for entry in record.get("modules", {}).values():
+        name = entry["activation"]
+        if name in table or name == "crrelu" or not (is_import_path(name) or name == "swish_beta"):
+            continue
+        class_name, source = class_source(name, entry.get("activation_kwargs"))
+        if class_name in table.values() or class_name in ("CRReLU", "CRReLUConfig"):
+            raise PatchError(f"export: two activation classes would be called {class_name} in the modeling file")
+        table[name] = class_name
+        sources.append(source)
+    return "\n\n".join(sources), table

@@ -1,0 +1,97 @@
+"""Preference objectives beyond DPO: SimPO, ORPO and KTO, each TRL's own trainer as the installed
+TRL has it, with the activation parameters looked after as in DPO (:class:`EpsilonTrainingMixin`).
+
+- ``simpo``: ``CPOTrainer`` with ``loss_type="simpo"`` and ``cpo_alpha=0`` (Meng et al. 2024):
+  length-normalised log-probabilities, a target margin ``simpo_gamma``; no reference model.
+- ``orpo``: ``ORPOTrainer`` (Hong et al. 2024): the NLL of the chosen response plus ``beta``
+  times the log odds-ratio term; no reference model.
+- ``kto``: ``KTOTrainer`` (Ethayarajh et al. 2024) on unpaired data: each pair becomes a desirable
+  and an undesirable example (TRL's ``unpair_preference_dataset``); it has a reference model, chosen
+  with the ``reference`` key as for DPO.
+
+One command per trainer, as TRL's CLI has it: ``crrelu-llm simpo|orpo|kto --config RECIPE``. CPO
+and ORPO live in ``trl.experimental``, whose import warning is silenced here. These trainers
+tokenize and truncate with their own rules (``max_length``, and ``max_prompt_length`` where
+they have it), which this project does not count row by row as it does for DPO and SFT.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+from trl import KTOConfig, KTOTrainer
+
+from crrelu_llm.errors import RecipeError
+from crrelu_llm.training import config, trainer
+from crrelu_llm.training.config import EpsilonTrainingArguments
+from crrelu_llm.training.trainer import EpsilonTrainingMixin
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # "trl.experimental ... may change or be removed without notice"
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+
+@dataclass
+class CRReLUSimPOConfig(EpsilonTrainingArguments, CPOConfig):
+    """TRL's ``CPOConfig`` set for SimPO (``loss_type: simpo``, ``cpo_alpha: 0``; beta 2.0 as the
+    SimPO paper's range starts), plus the activation-parameter settings."""
+
+    loss_type: str = field(default="simpo", metadata={"help": "simpo (this command trains SimPO)."})
+    cpo_alpha: float = field(default=0.0, metadata={"help": "Weight of CPO's NLL term; 0 is SimPO proper."})
+    beta: float = field(default=2.0, metadata={"help": "SimPO's reward scale (the paper: 2.0 to 2.5)."})
+
+    def __post_init__(self):
+        if self.loss_type != "simpo":
+            raise RecipeError(f"crrelu-llm simpo trains SimPO: loss_type must be simpo, got {self.loss_type!r} "
+                              "(CPO's other losses are DPO variants: use crrelu-llm dpo with its loss_type)")
+        super().__post_init__()
+
+
+@dataclass
+class CRReLUORPOConfig(EpsilonTrainingArguments, ORPOConfig):
+    """TRL's ``ORPOConfig`` plus the activation-parameter settings."""
+
+
+@dataclass
+class CRReLUKTOConfig(EpsilonTrainingArguments, KTOConfig):
+    """TRL's ``KTOConfig`` plus the activation-parameter settings."""
+
+
+class CRReLUSimPOTrainer(EpsilonTrainingMixin, CPOTrainer):
+    """TRL's ``CPOTrainer`` (SimPO loss) with the activation parameters looked after."""
+
+
+class CRReLUORPOTrainer(EpsilonTrainingMixin, ORPOTrainer):
+    """TRL's ``ORPOTrainer`` with the activation parameters looked after."""
+
+
+class CRReLUKTOTrainer(EpsilonTrainingMixin, KTOTrainer):
+    """TRL's ``KTOTrainer`` with the activation parameters looked after."""
+
+
+CONFIGS = {**config.CONFIGS, "simpo": CRReLUSimPOConfig, "orpo": CRReLUORPOConfig, "kto": CRReLUKTOConfig}
+TRAINERS = {**trainer.TRAINERS, "simpo": CRReLUSimPOTrainer, "orpo": CRReLUORPOTrainer, "kto": CRReLUKTOTrainer}
+
+# The TRL trainer behind each command (help texts, the model card).
+TRL_TRAINERS = {"sft": "SFTTrainer", "dpo": "DPOTrainer", "distill": "SFTTrainer, distilling the original",
+                "simpo": "CPOTrainer with loss_type simpo", "orpo": "ORPOTrainer", "kto": "KTOTrainer"}
+
+PREFERENCE_OBJECTIVES = ("dpo", "simpo", "orpo", "kto")  # commands that train on preference data
+REFERENCE_FREE = {"simpo": "SimPO", "orpo": "ORPO"}  # objectives whose loss has no reference model
+UNPAIRED = ("kto",)  # objectives that take each pair as a desirable and an undesirable example
+
+
+def reference_free_info(command: str) -> dict:
+    """What ``reference.json`` says of a reference-free objective."""
+    return {"reference": None, "reference_free": True, "objective": command,
+            "source": f"none: {REFERENCE_FREE[command]}'s loss needs no reference model"}
+
+
+def unpaired(dataset):
+    """Preference pairs as KTO's unpaired examples (TRL's ``unpair_preference_dataset``): each
+    pair gives its chosen response as desirable (``label: true``) and its rejected one as not."""
+    from trl.data_utils import unpair_preference_dataset
+
+    return None if dataset is None else unpair_preference_dataset(dataset)

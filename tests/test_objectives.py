@@ -1,0 +1,125 @@
+"""crrelu-llm simpo|orpo|kto: TRL's CPOTrainer (SimPO loss), ORPOTrainer and KTOTrainer train a
+patched model as dpo does: eps in its own group, moving; the patch survives the checkpoint; the
+reference (or its absence) recorded."""
+
+import json
+import random
+
+import pytest
+
+from crrelu_llm.cli import main as cli_main
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    rng = random.Random(0)
+    rows = []
+    for _ in range(48):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        rows.append({"prompt": f"{a}+{b}=", "chosen": f"{a + b}.", "rejected": f"{a + b + 1}."})
+    data = tmp_path_factory.mktemp("objectives") / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data
+
+
+@pytest.mark.parametrize("objective", ["simpo", "orpo", "kto"])
+def test_each_objective_trains_a_crrelu_model_end_to_end(objective, pairs, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from crrelu_llm import epsilon_values
+
+    out = tmp_path / objective
+    argv = [objective, "--model_name_or_path", "tiny-gpt2", "--dataset_name", str(pairs), "--eval_fraction", "0.1",
+            "--max_steps", "3", "--learning_rate", "1e-3", "--activation_learning_rate", "5e-2",
+            "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--max_length", "32",
+            "--logging_steps", "1", "--save_steps", "3", "--report_to", "none", "--output_dir", str(out)]
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"{objective} done: 3 steps" in printed and "epsilon in [" in printed
+    model = AutoModelForCausalLM.from_pretrained(out)  # the patch survives the checkpoint
+    eps = epsilon_values(model)
+    assert len(eps) == 2 and all(v != 0.01 for v in eps.values()), eps  # eps moved from its init
+    state = json.loads((out / "trainer_state.json").read_text())
+    logged = [h for h in state["log_history"] if "epsilon/00" in h]
+    assert logged and logged[-1]["epsilon/00"] == pytest.approx(eps["transformer.h.0.mlp.act"], abs=1e-6)
+    reference = json.loads((out / "reference.json").read_text())
+    card = (out / "README.md").read_text()
+    if objective == "kto":
+        assert reference["reference"] == "policy" and not reference.get("reference_free")
+        summary = json.loads((out / "data_summary.json").read_text())
+        assert "desirable" in summary["unpaired"]
+    else:
+        assert reference["reference_free"] is True and reference["reference"] is None
+        assert "needs no reference model" in card
+    # the same command again resumes from checkpoint-3: nothing trains, the model is the same
+    assert cli_main(argv) == 0 and "resuming" not in capsys.readouterr().out
+    assert epsilon_values(AutoModelForCausalLM.from_pretrained(out)) == eps
+
+
+def test_simpo_refuses_another_loss_type_in_one_line(pairs, tmp_path, capsys):
+    code = cli_main(["simpo", "--model_name_or_path", "tiny-gpt2", "--dataset_name", str(pairs), "--loss_type",
+                     "sigmoid", "--output_dir", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "loss_type must be simpo" in err[0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_experiment_declares_objectives_as_arms(tmp_path):
+    from crrelu_llm.experiments.experiment import check_stages, load_experiment
+    from crrelu_llm.experiments.stages import declare
+
+    from helpers import small_recipe
+
+    arms = {"gelu": {"activation": None}, "crrelu": {"activation": "crrelu"},
+            "crrelu-simpo": {"activation": "crrelu", "objective": "simpo"},
+            "crrelu-kto": {"activation": "crrelu", "objective": "kto"}}
+    exp = load_experiment(small_recipe(tmp_path, arms, evaluations={"rewards": {"max_samples": 8}}))
+    declaration = declare(exp)
+    runs = {s.arm: s for s in declaration.dpo_runs}
+    assert {a: s.command for a, s in runs.items()} == {"gelu": "dpo", "crrelu": "dpo", "crrelu-simpo": "simpo",
+                                                      "crrelu-kto": "kto"}
+    assert "objective" not in runs["crrelu-simpo"].keys and "ref_logps_cache_dir" not in runs["crrelu-simpo"].keys
+    assert "ref_logps_cache_dir" in runs["crrelu"].keys
+    sft = {s.arm: s for s in declaration.by_kind("sft")}
+    assert sft["crrelu-simpo"].command == "sft" and "objective" not in sft["crrelu-simpo"].keys
+    rewards = {s.arm: s for s in declaration.by_kind("rewards")}
+    assert rewards["crrelu-simpo"].baseline is None and rewards["crrelu-kto"].baseline == sft["crrelu-kto"].model
+    parsed = check_stages(exp, declaration)  # each stage's keys parse as its own command's recipe
+    assert type(parsed[runs["crrelu-simpo"].name]).__name__ == "CRReLUSimPOConfig"
+    # the shared dpo keys may name the objective too; an unknown one is named with the closest
+    shared = load_experiment(small_recipe(tmp_path, {"gelu": {"activation": None}}, dpo={"objective": "orpo"}))
+    assert shared.objectives == {"gelu": "orpo"} and "objective" not in shared.dpo
+
+
+def test_an_unknown_objective_is_refused_in_one_line(tmp_path, capsys):
+    from helpers import small_recipe
+
+    bad = small_recipe(tmp_path, {"gelu": {"activation": None}, "crrelu": {"activation": "crrelu",
+                                                                        "objective": "simp0"}})
+    assert cli_main(["experiment", "--config", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "objective must be one of dpo, simpo, orpo, kto, got 'simp0'" in err[0]
+    assert "did you mean 'simpo'" in err[0] and not (tmp_path / "out").exists()
+
+
+def test_eval_rewards_scores_a_reference_free_run_by_its_own_implicit_reward(pairs, tmp_path, capsys):
+    out = tmp_path / "orpo"
+    assert cli_main(["orpo", "--model_name_or_path", "tiny-gpt2", "--dataset_name", str(pairs), "--max_steps", "2",
+                     "--per_device_train_batch_size", "4", "--max_length", "32", "--report_to", "none",
+                     "--output_dir", str(out)]) == 0
+    capsys.readouterr()
+    assert cli_main(["eval", "rewards", "--model", str(out), "--data", str(pairs), "--max-samples", "12",
+                     "--beta", "1"]) == 0
+    assert "ORPO implicit-reward accuracy" in capsys.readouterr().out
+    result = json.loads((out / "eval" / "rewards.json").read_text())
+    assert result["objective"] == "orpo" and "log odds" in result["implicit_reward"] and result["reference"] is None
+    assert result["n"] > 0 and 0 <= result["accuracy"] <= 1 and result["ties"] < 1  # the held-out pairs
+    # by hand for one pair: the margin at beta 1 is the log odds ratio of the mean token probabilities
+    assert result["margins_per_evaluation_beta"][0]["beta"] == 1.0
+    # a run with a reference needs --reference
+    sft = tmp_path / "sft-like"
+    sft.mkdir()
+    (sft / "reference.json").write_text(json.dumps({"reference": "policy"}))
+    assert cli_main(["eval", "rewards", "--model", str(sft), "--data", str(pairs)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give --reference" in err[0]
