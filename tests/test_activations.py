@@ -178,3 +178,52 @@ def test_export_carries_a_self_contained_class_and_refuses_one_that_is_not(user_
     assert cli_main(["export", str(tmp_path / "NeedsHelper"), "--out", str(tmp_path / "refused")]) == 2
     err = capsys.readouterr().err
     assert "not self-contained" in err and "HELPER_SCALE" in err and not (tmp_path / "refused").exists()
+
+
+def _pairs(tmp_path, n=24):
+    rows = [{"prompt": f"{a}+{a}=", "chosen": f"{2 * a}.", "rejected": f"{2 * a + 1}."} for a in range(10)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in (rows * 3)[:n]))
+    return data
+
+
+def test_a_lora_run_saves_and_loads_the_activation_parameters_of_any_class(tmp_path):
+    from crrelu_llm.patching.loading import load_causal_lm
+
+    data, run = _pairs(tmp_path), tmp_path / "lora"
+    assert cli_main(["dpo", "--model_name_or_path", "tiny-llama", "--dataset_name", str(data), "--use_peft", "true",
+                     "--lora_r", "4", "--max_steps", "2", "--activation", "swish_beta", "--learning_rate", "1e-2",
+                     "--activation_learning_rate", "5e-2", "--per_device_train_batch_size", "4", "--report_to",
+                     "none", "--output_dir", str(run)]) == 0
+    config = json.loads((run / "adapter_config.json").read_text())
+    assert all(p.endswith("mlp.act_fn") for p in config["modules_to_save"]) and config["modules_to_save"]
+    merged = load_causal_lm(str(run))  # checked against the adapter's tensors, bit for bit
+    betas = {n: float(p) for n, p in activation_parameters(merged).items()}
+    assert betas and all(v != 1.0 for v in betas.values())  # trained with the adapter, kept by the merge
+
+
+def test_calibration_applies_to_any_class_with_a_least_squares_init(tmp_path):
+    from crrelu_llm.patching.checkpoints import patch_checkpoint
+
+    report = patch_checkpoint("tiny-gpt2", tmp_path / "swish", activation="swish_beta", epsilon_init="calibrate",
+                              calibration_data=str(_pairs(tmp_path)), calibration_samples=8)
+    assert set(report.calibrated) == {"transformer.h.0.mlp.act", "transformer.h.1.mlp.act"}
+    # the original is GPT-2's tanh GELU: a Swish imitates it best near beta 1.7
+    assert all(1.4 < entry["beta"] < 2.0 for entry in report.calibrated.values()), report.calibrated
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "swish")
+    assert {n: float(p) for n, p in activation_parameters(loaded).items()} == {
+        f"{path}.beta": entry["beta"] for path, entry in report.calibrated.items()}
+
+
+def test_epsilon_modes_freeze_or_train_alone_the_parameters_of_any_class(user_module):
+    from crrelu_llm.training.model_utils import apply_epsilon_mode
+
+    model = tiny_causal_lm("gpt2")
+    patch_model(model, f"{user_module}:ScaledSquaredReLU")
+    apply_epsilon_mode(model, "only")
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(activation_parameters(model))
+    model = tiny_causal_lm("gpt2")
+    patch_model(model, f"{user_module}:ScaledSquaredReLU")
+    apply_epsilon_mode(model, "freeze")
+    assert not any(p.requires_grad for p in activation_parameters(model).values())
+    assert any(p.requires_grad for p in model.parameters())

@@ -123,3 +123,24 @@ def test_eval_rewards_scores_a_reference_free_run_by_its_own_implicit_reward(pai
     assert cli_main(["eval", "rewards", "--model", str(sft), "--data", str(pairs)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "give --reference" in err[0]
+
+
+@pytest.mark.slow
+def test_an_experiment_compares_objectives_as_arms_end_to_end(tmp_path):
+    from helpers import experiment_main, small_recipe
+
+    arms = {"gelu": {"activation": None}, "crrelu-simpo": {"activation": "crrelu", "objective": "simpo"}}
+    evaluations = {"rewards": {"max_samples": 20, "max_length": 32},
+                   "winrate": {"judge": "rule:arithmetic", "num_prompts": 20, "max_new_tokens": 4}}
+    out = tmp_path / "out"
+    assert experiment_main(small_recipe(tmp_path, arms, evaluations), str(out)) == 0
+    run = out / "crrelu-simpo" / "dpo-beta0.5-seed0"
+    assert json.loads((run / "reference.json").read_text())["reference_free"] is True
+    assert (run / "simpo_stage.yaml").exists() and not (run / "dpo_stage.yaml").exists()
+    rewards = json.loads((run / "eval" / "rewards.json").read_text())
+    assert rewards["objective"] == "simpo" and rewards["reference"] is None
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert {a: e["objective"] for a, e in report["arms"].items()} == {"gelu": "dpo", "crrelu-simpo": "simpo"}
+    text = (out / "report" / "report.md").read_text()
+    assert "## crrelu-simpo (SIMPO, crrelu-simpo/dpo-beta0.5-seed0) vs gelu/dpo-beta0.5-seed0" in text
+    assert "SIMPO run, no reference model: its reward is SimPO's" in text and "length-controlled" in text

@@ -24,7 +24,7 @@ import yaml
 from crrelu_llm.errors import ReportError
 from crrelu_llm.evaluation.evaluate import eval_dir
 from crrelu_llm.evaluation.length_control import describe
-from crrelu_llm.files import writable_dir, write_json, write_text_atomic
+from crrelu_llm.files import read_json, writable_dir, write_json, write_text_atomic
 from crrelu_llm.reporting import figures, report_stages
 from crrelu_llm.stats import detectable_difference, paired_permutation_test
 from crrelu_llm.training.recipes import BOOKKEEPING_KEYS
@@ -171,7 +171,8 @@ def _plots(arms: dict[str, list[Run]], out: Path, colours: dict[str, str]) -> li
         fig.savefig(out / "reward_accuracy.png", dpi=110)
         plt.close(fig)
         files.append("reward_accuracy.png")
-    bars = [(f"{label} (DPO) vs {_short(w.get('baseline'))}", run.arm, w["stats"]) for label, runs in arms.items()
+    bars = [(f"{label} ({objective(run).upper()}) vs {_short(w.get('baseline'))}", run.arm, w["stats"])
+            for label, runs in arms.items()
             for run in runs[:1] for w in run.winrates.values()]
     if bars:
         fig = figures.win_rate_figure(bars, colours)
@@ -179,6 +180,12 @@ def _plots(arms: dict[str, list[Run]], out: Path, colours: dict[str, str]) -> li
         plt.close(fig)
         files.append("win_rates.png")
     return files
+
+
+def objective(run) -> str:
+    """The preference objective a run trained with (its ``reference.json``; dpo when it does not say)."""
+    recorded = Path(run.path) / "reference.json"
+    return (read_json(recorded).get("objective") if recorded.exists() else None) or "dpo"
 
 
 def _short(path) -> str:
@@ -272,7 +279,8 @@ def _run_name(run: Run) -> str:
 
 def _arm_entry(label: str, members: list[Run], step0_drift: dict | None) -> dict:
     """What the report says of one arm; every number names the run (stage) and file it came from."""
-    entry = {"runs": [str(r.path) for r in members], "sources": [r.sources for r in members]}
+    entry = {"runs": [str(r.path) for r in members], "sources": [r.sources for r in members],
+             "objective": objective(members[0])}
     accs = [(r, r.final["eval_rewards/accuracies"]) for r in members if "eval_rewards/accuracies" in r.final]
     if accs:  # TRL's own: a mean of batch means in which a tie counts as wrong; kept for reference
         values = [float(a) for _, a in accs]
@@ -291,7 +299,8 @@ def _arm_entry(label: str, members: list[Run], step0_drift: dict | None) -> dict
     if first.rewards and "accuracy" in first.rewards:
         entry["rewards"] = {k: first.rewards.get(k) for k in (
             "n", "accuracy", "accuracy_interval", "ties", "training_beta", "margins_per_evaluation_beta",
-            "preference_accuracy")} | {"stage": _run_name(first), "from": first.sources["rewards"]}
+            "preference_accuracy", "objective", "implicit_reward")} | {"stage": _run_name(first),
+                                                                       "from": first.sources["rewards"]}
     if first.winrates:
         entry["win_rates"] = {name: {**w["stats"], "judge": w.get("judge"), "baseline": w.get("baseline"),
                                      "stage": _run_name(first), "from": first.sources[name]}
@@ -372,7 +381,11 @@ def _markdown(report: dict) -> str:
             lo, hi = r["accuracy_interval"]
             trained = f"trained with beta {r['training_beta']:g}" if r.get("training_beta") is not None else \
                 "training beta unknown"
-            lines += [f"## Reward accuracy: {label}, {r['stage']}", f"(from `{r['from']}`)", "",
+            lines += [f"## Reward accuracy: {label}, {r['stage']}", f"(from `{r['from']}`)", ""]
+            if r.get("objective"):  # reference-free: not DPO's reward, nor on its scale
+                lines.append(f"- {r['objective'].upper()} run, no reference model: its reward is "
+                             f"{r['implicit_reward']}")
+            lines += [
                       f"- reward accuracy {r['accuracy']:.3f}, 95% bootstrap [{lo:.3f}, {hi:.3f}], n = {r['n']} pairs, "
                       f"ties {r['ties']:.3f} ({trained}; for one model this does not depend on the evaluation beta)",
                       f"- with n = {r['n']}, two arms' accuracies must differ by "
@@ -385,7 +398,8 @@ def _markdown(report: dict) -> str:
             lines.append("")
         for w in arm.get("win_rates", {}).values():
             lo, hi = w["interval"]
-            lines += [f"## {label} (DPO, {w['stage']}) vs {_short(w.get('baseline'))} (judge {w.get('judge')})",
+            lines += [f"## {label} ({arm['objective'].upper()}, {w['stage']}) vs {_short(w.get('baseline'))} "
+                      f"(judge {w.get('judge')})",
                       f"(from `{w['from']}`)", "",
                       f"- wins / ties / losses: {w['wins']} / {w['ties']} / {w['losses']} of {w['n']}",
                       f"- win rate (ties as 1/2): {w['win_rate']:.3f}, 95% Wilson [{lo:.3f}, {hi:.3f}]",
