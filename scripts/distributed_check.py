@@ -51,10 +51,16 @@ def expected_distributed_type(profile: dict, cuda: bool) -> str:
     return kind
 
 
-def write_recipe(workdir: Path, command: str, model: str, data: Path, steps: int, cuda: bool) -> Path:
+# The activations this check trains, and where their parameters start (--activation).
+INITIAL = {"crrelu": 0.01, "swish_beta": 1.0}
+
+
+def write_recipe(workdir: Path, command: str, model: str, data: Path, steps: int, cuda: bool,
+                 activation: str = "crrelu") -> Path:
     recipe = workdir / f"{command}.yaml"
     recipe.write_text(yaml.safe_dump({
-        "model_name_or_path": model, "dataset_name": str(data), "output_dir": str(workdir / command),
+        "activation": activation, "model_name_or_path": model, "dataset_name": str(data),
+        "output_dir": str(workdir / command),
         "eval_fraction": 0.125, "max_steps": steps, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 4,
         "learning_rate": 1e-3, "activation_learning_rate": 1e-2, "logging_steps": 1, "save_strategy": "no",
         "eval_strategy": "no", "bf16": cuda, "use_cpu": not cuda, "gradient_checkpointing": False,
@@ -64,19 +70,20 @@ def write_recipe(workdir: Path, command: str, model: str, data: Path, steps: int
 
 
 def block_epsilons(logs: dict) -> dict[str, float]:
-    return {k: v for k, v in logs.items() if k[len("epsilon/"):].isdigit()}
+    """Per-block values of the activation's parameters (``epsilon/00``, ``beta/01``...) from its logs."""
+    return {k: v for k, v in logs.items() if k.rpartition("/")[2].isdigit()}
 
 
 def check(run: Path, expected_type: str, num_processes: int, start: dict[str, float] | float) -> dict[str, bool]:
-    import crrelu_llm
     from crrelu_llm.patching.loading import load_causal_lm
+    from crrelu_llm.patching.patch import activation_parameters, parameter_value
 
     consistency = json.loads((run / "rank_consistency.json").read_text())
     ranks = consistency["ranks"]
     eps_end = block_epsilons(ranks[0]["epsilon"])
     eps_start = start if isinstance(start, dict) else {k: start for k in eps_end}
     model = load_causal_lm(str(run), dtype=torch.float32)
-    loaded = sorted(crrelu_llm.epsilon_values(model).values())
+    loaded = sorted(parameter_value(p) for p in activation_parameters(model).values())
     # A 16-bit consolidated save (ZeRO-3) rounds eps to bfloat16: about 3 significant digits.
     tol = 1e-2 if expected_type == "DEEPSPEED" else 1e-6
     return {
@@ -123,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         help="sft, dpo or both (default); DPO follows SFT's checkpoint, else starts from --model",
     )
     parser.add_argument("--distill", action="store_true", help="also distil the original into a fresh patch")
+    parser.add_argument("--activation", choices=sorted(INITIAL), default="crrelu",
+                        help="the activation patched in: CRReLU's eps, or a Swish's beta (default crrelu)")
     args = parser.parse_args(argv)
 
     profile_path = Path(args.profile)
@@ -171,13 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         "workdir": str(workdir),
         "runs": {},
     }
-    start: dict[str, float] | float = 0.01  # epsilon_init of the first run's fresh patch
+    start: dict[str, float] | float = INITIAL[args.activation]  # where the first run's fresh patch starts
     model = args.model
     commands = [c for c in ("sft", "dpo") if c in args.runs] + (["distill"] if args.distill else [])
     for command in commands:
         if command == "distill":  # from the original, like sft: a fresh patch, the original as teacher
-            model, start = args.model, 0.01
-        recipe = write_recipe(workdir, command, model, data, args.steps, cuda)
+            model, start = args.model, INITIAL[args.activation]
+        recipe = write_recipe(workdir, command, model, data, args.steps, cuda, args.activation)
         log = workdir / f"{command}.log"
         returncode, stderr, seconds = launch(prefix, command, recipe, env, args.timeout, log)
         entry = {"returncode": returncode, "seconds": round(seconds, 1), "log": str(log)}

@@ -227,3 +227,14 @@ def test_epsilon_modes_freeze_or_train_alone_the_parameters_of_any_class(user_mo
     apply_epsilon_mode(model, "freeze")
     assert not any(p.requires_grad for p in activation_parameters(model).values())
     assert any(p.requires_grad for p in model.parameters())
+
+
+def test_a_user_class_with_0_dim_parameters_is_refused_in_one_line_when_zero3_loads_it(user_module, monkeypatch):
+    from crrelu_llm.patching import record
+
+    entry = {"activation": f"{user_module}:ScaledSquaredReLU", "original": "GELUActivation"}
+    assert type(record.recorded_activation(entry)).__name__ == "ScaledSquaredReLU"
+    monkeypatch.setattr(record, "deepspeed_zero3_enabled", lambda: True)
+    with pytest.raises(PatchError, match=r"holds 0-dim parameters \(alpha\), which DeepSpeed ZeRO-3 cannot"):
+        record.recorded_activation(entry)
+    assert record.recorded_activation({"activation": "swish_beta"}).beta.dim() == 0  # built in: (1,) under ZeRO-3

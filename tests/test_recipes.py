@@ -150,22 +150,23 @@ def test_gpu_check_is_valid_bash_names_real_files_and_refuses_cpu_unless_rehears
     assert not (tmp_path / "out" / "log.txt").exists()
 
 
-@pytest.mark.parametrize(
-    "profile,expected", [("multi_gpu", "MULTI_CPU"), ("zero2", "DEEPSPEED"), ("zero3", "DEEPSPEED")]
-)
+@pytest.mark.parametrize("profile,expected,activation", [
+    ("multi_gpu", "MULTI_CPU", "crrelu"), ("zero2", "DEEPSPEED", "crrelu"), ("zero3", "DEEPSPEED", "crrelu"),
+    ("zero3", "DEEPSPEED", "swish_beta")])
 @pytest.mark.slow
-def test_sft_then_dpo_under_accelerate_launch_with_two_cpu_processes(profile, expected, tmp_path):
+def test_sft_then_dpo_under_accelerate_launch_with_two_cpu_processes(profile, expected, activation, tmp_path):
     """scripts/distributed_check.py: SFT patches a GELU model, DPO starts from that checkpoint;
     two processes over gloo (DDP; DeepSpeed on its CPU accelerator). Both ranks end identical,
     eps trains in both runs and comes back from the saved model. ZeRO-3 builds CRReLU inside
     deepspeed.zero.Init when it loads the SFT checkpoint, where a 0-dim eps cannot be broadcast.
     Distillation runs under DDP and ZeRO-3. ZeRO-2 runs DPO alone (patching the GELU model),
     which keeps its reference-model path and saves a launch (the suite's time is near its limit):
-    the SFT-to-DPO hand-off is the same code as under DDP."""
+    the SFT-to-DPO hand-off is the same code as under DDP. A Swish's beta goes through SFT and
+    DPO under ZeRO-3 too: built (1,)-shaped inside zero.Init when DPO loads the SFT checkpoint."""
     if profile.startswith("zero") and sys.platform != "linux":
         pytest.skip("DeepSpeed is in the [test] extra on Linux only")
     out = tmp_path / "result.json"
-    runs = ["dpo"] if profile == "zero2" else ["sft", "dpo", "distill"]
+    runs = ["dpo"] if profile == "zero2" else ["sft", "dpo"] if activation != "crrelu" else ["sft", "dpo", "distill"]
     cmd = [
         sys.executable,
         str(ROOT / "scripts" / "distributed_check.py"),
@@ -177,6 +178,8 @@ def test_sft_then_dpo_under_accelerate_launch_with_two_cpu_processes(profile, ex
         str(tmp_path / "work"),
         "--json",
         str(out),
+        "--activation",
+        activation,
         "--runs",
         *[r for r in runs if r != "distill"],
         *(["--distill"] if "distill" in runs else []),
@@ -195,9 +198,11 @@ def test_sft_then_dpo_under_accelerate_launch_with_two_cpu_processes(profile, ex
     dpo_start = json.loads((tmp_path / "work" / "dpo" / "patch_report.json").read_text())
     if "sft" not in runs:
         assert "already_patched" not in dpo_start and dpo_start["count"] == 2  # DPO made the patch
-        assert dpo_start["activation"] == "crrelu" and dpo_start["epsilon_init"] == 0.01
+        assert dpo_start["activation"] == activation
+        assert dpo_start["epsilon_init"] == (0.01 if activation == "crrelu" else None)
         return
     sft_end = json.loads((tmp_path / "work" / "sft" / "rank_consistency.json").read_text())["ranks"][0]["epsilon"]
     assert dpo_start["already_patched"] is True
-    assert dpo_start["epsilon"]["epsilon/00"] == pytest.approx(sft_end["epsilon/00"], rel=1e-6)
-    assert sft_end["epsilon/00"] != pytest.approx(0.01)
+    key, initial = ("epsilon/00", 0.01) if activation == "crrelu" else ("beta/00", 1.0)
+    assert dpo_start["epsilon"][key] == pytest.approx(sft_end[key], rel=1e-6)
+    assert sft_end[key] != pytest.approx(initial)

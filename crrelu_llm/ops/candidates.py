@@ -14,6 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from crrelu_llm.ops.distributed import keep_scalars_in_state_dict
+from crrelu_llm.runtime import deepspeed_zero3_enabled
+
 SWISH_BETA_INIT = 1.0
 
 
@@ -23,7 +26,10 @@ class SwishBeta(nn.Module):
     def __init__(self, beta_init: float = SWISH_BETA_INIT):
         super().__init__()
         self.beta_init = float(beta_init)
-        self.beta = nn.Parameter(torch.tensor(self.beta_init))
+        # DeepSpeed ZeRO-3 partitions parameters as they are built and cannot broadcast a 0-dim one:
+        # held as (1,) there (as CRReLU's eps is), 0-dim in state_dict() and checkpoints either way
+        self.beta = nn.Parameter(torch.full((1,) if deepspeed_zero3_enabled() else (), self.beta_init))
+        keep_scalars_in_state_dict(self, ["beta"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(self.beta.to(x.dtype) * x)

@@ -13,6 +13,7 @@ neither FSDP2 nor DeepSpeed handles as it is:
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -20,6 +21,26 @@ from torch import nn
 from crrelu_llm.ops.activation import CRReLU, is_patched_activation
 
 _SCALARS = "_crrelu_llm_scalar_parameters"  # names of 0-dim parameters a module holds as (1,)
+
+
+@contextmanager
+def outside_zero3_init():
+    """Build modules outside DeepSpeed's ``zero.Init`` (while it is active): plain parameters,
+    for looking at a class without partitioning (or breaking on) what it builds."""
+    from crrelu_llm.runtime import deepspeed_zero3_enabled
+
+    context = None
+    if deepspeed_zero3_enabled():
+        from deepspeed.runtime.zero import partition_parameters
+
+        context = partition_parameters.top_level_context
+    if context is not None:
+        partition_parameters.shutdown_init_context()
+    try:
+        yield
+    finally:
+        if context is not None:
+            partition_parameters.restore_init_context()
 
 
 def full_parameter(param: torch.Tensor) -> torch.Tensor:
@@ -57,11 +78,17 @@ def _vector_scalars(module: nn.Module) -> int:
     for name in names:
         old = getattr(module, name)
         setattr(module, name, nn.Parameter(old.detach().reshape(1).clone(), requires_grad=old.requires_grad))
+    keep_scalars_in_state_dict(module, names)
+    return len(names)
+
+
+def keep_scalars_in_state_dict(module: nn.Module, names: list[str]) -> None:
+    """Parameters ``names`` of ``module``, held as ``(1,)``, go into ``state_dict()`` 0-dim and
+    load from either shape: checkpoints look the same whatever the shape in memory."""
     if names and not hasattr(module, _SCALARS):
         module._register_state_dict_hook(_scalars_in_state_dict)
-        module._register_load_state_dict_pre_hook(_vectors_on_load)
+        module._register_load_state_dict_pre_hook(_vectors_on_load, with_module=True)
     setattr(module, _SCALARS, sorted(set(getattr(module, _SCALARS, [])) | set(names)))
-    return len(names)
 
 
 def _scalars_in_state_dict(module, state_dict, prefix, local_metadata):
@@ -72,11 +99,11 @@ def _scalars_in_state_dict(module, state_dict, prefix, local_metadata):
     return state_dict
 
 
-def _vectors_on_load(state_dict, prefix, *args):
-    # a pre-hook registered on the module sees the module's own state_dict keys under prefix
-    for key in list(state_dict):
-        if key.startswith(prefix) and "." not in key[len(prefix):] and state_dict[key].dim() == 0:
-            state_dict[key] = state_dict[key].reshape(1)
+def _vectors_on_load(module, state_dict, prefix, *args):
+    for name in getattr(module, _SCALARS, []):
+        value, param = state_dict.get(prefix + name), getattr(module, name, None)
+        if isinstance(value, torch.Tensor) and param is not None and value.numel() == param.numel() == 1:
+            state_dict[prefix + name] = value.reshape(param.shape)  # 0-dim on disk, (1,) or 0-dim in memory
 
 
 def fsdp2_share_epsilons(plugin, model, device=None) -> list:

@@ -22,7 +22,16 @@ from transformers.modeling_utils import PreTrainedModel
 from crrelu_llm.errors import ModelLoadError, PatchError
 from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT, CRReLU, is_patched_activation, mark_patched
 from crrelu_llm.ops.candidates import SwishBeta
-from crrelu_llm.patching.discovery import ActivationSite, base_model, make_activation, placement, set_submodule
+from crrelu_llm.ops.distributed import outside_zero3_init
+from crrelu_llm.patching.discovery import (
+    ActivationSite,
+    base_model,
+    is_import_path,
+    make_activation,
+    placement,
+    set_submodule,
+)
+from crrelu_llm.runtime import deepspeed_zero3_enabled
 from crrelu_llm.version import __version__
 
 PATCH_CONFIG_KEY = "crrelu_llm_patch"
@@ -278,8 +287,17 @@ def restore_patch(root: nn.Module, record: dict) -> None:
 
 def recorded_activation(entry: dict) -> nn.Module:
     """A fresh module for one entry of a patch record (name or import path, kwargs, eps init)."""
-    return make_activation(entry["activation"], entry.get("epsilon_init", DEFAULT_EPSILON_INIT),
-                           entry.get("activation_kwargs"))
+    args = (entry["activation"], entry.get("epsilon_init", DEFAULT_EPSILON_INIT), entry.get("activation_kwargs"))
+    if deepspeed_zero3_enabled() and is_import_path(entry["activation"]):
+        # ZeRO-3 partitions parameters as modules are built, and breaks on a 0-dim one: say so in a line
+        with outside_zero3_init():
+            scalars = [n for n, p in make_activation(*args).named_parameters() if p.dim() == 0]
+        if scalars:
+            raise PatchError(f"{entry['activation']} holds 0-dim parameters ({', '.join(scalars)}), which DeepSpeed "
+                             "ZeRO-3 cannot partition while it loads a checkpoint: hold them with shape (1,) under "
+                             "ZeRO-3 (as crrelu_llm.CRReLU and SwishBeta do), or load this checkpoint under ZeRO-2 "
+                             "or FSDP")
+    return make_activation(*args)
 
 
 def verify_patch(model: nn.Module) -> None:
