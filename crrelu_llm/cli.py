@@ -333,10 +333,10 @@ def _probe(args) -> int:
     result = run_probe(args.model, args.data, original=args.original, max_samples=args.max_samples,
                        max_length=args.max_length, batch_size=args.batch_size, **_data_kwargs(args))
     print(f"{'layer':>5}  {'mean':>7}  {'sd':>6}  {'skew':>6}  {'ex.kurt':>7}  {'neg':>5}  {'zero':>5}  "
-          f"{'|y|<1e-3':>8}  "
-          f"{'eps':>8}  {'eps (LS)':>8}")
-    for layer in result["layers"]:
-        eps = f"{layer['epsilon']:.4f}" if layer["epsilon"] is not None else "-"
+          f"{'|y|<1e-3':>8}  {'eps':>8}  {'eps (LS)':>8}")
+    for layer in result["layers"]:  # another class's learned parameters where CRReLU's eps would be
+        eps = f"{layer['epsilon']:.4f}" if layer["epsilon"] is not None else \
+            ",".join(f"{k}={v:.4g}" for k, v in layer.get("parameters", {}).items()) or "-"
         ls = f"{layer['least_squares_epsilon']:.4f}" if layer["least_squares_epsilon"] is not None else "-"
         print(f"{str(layer['layer']):>5}  {layer['mean']:7.3f}  {layer['sd']:6.3f}  {layer['skewness']:6.2f}  "
               f"{layer['excess_kurtosis']:7.2f}  {layer['share_negative']:5.2f}  {layer['output_zero']:5.2f}  "

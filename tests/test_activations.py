@@ -238,3 +238,21 @@ def test_a_user_class_with_0_dim_parameters_is_refused_in_one_line_when_zero3_lo
     with pytest.raises(PatchError, match=r"holds 0-dim parameters \(alpha\), which DeepSpeed ZeRO-3 cannot"):
         record.recorded_activation(entry)
     assert record.recorded_activation({"activation": "swish_beta"}).beta.dim() == 0  # built in: (1,) under ZeRO-3
+
+
+def test_the_probe_reports_each_learned_parameter_of_any_class(tmp_path, capsys):
+    model = tiny_causal_lm("gpt2")
+    patch_model(model, "swish_beta")
+    with torch.no_grad():
+        model.transformer.h[1].mlp.act.beta.fill_(1.25)
+    model.save_pretrained(tmp_path / "swish")
+    from crrelu_llm.patching.tiny import tiny_tokenizer
+
+    tiny_tokenizer().save_pretrained(tmp_path / "swish")
+    assert cli_main(["probe", str(tmp_path / "swish"), "--data", str(_pairs(tmp_path)), "--max-samples", "8",
+                     "--out", str(tmp_path / "probe")]) == 0
+    out = capsys.readouterr().out
+    assert "beta=1.25" in out and "beta=1 " in out
+    layers = json.loads((tmp_path / "probe" / "probe.json").read_text())["layers"]
+    assert [layer["parameters"] for layer in layers] == [{"beta": 1.0}, {"beta": 1.25}]
+    assert all(layer["epsilon"] is None and layer["original_type"] == "NewGELUActivation" for layer in layers)
