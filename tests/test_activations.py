@@ -174,6 +174,16 @@ def test_export_carries_a_self_contained_class_and_refuses_one_that_is_not(user_
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-2:] == ["ScaledSquaredReLU", "0.5"]
+    # the built-in candidate is carried too
+    model = tiny_causal_lm("gpt2")
+    patch_model(model, "swish_beta")
+    with torch.no_grad():
+        model.transformer.h[1].mlp.act.beta.fill_(1.5)
+    model.save_pretrained(tmp_path / "swish")
+    assert cli_main(["export", str(tmp_path / "swish"), "--out", str(tmp_path / "swish-shared")]) == 0
+    script = script.replace(str(tmp_path / "shared"), str(tmp_path / "swish-shared")).replace(".alpha", ".beta")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.split()[-2:] == ["SwishBeta", "1.5"], done.stderr[-2000:]
     capsys.readouterr()
     assert cli_main(["export", str(tmp_path / "NeedsHelper"), "--out", str(tmp_path / "refused")]) == 2
     err = capsys.readouterr().err

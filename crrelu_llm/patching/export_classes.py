@@ -57,6 +57,25 @@ def class_source(name: str, kwargs: dict | None = None) -> tuple[str, str]:
     return cls.__name__, source
 
 
+# The built-in candidate as the exported file carries it: the same arithmetic and parameter, without
+# the DeepSpeed bookkeeping of crrelu_llm.ops.candidates.SwishBeta (training is not the export's business).
+SWISH_BETA_SOURCE = '''class SwishBeta(nn.Module):
+    """x * sigmoid(beta * x) with a learnable 0-dim beta (Ramachandran et al. 2017)."""
+
+    def __init__(self, beta_init=1.0):
+        super().__init__()
+        self.beta_init = float(beta_init)
+        self.beta = nn.Parameter(torch.tensor(self.beta_init))
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.beta.to(x.dtype) * x)
+
+    def reset_parameters(self):
+        with torch.no_grad():
+            self.beta.fill_(self.beta_init)
+'''
+
+
 def exported_classes(record: dict) -> tuple[str, dict[str, str]]:
     """The sources of every activation class the patch ``record`` uses other than CRReLU and
     transformers' own, and ``{recorded name: class name}`` for the modeling file's table."""
@@ -65,7 +84,8 @@ def exported_classes(record: dict) -> tuple[str, dict[str, str]]:
         name = entry["activation"]
         if name in table or name == "crrelu" or not (is_import_path(name) or name == "swish_beta"):
             continue
-        class_name, source = class_source(name, entry.get("activation_kwargs"))
+        class_name, source = ("SwishBeta", SWISH_BETA_SOURCE) if name == "swish_beta" else \
+            class_source(name, entry.get("activation_kwargs"))
         if class_name in table.values() or class_name in ("CRReLU", "CRReLUConfig"):
             raise PatchError(f"export: two activation classes would be called {class_name} in the modeling file")
         table[name] = class_name

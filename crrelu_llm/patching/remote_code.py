@@ -63,6 +63,10 @@ if "crrelu" not in ACT2CLS:  # crrelu-llm, when installed, registers its own (sa
 {classes}
 
 _CLASSES = {table}
+for _name, _cls in _CLASSES.items():  # a built-in name a config key may hold (swish_beta)
+    if ":" not in _name and _name not in ACT2CLS:
+        ACT2CLS[_name] = _cls
+        ACT2FN[_name] = _cls
 
 
 def _resolve(root, path):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from crrelu_llm.training.objectives import TRL_TRAINERS
+
 
 def model_card(command, model_args, crrelu_args, data_summary, patch_report, reference_info, metrics) -> str:
     patch = ("none (baseline arm)" if patch_report is None else
              f"{crrelu_args.activation}, {patch_report['count']} modules, kept from the checkpoint (already patched)"
              if patch_report.get("already_patched") else
              f"{patch_report['count']} x {patch_report['replaced'][0]['old_type']} -> {crrelu_args.activation}"
+             + (f" {crrelu_args.activation_kwargs}" if crrelu_args.activation_kwargs else "")
              + (f", epsilon_init {crrelu_args.epsilon_init}" if crrelu_args.activation == "crrelu" else "")
              + ("" if patch_report.get("already_patched") else
                 f", blocks {patch_report['layers']}" if patch_report["layers"] is not None else ", all blocks"))
@@ -21,6 +24,7 @@ def model_card(command, model_args, crrelu_args, data_summary, patch_report, ref
         "",
         f"- Base model: `{model_args.model_name_or_path}`"
         + _adapter_note(model_args.model_name_or_path, getattr(crrelu_args, "continue_adapter", False)),
+        f"- Trainer: TRL's {TRL_TRAINERS[command]}",
         f"- Patch: {patch}",
         f"- Data: {data_summary.get('source')} ({data_summary.get('format')}), "
         f"{data_summary.get('train_rows')} training "
@@ -40,7 +44,8 @@ def model_card(command, model_args, crrelu_args, data_summary, patch_report, ref
     lines += [f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics.items())]
     lines += [
         "",
-        "Files: `recipe.yaml` (resolved recipe), `patch_report.json`, `reference.json` (DPO), `final_metrics.json`.",
+        "Files: `recipe.yaml` (resolved recipe), `patch_report.json`, `reference.json` (preference runs), "
+        "`final_metrics.json`.",
         "",
     ]
     if patch_report is not None:
