@@ -70,3 +70,11 @@ def test_the_reference_checksum_is_the_digest_trl_keeps():
     assert weights_checksum(model) == utils.hash_module(model)
     model = model.to(torch.bfloat16)
     assert weights_checksum(model) == utils.hash_module(model)
+
+
+def test_deepspeed_can_step_outside_its_zero_init_context():
+    """ops.distributed.outside_zero3_init builds a user's activation class outside zero.Init."""
+    partition_parameters = pytest.importorskip("deepspeed.runtime.zero.partition_parameters")
+    assert hasattr(partition_parameters, "top_level_context")
+    for name in ("shutdown_init_context", "restore_init_context"):
+        assert parameters(getattr(partition_parameters, name)) == []
