@@ -144,3 +144,13 @@ def test_an_experiment_compares_objectives_as_arms_end_to_end(tmp_path):
     text = (out / "report" / "report.md").read_text()
     assert "## crrelu-simpo (SIMPO, crrelu-simpo/dpo-beta0.5-seed0) vs gelu/dpo-beta0.5-seed0" in text
     assert "SIMPO run, no reference model: its reward is SimPO's" in text and "length-controlled" in text
+
+
+def test_objective_specific_mistakes_are_one_line_errors(pairs, tmp_path, capsys):
+    common = ["--model_name_or_path", "tiny-gpt2", "--dataset_name", str(pairs), "--output_dir", str(tmp_path / "x")]
+    assert cli_main(["orpo", *common, "--reference", "original"]) == 2
+    assert "'original': orpo has no reference model" in capsys.readouterr().err
+    assert cli_main(["kto", *common, "--per_device_train_batch_size", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "KTO estimates its KL term from the other examples of a batch" in err[0]
+    assert not (tmp_path / "x").exists()

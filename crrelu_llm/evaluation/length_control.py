@@ -43,7 +43,8 @@ def _fit(scores: list[float], terms: list[float]) -> tuple[float, float]:
     keep = weights > 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # lbfgs' convergence chatter on nearly separated resamples
-        fit = LogisticRegression(penalty=None, fit_intercept=True, max_iter=1000).fit(x[keep], y[keep], weights[keep])
+        # C = inf: no penalty (scikit-learn's spelling from 1.8 on; penalty=None goes in 1.10, older ones read it too)
+        fit = LogisticRegression(C=np.inf, fit_intercept=True, max_iter=1000).fit(x[keep], y[keep], weights[keep])
     return float(fit.intercept_[0]), float(fit.coef_[0][0])
 
 

@@ -30,7 +30,7 @@ from trl import ModelConfig
 from crrelu_llm.data.preference import DataArguments
 from crrelu_llm.errors import RecipeError, did_you_mean
 from crrelu_llm.training.config import CRReLUArguments, EpsilonTrainingArguments
-from crrelu_llm.training.objectives import CONFIGS, PREFERENCE_OBJECTIVES, TRL_TRAINERS
+from crrelu_llm.training.objectives import CONFIGS, PREFERENCE_OBJECTIVES, REFERENCE_FREE, TRL_TRAINERS
 
 logger = logging.getLogger("crrelu_llm.config")
 
@@ -350,6 +350,9 @@ def recipe_from_dict(command: str, config: dict, argv: list[str] = (), source: s
         )
     if model_args.model_name_or_path is None:
         raise RecipeError("model_name_or_path is required (a hub id, a local checkpoint or tiny-<model_type>)")
+    if command in REFERENCE_FREE and crrelu_args.reference != "policy":
+        raise RecipeError(f"reference: {crrelu_args.reference!r}: {command} has no reference model (its loss needs "
+                          "none); drop the reference key, or train with dpo or kto")
     if command in PREFERENCE_OBJECTIVES and crrelu_args.swap_steps:
         raise RecipeError(
             "swap_steps blends the activation in during sft or distill; DPO starts from a model whose "
