@@ -51,8 +51,10 @@ def test_each_objective_trains_a_crrelu_model_end_to_end(objective, pairs, tmp_p
     else:
         assert reference["reference_free"] is True and reference["reference"] is None
         assert "needs no reference model" in card
-    # the same command again resumes from checkpoint-3: nothing trains, the model is the same
-    assert cli_main(argv) == 0 and "resuming" not in capsys.readouterr().out
+    # the same command again: the run is finished, and nothing of it is replaced
+    files = {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert cli_main(argv) == 0 and "holds this run, finished; nothing to do" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == files
     assert epsilon_values(AutoModelForCausalLM.from_pretrained(out)) == eps
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import re
 import shutil
@@ -357,8 +358,18 @@ def prepare(
 def run(
     command: str, crrelu_args: CRReLUArguments, data_args: DataArguments, training_args, model_args, callbacks=None
 ) -> dict:
-    """Prepare, train (resuming from the last checkpoint in output_dir), evaluate, save."""
+    """Prepare, train (resuming from the last checkpoint in output_dir), evaluate, save. A run
+    that finished in output_dir (``final_metrics.json``) with the same recipe is left as it is."""
     start = time.time()
+    finished = Path(training_args.output_dir) / "final_metrics.json"
+    if finished.exists() and training_args.resume_from_checkpoint is None:
+        # a different recipe is refused (or, asked to, cleared); the same one has nothing left to do
+        claim_output_dir(finished.parent, resolved_recipe(crrelu_args, data_args, training_args, model_args),
+                         crrelu_args.overwrite_output_dir)
+        if finished.exists():
+            print(f"{command}: {finished.parent} holds this run, finished; nothing to do (its files are kept: "
+                  "choose another --output_dir to train it again)", flush=True)
+            return json.loads(finished.read_text())
     prepared = prepare(command, crrelu_args, data_args, training_args, model_args, callbacks)
     trainer, output_dir = prepared.trainer, prepared.output_dir
     resume = training_args.resume_from_checkpoint
