@@ -194,9 +194,6 @@ def activation_logs(model: nn.Module) -> dict[str, float]:
     return values
 
 
-epsilon_logs = activation_logs  # the name the trainers used before other activations came
-
-
 def peft_modules_to_save(model: nn.Module) -> list[str]:
     """Module paths to pass as ``LoraConfig(modules_to_save=...)`` so that the activation
     parameters train with the adapter, are saved with it and survive ``merge_and_unload``."""
