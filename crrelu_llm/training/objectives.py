@@ -41,6 +41,7 @@ class CRReLUSimPOConfig(EpsilonTrainingArguments, CPOConfig):
     loss_type: str = field(default="simpo", metadata={"help": "simpo (this command trains SimPO)."})
     cpo_alpha: float = field(default=0.0, metadata={"help": "Weight of CPO's NLL term; 0 is SimPO proper."})
     beta: float = field(default=2.0, metadata={"help": "SimPO's reward scale (the paper: 2.0 to 2.5)."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "False: what CPOTrainer's collator needs."})
 
     def __post_init__(self):
         if self.loss_type != "simpo":
@@ -52,6 +53,8 @@ class CRReLUSimPOConfig(EpsilonTrainingArguments, CPOConfig):
 @dataclass
 class CRReLUORPOConfig(EpsilonTrainingArguments, ORPOConfig):
     """TRL's ``ORPOConfig`` plus the activation-parameter settings."""
+
+    remove_unused_columns: bool = field(default=False, metadata={"help": "False: what ORPOTrainer's collator needs."})
 
 
 @dataclass
