@@ -53,13 +53,13 @@ def test_an_edited_recipe_is_refused_naming_the_change_then_rerun_when_asked(dem
     work = tmp_path / "out"
     shutil.copytree(out, work)
     recipe_ = yaml.safe_load(reduced_demo(tmp, capability=True).read_text())
-    recipe_["arms"]["crrelu"]["epsilon_learning_rate"] = 0.05
+    recipe_["arms"]["crrelu"]["activation_learning_rate"] = 0.05
     edited = tmp_path / "edited.yaml"
     edited.write_text(yaml.safe_dump(recipe_))
     before = _snapshot(work)
     assert cli_main(["experiment", "--config", str(edited), "--out", str(work)]) == 2
     err = capsys.readouterr().err
-    assert "crrelu/sft (epsilon_learning_rate: 0.01 -> 0.05)" in err and "--rerun-changed" in err, err
+    assert "crrelu/sft (activation_learning_rate: 0.01 -> 0.05)" in err and "--rerun-changed" in err, err
     assert _snapshot(work) == before
     assert cli_main(["experiment", "--config", str(edited), "--out", str(work), "--rerun-changed"]) == 0
     summary = json.loads((work / "summary.json").read_text())
@@ -71,7 +71,7 @@ def test_an_edited_recipe_is_refused_naming_the_change_then_rerun_when_asked(dem
     assert status["gelu/winrate dpo-beta0.5-seed0 vs gelu/sft"] == "skipped"
     assert status["crrelu/winrate dpo-beta0.5-seed0 vs gelu/dpo-beta0.5-seed0"] in recomputed
     sft = yaml.safe_load((work / "crrelu" / "sft" / "recipe.yaml").read_text())
-    assert sft["epsilon_learning_rate"] == 0.05
+    assert sft["activation_learning_rate"] == 0.05
     # and now it is current: a third run skips everything
     assert cli_main(["experiment", "--config", str(edited), "--out", str(work)]) == 0
     summary = json.loads((work / "summary.json").read_text())
