@@ -340,7 +340,7 @@ def prepare(
     if hasattr(trainer, "data_accounting"):
         data_summary["splits"] = trainer.data_accounting
     else:  # SimPO, ORPO, KTO: TRL's trainers tokenize and cut by their own rules, not counted row by row here
-        data_summary["truncation"] = f"{type(trainer).__mro__[2].__name__}'s own (max_length), not counted per row"
+        data_summary["truncation"] = f"{type(trainer).__bases__[-1].__name__}'s own (max_length), not counted per row"
     writable_dir(output_dir, "output_dir")  # only now: a refused run leaves nothing behind
     if trainer.is_world_process_zero():
         from crrelu_llm.data.accounting import line
