@@ -125,8 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = _command(commands, "eval", "Evaluate checkpoints: reward accuracy, judged win rates, drift from the "
                         "original, capability benchmarks. Each writes one result file (default: MODEL/eval).")
     kinds = evaluate.add_subparsers(dest="eval_command", required=True, metavar="KIND")
-
-    def data_options(sub):
+    def data_options(sub):  # noqa: E306 - the shared options of every KIND
         sub.add_argument("--data", required=True, help="preference data: hub id or local file/directory")
         sub.add_argument("--data-format", default="auto", help="auto, hh, shp, ultrafeedback or preference")
         sub.add_argument("--split", default=None, help="evaluation split (default: test, else a held-out share)")
@@ -277,7 +276,7 @@ def _eval_rewards(args) -> int:
     for b in result["margins_per_evaluation_beta"]:
         print(f"  margin at evaluation beta {b['beta']:g}: {b['margin']:.4f}")
     print(f"reference-free preference accuracy {result['preference_accuracy']:.3f} (n={result['n']}) "
-          f"-> {rewards_file(args.model, args.out)}")
+          f"-> {rewards_file(args.model, args.out)}", *(f"warning: {w}" for w in result["warnings"]), sep="\n")
     return 0
 
 
@@ -302,12 +301,13 @@ def _eval_winrate(args) -> int:
                                   batch_size=args.batch_size, chat_template=args.chat_template)
     result = run_winrate(args.model, args.baseline, args.data, args.judge, num_prompts=args.num_prompts,
                          settings=settings, judge_concurrency=args.judge_concurrency, **_data_kwargs(args))
-    stats = result["stats"]
-    lo, hi = stats["interval"]
+    stats, (lo, hi) = result["stats"], result["stats"]["interval"]
     print(f"{args.model} vs {args.baseline} ({result['judge']}): {stats['wins']}/{stats['ties']}/{stats['losses']} "
           f"W/T/L of n={stats['n']}, win rate {stats['win_rate']:.3f} [{lo:.3f}, {hi:.3f}], "
-          f"sign test p={stats['sign_test_p']:.3g}; {describe(stats.get('length_controlled'))} "
-          f"-> {winrate_file(args.model, args.judge, args.baseline, args.out)}")
+          f"sign test p={stats['sign_test_p']:.3g}: {stats['estimate']['verdict']}; "
+          f"{describe(stats.get('length_controlled'))} -> "
+          f"{winrate_file(args.model, args.judge, args.baseline, args.out)}",
+          *(f"warning: {w}" for w in result["warnings"]), sep="\n")
     return 0
 
 

@@ -417,20 +417,35 @@ def test_eval_commands_write_their_outputs_and_compare_reports_them(two_runs, ta
     assert cli_main(["compare", str(gelu0), str(gelu1), str(crrelu0), str(crrelu1), "--out", str(report_dir)]) == 0
     report = json.loads((report_dir / "report.json").read_text())
     assert set(report["arms"]) == {"unpatched beta=0.1", "crrelu beta=0.1"}  # what the runs record, not their names
-    assert len(report["arms"]["crrelu beta=0.1"]["runs"]) == 2 and report["paired_test"]["pairs"] == 2
+    assert len(report["arms"]["crrelu beta=0.1"]["runs"]) == 2 and report["paired_tests"][0]["pairs"] == 2
     crrelu_arm = report["arms"]["crrelu beta=0.1"]
-    assert crrelu_arm["rewards"]["from"] == str(crrelu0 / "eval" / "rewards.json")
+    assert crrelu_arm["rewards"][0]["from"] == str(crrelu0 / "eval" / "rewards.json")
     stored = json.loads((crrelu0 / "eval" / "rewards.json").read_text())
-    assert crrelu_arm["rewards"]["accuracy"] == stored["accuracy"]  # every number traceable to its file
-    assert crrelu_arm["rewards"]["margins_per_evaluation_beta"] == stored["margins_per_evaluation_beta"]
+    assert crrelu_arm["rewards"][0]["accuracy"] == stored["accuracy"]  # every number traceable to its file
+    assert crrelu_arm["rewards"][0]["margins_per_evaluation_beta"] == stored["margins_per_evaluation_beta"]
     finals = [json.loads((d / "final_metrics.json").read_text())["eval_rewards/accuracies"] for d in (crrelu0, crrelu1)]
     assert crrelu_arm["trl_eval_reward_accuracy"]["values"] == finals
-    assert "TRL's" in report["paired_test"]["metric"]  # ours was evaluated for one run only
+    assert "TRL's" in report["paired_tests"][0]["metric"]  # ours was evaluated for one run only
     assert set(report["plots"]) == {"training_curves.png", "epsilon.png", "reward_accuracy.png", "win_rates.png"}
     for plot in report["plots"]:
         assert (report_dir / plot).stat().st_size > 1000
     md = (report_dir / "report.md").read_text()
-    assert "Paired test over seeds" in md and "Wilson" in md and "from `" in md
+    assert "Paired test over seeds" in md and "Wilson" in md and f"`{crrelu0 / 'eval' / 'rewards.json'}`" in md
+
+
+def test_winrate_says_when_the_split_has_fewer_prompts_than_asked(two_runs, task_dir, tmp_path, capsys):
+    """--num-prompts 50 on a held-out split of 12: the result and the command say so."""
+    gelu0, _, crrelu0, _ = two_runs
+    argv = ["eval", "winrate", "--model", str(crrelu0), "--baseline", str(gelu0), "--data", str(task_dir),
+            "--judge", "rule:arithmetic", "--num-prompts", "50", "--max-new-tokens", "4", "--out", str(tmp_path)]
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "warning: win rate: 12 prompts evaluated, not the 50 asked for" in out
+    result = json.loads(next(tmp_path.glob("winrate-*.json")).read_text())
+    assert result["stats"]["n"] == 12 and len(result["stats"]["scores"]) == 12
+    assert result["warnings"][0].startswith("win rate: 12 prompts evaluated")
+    lo, hi = result["stats"]["interval"]
+    assert ((hi - lo) / 2 > 0.10) == any("interval is +-" in w for w in result["warnings"])
 
 
 def test_compare_groups_by_what_runs_record_and_never_pools_different_recipes(two_runs, tmp_path, capsys):

@@ -51,18 +51,19 @@ def test_reduced_demo_runs_every_stage_and_reports(demo_run, capsys):
     assert stages[("crrelu", "step 0")]["probe"]["layers"][0]["epsilon"] == pytest.approx(0.01)
     assert stages[("crrelu", "SFT")]["probe"]["layers"][0]["epsilon"] != pytest.approx(0.01)
     assert stages[("crrelu", "step 0")]["kl_to_original"]["value"] == crrelu_row["kl_step0"]
-    rewards = report["arms"]["crrelu"]["rewards"]
+    rewards = report["arms"]["crrelu"]["rewards"][0]
     assert len(rewards["margins_per_evaluation_beta"]) == 3 and rewards["training_beta"] == 0.5
     lo, hi = rewards["accuracy_interval"]
     assert lo <= rewards["accuracy"] <= hi and rewards["n"] == 40
     assert len(report["arms"]["crrelu"]["win_rates"]) == 2  # vs its own SFT start and vs the GELU arm
     md = (out / "report" / "report.md").read_text()
-    assert report["arms"]["crrelu"]["drift"]["kl_patched_original"] == crrelu_row["kl_step0"]  # not "–"
+    assert report["arms"]["crrelu"]["drift"][0]["kl_patched_original"] == crrelu_row["kl_step0"]  # not "–"
     assert "position consistency: None" not in md and "± 0.000" not in md
     assert "## Help or harm: each arm at every stage" in md and "| crrelu | SFT |" in md
-    assert "to be told apart (95% confidence, 80% power)" in md
-    assert "## Reward accuracy: crrelu, crrelu/dpo-beta0.5-seed0" in md and "| evaluation beta | mean margin |" in md
-    assert "## crrelu (DPO, crrelu/dpo-beta0.5-seed0) vs crrelu/sft" in md and "![win_rates.png]" in md
+    assert "(95% confidence, 80% power" in md and "one seed: the between-seed spread is not measured" in md
+    assert "## Reward accuracy: crrelu" in md and "| 0 | crrelu/dpo-beta0.5-seed0 |" in md
+    assert "| seed | evaluation beta | mean margin |" in md
+    assert "## crrelu (DPO) vs crrelu/sft" in md and "![win_rates.png]" in md
     # the data are ordinary preference files
     first = json.loads((out / "data" / "train.jsonl").read_text().splitlines()[0])
     assert set(first) == {"prompt", "chosen", "rejected"}

@@ -60,20 +60,17 @@ def test_the_report_never_shows_one_stage_under_another(experiment):
     gelu = report["arms"]["gelu"]
     assert "drift" not in gelu and "unpatched original" in gelu["drift_note"]  # not the DPO model's drift
     for arm in ("layer0", "calibrated"):
-        assert report["arms"][arm]["drift"]["stage"] == "step 0"
-        assert report["arms"][arm]["drift"]["from"].endswith(f"{arm}/patched/eval/drift.json")
+        assert report["arms"][arm]["drift"][0]["stage"] == "step 0"
+        assert report["arms"][arm]["drift"][0]["from"].endswith(f"{arm}/patched/eval/drift.json")
     text = (out / "report" / "report.md").read_text()
     gelu_row = next(line for line in text.splitlines() if line.startswith("| gelu |"))
     assert "unpatched original" in gelu_row
-    assert (
-        "## Drift: layer0, step 0" in text and "- perplexity: this model" in text and "perplexity: patched" not in text
-    )
-    assert (
-        "Data that reached each arm's (first) run" in text and "- gelu (gelu/dpo-beta0.5-seed0): data [train]" in text
-    )
+    drift = text.split("## Drift: layer0\n")[1].split("\n## ")[0]
+    assert "| step 0 |" in drift and "dpo-beta" not in drift
+    assert "Data that reached each run" in text and "- gelu, seed 0 (gelu/dpo-beta0.5-seed0): data [train]" in text
     for entry in report["arms"].values():  # one reward accuracy per model, ours, with its n
         assert entry["reward_accuracy"]["n"] == [20]
-        assert entry["rewards"]["stage"].endswith("dpo-beta0.5-seed0")
+        assert entry["rewards"][0]["stage"].endswith("dpo-beta0.5-seed0")
 
 
 @pytest.mark.slow
@@ -200,42 +197,6 @@ def test_a_refused_training_command_leaves_no_output_directory(tmp_path, capsys)
     )
     assert "cannot tell the format" in capsys.readouterr().err
     assert not out.exists()
-
-
-def test_the_reading_is_generated_from_the_intervals_and_counts_seeds():
-    from crrelu_llm.reporting.summary import readings
-
-    def entry(rate, lo, hi):
-        return {
-            "win_rate": rate,
-            "interval": [lo, hi],
-            "wins": 30,
-            "losses": 10,
-            "ties": 460,
-            "n": 500,
-            "sign_test_p": 0.002,
-        }
-
-    rows = [
-        {
-            "arm": "crrelu",
-            "run": f"x/crrelu/dpo-beta0.5-seed{seed}",
-            "winrate_vs-sft": entry(0.52, lo, hi),
-            "reward_accuracy": {"accuracy": 0.90, "n": 500},
-        }
-        for seed, (lo, hi) in enumerate([(0.51, 0.56), (0.48, 0.55)])
-    ]
-    rows.append({"arm": "gelu", "run": "x/gelu/dpo-beta0.5-seed0", "reward_accuracy": {"accuracy": 0.91, "n": 500}})
-    lines = readings({"rows": rows}, "gelu")
-    assert lines[0].startswith("crrelu DPO model vs its own SFT start (dpo-beta0.5): win rates 0.52-0.52 over 2 seeds")
-    assert "1 of 2 seeds: wins more than it loses" in lines[0]
-    assert "1 of 2 seeds: no difference detectable at n = 500 (a win rate 6.3 points from 0.5 would be)" in lines[0]
-    assert lines[1] == (
-        "crrelu vs gelu, reward accuracy: -1.0 points (mean over 2 seeds); n = 500 pairs detects "
-        "8.9 points: no difference detectable"
-    )
-    one = readings({"rows": rows[:1]}, "gelu")
-    assert one[0].endswith("wins more than it loses; one seed") and "30 wins, 10 losses, 460 ties" in one[0]
 
 
 def test_the_win_rate_plot_zooms_in_and_shows_wins_ties_and_losses():

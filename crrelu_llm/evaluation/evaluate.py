@@ -116,7 +116,7 @@ def run_rewards(model, reference, data: str, *, data_format: str = "auto", split
         reward_metrics(logps, list(betas))
     result = {"model": model, "reference": reference, "training_beta": _training_beta(model), "data": summary,
               **metrics}
-    _warn_if_wide("reward accuracy", result["accuracy_interval"], result["n"], "pairs")
+    result["warnings"] = _warnings("reward accuracy", result["accuracy_interval"], result["n"], "pairs", max_samples)
     write_json(rewards_file(model, out), result)
     return result
 
@@ -147,11 +147,19 @@ def _training_beta(model: str) -> float | None:
 WIDE = 0.10  # a 95% interval wider than +-10 points cannot separate arms that differ by a few points
 
 
-def _warn_if_wide(what: str, interval, n: int, unit: str) -> None:
+def _warnings(what: str, interval, n: int, unit: str, asked: int | None) -> list[str]:
+    """What a reader of this result must know before trusting it: fewer items than asked for
+    (the split is smaller), an interval too wide to tell arms apart. Logged, and kept in the result."""
+    notes = []
+    if asked is not None and n < asked:
+        notes.append(f"{what}: {n} {unit} evaluated, not the {asked} asked for: the evaluation split has only {n}")
     lo, hi = interval
     if (hi - lo) / 2 > WIDE:
-        logger.warning("%s: the 95%% interval is +-%.0f points with n=%d %s, too wide to tell arms apart by a few "
-                       "points; evaluate on more %s", what, 100 * (hi - lo) / 2, n, unit, unit)
+        notes.append(f"{what}: the 95% interval is +-{100 * (hi - lo) / 2:.0f} points with n={n} {unit}, too wide "
+                     f"to tell arms apart by a few points; evaluate on more {unit}")
+    for note in notes:
+        logger.warning("%s", note)
+    return notes
 
 
 def run_drift(model, original, data: str, *, data_format: str = "auto", split: str | None = None,
@@ -284,6 +292,6 @@ def run_winrate(model, baseline, data: str, judge: str, *, data_format: str = "a
         "settings": dataclasses.asdict(settings),
         "stats": stats.to_dict(),
     }
-    _warn_if_wide("win rate", stats.interval, stats.n, "prompts")
+    result["warnings"] = _warnings("win rate", stats.interval, stats.n, "prompts", num_prompts)
     write_json(winrate_file(model, judge, baseline, out), result)
     return result

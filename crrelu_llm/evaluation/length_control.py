@@ -9,9 +9,12 @@ rate at equal length. AlpacaEval's per-instruction difficulty term is left out: 
 on its own 805 prompts and undefined elsewhere.
 
 The fit is the plain maximum-likelihood one (no penalty). It has no finite solution when the
-decisive pairs all went one way, or when length alone separates them (every win shorter than every
-loss, say: a judge that decides by length and nothing else); the rate is then undefined, with the
-reason, as it is with no variation in length or too few decisive pairs. The 95% interval is a
+verdicts are separated by length (every win at a length difference no smaller than every loss's,
+ties all at that one difference, say: a judge that decides by length and nothing else) or all
+went one way with no tie; the rate is then undefined, with the reason, as it is with no
+variation in length or too few decisive pairs. A tie counts as half a win and half a loss, so
+ties at two or more length differences keep the fit finite (``tests/test_calibration.py``
+checks the fit and this condition against statsmodels' ``GLM(Binomial)``). The 95% interval is a
 percentile bootstrap over prompts; resamples that are separated in the same way are left out and
 counted.
 """
@@ -44,20 +47,27 @@ def _fit(scores: list[float], terms: list[float]) -> tuple[float, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # lbfgs' convergence chatter on nearly separated resamples
         # C = inf: no penalty (scikit-learn's spelling from 1.8 on; penalty=None goes in 1.10, older ones read it too)
-        fit = LogisticRegression(C=np.inf, fit_intercept=True, max_iter=1000).fit(x[keep], y[keep], weights[keep])
+        fit = LogisticRegression(C=np.inf, fit_intercept=True, max_iter=10000, tol=1e-10)
+        fit.fit(x[keep], y[keep], weights[keep])
     return float(fit.intercept_[0]), float(fit.coef_[0][0])
 
 
 def _separated(scores: list[float], terms: list[float]) -> str | None:
-    """Why the decisive pairs admit no finite fit (all one way, or split by length), or None."""
-    won = [t for s, t in zip(scores, terms) if s > 0.5]
-    lost = [t for s, t in zip(scores, terms) if s < 0.5]
-    if not won or not lost:
-        return f"every decisive pair went to the {'model' if won else 'baseline'}"
-    if max(won) < min(lost) or min(won) > max(lost):
-        side = "shorter" if max(won) < min(lost) else "longer"
-        return (f"length alone separates the decisive pairs (the model won exactly where its response was the "
-                f"{side} one), so the judge's verdicts cannot be told apart from a length preference")
+    """Why the weighted rows admit no finite fit, or None: the exact condition for a logistic fit
+    of one covariate and an intercept. A win is a row of class 1, a loss of class 0, a tie one
+    of each (weight 1/2). The maximum-likelihood estimate is infinite exactly when some threshold
+    c puts every class-1 row on one side (inclusive) and every class-0 row on the other
+    (quasi-complete separation), or when one class is empty. So ties at two or more length
+    differences always keep it finite, and a win and a loss at one shared difference do not."""
+    ones = [t for s, t in zip(scores, terms) if s > 0]
+    zeros = [t for s, t in zip(scores, terms) if s < 1]
+    if not zeros or not ones:
+        return f"every pair went to the {'model' if ones else 'baseline'}"
+    if max(zeros) <= min(ones) or max(ones) <= min(zeros):
+        side = "longer" if max(zeros) <= min(ones) else "shorter"
+        return (f"length alone separates the verdicts (the model never lost where its response was the {side} "
+                "one, nor won where it was not), so the judge's verdicts cannot be told apart from a length "
+                "preference")
     return None
 
 

@@ -3,7 +3,9 @@
 Reward metrics are per example. With ``r(y) = beta * (log pi(y|x) - log pi_ref(y|x))``, an
 example is *correct* when r(chosen) > r(rejected), a *tie* when they are equal (a policy equal
 to its reference ties everywhere: TRL's ``rewards/accuracies`` counts that as wrong), and the
-margin is r(chosen) - r(rejected). Intervals are percentile bootstraps over examples. The
+margin is r(chosen) - r(rejected). Accuracies get Wilson intervals (:mod:`crrelu_llm.stats`),
+and each pair's 0/1 outcome is kept (``correct``, in data order) so that two arms scored on the
+same pairs are compared paired; margins get percentile bootstraps over examples. The
 reference-free preference accuracy (does the policy give the chosen response the higher
 log-probability, summed and per token) compares arms that have different references.
 
@@ -23,7 +25,7 @@ from tqdm.auto import tqdm
 
 from crrelu_llm.data.encoding import check_tokenizers, encode_pairs, ensure_pad_token, model_device
 from crrelu_llm.errors import EvaluationError
-from crrelu_llm.stats import bootstrap_interval
+from crrelu_llm.stats import accuracy_estimate, bootstrap_interval
 
 
 @torch.no_grad()
@@ -114,17 +116,20 @@ def reward_metrics(logps: dict, betas: list[float] = (0.1,), n_boot: int = 1000,
             logps["policy_chosen"], logps["policy_rejected"], logps["tokens_chosen"], logps["tokens_rejected"]
         )
     ]
+    accuracy = accuracy_estimate(correct)
     return {
         "n": n,
-        "accuracy": statistics.fmean(correct),
-        "accuracy_interval": bootstrap_interval(correct, n_boot=n_boot, seed=seed),
+        "accuracy": accuracy.value,
+        "accuracy_interval": accuracy.interval,
+        "accuracy_interval_method": accuracy.interval_method,
+        "correct": [int(c) for c in correct],
         "ties": statistics.fmean(ties),
         "accuracy_ties_half": statistics.fmean(half),
         "margins_per_evaluation_beta": margins,
         "preference_accuracy": statistics.fmean(summed),
-        "preference_accuracy_interval": bootstrap_interval(summed, n_boot=n_boot, seed=seed),
+        "preference_accuracy_interval": accuracy_estimate(summed).interval,
         "preference_accuracy_per_token": statistics.fmean(per_token),
-        "preference_accuracy_per_token_interval": bootstrap_interval(per_token, n_boot=n_boot, seed=seed),
+        "preference_accuracy_per_token_interval": accuracy_estimate(per_token).interval,
     }
 
 

@@ -150,7 +150,27 @@ def plan(exp, gpus: int = 1, gpu_tflops: float = 989.0, utilisation: float = 0.4
     return {"parameters": params, "gpus_per_run": gpus, "gpu_tflops": gpu_tflops, "utilisation": utilisation,
             "stages": rows, "total_flops": estimated if known else None,
             "total_gpu_hours": estimated / rate / 3600 if known else None, "estimated_flops": estimated,
-            "unestimated": unestimated}
+            "unestimated": unestimated, "detectable": planned_sensitivity(exp)}
+
+
+def planned_sensitivity(exp) -> dict:
+    """What the planned sample sizes can detect before anything is measured: the worst case (no
+    ties, independent samples) and what ties or agreement would buy (``crrelu_llm.stats``)."""
+    from crrelu_llm.experiments.stages import evaluation_settings
+    from crrelu_llm.stats import detectable_difference, planned_detectable
+
+    out = {}
+    if "winrate" in exp.evaluations:
+        n = evaluation_settings(exp, "winrate")["num_prompts"]
+        if n:
+            out["win_rate"] = {"n": n, "worst_case": detectable_difference(n, two_samples=False),
+                               "at_90_percent_ties": planned_detectable(n, 0.1) / 2}
+    if "rewards" in exp.evaluations:
+        n = evaluation_settings(exp, "rewards")["max_samples"]
+        if n:
+            out["reward_accuracy"] = {"n": n, "worst_case": detectable_difference(n),
+                                      "paired_at_10_percent_disagreement": planned_detectable(n, 0.1)}
+    return out
 
 
 def format_plan(result: dict) -> str:
@@ -170,6 +190,20 @@ def format_plan(result: dict) -> str:
                  f"{len(rows) - len(missing)}: {result['estimated_flops']:.2e} FLOPs)")
     else:
         total = f"total {result['total_flops']:.2e} FLOPs = {result['total_gpu_hours']:.1f} GPU-hours"
+    sensitivity = result.get("detectable") or {}
+    parts = []
+    if "win_rate" in sensitivity:
+        w = sensitivity["win_rate"]
+        parts.append(f"a win rate over {w['n']} prompts, {100 * w['worst_case']:.1f} points from 0.5 with no ties "
+                     f"({100 * w['at_90_percent_ties']:.1f} with 90% ties)")
+    if "reward_accuracy" in sensitivity:
+        r = sensitivity["reward_accuracy"]
+        parts.append(f"two reward accuracies over {r['n']} pairs, {100 * r['worst_case']:.1f} points apart if "
+                     f"independent ({100 * r['paired_at_10_percent_disagreement']:.1f} paired, if the arms disagree "
+                     "on 10% of pairs)")
+    if parts:
+        lines.append("planned sizes detect, with 80% power before anything is measured (the report computes it from "
+                     "the data): " + "; ".join(parts))
     lines.append(f"{total} at {result['gpu_tflops']:g} TFLOP/s x {result['utilisation']:.0%} utilisation; "
                  f"{params} parameters; {len(rows)} stages")
     return "\n".join(lines)

@@ -107,7 +107,7 @@ def win_rate_figure(bars: list[tuple[str, str, dict]], colours: dict[str, str]):
     ax.set_yticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
     width = max(ends) - min(ends)
     ax.set_xlim(min(ends) - 0.1 * width - 0.01, max(ends) + 0.45 * width + 0.01)  # room for the counts
-    ax.set_xlabel("win rate of the DPO model, ties as 1/2 (filled: raw, 95% Wilson; hollow: length-controlled, "
-                  "95% bootstrap); W/T/L: wins, ties, losses", fontsize=8)
+    ax.set_xlabel("win rate of the DPO model, ties as 1/2\nfilled: raw, 95% Bonett-Price; hollow: length-controlled, "
+                  "95% bootstrap; W/T/L: wins, ties, losses", fontsize=8)
     fig.tight_layout()
     return fig

@@ -23,10 +23,9 @@ import yaml
 
 from crrelu_llm.errors import ReportError
 from crrelu_llm.evaluation.evaluate import eval_dir
-from crrelu_llm.evaluation.length_control import describe
 from crrelu_llm.files import read_json, writable_dir, write_json, write_text_atomic
-from crrelu_llm.reporting import figures, report_stages
-from crrelu_llm.stats import detectable_difference, paired_permutation_test
+from crrelu_llm.reporting import estimates, figures, markdown, report_stages
+from crrelu_llm.stats import paired_permutation_test
 from crrelu_llm.training.recipes import BOOKKEEPING_KEYS
 
 TRAIN_CURVES = ("loss", "rewards/accuracies", "rewards/margins")
@@ -49,6 +48,16 @@ class Run:
     drift: dict | None = None
     patch_report: dict | None = None
     data: dict | None = None  # data_summary.json: what reached training, per split
+
+    @property
+    def seed(self):
+        """The training seed its recipe records (None for a directory crrelu-llm did not write)."""
+        return (self.recipe or {}).get("seed")
+
+    @property
+    def name(self) -> str:
+        """``arm/run``: the last two components of its path, as every section names a run."""
+        return "/".join(self.path.parts[-2:])
 
     @property
     def arm(self) -> str:
@@ -116,9 +125,9 @@ def _plots(arms: dict[str, list[Run]], out: Path, colours: dict[str, str]) -> li
             for label, runs in arms.items():
                 for i, run in enumerate(runs):
                     x, y = _series(run, key)
-                    if x:
+                    if x:  # one shade per seed, each named in the legend
                         ax.plot(x, y, color=colours[run.arm], linestyle=figures.line_style("DPO"),
-                                alpha=0.9 if i == 0 else 0.5, label=label if i == 0 else None)
+                                alpha=max(0.35, 0.95 - 0.25 * i), label=_seed_label(label, run, runs))
             ax.set_title(key)
             ax.set_xlabel("training step")
             ax.set_ylabel(key)
@@ -127,8 +136,8 @@ def _plots(arms: dict[str, list[Run]], out: Path, colours: dict[str, str]) -> li
         fig.savefig(out / "training_curves.png", dpi=110)
         plt.close(fig)
         files.append("training_curves.png")
-    eps_arms = {label: runs[0] for label, runs in arms.items()
-                if any(k.startswith("epsilon/") and k[8:].isdigit() for e in runs[0].log_history for k in e)}
+    eps_arms = {_seed_label(label, run, runs): run for label, runs in arms.items() for run in runs
+                if any(k.startswith("epsilon/") and k[8:].isdigit() for e in run.log_history for k in e)}
     if eps_arms:
         fig, axes = plt.subplots(1, len(eps_arms), figsize=(5 * len(eps_arms), 3.6), squeeze=False)
         for ax, (label, run) in zip(axes[0], eps_arms.items()):
@@ -153,27 +162,30 @@ def _plots(arms: dict[str, list[Run]], out: Path, colours: dict[str, str]) -> li
     if by_arm:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         betas = sorted({p[0] for points in by_arm.values() for p in points})
-        spread = 0.5 / max(len(by_arm), 1)
-        for i, (arm, points) in enumerate(by_arm.items()):
-            points = sorted(points)
-            # one slot per training beta, the arms side by side inside it
-            x = [betas.index(p[0]) + spread * (i - (len(by_arm) - 1) / 2) for p in points]
-            y = [p[1] for p in points]
-            err = [[p[1] - p[2][0] for p in points], [p[2][1] - p[1] for p in points]]
-            ax.errorbar(x, y, yerr=err, marker="o", linestyle="-" if len(points) > 1 else "none", capsize=3,
-                        color=colours[arm], label=arm)
+        slots = [(arm, seed) for arm, points in by_arm.items() for seed in dict.fromkeys(p[3] for p in points)]
+        spread = 0.6 / max(len(slots), 1)
+        for arm, points in by_arm.items():
+            for seed in dict.fromkeys(p[3] for p in points):
+                mine = sorted(p for p in points if p[3] == seed)
+                i = slots.index((arm, seed))
+                # one slot per training beta, every (arm, seed) side by side inside it
+                x = [betas.index(p[0]) + spread * (i - (len(slots) - 1) / 2) for p in mine]
+                y = [p[1] for p in mine]
+                err = [[p[1] - p[2][0] for p in mine], [p[2][1] - p[1] for p in mine]]
+                ax.errorbar(x, y, yerr=err, marker="o", linestyle="-" if len(mine) > 1 else "none", capsize=3,
+                            color=colours[arm], alpha=max(0.4, 1 - 0.3 * [s for a, s in slots if a == arm].index(seed)),
+                            label=f"{arm} seed {seed}" if seed is not None else arm)
         ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
         ax.set_xlim(-0.6, len(betas) - 0.4)
-        ax.set_xlabel("training beta (one DPO run per point)")
-        ax.set_ylabel("reward accuracy, 95% bootstrap CI")
-        ax.legend()
+        ax.set_xlabel("training beta (one point per DPO run: arm and seed)")
+        ax.set_ylabel("reward accuracy, 95% Wilson")
+        ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / "reward_accuracy.png", dpi=110)
         plt.close(fig)
         files.append("reward_accuracy.png")
-    bars = [(f"{label} ({objective(run).upper()}) vs {_short(w.get('baseline'))}", run.arm, w["stats"])
-            for label, runs in arms.items()
-            for run in runs[:1] for w in run.winrates.values()]
+    bars = [(f"{_seed_label(label, run, runs)} ({objective(run).upper()}) vs {_short(w.get('baseline'))}", run.arm,
+             _restated(w["stats"])) for label, runs in arms.items() for run in runs for w in run.winrates.values()]
     if bars:
         fig = figures.win_rate_figure(bars, colours)
         fig.savefig(out / "win_rates.png", dpi=110)
@@ -193,18 +205,32 @@ def _short(path) -> str:
     return "/".join(Path(str(path)).parts[-2:]) if path else "?"
 
 
+def _seed_label(label: str, run: Run, runs: list[Run]) -> str:
+    """The arm's label, with the run's seed when the arm pools several."""
+    return f"{label} seed {run.seed}" if len(runs) > 1 else label
+
+
+def _restated(stats: dict) -> dict:
+    """A win-rate result's stats with the interval of :func:`crrelu_llm.stats.win_rate_estimate`
+    (recomputed from the counts, so a result written before it is plotted the same way)."""
+    from crrelu_llm.stats import win_rate_estimate
+
+    return {**stats, "interval": win_rate_estimate(stats["wins"], stats["ties"], stats["losses"]).interval}
+
+
 def _accuracy_by_training_beta(arms: dict[str, list[Run]]) -> dict[str, list]:
-    """arm -> [(training beta, reward accuracy, interval)] over the first run of each label
-    whose rewards were evaluated and whose training beta is known."""
+    """arm -> [(training beta, reward accuracy, interval, seed)] over every run whose rewards were
+    evaluated and whose training beta is known."""
     points: dict[str, list] = {}
     for runs in arms.values():
-        run = runs[0]
-        if not run.rewards or "accuracy" not in run.rewards:
-            continue
-        beta = run.rewards.get("training_beta") or (run.recipe or {}).get("beta")
-        if beta is None:
-            continue
-        points.setdefault(run.arm, []).append((beta, run.rewards["accuracy"], run.rewards["accuracy_interval"]))
+        for run in runs:
+            if not run.rewards or "accuracy" not in run.rewards:
+                continue
+            beta = run.rewards.get("training_beta") or (run.recipe or {}).get("beta")
+            if beta is None:
+                continue
+            points.setdefault(run.arm, []).append((beta, run.rewards["accuracy"], run.rewards["accuracy_interval"],
+                                                   run.seed))
     return points
 
 
@@ -230,13 +256,19 @@ def _check_poolable(label: str, members: list[Run]) -> None:
 
 
 def compare(specs: list[str], out: Path, step0_drift: dict[str, dict | None] | None = None,
-            stages: dict[str, dict[str, Path]] | None = None, eval_dirs: dict[str, Path] | None = None) -> dict:
+            stages: dict[str, dict[str, Path]] | None = None, eval_dirs: dict[str, Path] | None = None,
+            baseline: str | None = None) -> dict:
     """Write report.md, report.json and plots for the runs; return the report dict.
     ``step0_drift`` maps an arm label to its step-0 drift (``{"stage", "from"}``; None for an
     unpatched arm, whose step 0 is the original): the experiment runner measures the swap's own
     damage there. Without it each run's own drift is shown, named as that run's. ``stages``
     maps an arm to ``{stage: model directory}`` (step 0, SFT, DPO...) for the help-or-harm table
-    of drift, benchmarks and probes; by default, each run given is a stage of its arm."""
+    of drift, benchmarks and probes; by default, each run given is a stage of its arm.
+    ``baseline``: the arm every other is compared with (default: the first).
+
+    Example:
+        >>> compare(["gelu=runs/gelu/dpo", "crrelu=runs/crrelu/dpo"], Path("report"))  # doctest: +SKIP
+    """
     if not specs:
         raise ReportError("give at least one run directory")
     runs = [load_run(s) for s in specs]
@@ -249,16 +281,12 @@ def compare(specs: list[str], out: Path, step0_drift: dict[str, dict | None] | N
     report = {"arms": {}, "plots": []}
     for label, members in arms.items():
         report["arms"][label] = _arm_entry(label, members, step0_drift)
-    labels = list(arms)
-    if len(labels) >= 2:  # ours where every run has it, else TRL's (named as such)
-        for key, metric in (("reward_accuracy", "reward accuracy (eval rewards)"),
-                            ("trl_eval_reward_accuracy", "TRL's eval_rewards/accuracies (batch mean, ties as wrong)")):
-            a, b = (report["arms"][label].get(key, {}).get("values", []) for label in labels[:2])
-            if len(a) == len(b) == len(arms[labels[0]]) == len(arms[labels[1]]) >= 2:
-                report["paired_test"] = {"arms": labels[:2], "metric": metric, "pairs": len(a),
-                                         "p_value": paired_permutation_test(a, b),
-                                         "test": "exact sign-flip permutation over seeds"}
-                break
+    baseline = baseline if baseline in arms else next(iter(arms))
+    report["baseline"] = baseline
+    report["paired_tests"] = _paired_over_seeds(arms, baseline)
+    report["reward_accuracy_vs_baseline"] = {
+        label: found for label, members in arms.items() if label != baseline
+        and (found := estimates.paired_accuracies(_rewards_by_seed(members), _rewards_by_seed(arms[baseline])))}
     if stages is None:
         stages = {label: {r.path.name: r.path for r in members} for label, members in arms.items()}
     report["stages"] = report_stages.collect(stages, eval_dirs)
@@ -269,58 +297,139 @@ def compare(specs: list[str], out: Path, step0_drift: dict[str, dict | None] | N
     if probe:
         report["plots"].append(probe)
     write_json(out / "report.json", report)
-    write_text_atomic(out / "report.md", _markdown(report))
+    write_text_atomic(out / "report.md", markdown.render(report))
     return report
 
 
-def _run_name(run: Run) -> str:
-    return "/".join(run.path.parts[-2:])
+def _rewards_by_seed(members: list[Run]) -> dict:
+    return {r.seed: r.rewards for r in members if r.rewards and "accuracy" in r.rewards}
+
+
+def _paired_over_seeds(arms: dict[str, list[Run]], baseline: str) -> list[dict]:
+    """Each arm against the baseline, over the seeds both have: the exact sign-flip test on the
+    per-seed values (our reward accuracy where both arms have it, else TRL's, named as such)."""
+    def values(members, metric):
+        if metric == "ours":
+            return {r.seed: r.rewards["accuracy"] for r in members if r.rewards and "accuracy" in r.rewards}
+        return {r.seed: float(r.final["eval_rewards/accuracies"]) for r in members
+                if "eval_rewards/accuracies" in r.final}
+
+    tests = []
+    for label, members in arms.items():
+        if label == baseline:
+            continue
+        for metric, name in (("ours", "reward accuracy (eval rewards)"),
+                             ("trl", "TRL's eval_rewards/accuracies (batch mean, ties as wrong)")):
+            ours, theirs = values(members, metric), values(arms[baseline], metric)
+            common = [s for s in ours if s in theirs]
+            if len(common) >= 2:
+                tests.append({"arms": [label, baseline], "metric": name, "pairs": len(common), "seeds": common,
+                              "p_value": paired_permutation_test([ours[s] for s in common],
+                                                                 [theirs[s] for s in common]),
+                              "test": "exact sign-flip permutation over seeds"})
+                break
+    return tests
+
+
+def _comparison_key(name: str) -> str:
+    """A win-rate result's name without the seed of the baseline it was judged against, so that
+    every seed's result against 'the gelu arm' (its own seed's gelu run) is one comparison."""
+    return re.sub(r"-seed\d+$", "", name)
 
 
 def _arm_entry(label: str, members: list[Run], step0_drift: dict | None) -> dict:
-    """What the report says of one arm; every number names the run (stage) and file it came from."""
-    entry = {"runs": [str(r.path) for r in members], "sources": [r.sources for r in members],
-             "objective": objective(members[0])}
+    """What the report says of one arm: every seed's result, and the pooled one; every number
+    names the run (stage) and file it came from."""
+    entry = {"runs": [str(r.path) for r in members], "seeds": [r.seed for r in members],
+             "sources": [r.sources for r in members], "objective": objective(members[0])}
     accs = [(r, r.final["eval_rewards/accuracies"]) for r in members if "eval_rewards/accuracies" in r.final]
     if accs:  # TRL's own: a mean of batch means in which a tie counts as wrong; kept for reference
         values = [float(a) for _, a in accs]
         entry["trl_eval_reward_accuracy"] = {
             "values": values, "mean": statistics.fmean(values),
             "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "stage": [_run_name(r) for r, _ in accs], "from": [r.sources.get("final") for r, _ in accs]}
+            "stage": [r.name for r, _ in accs], "from": [r.sources.get("final") for r, _ in accs]}
     ours = [r for r in members if r.rewards and "accuracy" in r.rewards]
     if ours:
+        pooled = estimates.accuracies([{"seed": r.seed, "stage": r.name, "from": r.sources["rewards"],
+                                        "rewards": r.rewards} for r in ours])
         values = [r.rewards["accuracy"] for r in ours]
         entry["reward_accuracy"] = {
             "values": values, "mean": statistics.fmean(values), "stdev": statistics.stdev(values) if len(values) > 1
-            else 0.0, "n": [r.rewards["n"] for r in ours], "interval": ours[0].rewards["accuracy_interval"],
-            "stage": [_run_name(r) for r in ours], "from": [r.sources["rewards"] for r in ours]}
-    first = members[0]
-    if first.rewards and "accuracy" in first.rewards:
-        entry["rewards"] = {k: first.rewards.get(k) for k in (
+            else 0.0, "n": [r.rewards["n"] for r in ours], **pooled}
+        entry["rewards"] = [{k: r.rewards.get(k) for k in (
             "n", "accuracy", "accuracy_interval", "ties", "training_beta", "margins_per_evaluation_beta",
-            "preference_accuracy", "objective", "implicit_reward")} | {"stage": _run_name(first),
-                                                                       "from": first.sources["rewards"]}
-    if first.winrates:
-        entry["win_rates"] = {name: {**w["stats"], "judge": w.get("judge"), "baseline": w.get("baseline"),
-                                     "stage": _run_name(first), "from": first.sources[name]}
-                              for name, w in first.winrates.items()}
+            "preference_accuracy", "objective", "implicit_reward")} | {"seed": r.seed, "stage": r.name,
+                                                                       "from": r.sources["rewards"]} for r in ours]
+    comparisons: dict[str, list] = {}
+    for r in members:
+        for name, w in r.winrates.items():
+            comparisons.setdefault(_comparison_key(name), []).append(
+                {"seed": r.seed, "stage": r.name, "from": r.sources[name], "judge": w.get("judge"),
+                 "baseline": w.get("baseline"), "stats": w["stats"]})
+    if comparisons:
+        entry["win_rates"] = {}
+        for key, results in comparisons.items():
+            group = estimates.win_rates(results)
+            for seed_entry, result in zip(group["per_seed"], results):  # the lengths and consistency, per seed
+                seed_entry.update({k: result["stats"].get(k) for k in (
+                    "position_consistency", "length_model", "length_baseline")})
+            baselines = list(dict.fromkeys(_short(r["baseline"]) for r in results))
+            shown = baselines[0] if len(baselines) == 1 else f"{_comparison_key(baselines[0])} (each seed's own)"
+            entry["win_rates"][key] = {"judge": results[0]["judge"], "baseline": shown, **group}
     if step0_drift is not None:  # the swap's own damage: the arm's step-0 model, never a later stage's
         found = step0_drift.get(label)
         if found:
-            entry["drift"] = {**report_stages.read_result(Path(found["from"])), "stage": "step 0",
-                              "from": found["from"]}
+            entry["drift"] = [{**report_stages.read_result(Path(found["from"])), "stage": "step 0",
+                               "from": found["from"]}]
+        elif _patched(members[0]):
+            entry["drift_note"] = ("step 0 (the patched original) was not evaluated: add `drift:` to the "
+                                   "recipe's evaluations to measure the swap's own damage")
         else:
             entry["drift_note"] = "step 0 is the unpatched original: no swap to measure"
-    elif first.drift:
-        entry["drift"] = {**first.drift, "stage": _run_name(first), "from": first.sources["drift"]}
-    if first.data and first.data.get("splits"):
-        entry["data"] = {"source": first.data.get("source"), "splits": first.data["splits"],
-                         "stage": _run_name(first), "from": first.sources["data"]}
-    eps = {k: v for k, v in first.final.items() if k.startswith("final_epsilon/")}
-    if eps:
-        entry["final_epsilon"] = {**eps, "stage": _run_name(first), "from": first.sources.get("final")}
+    elif any(r.drift for r in members):
+        entry["drift"] = [{**r.drift, "stage": r.name, "from": r.sources["drift"]} for r in members if r.drift]
+    counted = [r for r in members if r.data and r.data.get("splits")]
+    if counted:
+        entry["data"] = [{"source": r.data.get("source"), "splits": r.data["splits"], "seed": r.seed,
+                          "stage": r.name, "from": r.sources["data"]} for r in counted]
+    entry["epsilon"] = [e for e in (_epsilons(r) for r in members) if e]
     return entry
+
+
+def _patched(run: Run) -> bool:
+    """Whether the run's model has a patched activation (its recipe or patch record says so)."""
+    return bool((run.recipe or {}).get("activation") or (run.patch_report or {}).get("activation"))
+
+
+def _epsilons(run: Run) -> dict | None:
+    """The run's activation parameters: where it started (the calibrated values, or epsilon_init)
+    and where it ended (``final_epsilon/*``), per block."""
+    if not _patched(run):
+        return None
+    final = {k[len("final_"):]: v for k, v in run.final.items() if k.startswith("final_epsilon/")}
+    start = figures.starting_epsilons(run)
+    if not final and not start:
+        return None
+    return {"seed": run.seed, "stage": run.name, "from": run.sources.get("final"), "final": final,
+            "start": start, "calibrated_from": _calibrated_at(run)}
+
+
+def _calibrated_at(run: Run) -> dict | None:
+    """The calibrated eps per block, and the patch record they were read from: the run's own, or
+    (a run that started from an already patched model) its start's."""
+    from crrelu_llm.patching.discovery import layer_index
+
+    records = [run.path / "patch_report.json"]
+    start = (run.recipe or {}).get("model_name_or_path")
+    if (run.patch_report or {}).get("already_patched") and start:
+        records.append(Path(str(start)) / "patch_report.json")
+    for record in records:
+        values = report_stages.read_result(record).get("calibrated_epsilons") if record.exists() else None
+        if values:
+            return {"from": str(record), "values": {f"{layer_index(p):02d}": v for p, v in values.items()
+                                                    if layer_index(p) is not None}}
+    return None
 
 
 def compare_experiment(declaration, baseline_arm: str) -> dict:
@@ -337,95 +446,4 @@ def compare_experiment(declaration, baseline_arm: str) -> dict:
     specs = [f"{label(run.arm, run.beta)}={run.model}" for run in declaration.dpo_runs]
     drift = {label(run.arm, run.beta): step0_drift(declaration, run.arm) for run in declaration.dpo_runs}
     return compare(specs, declaration.layout.report, step0_drift=drift, stages=declaration.models(),
-                   eval_dirs=declaration.eval_dirs())
-
-
-def _fmt(value) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def _markdown(report: dict) -> str:
-    lines = ["# crrelu-llm comparison", ""]
-    rows = []
-    for label, arm in report["arms"].items():
-        acc = arm.get("reward_accuracy")
-        if acc and len(acc["values"]) > 1:
-            shown = f"{acc['mean']:.3f} ± {acc['stdev']:.3f} (sd over {len(acc['values'])} runs)"
-        elif acc:
-            lo, hi = acc["interval"]
-            shown = f"{acc['mean']:.3f} [{lo:.3f}, {hi:.3f}], n={acc['n'][0]}"
-        else:
-            shown = "– (not evaluated: evaluations.rewards)"
-        if "drift" in arm:
-            kl = f"{arm['drift']['kl_patched_original']:.4f} ({arm['drift']['stage']})"
-        else:
-            kl = "– (" + arm.get("drift_note", "not evaluated") + ")"
-        rows.append(f"| {label} | {len(arm['runs'])} | {shown} | "
-                    + (_fmt(arm["rewards"]["preference_accuracy"]) if "rewards" in arm else "–") + f" | {kl} |")
-    lines += ["| arm | runs | reward accuracy (95% bootstrap CI) | preference accuracy (reference-free) | "
-              "KL to original (model it was measured on) |", "|---|---|---|---|---|", *rows, "",
-              "Reward accuracy is `crrelu-llm eval rewards`' per-example accuracy (a tie is not correct; ties are "
-              "given in each arm's section); TRL's `eval_rewards/accuracies`, a mean of batch means, is in "
-              "report.json only.", ""]
-    counted = [(label, arm["data"]) for label, arm in report["arms"].items() if "data" in arm]
-    if counted:
-        from crrelu_llm.data.accounting import line
-
-        lines += ["Data that reached each arm's (first) run, per split (`data_summary.json`):", ""]
-        lines += [f"- {label} ({d['stage']}): " + "; ".join(line(split, c) for split, c in d["splits"].items())
-                  for label, d in counted]
-        lines.append("")
-    for label, arm in report["arms"].items():
-        if "rewards" in arm:
-            r = arm["rewards"]
-            lo, hi = r["accuracy_interval"]
-            trained = f"trained with beta {r['training_beta']:g}" if r.get("training_beta") is not None else \
-                "training beta unknown"
-            lines += [f"## Reward accuracy: {label}, {r['stage']}", f"(from `{r['from']}`)", ""]
-            if r.get("objective"):  # reference-free: not DPO's reward, nor on its scale
-                lines.append(f"- {r['objective'].upper()} run, no reference model: its reward is "
-                             f"{r['implicit_reward']}")
-            lines += [
-                      f"- reward accuracy {r['accuracy']:.3f}, 95% bootstrap [{lo:.3f}, {hi:.3f}], n = {r['n']} pairs, "
-                      f"ties {r['ties']:.3f} ({trained}; for one model this does not depend on the evaluation beta)",
-                      f"- with n = {r['n']}, two arms' accuracies must differ by "
-                      f"{100 * detectable_difference(r['n']):.1f} "
-                      "points to be told apart (95% confidence, 80% power)",
-                      "", "| evaluation beta | mean margin | 95% CI |", "|---|---|---|"]
-            for b in r["margins_per_evaluation_beta"]:
-                mlo, mhi = b["margin_interval"]
-                lines.append(f"| {b['beta']:g} | {b['margin']:.4f} | [{mlo:.4f}, {mhi:.4f}] |")
-            lines.append("")
-        for w in arm.get("win_rates", {}).values():
-            lo, hi = w["interval"]
-            lines += [f"## {label} ({arm['objective'].upper()}, {w['stage']}) vs {_short(w.get('baseline'))} "
-                      f"(judge {w.get('judge')})",
-                      f"(from `{w['from']}`)", "",
-                      f"- wins / ties / losses: {w['wins']} / {w['ties']} / {w['losses']} of {w['n']}",
-                      f"- win rate (ties as 1/2): {w['win_rate']:.3f}, 95% Wilson [{lo:.3f}, {hi:.3f}]",
-                      f"- {describe(w.get('length_controlled'))} (the judge's preference at equal length, "
-                      "95% bootstrap over prompts; see docs/evaluation.md)",
-                      f"- exact sign test on decisive pairs: p = {w['sign_test_p']:.4g}",
-                      f"- with n = {w['n']}, a win rate must be "
-                      f"{100 * detectable_difference(w['n'], two_samples=False):.1f} "
-                      "points from 0.5 to be detected (95% confidence, 80% power)",
-                      "- position consistency: " + (_fmt(w["position_consistency"]) if w.get("position_consistency")
-                                                    is not None else "n/a (this judge does not see an order)"),
-                      f"- mean response length (chars): model {w['length_model']['mean']:.1f}, "
-                      f"baseline {w['length_baseline']['mean']:.1f}", ""]
-        if "drift" in arm:
-            d = arm["drift"]
-            lines += [f"## Drift: {label}, {d['stage']}", f"(from `{d['from']}`)", "",
-                      f"- perplexity: this model {d['perplexity_patched']:.3f}, "
-                      f"original {d['perplexity_original']:.3f}",
-                      f"- mean per-token KL(this model || original): {d['kl_patched_original']:.4f} over "
-                      f"{d['tokens']} tokens", ""]
-    lines += report_stages.markdown(report.get("stages", []))
-    if "paired_test" in report:
-        t = report["paired_test"]
-        lines += ["## Paired test over seeds", "",
-                  f"{t['arms'][0]} vs {t['arms'][1]}, {t['metric']}, {t['pairs']} pairs: "
-                  f"p = {t['p_value']:.4g} ({t['test']})", ""]
-    for plot in report["plots"]:
-        lines.append(f"![{plot}]({plot})")
-    return "\n".join(lines) + "\n"
+                   eval_dirs=declaration.eval_dirs(), baseline=label(baseline_arm, declaration.dpo_runs[0].beta))

@@ -66,10 +66,12 @@ def markdown(rows: list[dict]) -> list[str]:
     if not rows:
         return []
     tasks = sorted({t for r in rows for t in r["benchmarks"]})
-    lines = ["## Help or harm: each arm at every stage", "",
-             "KL to the original is per token on the evaluation responses (0 for the original itself). Benchmarks "
-             "are lm-eval's metric ± its standard error; eps columns are means over layers (learned, and the "
-             "least-squares value that best imitates the original activation on the layer's own inputs).", "",
+    described = ["KL to the original is per token on the evaluation responses (– for the original itself)."]
+    if tasks:
+        described.append("Benchmarks are lm-eval's metric ± its standard error.")
+    described.append("eps columns are means over layers (learned, and the least-squares value that best imitates "
+                     "the original activation on the layer's own inputs).")
+    lines = ["## Help or harm: each arm at every stage", "", " ".join(described), "",
              "| arm | stage | KL to original | " + " | ".join(tasks) + (" | " if tasks else "")
              + "eps learned | eps least-squares |",
              "|---|---|---|" + "---|" * len(tasks) + "---|---|"]
@@ -89,10 +91,14 @@ def markdown(rows: list[dict]) -> list[str]:
     sizes = sorted({b["n"] for r in rows for b in r["benchmarks"].values() if b["n"]})
     if sizes:
         lines += ["", "Smallest benchmark difference between two models that these sample sizes detect (95% "
-                  "confidence, 80% power): " + ", ".join(f"{100 * detectable_difference(n):.1f} points at n={n}"
+                  "confidence, 80% power; the worst case, p = 1/2 and independent samples, since lm-eval keeps no "
+                  "per-item outcomes here): " + ", ".join(f"{100 * detectable_difference(n):.1f} points at n={n}"
                                                          for n in sizes) + "."]
-    lines += ["", "Sources: " + ", ".join(sorted({f"`{b['from']}`" for r in rows for b in r["benchmarks"].values()}
-                                                  | {f"`{r['probe']['from']}`" for r in rows if "probe" in r})), ""]
-    return lines
+    sources = sorted({f"`{b['from']}`" for r in rows for b in r["benchmarks"].values()}
+                     | {f"`{r['probe']['from']}`" for r in rows if "probe" in r}
+                     | {f"`{r['kl_to_original']['from']}`" for r in rows if "kl_to_original" in r})
+    if sources:
+        lines += ["", "Sources: " + ", ".join(sources)]
+    return [*lines, ""]
 
 

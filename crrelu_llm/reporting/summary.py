@@ -9,11 +9,11 @@ and carries the stage that computed it and the file it was read from.
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 from crrelu_llm.files import read_json
-from crrelu_llm.stats import detectable_difference
+from crrelu_llm.reporting import estimates
+from crrelu_llm.stats import detectable_difference, verdict, win_rate_estimate
 
 
 def _winrate_entry(spec) -> dict | None:
@@ -21,9 +21,11 @@ def _winrate_entry(spec) -> dict | None:
     if not file.exists():
         return None
     stats = read_json(file)["stats"]
-    return {"win_rate": stats["win_rate"], "interval": stats["interval"], "wins": stats["wins"],
-            "ties": stats["ties"], "losses": stats["losses"], "n": stats["n"], "sign_test_p": stats["sign_test_p"],
-            "length_controlled": stats.get("length_controlled"), "stage": spec.name, "from": str(file)}
+    estimate = win_rate_estimate(stats["wins"], stats["ties"], stats["losses"])
+    return {"win_rate": estimate.value, "interval": estimate.interval, "wins": stats["wins"],
+            "ties": stats["ties"], "losses": stats["losses"], "n": stats["n"], "sign_test_p": estimate.p_value,
+            "estimate": estimate.to_dict(), "length_controlled": stats.get("length_controlled"),
+            "stage": spec.name, "from": str(file)}
 
 
 def step0_drift(declaration, arm: str) -> dict | None:
@@ -36,10 +38,10 @@ def step0_drift(declaration, arm: str) -> dict | None:
 
 
 def summarise(exp, declaration) -> dict:
-    rows = []
+    rows, rewards, judged = [], {}, {}
     for run in declaration.dpo_runs:
         out = Path(run.model)
-        row = {"arm": run.arm, "run": str(out), "stage": run.name}
+        row = {"arm": run.arm, "run": str(out), "stage": run.name, "seed": run.seed, "beta": run.beta}
         final = read_json(out / "final_metrics.json")
         for spec in declaration.by_kind("rewards"):
             if spec.model == run.model and spec.done.exists():
@@ -48,6 +50,7 @@ def summarise(exp, declaration) -> dict:
                     row["reward_accuracy"] = {"accuracy": r["accuracy"], "interval": r["accuracy_interval"],
                                               "n": r["n"], "ties": r.get("ties"), "stage": spec.name,
                                               "from": str(spec.done)}
+                    rewards[(run.arm, run.beta, run.seed)] = r
         eps = [v for k, v in final.items() if k.startswith("final_epsilon/") and k[14:].isdigit()]
         row["epsilon_range"] = [min(eps), max(eps)] if eps else None
         start = declaration.start_of(run)
@@ -57,12 +60,32 @@ def summarise(exp, declaration) -> dict:
                 entry = _winrate_entry(spec)
                 if entry:
                     row[f"winrate_{name}"] = entry
+                    judged.setdefault((run.arm, run.beta, name), []).append(
+                        {"seed": run.seed, "stage": spec.name, "from": str(spec.done),
+                         "stats": read_json(spec.done)["stats"]})
         drift = step0_drift(declaration, run.arm)
         if drift:
             row["kl_step0"] = drift["value"]
             row["kl_step0_from"] = {"stage": drift["stage"], "from": drift["from"]}
         rows.append(row)
-    return {"rows": rows, "report": str(declaration.layout.report / "report.md")}
+    return {"rows": rows, "report": str(declaration.layout.report / "report.md"),
+            "win_rates": [{"arm": arm, "beta": beta, "comparison": name, **estimates.win_rates(results)}
+                          for (arm, beta, name), results in judged.items()],
+            "reward_accuracy": _paired_accuracy(rewards, exp.baseline_arm)}
+
+
+def _paired_accuracy(rewards: dict, baseline: str) -> list[dict]:
+    """Each arm against the baseline arm at the same beta: reward accuracy paired on the same pairs."""
+    out = []
+    for arm, beta in dict.fromkeys((a, b) for a, b, _ in rewards):
+        if arm == baseline:
+            continue
+        ours = {s: r for (a, b, s), r in rewards.items() if (a, b) == (arm, beta)}
+        theirs = {s: r for (a, b, s), r in rewards.items() if (a, b) == (baseline, beta)}
+        entry = estimates.paired_accuracies(ours, theirs)
+        if entry:
+            out.append({"arm": arm, "baseline": baseline, "beta": beta, **entry})
+    return out
 
 
 def stage_totals(log: list[dict]) -> dict:
@@ -100,90 +123,70 @@ def format_table(summary: dict, baseline: str) -> str:
     columns = [("run", max([26, *map(len, names)]), "<"), ("DPO vs own SFT", 18, ">"), (f"vs {baseline} DPO", 18, ">"),
                ("reward accuracy", 18, ">"), ("KL step 0", 9, ">"), ("eps range", 16, ">")]
     lines = ["  ".join(f"{name:{align}{width}}" for name, width, align in columns)]
-    sizes, detectable = set(), set()
+    sizes = set()
     for name, r in zip(names, summary["rows"]):
         eps = f"[{r['epsilon_range'][0]:.2f}, {r['epsilon_range'][1]:.2f}]" if r.get("epsilon_range") else "–"
         kl = f"{r['kl_step0']:.3f}" if "kl_step0" in r else "–"
         cells = [name, wr(r.get("winrate_vs-sft")), wr(r.get(f"winrate_vs-{baseline}")), acc(r), kl, eps]
         lines.append("  ".join(f"{c:{align}{width}}" for c, (_, width, align) in zip(cells, columns)))
-        for w in (w for k, w in r.items() if k.startswith("winrate_") and w):
-            sizes.add(f"win rates over {w['n']} prompts")
-            detectable.add(
-                f"{100 * detectable_difference(w['n'], two_samples=False):.1f} points from 0.5 for a win rate"
-            )
+        sizes |= {f"win rates over {w['n']} prompts" for k, w in r.items() if k.startswith("winrate_") and w}
         if r.get("reward_accuracy"):
             sizes.add(f"reward accuracy over {r['reward_accuracy']['n']} pairs")
-            detectable.add(
-                f"{100 * detectable_difference(r['reward_accuracy']['n']):.1f} points between two reward accuracies"
-            )
     if sizes:
-        lines.append(
-            "95% intervals (Wilson for win rates, ties as 1/2; bootstrap for accuracy); n: "
-            + ", ".join(sorted(sizes))
-            + "; detectable with 80% power: "
-            + ", ".join(sorted(detectable))
-        )
+        lines.append("95% intervals (win rates: Bonett-Price, ties as their own outcome; reward accuracy: Wilson); n: "
+                     + ", ".join(sorted(sizes)) + "; what each comparison can detect, from its own ties and "
+                     "disagreements, is in the reading")
     return "\n".join(lines)
 
 
-def _verdict(entry: dict) -> str:
-    lo, hi = entry["interval"]
-    if lo > 0.5:
-        return "wins more than it loses"
-    if hi < 0.5:
-        return "loses more than it wins"
-    need = 100 * detectable_difference(entry["n"], two_samples=False)
-    return f"no difference detectable at n = {entry['n']} (a win rate {need:.1f} points from 0.5 would be)"
+def _seed_text(entry: dict) -> str:
+    e = entry["estimate"]
+    test = f"sign test p = {e['p_value']:.2g}" if "sign" in (e.get("test") or "") else f"p = {e['p_value']:.2g}"
+    counts = f", {entry['wins']} W / {entry['ties']} T / {entry['losses']} L" if "wins" in entry else ""
+    return f"{estimates.interval_text(e, 2 if counts else 3)}{counts} ({test})"
+
+
+def _group_line(what: str, group: dict, scale: float = 1.0) -> str:
+    """One reading line: each seed's estimate and verdict, then the pooled one (or why there is none)."""
+    seeds = group["per_seed"]
+    if len(seeds) == 1:
+        return f"{what}: {_seed_text(seeds[0])}: {verdict(seeds[0]['estimate'])}; {estimates.ONE_SEED}"
+    shown = "; ".join(f"seed {s['seed']} {_seed_text(s)}: {verdict(s['estimate']).split(' (')[0]}" for s in seeds)
+    pooled = group["pooled"]
+    tail = (f"pooled {estimates.interval_text(pooled)} ({pooled['test']}, p = {pooled['p_value']:.2g}): "
+            f"{verdict(pooled)}") if pooled else f"not pooled: {group['pooled_note']}"
+    return f"{what}, {len(seeds)} seeds: {shown}; {tail}"
 
 
 def readings(summary: dict, baseline: str) -> list[str]:
-    """Sentences generated from the intervals and tests of the summary, one per arm and
-    comparison (over its seeds when there are several): what these runs can and cannot say."""
+    """Sentences generated from the estimates of the summary (:mod:`crrelu_llm.reporting.estimates`),
+    one per arm and comparison, each seed's and the pooled one: what these runs can and cannot say."""
     lines = []
+    several_betas = len({g["beta"] for g in summary.get("win_rates", [])}) > 1
     for key, what in (("vs-sft", "DPO model vs its own SFT start"), (f"vs-{baseline}", f"vs the {baseline} arm")):
-        groups: dict[tuple, list] = {}
-        for row in summary["rows"]:
-            entry = row.get(f"winrate_{key}")
-            if entry:
-                groups.setdefault((row["arm"], Path(row["run"]).name.split("-seed")[0]), []).append(entry)
-        for (arm, run), entries in groups.items():
-            if len(entries) == 1:
-                e = entries[0]
-                lines.append(
-                    f"{arm} {what}: {e['win_rate']:.2f} [{e['interval'][0]:.2f}, {e['interval'][1]:.2f}], "
-                    f"{e['wins']} wins, {e['losses']} losses, {e['ties']} ties (sign test p = "
-                    f"{e['sign_test_p']:.2g}): {_verdict(e)}; one seed"
-                )
-                continue
-            verdicts = [_verdict(e) for e in entries]
-            rates = [e["win_rate"] for e in entries]
-            counted = ", ".join(f"{verdicts.count(v)} of {len(entries)} seeds: {v}" for v in dict.fromkeys(verdicts))
-            lines.append(
-                f"{arm} {what} ({run}): win rates {min(rates):.2f}-{max(rates):.2f} over {len(entries)} "
-                f"seeds; {counted}"
-            )
-    accuracies: dict[str, list] = {}
-    for row in summary["rows"]:
-        if row.get("reward_accuracy"):
-            accuracies.setdefault(row["arm"], []).append(row["reward_accuracy"])
-    if baseline in accuracies:
-        base = statistics.fmean(a["accuracy"] for a in accuracies[baseline])
-        for arm, entries in accuracies.items():
-            if arm == baseline:
-                continue
-            n = min(a["n"] for a in entries)
-            diff = 100 * (statistics.fmean(a["accuracy"] for a in entries) - base)
-            need = 100 * detectable_difference(n)
-            lines.append(
-                f"{arm} vs {baseline}, reward accuracy: {diff:+.1f} points"
-                + (f" (mean over {len(entries)} seeds)" if len(entries) > 1 else "")
-                + (
-                    f"; n = {n} pairs detects {need:.1f} points: no difference detectable"
-                    if abs(diff) < need
-                    else f"; larger than the {need:.1f} points n = {n} pairs detects"
-                )
-            )
+        for group in summary.get("win_rates", []):
+            if group["comparison"] == key:
+                beta = f" (beta {group['beta']:g})" if several_betas else ""
+                lines.append(_group_line(f"{group['arm']} {what}{beta}", group))
+    lines += [_accuracy_line(group) for group in summary.get("reward_accuracy", [])]
     return lines
+
+
+def _accuracy_line(group: dict) -> str:
+    what = f"{group['arm']} vs {group['baseline']}, reward accuracy (paired on the same pairs)"
+
+    def points(e):
+        lo, hi = e["interval"]
+        return f"{100 * e['value']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+    seeds = group["per_seed"]
+    if len(seeds) == 1:
+        e = seeds[0]["estimate"]
+        return f"{what}: {points(e)} (McNemar p = {e['p_value']:.2g}): {verdict(e)}; {estimates.ONE_SEED}"
+    shown = "; ".join(f"seed {s['seed']} {points(s['estimate'])}" for s in seeds)
+    pooled = group["pooled"]
+    return f"{what}, {len(seeds)} seeds: {shown}; pooled {points(pooled)} (p = {pooled['p_value']:.2g}): " \
+        f"{verdict(pooled)}"
 
 
 def help_or_harm(declaration) -> list[dict]:
@@ -240,7 +243,8 @@ def format_stages(summary: dict) -> str:
         lines.append(
             "benchmarks: lm-eval accuracy ± standard error over "
             + ", ".join(
-                f"n={n} items (two models must differ by {100 * detectable_difference(n):.1f} points to be told apart)"
+                f"n={n} items (two models must differ by {100 * detectable_difference(n):.1f} points to be told apart "
+                "in the worst case: independent samples, p = 1/2)"
                 for n in sizes
             )
             + "; eps: means over layers"
