@@ -71,7 +71,7 @@ def test_a_user_class_patches_and_loads_back_bit_for_bit(user_module, tmp_path):
     entry = config["crrelu_llm_patch"]["modules"]["transformer.h.0.mlp.act"]
     assert entry["activation"] == "my_acts:ScaledSquaredReLU" and entry["activation_kwargs"] == {"alpha_init": 0.25}
     assert config["model_type"].startswith("crrelu-")  # plain transformers refuses it: never silently GELU
-    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", trust_remote_code=True)  # a user class: trusted
     for name, p in activation_parameters(loaded).items():
         assert torch.equal(p, params[name])
     ids = torch.randint(0, 50, (1, 6))
@@ -86,7 +86,7 @@ def test_a_class_that_cannot_be_imported_at_load_time_is_named_in_one_line(user_
     sys.modules.pop("my_acts", None)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
     with pytest.raises(PatchError, match="module 'my_acts' cannot be imported"):
-        AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
+        AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", trust_remote_code=True)
 
 
 @pytest.mark.parametrize("name, words", [
@@ -165,7 +165,8 @@ def test_export_carries_a_self_contained_class_and_refuses_one_that_is_not(user_
         model = tiny_causal_lm("gpt2")
         patch_model(model, f"{user_module}:{name}")
         model.save_pretrained(tmp_path / name)
-    assert cli_main(["export", str(tmp_path / "ScaledSquaredReLU"), "--out", str(tmp_path / "shared")]) == 0
+    assert cli_main(["export", str(tmp_path / "ScaledSquaredReLU"), "--out", str(tmp_path / "shared"),
+                     "--trust-remote-code"]) == 0
     # loads where neither crrelu_llm nor my_acts can be imported
     script = ("import sys, torch; sys.modules['crrelu_llm'] = None; sys.modules['my_acts'] = None\n"
               "from transformers import AutoModelForCausalLM\n"
@@ -185,7 +186,8 @@ def test_export_carries_a_self_contained_class_and_refuses_one_that_is_not(user_
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.split()[-2:] == ["SwishBeta", "1.5"], done.stderr[-2000:]
     capsys.readouterr()
-    assert cli_main(["export", str(tmp_path / "NeedsHelper"), "--out", str(tmp_path / "refused")]) == 2
+    assert cli_main(["export", str(tmp_path / "NeedsHelper"), "--out", str(tmp_path / "refused"),
+                     "--trust-remote-code"]) == 2
     err = capsys.readouterr().err
     assert "not self-contained" in err and "HELPER_SCALE" in err and not (tmp_path / "refused").exists()
 
@@ -241,12 +243,14 @@ def test_epsilon_modes_freeze_or_train_alone_the_parameters_of_any_class(user_mo
 
 def test_a_user_class_with_0_dim_parameters_is_refused_in_one_line_when_zero3_loads_it(user_module, monkeypatch):
     from crrelu_llm.patching import record
+    from crrelu_llm.patching.trust import trusting
 
     entry = {"activation": f"{user_module}:ScaledSquaredReLU", "original": "GELUActivation"}
-    assert type(record.recorded_activation(entry)).__name__ == "ScaledSquaredReLU"
-    monkeypatch.setattr(record, "deepspeed_zero3_enabled", lambda: True)
-    with pytest.raises(PatchError, match=r"holds 0-dim parameters \(alpha\), which DeepSpeed ZeRO-3 cannot"):
-        record.recorded_activation(entry)
+    with trusting(activations=[entry["activation"]]):  # a class a checkpoint names: trusted, as a load would be
+        assert type(record.recorded_activation(entry)).__name__ == "ScaledSquaredReLU"
+        monkeypatch.setattr(record, "deepspeed_zero3_enabled", lambda: True)
+        with pytest.raises(PatchError, match=r"holds 0-dim parameters \(alpha\), which DeepSpeed ZeRO-3 cannot"):
+            record.recorded_activation(entry)
     assert record.recorded_activation({"activation": "swish_beta"}).beta.dim() == 0  # built in: (1,) under ZeRO-3
 
 

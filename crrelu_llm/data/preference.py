@@ -111,7 +111,9 @@ def _local_files(path: Path) -> list[Path]:
     if path.is_file():
         files = [path]
     else:
-        files = sorted(p for p in path.rglob("*") if _suffix(p) in _LOCAL_SUFFIXES)
+        # a file or folder whose name starts with "_" or "." is not data (a record beside it: _pairs.json)
+        files = sorted(p for p in path.rglob("*") if _suffix(p) in _LOCAL_SUFFIXES
+                       and not any(part.startswith(("_", ".")) for part in p.relative_to(path).parts))
     if not files:
         raise DataError(f"{path}: no .json, .jsonl (optionally .gz) or .parquet files found")
     kinds = {_LOCAL_SUFFIXES.get(_suffix(p)) for p in files}

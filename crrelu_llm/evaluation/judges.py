@@ -63,6 +63,10 @@ class RuleBasedJudge:
     def __init__(self, score: Callable[[str, str], float], name: str = "rule"):
         self.score, self.name = score, name
 
+    def scores(self, prompts: list[str], completions: list[str]) -> list[float]:
+        """Each completion's score alone (what on-policy pairs rank samples by)."""
+        return [self.score(p, c) for p, c in zip(prompts, completions, strict=True)]
+
     def judge(self, prompts, completion_pairs):
         outcomes = []
         for prompt, (a, b) in zip(prompts, completion_pairs, strict=True):

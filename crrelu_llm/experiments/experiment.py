@@ -15,7 +15,11 @@ An experiment recipe (YAML) says:
 - ``betas``, ``seeds``; ``evaluations``: ``rewards``, ``winrate`` (per DPO run), ``drift``,
   ``benchmark`` (lm-eval tasks) and ``probe`` (for the original, each arm's patched model at
   step 0, each SFT and each DPO run); ``launcher`` (e.g.
-  ``accelerate launch --config_file ...``) to run the training stages under accelerate.
+  ``accelerate launch --config_file ...``) to run the training stages under accelerate;
+- ``on_policy`` (optional): each arm's preference stages train on pairs from its own samples (a
+  ``pairs`` stage per arm from its SFT model: ``judge``, ``num_samples``, ``temperature``...,
+  :mod:`crrelu_llm.evaluation.onpolicy`), and ``rounds: R`` > 1 makes it iterative DPO: each
+  round's pairs come from the previous round's model.
 
 Stages: data, original, per arm ``patched`` (step 0), ``recover`` (optional: ``recover`` holds
 ``distill`` keys, e.g. ``epsilon_init: calibrate`` and ``swap_steps``, applied to every patched
@@ -42,7 +46,7 @@ from pathlib import Path
 
 import yaml
 
-from crrelu_llm.errors import ExperimentError, did_you_mean
+from crrelu_llm.errors import ExperimentError, UsageError, did_you_mean
 from crrelu_llm.experiments.executors import ExecutorSettings, Stage, check_slurm_keys, run_stages
 from crrelu_llm.experiments.layout import RunLayout
 from crrelu_llm.experiments.stages import EVALUATION_KEYS, TRAINING_KINDS, Declaration, declare, recover_keys
@@ -71,6 +75,7 @@ KEYS = {
     "recover",
     "slurm",
     "reproducible",
+    "on_policy",
 }
 
 
@@ -93,6 +98,7 @@ class Experiment:
     recover: dict | None = None
     slurm: dict = field(default_factory=dict)  # submitit SlurmExecutor settings, for --executor slurm
     objectives: dict[str, str] = field(default_factory=dict)  # arm -> dpo, simpo, orpo or kto (default dpo)
+    on_policy: dict | None = None  # pairs from each arm's own samples (crrelu_llm.evaluation.onpolicy), and rounds
     stage_log: list[dict] = field(default_factory=list)  # what ran and what was skipped, for summary.json
     source: str = "experiment recipe"
 
@@ -148,6 +154,8 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
                 )
     if raw.get("slurm") is not None:
         check_slurm_keys(path, raw["slurm"])
+    if raw.get("on_policy") is not None:
+        check_on_policy(path, raw["on_policy"])
     if raw.get("pretrain"):
         check_recipe_keys({**raw["pretrain"].get("train", {}), **stage_keys}, "sft", f"{path} (pretrain)")
     out = Path(output_dir or raw.get("output_dir") or f"runs/{raw['name']}")
@@ -169,6 +177,7 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
         baseline_arm=baseline,
         recover=raw.get("recover"),
         slurm=raw.get("slurm") or {},
+        on_policy=raw.get("on_policy"),
     )
     exp.source = str(path)
     return exp
@@ -201,6 +210,32 @@ def check_stages(exp: Experiment, declaration: Declaration, on_this_machine: boo
     finally:
         config_logger.setLevel(level)
     return by_stage
+
+
+def check_on_policy(path, spec) -> None:
+    """``on_policy``: a judge, the :class:`~crrelu_llm.evaluation.onpolicy.PairSettings` keys, and
+    ``rounds`` (each round's pairs come from the previous round's model); checked in one line."""
+    import dataclasses
+
+    from crrelu_llm.evaluation.judges import judge_name
+    from crrelu_llm.evaluation.onpolicy import PairSettings
+
+    known = {f.name for f in dataclasses.fields(PairSettings)} | {"judge", "rounds"}
+    if not isinstance(spec, dict) or "judge" not in spec:
+        raise ExperimentError(f"{path}: 'on_policy' must be a mapping with a 'judge' (e.g. {{judge: rule:arithmetic, "
+                              "num_samples: 4}})")
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ExperimentError(f"{path}: on_policy has unknown key {unknown[0]!r}"
+                              + did_you_mean(unknown[0], sorted(known)))
+    rounds = spec.get("rounds", 1)
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+        raise ExperimentError(f"{path}: on_policy.rounds must be a whole number of at least 1, got {rounds!r}")
+    try:
+        judge_name(spec["judge"])
+        PairSettings(**{k: v for k, v in spec.items() if k not in ("judge", "rounds")}).check()
+    except (UsageError, TypeError) as err:
+        raise ExperimentError(f"{path}: on_policy: {err}") from None
 
 
 def _check_evaluations(path, evaluations) -> None:

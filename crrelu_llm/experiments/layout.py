@@ -6,7 +6,10 @@
       <arm>/patched/                the arm's model at step 0 (patched, not trained)
       <arm>/recover/                distillation from the original (recipe key ``recover``)
       <arm>/sft/                    SFT
-      <arm>/dpo-beta<B>-seed<S>/    one DPO run
+      <arm>/pairs/                  on-policy pairs from the arm's SFT model (recipe key ``on_policy``)
+      <arm>/dpo-beta<B>-seed<S>/    one DPO run (with rounds: its last round)
+      <arm>/dpo-beta<B>-seed<S>-round<R>/  an earlier round of iterative DPO
+      <arm>/pairs-beta<B>-seed<S>-round<R>/  the pairs of round R, from round R - 1's model
       <arm>/ref_logps/              the reference log-probabilities the arm's DPO runs share
       MODEL/eval/                   every evaluation of MODEL (a hub original's: original/eval)
       report/                       the compare report
@@ -55,6 +58,17 @@ class RunLayout:
 
     def dpo(self, arm: str, beta: float, seed: int) -> Path:
         return self.root / arm / self.dpo_name(beta, seed)
+
+    def dpo_round(self, arm: str, beta: float, seed: int, round_: int, rounds: int) -> Path:
+        """Round ``round_`` of ``rounds`` of iterative DPO: the last one is the run itself."""
+        run = self.dpo(arm, beta, seed)
+        return run if round_ == rounds else run.with_name(f"{run.name}-round{round_}")
+
+    def pairs(self, arm: str, beta: float | None = None, seed: int | None = None, round_: int = 1) -> Path:
+        """On-policy pairs: round 1's from the arm's SFT model, later rounds' per DPO chain."""
+        if round_ == 1:
+            return self.root / arm / "pairs"
+        return self.root / arm / f"pairs-beta{beta:g}-seed{seed}-round{round_}"
 
     def ref_logps(self, arm: str) -> Path:
         return self.root / arm / "ref_logps"

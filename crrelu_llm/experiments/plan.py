@@ -91,7 +91,15 @@ def estimate(exp, spec, stage: PlannedStage, params: int | None, gpus: int, cach
     if params is None:
         stage.note = "parameter count unknown (the model's config could not be read)"
         return
-    if kind == "winrate":
+    if kind == "pairs":  # K samples of every prompt (the judge's own cost is not counted)
+        n = keys["num_prompts"] or training_rows(exp, {})
+        if n is None:
+            stage.note = "prompts unknown (set on_policy.num_prompts)"
+            return
+        k, new = keys["num_samples"], keys["max_new_tokens"]
+        stage.flops = 2 * params * n * k * new
+        stage.note = f"{n} prompts x {k} samples x {new} new tokens; the judge not counted"
+    elif kind == "winrate":
         n, new = keys["num_prompts"], keys["max_new_tokens"]
         stage.flops, stage.note = 2 * 2 * params * n * new, f"{n} prompts x {new} new tokens, 2 models"
     elif kind in ("rewards", "drift", "probe") and keys["max_samples"] is None:

@@ -26,7 +26,9 @@ def train_stage(command: str, keys: dict, output_dir: Path, launcher: str | None
     if launcher:
         cmd = [*launcher_command(launcher), "-m", "crrelu_llm.cli", command, "--config", str(recipe)]
         logger.info("running %s", " ".join(cmd))
-        result = subprocess.run(cmd)
+        from crrelu_llm.patching.trust import environment
+
+        result = subprocess.run(cmd, env=environment([keys.get("activation")]))  # what this stage trusts, passed on
         if result.returncode != 0:
             raise ExperimentError(f"stage {command} in {output_dir} failed under the launcher (exit "
                                   f"{result.returncode}); its output is above, and rerunning resumes it")

@@ -10,6 +10,7 @@ the stages reads this list: the runner and its executors, the staleness ledger, 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from crrelu_llm.evaluation.benchmark import run_benchmark
 from crrelu_llm.evaluation.generation import GenerationSettings
 from crrelu_llm.experiments.layout import RunLayout
 from crrelu_llm.experiments.stage_actions import train_stage, write_step0
+from crrelu_llm.patching.discovery import is_import_path
+from crrelu_llm.patching.trust import TrustedCall
 from crrelu_llm.training.objectives import REFERENCE_FREE
 from crrelu_llm.training.train import start_keys
 
@@ -66,6 +69,7 @@ class StageSpec:
     command: str | None = None  # training: the crrelu-llm command it runs (a "dpo" stage may run simpo, orpo, kto)
     baseline: str | None = None  # winrate: the other side
     results: list[Path] = field(default_factory=list)
+    final: bool = True  # dpo: the run itself, not an earlier round of iterative DPO
 
     @property
     def external(self) -> bool:
@@ -94,11 +98,14 @@ class Declaration:
 
     @property
     def dpo_runs(self) -> list[StageSpec]:
-        return self.by_kind("dpo")
+        """The preference runs the experiment compares (the last round of each, with rounds)."""
+        return [s for s in self.by_kind("dpo") if s.final]
 
     def start_of(self, dpo: StageSpec) -> str:
-        """The model a DPO run started from (the arm's SFT, recovered or step-0 model)."""
-        return next(s.model for s in self.stages if s.name == dpo.after[0])
+        """The model a DPO run's chain started from (the arm's SFT, recovered or step-0 model),
+        through its earlier rounds."""
+        spec = next(s for s in self.stages if s.name == dpo.after[0])
+        return self.start_of(spec) if spec.kind == "dpo" else spec.model
 
     def eval_dirs(self) -> dict[str, Path]:
         return {str(self.original): self.layout.eval_dir(self.original)}
@@ -140,8 +147,12 @@ def evaluation_settings(exp, kind: str) -> dict:
 class _Builder:
     def __init__(self, exp):
         self.exp, self.layout, self.stages = exp, RunLayout(exp.output_dir), []
+        # the runner trusts the activation classes its own recipe names for its arms, and nothing else
+        self.trusted = {keys["activation"] for keys in exp.arms.values() if is_import_path(keys.get("activation"))}
 
     def add(self, **kwargs) -> StageSpec:
+        if kwargs.get("action") is not None and self.trusted:
+            kwargs["action"] = TrustedCall(kwargs["action"], self.trusted)
         spec = StageSpec(**kwargs)
         self.stages.append(spec)
         return spec
@@ -282,18 +293,47 @@ class _Builder:
         runs = {}
         for arm in exp.arms:
             start, start_stage = starts[arm]
+            pairs = self.pairs(arm, start, start_stage) if exp.on_policy else None
             for beta in exp.betas:
                 for seed in exp.seeds:
-                    out = self.layout.dpo(arm, beta, seed)
-                    step = f"DPO beta={beta:g} seed={seed}"
-                    runs[arm, beta, seed] = self.train(
-                        self.objective(arm), self.dpo_keys(arm, beta, seed, start), out,
-                        f"{arm}/dpo beta={beta:g} seed={seed}", [start_stage, "data"], arm=arm, step=step,
-                        beta=beta, seed=seed, kind="dpo")
-                    self.evaluations(str(out), runs[arm, beta, seed].name, arm, step)
+                    runs[arm, beta, seed] = self.chain(arm, beta, seed, (start, start_stage), pairs)
         for (arm, beta, seed), run in runs.items():
             self.pairwise(run, starts[arm], runs.get((exp.baseline_arm, beta, seed)))
         return Declaration(self.layout, self.data, self.original, list(exp.arms), self.stages)
+
+    def chain(self, arm: str, beta: float, seed: int, start: tuple[str, str], pairs: StageSpec | None) -> StageSpec:
+        """One DPO run, or with ``on_policy.rounds`` R > 1 its R rounds: round r starts from round
+        r - 1's model and trains on that model's own pairs. Returns the last round."""
+        rounds = (self.exp.on_policy or {}).get("rounds", 1)
+        (model, stage), run = start, None
+        for r in range(1, rounds + 1):
+            if r > 1:
+                pairs = self.pairs(arm, model, stage, r, beta, seed)
+            out = self.layout.dpo_round(arm, beta, seed, r, rounds)
+            where = f"beta={beta:g} seed={seed}" + (f" round {r}" if r < rounds else "")
+            keys = self.dpo_keys(arm, beta, seed, model)
+            if pairs is not None:  # the arm's own pairs; evaluation stays on the experiment's data
+                keys["dataset_name"] = pairs.model
+            run = self.train(self.objective(arm), keys, out, f"{arm}/dpo {where}",
+                             [stage, *([pairs.name] if pairs else []), "data"], arm=arm, step=f"DPO {where}",
+                             beta=beta, seed=seed, kind="dpo", final=r == rounds)
+            model, stage = str(out), run.name
+        self.evaluations(model, stage, arm, run.step)
+        return run
+
+    def pairs(self, arm: str, model: str, stage: str, round_: int = 1, beta: float | None = None,
+              seed: int | None = None) -> StageSpec:
+        """On-policy pairs of ``model``'s own samples (round 1: the arm's SFT model)."""
+        from crrelu_llm.evaluation.onpolicy import PairSettings, record_file, run_pairs
+
+        spec = {k: v for k, v in self.exp.on_policy.items() if k != "rounds"}
+        judge = spec.pop("judge")
+        settings, out, data = PairSettings(**spec), self.layout.pairs(arm, beta, seed, round_), self.data
+        where = "" if round_ == 1 else f" beta={beta:g} seed={seed} round {round_}"
+        keys = {"judge": judge, "model": model, **dataclasses.asdict(settings)}
+        return self.add(name=f"{arm}/pairs{where}", kind="pairs", keys=keys,
+                        done=record_file(out), after=[stage, "data"], clear=out, arm=arm, model=str(out),
+                        step=f"pairs{where}", action=lambda: run_pairs(model, data, judge, out, settings))
 
     def pairwise(self, run: StageSpec, start: tuple[str, str], baseline_run: StageSpec | None) -> None:
         exp, data, out = self.exp, self.data, run.model

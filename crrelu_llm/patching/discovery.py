@@ -8,6 +8,7 @@ attention, state-space mixers, routers, heads and vision/audio towers are left a
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import re
@@ -82,6 +83,10 @@ def make_activation(name: str, epsilon_init: float = DEFAULT_EPSILON_INIT, kwarg
     else:
         raise PatchError(f"unknown activation {name!r}{did_you_mean(name, available_activations(), n=3)} "
                          f"Valid names: {', '.join(available_activations())}, or an import path module:Class.")
+    try:  # kwargs are data: bound to the class's signature first, never evaluated
+        inspect.signature(cls).bind(**kwargs)
+    except TypeError as err:
+        raise PatchError(f"activation {name!r} cannot be built with activation_kwargs {kwargs}: {err}") from None
     try:
         return cls(**kwargs)
     except TypeError as err:

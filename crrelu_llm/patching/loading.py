@@ -16,12 +16,13 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from crrelu_llm.data.encoding import ensure_pad_token
-from crrelu_llm.errors import ModelLoadError, UsageError
+from crrelu_llm.errors import CRReLULLMError, ModelLoadError, UsageError
 from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT
 from crrelu_llm.ops.distributed import full_parameter
 from crrelu_llm.patching.patch import activation_parameters
 from crrelu_llm.patching.record import verify_patch
 from crrelu_llm.patching.tiny import TINY_MODEL_PREFIX, tiny_causal_lm, tiny_config, tiny_model_type, tiny_tokenizer
+from crrelu_llm.patching.trust import trusting
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -113,9 +114,12 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(
             name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs
         )
+    except CRReLULLMError:  # ours already says what is wrong (an untrusted class, a record too new)
+        raise
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"Could not load {name_or_path!r}: {_hint(name_or_path)}. ({err})") from err
-    verify_patch(model)
+    with trusting(trust_remote_code):  # the check rebuilds the recorded classes: as trusted as the load
+        verify_patch(model)
     if Path(name_or_path).is_dir():
         check_stored_epsilons(model, Path(name_or_path))
     return model
@@ -133,13 +137,18 @@ def load_adapter_run(
 
     from peft import PeftModel
 
+    from crrelu_llm.patching.discovery import is_import_path
     from crrelu_llm.patching.patch import patch_model
     from crrelu_llm.patching.record import PATCH_CONFIG_KEY, patch_record
+    from crrelu_llm.patching.trust import require
 
     base, seed = adapter_base(path)
     model = load_causal_lm(base, dtype=dtype, trust_remote_code=trust_remote_code, seed=seed)
     report = json.loads((path / "patch_report.json").read_text()) if (path / "patch_report.json").exists() else None
     if report and not report.get("already_patched"):
+        if is_import_path(report["activation"]):  # a class the run names: imported only if trusted
+            with trusting(trust_remote_code):
+                require(report["activation"], f"the adapter run {path}")
         patch_model(
             model,
             activation=report["activation"],

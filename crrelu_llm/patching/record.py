@@ -31,6 +31,8 @@ from crrelu_llm.patching.discovery import (
     placement,
     set_submodule,
 )
+from crrelu_llm.patching.trust import install as install_trust
+from crrelu_llm.patching.trust import require
 from crrelu_llm.runtime import deepspeed_zero3_enabled
 from crrelu_llm.version import __version__
 
@@ -115,6 +117,7 @@ def register_with_transformers() -> None:
         post_init.__wrapped__ = original_post_init
         PreTrainedModel.post_init = post_init
     _guard_model_type()
+    install_trust()
     if not getattr(PreTrainedModel._initialize_weights, "_crrelu_llm_wrapped", False):
         original_initialize = PreTrainedModel._initialize_weights
 
@@ -286,8 +289,12 @@ def restore_patch(root: nn.Module, record: dict) -> None:
 
 
 def recorded_activation(entry: dict) -> nn.Module:
-    """A fresh module for one entry of a patch record (name or import path, kwargs, eps init)."""
+    """A fresh module for one entry of a patch record (name or import path, kwargs, eps init).
+    A class the record names by import path is imported only when trusted
+    (:mod:`crrelu_llm.patching.trust`); otherwise a one-line error, before any import."""
     args = (entry["activation"], entry.get("epsilon_init", DEFAULT_EPSILON_INIT), entry.get("activation_kwargs"))
+    if is_import_path(entry["activation"]):
+        require(entry["activation"], f"this checkpoint (config.{PATCH_CONFIG_KEY})")
     if deepspeed_zero3_enabled() and is_import_path(entry["activation"]):
         # ZeRO-3 partitions parameters as modules are built, and breaks on a 0-dim one: say so in a line
         with outside_zero3_init():

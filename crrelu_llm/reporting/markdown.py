@@ -163,8 +163,24 @@ def _vs_baseline(report: dict) -> list[str]:
     return lines
 
 
+def _pairs(report: dict) -> list[str]:
+    if not report.get("pairs"):
+        return []
+    lines = ["## On-policy pairs: each arm's own samples, best against worst", "",
+             "| arm | stage | judge | samples per prompt | prompts | pairs kept | dropped (all tied) | dropped (< 2 "
+             "non-empty) | best minus worst score, mean [min, max] | from |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in report["pairs"]:
+        c, spread = p["counts"], p["counts"]["score_spread"] or {}
+        shown = f"{spread['mean']:.3g} [{spread['min']:.3g}, {spread['max']:.3g}]" if spread else "–"
+        lines.append(f"| {p['arm']} | {p['stage']} | {p['judge_name']} | {p['inputs']['settings']['num_samples']} | "
+                     f"{c['prompts']} | {c['pairs']} | {c['dropped_all_tied']} | "
+                     f"{c['dropped_fewer_than_two_nonempty']} | {shown} | `{p['from']}` |")
+    return [*lines, ""]
+
+
 def render(report: dict) -> str:
-    lines = ["# crrelu-llm comparison", "", *_summary_table(report)]
+    lines = ["# crrelu-llm comparison", "", *_summary_table(report), *_pairs(report)]
     counted = [(label, arm["data"]) for label, arm in report["arms"].items() if "data" in arm]
     if counted:
         from crrelu_llm.data.accounting import line

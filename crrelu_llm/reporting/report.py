@@ -257,14 +257,15 @@ def _check_poolable(label: str, members: list[Run]) -> None:
 
 def compare(specs: list[str], out: Path, step0_drift: dict[str, dict | None] | None = None,
             stages: dict[str, dict[str, Path]] | None = None, eval_dirs: dict[str, Path] | None = None,
-            baseline: str | None = None) -> dict:
+            baseline: str | None = None, pairs: list[dict] | None = None) -> dict:
     """Write report.md, report.json and plots for the runs; return the report dict.
     ``step0_drift`` maps an arm label to its step-0 drift (``{"stage", "from"}``; None for an
     unpatched arm, whose step 0 is the original): the experiment runner measures the swap's own
     damage there. Without it each run's own drift is shown, named as that run's. ``stages``
     maps an arm to ``{stage: model directory}`` (step 0, SFT, DPO...) for the help-or-harm table
     of drift, benchmarks and probes; by default, each run given is a stage of its arm.
-    ``baseline``: the arm every other is compared with (default: the first).
+    ``baseline``: the arm every other is compared with (default: the first). ``pairs``: the
+    on-policy pairs stages' records (``{"arm", "stage", "from"}``), shown with their counts.
 
     Example:
         >>> compare(["gelu=runs/gelu/dpo", "crrelu=runs/crrelu/dpo"], Path("report"))  # doctest: +SKIP
@@ -278,7 +279,8 @@ def compare(specs: list[str], out: Path, step0_drift: dict[str, dict | None] | N
     for label, members in arms.items():
         _check_poolable(label, members)
     writable_dir(Path(out))
-    report = {"arms": {}, "plots": []}
+    report = {"arms": {}, "plots": [],
+              "pairs": [{**p, **report_stages.read_result(Path(p["from"]))} for p in pairs or []]}
     for label, members in arms.items():
         report["arms"][label] = _arm_entry(label, members, step0_drift)
     baseline = baseline if baseline in arms else next(iter(arms))
@@ -445,5 +447,8 @@ def compare_experiment(declaration, baseline_arm: str) -> dict:
 
     specs = [f"{label(run.arm, run.beta)}={run.model}" for run in declaration.dpo_runs]
     drift = {label(run.arm, run.beta): step0_drift(declaration, run.arm) for run in declaration.dpo_runs}
+    pairs = [{"arm": s.arm, "stage": s.name, "from": str(s.done)} for s in declaration.by_kind("pairs")
+             if s.done.exists()]
     return compare(specs, declaration.layout.report, step0_drift=drift, stages=declaration.models(),
-                   eval_dirs=declaration.eval_dirs(), baseline=label(baseline_arm, declaration.dpo_runs[0].beta))
+                   eval_dirs=declaration.eval_dirs(), baseline=label(baseline_arm, declaration.dpo_runs[0].beta),
+                   pairs=pairs)

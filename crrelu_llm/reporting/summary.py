@@ -161,7 +161,7 @@ def _group_line(what: str, group: dict, scale: float = 1.0) -> str:
 def readings(summary: dict, baseline: str) -> list[str]:
     """Sentences generated from the estimates of the summary (:mod:`crrelu_llm.reporting.estimates`),
     one per arm and comparison, each seed's and the pooled one: what these runs can and cannot say."""
-    lines = []
+    lines = [positive] if (positive := positive_control(summary)) else []
     several_betas = len({g["beta"] for g in summary.get("win_rates", [])}) > 1
     for key, what in (("vs-sft", "DPO model vs its own SFT start"), (f"vs-{baseline}", f"vs the {baseline} arm")):
         for group in summary.get("win_rates", []):
@@ -170,6 +170,46 @@ def readings(summary: dict, baseline: str) -> list[str]:
                 lines.append(_group_line(f"{group['arm']} {what}{beta}", group))
     lines += [_accuracy_line(group) for group in summary.get("reward_accuracy", [])]
     return lines
+
+
+def positive_control(summary: dict) -> str | None:
+    """The first line of every reading: did the instrument see the effect the experiment is built
+    on? DPO against its own SFT start, per arm (pooled over seeds, with the count of seeds in
+    which it was detected), and the benchmark's change from SFT to DPO beside it."""
+    groups = [g for g in summary.get("win_rates", []) if g["comparison"] == "vs-sft"]
+    if not groups:
+        return None
+    several_betas = len({g["beta"] for g in groups}) > 1
+    parts = []
+    for g in groups:
+        e = g["pooled"] if g["seeds"] > 1 and g["pooled"] else g["per_seed"][0]["estimate"]
+        status = ("detected" if e["value"] > 0.5 else "detected, and DPO is worse") if e["detected"] else \
+            "not detected"
+        up = sum(s["estimate"]["detected"] and s["estimate"]["value"] > 0.5 for s in g["per_seed"])
+        seeds = f", detected in {up} of {g['seeds']} seeds" if g["seeds"] > 1 else \
+            f", sign test p = {e['p_value']:.2g}"
+        beta = f" (beta {g['beta']:g})" if several_betas else ""
+        parts.append(f"{g['arm']}{beta} {status} (n = {e['n']}, {estimates.interval_text(e)}{seeds}"
+                     f"{_benchmark_change(summary, g)})")
+    return "positive control, DPO vs its own SFT start, per arm: " + "; ".join(parts)
+
+
+def _benchmark_change(summary: dict, group: dict) -> str:
+    """``; crrelu_arith_mc +7.8 points [+3.5, +12.1]`` per seed: DPO minus SFT, lm-eval's standard
+    errors combined as independent (its per-item outcomes are not kept: the worst case)."""
+    rows = {(r["arm"], r["stage"]): r for r in summary.get("help_or_harm") or []}
+    sft = rows.get((group["arm"], "SFT"))
+    shown = []
+    for s in group["per_seed"]:
+        dpo = rows.get((group["arm"], f"DPO beta={group['beta']:g} seed={s['seed']}"))
+        for task, b in (dpo or {}).get("benchmarks", {}).items():
+            a = (sft or {}).get("benchmarks", {}).get(task)
+            if a and a["stderr"] is not None and b["stderr"] is not None:
+                diff, half = b["value"] - a["value"], 1.96 * (a["stderr"] ** 2 + b["stderr"] ** 2) ** 0.5
+                seed = f"seed {s['seed']} " if group["seeds"] > 1 else ""
+                shown.append(f"{seed}{task} {100 * diff:+.1f} points [{100 * (diff - half):+.1f}, "
+                             f"{100 * (diff + half):+.1f}]")
+    return ("; benchmark after DPO minus after SFT: " + ", ".join(shown)) if shown else ""
 
 
 def _accuracy_line(group: dict) -> str:

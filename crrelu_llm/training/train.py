@@ -20,7 +20,6 @@ import json
 import logging
 import re
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from crrelu_llm.patching.calibration import calibration_pairs
 from crrelu_llm.patching.loading import is_adapter_run, load_adapter_run, load_causal_lm, load_tokenizer
 from crrelu_llm.patching.patch import activation_logs, peft_modules_to_save
 from crrelu_llm.patching.record import patch_record
+from crrelu_llm.patching.trust import trusting
 from crrelu_llm.runtime import deepspeed_zero3_enabled
 from crrelu_llm.training.config import CALIBRATE, CRReLUArguments
 from crrelu_llm.training.model_card import model_card
@@ -414,15 +414,15 @@ def run(
 def run_keys(command: str, keys: dict, source: str = "recipe") -> dict:
     """Run ``sft``/``dpo`` in this process from a mapping of recipe keys (an experiment stage's);
     the keys are checked as a recipe file's are. Returns the final metrics."""
-    return run(command, *recipe_from_dict(command, keys, source=source))
+    args = recipe_from_dict(command, keys, source=source)
+    with trusting(activations=[args[0].activation]):  # the class the recipe itself names
+        return run(command, *args)
 
 
 def resume_hint(output_dir: Path) -> str:
     """Where an interrupted run stands, in one sentence."""
-    complete = sorted(
-        (p for p in Path(output_dir).glob("checkpoint-*") if p.name[11:].isdigit() and _complete(p)),
-        key=lambda p: int(p.name[11:]),
-    )
+    complete = sorted((p for p in Path(output_dir).glob("checkpoint-*") if p.name[11:].isdigit() and _complete(p)),
+                      key=lambda p: int(p.name[11:]))
     if not complete:
         return f"no checkpoint was saved in {output_dir} yet; rerunning starts it again"
     return f"the last checkpoint is {complete[-1]}; rerunning the same command resumes from it"
@@ -430,10 +430,10 @@ def resume_hint(output_dir: Path) -> str:
 
 def main(command: str, argv: list[str]) -> int:
     """``crrelu-llm sft|dpo|simpo|orpo|kto|distill --config RECIPE [--arm NAME] [--key value ...]``."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args = parse_recipe(command, argv)
     try:
-        run(command, *args)
+        with trusting(activations=[args[0].activation]):  # the class the recipe itself names
+            run(command, *args)
     except KeyboardInterrupt:
         raise Interrupted(resume_hint(args[2].output_dir)) from None
     _leave_process_group()

@@ -21,8 +21,11 @@ import sys
 import warnings
 from pathlib import Path
 
+from crrelu_llm.cli import pairs
+from crrelu_llm.cli.common import MODEL_HELP, OneLineParser, command_parser, positive_int, trust_flag
 from crrelu_llm.errors import CRReLULLMError, Interrupted, UsageError
 from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT, epsilon_init_value
+from crrelu_llm.patching.trust import trusting
 from crrelu_llm.runtime import configure_logging
 from crrelu_llm.version import __version__
 
@@ -51,37 +54,6 @@ def _parse_epsilon(text: str) -> float | str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, with a usage error in one line (the flag, the value as typed, where to look)."""
-
-    def error(self, message):
-        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
-
-
-def positive_int(text: str) -> int:
-    """A count flag: a whole number of at least 1, refused as typed otherwise."""
-    if not text.strip().lstrip("+").isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
-    return int(text)
-
-class _Help(argparse.HelpFormatter):
-    """Each option's help, then its default where it has one worth showing."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
-            text += " (default: %(default)s)"
-        return text
-
-
-MODEL_HELP = "hub id, local checkpoint directory, or tiny-<model_type> (a tiny model built offline)"
-
-
-def _command(group, name: str, text: str, **kwargs):
-    """A subcommand whose --help starts by saying what it does."""
-    return group.add_parser(name, help=text, description=text, formatter_class=_Help, **kwargs)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="crrelu-llm", formatter_class=argparse.RawDescriptionHelpFormatter,
                            description="Swap the MLP activation of pretrained causal LMs for CRReLU and study what it "
@@ -89,13 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"crrelu-llm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    inspect = _command(commands, "inspect", "List a model's activation modules and which ones a patch would replace "
-                       "(built from the config on the meta device: no weights are downloaded).")
+    inspect = command_parser(commands, "inspect", "List a model's activation modules and which ones a patch would "
+                             "replace (built from the config on the meta device: no weights are downloaded).")
     inspect.add_argument("model", metavar="MODEL", help=MODEL_HELP)
-    inspect.add_argument("--trust-remote-code", action="store_true", help="allow custom modeling code from the hub")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    patch = _command(commands, "patch", "Replace the MLP activations of a model and save a checkpoint that loads "
+    patch = command_parser(commands, "patch", "Replace the MLP activations of a model and save a checkpoint that loads "
                      "back with `import crrelu_llm`.")
     patch.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     patch.add_argument("--out", required=True, type=Path, help="directory to write the patched checkpoint to")
@@ -110,20 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--layers", type=_parse_layers, default=None,
                        help="comma-separated block indices, negative from the end (default: every block)")
     patch.add_argument("--dtype", default="auto", help="auto (as stored), float32, bfloat16 or float16")
-    patch.add_argument("--trust-remote-code", action="store_true", help="allow custom modeling code from the hub")
     patch.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     for name, text in TRAINING.items():
         sub = commands.add_parser(name, help=text, description=text, add_help=False)
         sub.add_argument("recipe_args", nargs=argparse.REMAINDER, help="--config RECIPE.yaml and --key value overrides")
-    export = _command(commands, "export", "Write a copy of a patched checkpoint that loads with "
+    export = command_parser(commands, "export", "Write a copy of a patched checkpoint that loads with "
                       "trust_remote_code=True and without crrelu-llm (modeling_crrelu.py and auto_map).")
     export.add_argument("model", metavar="MODEL", help="a patched checkpoint directory")
     export.add_argument("--out", required=True, type=Path, help="directory to write the shareable checkpoint to")
     export.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     # remote code is the only kind of export; old scripts still pass --remote-code
     export.add_argument("--remote-code", action="store_true", help=argparse.SUPPRESS)
-    evaluate = _command(commands, "eval", "Evaluate checkpoints: reward accuracy, judged win rates, drift from the "
-                        "original, capability benchmarks. Each writes one result file (default: MODEL/eval).")
+    evaluate = command_parser(commands, "eval", "Evaluate checkpoints: reward accuracy, judged win rates, drift from "
+                              "the original, capability benchmarks. Each writes one result file (default: MODEL/eval).")
     kinds = evaluate.add_subparsers(dest="eval_command", required=True, metavar="KIND")
     def data_options(sub):  # noqa: E306 - the shared options of every KIND
         sub.add_argument("--data", required=True, help="preference data: hub id or local file/directory")
@@ -133,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--batch-size", type=positive_int, default=8, help="examples per forward pass")
         sub.add_argument("--max-length", type=positive_int, default=1024, help="tokens per example, prompt included")
 
-    rewards = _command(kinds, "rewards", "Implicit-reward accuracy and margins of a model against its reference "
+    rewards = command_parser(kinds, "rewards", "Implicit-reward accuracy and margins of a model against its reference "
                        "(DPO), or by its objective's own reward (SimPO, ORPO), at several betas.")
     rewards.add_argument("--model", required=True, help="the trained model (a preference run)")
     rewards.add_argument("--reference", help="its reference (e.g. the SFT model); none: a SimPO/ORPO run's own reward")
@@ -141,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     rewards.add_argument("--max-samples", type=positive_int, default=None, help="pairs to score (default: all)")
     data_options(rewards)
 
-    winrate = _command(kinds, "winrate", "Generate with two models on the same prompts and judge the pairs: "
-                       "win rate with a Wilson interval and a sign test.")
+    winrate = command_parser(kinds, "winrate", "Generate with two models on the same prompts and judge the pairs: "
+                       "win rate with its interval, a sign test and what the data can detect.")
     winrate.add_argument("--model", required=True, help="the model under test")
     winrate.add_argument("--baseline", required=True, help="the model it is compared with")
     winrate.add_argument("--judge", required=True,
@@ -158,14 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="requests an openai: judge keeps in flight")
     data_options(winrate)
 
-    drift = _command(kinds, "drift", "Perplexity of both models and per-token KL of a patched model against the "
+    drift = command_parser(kinds, "drift", "Perplexity of both models and per-token KL of a patched model against the "
                      "original, on completion tokens.")
     drift.add_argument("--model", required=True, help="the patched (or trained) model")
     drift.add_argument("--original", required=True, help="the original model")
     drift.add_argument("--max-samples", type=positive_int, default=200, help="examples to measure on")
     data_options(drift)
 
-    benchmark = _command(kinds, "benchmark", "Capability benchmarks through lm-evaluation-harness (the [bench] "
+    benchmark = command_parser(kinds, "benchmark", "Capability benchmarks through lm-evaluation-harness (the [bench] "
                          "extra), on a model loaded by crrelu-llm.")
     benchmark.add_argument("--model", required=True, help="the model to benchmark")
     benchmark.add_argument("--tasks", required=True,
@@ -176,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--batch-size", type=positive_int, default=16, help="examples per forward pass")
     benchmark.add_argument("--out", type=Path, default=None, help="output directory (default: MODEL/eval)")
 
-    probe = _command(commands, "probe", "Activation statistics per layer: input moments, sparsity, learned and "
+    probe = command_parser(commands, "probe", "Activation statistics per layer: input moments, sparsity, learned and "
                      "least-squares eps.")
     probe.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     probe.add_argument("--original", default=None,
@@ -184,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--max-samples", type=positive_int, default=200, help="examples to collect activations on")
     data_options(probe)
 
-    experiment = _command(commands, "experiment", "Run an experiment recipe: arms x betas x seeds, every stage "
+    experiment = command_parser(commands, "experiment", "Run an experiment recipe: arms x betas x seeds, every stage "
                           "resumable, finished stages reused.")
     experiment.add_argument("--config", required=True, help="experiment recipe (recipes/experiments/*.yaml)")
     experiment.add_argument("--out", default=None, help="output directory (default: the recipe's output_dir)")
@@ -202,18 +172,21 @@ def build_parser() -> argparse.ArgumentParser:
                             help="local: stages at once (default: visible GPUs // --gpus-per-run, or 1 without GPUs)")
     experiment.add_argument("--gpus-per-run", type=int, default=None,
                             help="local: GPUs given to each stage (disjoint sets); slurm: overrides slurm.gpus")
-    demo = _command(commands, "demo", "The embedded offline experiment: GELU vs CRReLU vs ReLU through SFT and DPO "
-                    "on a small model (CPU, about 11 minutes on 2 cores).")
+    demo = command_parser(commands, "demo", "The embedded offline experiment: GELU vs CRReLU vs ReLU through SFT and "
+                          "DPO on a small model (CPU, minutes on 2 cores).")
     demo.add_argument("--out", default=None, help="output directory (default: runs/demo)")
     for sub in (experiment, demo):
         sub.add_argument("--rerun-changed", action="store_true",
                          help="recompute finished stages whose inputs changed (and what depends on them) instead of "
                               "refusing them")
 
-    compare = _command(commands, "compare", "Compare run directories: report.md, report.json and plots, with "
+    compare = command_parser(commands, "compare", "Compare run directories: report.md, report.json and plots, with "
                        "intervals and the differences each sample size can detect.")
     compare.add_argument("runs", nargs="+", metavar="RUN", help="run directory, or LABEL=DIR (same label: seeds)")
     compare.add_argument("--out", type=Path, required=True, help="directory to write the report to")
+    pairs.register(commands)
+    for sub in (inspect, patch, export, probe, experiment, demo, *kinds.choices.values(), commands.choices["pairs"]):
+        trust_flag(sub)
     return parser
 
 
@@ -406,7 +379,7 @@ COMMANDS = {"inspect": _inspect, "patch": _patch, "export": _export, **dict.from
             "compare": _compare,
             "experiment": _experiment, "demo": _experiment, "eval rewards": _eval_rewards,
             "eval winrate": _eval_winrate, "eval drift": _eval_drift, "eval benchmark": _eval_benchmark,
-            "probe": _probe}
+            "probe": _probe, "pairs": pairs.run}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -433,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     command = args.command + (f" {args.eval_command}" if args.command == "eval" else "")
     try:
-        return COMMANDS[command](args)
+        with trusting(getattr(args, "trust_remote_code", False)):  # every load in the command (patching.trust)
+            return COMMANDS[command](args)
     except Interrupted as err:  # on a line of its own: a progress bar may have been mid-line
         print(f"\ncrrelu-llm {command}: interrupted: {err}", file=sys.stderr)
         return 130
