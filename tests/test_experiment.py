@@ -171,7 +171,8 @@ def test_bad_experiment_recipes_fail_before_anything_runs(tmp_path, change, mess
 @pytest.mark.parametrize("name", ["paper_gpt2_hh", "paper_gpt2_shp"])
 def test_shipped_paper_experiments_parse(name):
     exp = load_experiment(ROOT / "recipes" / "experiments" / f"{name}.yaml")
-    assert set(exp.arms) == {"gelu", "crrelu", "relu"} and exp.seeds == [0, 1, 2] and len(exp.betas) == 4
+    assert set(exp.arms) == {"gelu", "corrected_gelu", "crrelu", "relu"} and exp.seeds == [0, 1, 2]
+    assert len(exp.betas) == 4 and exp.factors["corrected_gelu"] == {"base": "gelu", "correction": "on"}
     assert exp.original == "openai-community/gpt2-large" and exp.launcher.startswith("accelerate launch")
     assert exp.evaluations["winrate"]["judge"].startswith("reward-model:")
 

@@ -202,6 +202,8 @@ def drift(
             per_example, lambda draw: sum(k for k, _ in draw) / max(1.0, sum(t for _, t in draw))
         ),
         "examples": len(per_example),
+        # per example, in data order: what arms measured on the same examples are compared by, paired
+        "per_example_kl": [k / t if t else 0.0 for k, t in per_example],
     }
 
 

@@ -99,6 +99,7 @@ class Experiment:
     slurm: dict = field(default_factory=dict)  # submitit SlurmExecutor settings, for --executor slurm
     objectives: dict[str, str] = field(default_factory=dict)  # arm -> dpo, simpo, orpo or kto (default dpo)
     on_policy: dict | None = None  # pairs from each arm's own samples (crrelu_llm.evaluation.onpolicy), and rounds
+    factors: dict[str, dict[str, str]] = field(default_factory=dict)  # arm -> {factor: level}: a 2x2 design
     stage_log: list[dict] = field(default_factory=list)  # what ran and what was skipped, for summary.json
     source: str = "experiment recipe"
 
@@ -138,7 +139,7 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
         if objective not in PREFERENCE_OBJECTIVES:
             raise ExperimentError(f"{path}: arm {arm!r}: objective must be one of {', '.join(PREFERENCE_OBJECTIVES)}, "
                                   f"got {objective!r}" + did_you_mean(str(objective), PREFERENCE_OBJECTIVES))
-        keys = {k: v for k, v in keys.items() if k != "objective"}
+        keys = {k: v for k, v in keys.items() if k not in ("objective", "factors")}
         preference = {k: v for k, v in raw["dpo"].items() if k != "objective"}
         for command, shared in (("sft", raw.get("sft")), (objective, preference)):
             if shared is not None:
@@ -162,7 +163,9 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
     exp = Experiment(
         name=raw["name"],
         output_dir=out,
-        arms={arm: {k: v for k, v in keys.items() if k != "objective"} for arm, keys in raw["arms"].items()},
+        arms={arm: {k: v for k, v in keys.items() if k not in ("objective", "factors")}
+              for arm, keys in raw["arms"].items()},
+        factors=check_factors(path, raw["arms"], baseline),
         objectives=objectives,
         sft=raw.get("sft"),
         dpo={k: v for k, v in raw["dpo"].items() if k != "objective"},
@@ -210,6 +213,25 @@ def check_stages(exp: Experiment, declaration: Declaration, on_this_machine: boo
     finally:
         config_logger.setLevel(level)
     return by_stage
+
+
+def check_factors(path, arms: dict, baseline: str) -> dict[str, dict[str, str]]:
+    """``factors: {base: gelu, correction: off}`` per arm: a 2x2 design, every arm in one cell and
+    every cell filled once, the baseline arm at the reference level of both. {} without factors."""
+    declared = {arm: keys.get("factors") for arm, keys in arms.items()}
+    if not any(declared.values()):
+        return {}
+    fix = "give every arm factors of the same two names, two levels each, one arm per combination"
+    if not all(isinstance(f, dict) and len(f) == 2 for f in declared.values()):
+        missing = next(arm for arm, f in declared.items() if not (isinstance(f, dict) and len(f) == 2))
+        raise ExperimentError(f"{path}: arm {missing!r}: factors must be a mapping of two factors, e.g. "
+                              f"{{base: gelu, correction: off}}; {fix}")
+    names = {tuple(sorted(f)) for f in declared.values()}
+    cells = [tuple(str(f[n]) for n in sorted(f)) for f in declared.values()]
+    levels = [sorted({c[i] for c in cells}) for i in range(2)]
+    if len(names) != 1 or len(set(cells)) != len(cells) or len(cells) != 4 or any(len(lv) != 2 for lv in levels):
+        raise ExperimentError(f"{path}: the arms' factors do not make a 2x2 design ({sorted(set(cells))}); {fix}")
+    return {arm: {k: str(v) for k, v in f.items()} for arm, f in declared.items()}
 
 
 def check_on_policy(path, spec) -> None:
@@ -406,12 +428,13 @@ def run_experiment(exp: Experiment, rerun_changed: bool = False, executor: Execu
     from crrelu_llm.reporting.report import compare_experiment
     from crrelu_llm.reporting.summary import help_or_harm, readings, stage_totals, summarise
 
-    compare_experiment(declaration, exp.baseline_arm)
+    report = compare_experiment(declaration, exp.baseline_arm, exp.factors)
     summary = {
         **summarise(exp, declaration),
         "seconds": round(time.time() - start, 1),
         "stage_totals": stage_totals(exp.stage_log),
         "help_or_harm": help_or_harm(declaration),
+        "factorial": report.get("factorial"),
     }
     summary["reading"] = readings(summary, exp.baseline_arm)
     from crrelu_llm.environment import environment

@@ -21,7 +21,7 @@ from transformers.modeling_utils import PreTrainedModel
 
 from crrelu_llm.errors import PatchError, did_you_mean
 from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT, CRReLU, is_patched_activation
-from crrelu_llm.ops.candidates import SwishBeta
+from crrelu_llm.ops.candidates import CORRECTED_PREFIX, CorrectedActivation, SwishBeta
 
 BUILT_IN = {"crrelu": "CRReLU (Sun et al. 2024), learnable eps", "swish_beta": "x*sigmoid(beta*x), learnable beta "
             "(Ramachandran et al. 2017)", "relu2": "squared ReLU (So et al. 2021, Primer)"}
@@ -74,6 +74,9 @@ def make_activation(name: str, epsilon_init: float = DEFAULT_EPSILON_INIT, kwarg
         cls, kwargs = CRReLU, {"epsilon_init": epsilon_init, **kwargs}
     elif name == "swish_beta":
         cls = SwishBeta
+    elif name.startswith(CORRECTED_PREFIX) and name[len(CORRECTED_PREFIX):] in ACT2CLS:
+        cls, kwargs = CorrectedActivation, {"base": name[len(CORRECTED_PREFIX):], "epsilon_init": epsilon_init,
+                                            **kwargs}
     elif is_import_path(name):
         cls = _import_class(name)
     elif name in ACT2CLS:
@@ -82,7 +85,8 @@ def make_activation(name: str, epsilon_init: float = DEFAULT_EPSILON_INIT, kwarg
         cls = ACT2CLS[name][0] if isinstance(ACT2CLS[name], tuple) else ACT2CLS[name]
     else:
         raise PatchError(f"unknown activation {name!r}{did_you_mean(name, available_activations(), n=3)} "
-                         f"Valid names: {', '.join(available_activations())}, or an import path module:Class.")
+                         f"Valid names: {', '.join(available_activations())}, corrected_<a transformers name> "
+                         "(the correction term on that base), or an import path module:Class.")
     try:  # kwargs are data: bound to the class's signature first, never evaluated
         inspect.signature(cls).bind(**kwargs)
     except TypeError as err:
@@ -220,7 +224,7 @@ LAYER_INDEX = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
 def is_activation_module(module: nn.Module) -> bool:
     """True for a module that is an element-wise activation, judged by its type."""
-    if is_patched_activation(module) or isinstance(module, (SwishBeta, *_TRANSFORMERS_ACTIVATIONS,
+    if is_patched_activation(module) or isinstance(module, (SwishBeta, CorrectedActivation, *_TRANSFORMERS_ACTIVATIONS,
                                                             *_TORCH_ACTIVATIONS)):
         return True
     if next(module.children(), None) is not None or next(module.parameters(recurse=False), None) is not None:
@@ -282,9 +286,12 @@ def layer_index(path: str) -> int | None:
 def find_activations(model: nn.Module) -> list[ActivationSite]:
     """Every activation module of ``model`` with its block index and feed-forward verdict."""
     model = base_model(model)
-    sites = []
+    sites, inside = [], []
     for path, module in model.named_modules():
+        if any(path.startswith(f"{outer}.") for outer in inside):
+            continue  # a part of an activation (CorrectedActivation's base) is not a site of its own
         if path and is_activation_module(module):
+            inside.append(path)
             feed_forward, reason = _classify(model, path)
             sites.append(ActivationSite(path, type(module).__name__, layer_index(path), feed_forward, reason))
     return sites

@@ -14,6 +14,7 @@ import inspect
 import textwrap
 
 from crrelu_llm.errors import PatchError
+from crrelu_llm.ops.candidates import CORRECTED_PREFIX
 from crrelu_llm.patching.discovery import is_import_path, make_activation
 
 # What the modeling file imports; a class may use these and nothing else from its module.
@@ -76,10 +77,33 @@ SWISH_BETA_SOURCE = '''class SwishBeta(nn.Module):
 '''
 
 
+# corrected_<base>: the correction on a transformers activation, which the exported file's
+# transformers provides (crrelu_llm.ops.candidates.CorrectedActivation, without its DeepSpeed bookkeeping)
+CORRECTED_SOURCE = '''class CorrectedActivation(nn.Module):
+    """base(x) + eps * x * exp(-x**2 / 2): the correction term on a transformers activation."""
+
+    def __init__(self, base="gelu", epsilon_init=0.01):
+        super().__init__()
+        self.base_name = base
+        self.base = ACT2FN[base]
+        self.epsilon_init = float(epsilon_init)
+        self.epsilon = nn.Parameter(torch.tensor(self.epsilon_init))
+
+    def forward(self, x):
+        return self.base(x) + self.epsilon.to(x.dtype) * x * torch.exp(-x * x / 2)
+
+    def reset_parameters(self):
+        with torch.no_grad():
+            self.epsilon.fill_(self.epsilon_init)
+'''
+
+
 def exported_classes(record: dict) -> tuple[str, dict[str, str]]:
     """The sources of every activation class the patch ``record`` uses other than CRReLU and
     transformers' own, and ``{recorded name: class name}`` for the modeling file's table."""
     sources, table = [], {}
+    if any(e["activation"].startswith(CORRECTED_PREFIX) for e in record.get("modules", {}).values()):
+        sources.append(CORRECTED_SOURCE)  # built by the modeling file's _rebuild from the name's base
     for entry in record.get("modules", {}).values():
         name = entry["activation"]
         if name in table or name == "crrelu" or not (is_import_path(name) or name == "swish_beta"):

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from crrelu_llm.data.encoding import check_tokenizers, encode_pairs, ensure_pad_token, model_device
 from crrelu_llm.errors import EvaluationError
 from crrelu_llm.ops.activation import CRReLU, is_patched_activation
+from crrelu_llm.ops.candidates import CorrectedActivation
 from crrelu_llm.patching.discovery import find_activations
 from crrelu_llm.patching.patch import epsilon_tensor, parameter_value
 from crrelu_llm.patching.record import patch_record
@@ -152,7 +153,8 @@ def activation_statistics(model: nn.Module, tokenizer, pairs: list[tuple[str, st
     layers = []
     for path, acc in accumulators.items():
         module = model.get_submodule(path)
-        learned = float(epsilon_tensor(module.epsilon).float()) if isinstance(module, CRReLU) else None
+        learned = float(epsilon_tensor(module.epsilon).float()) if isinstance(module, (CRReLU, CorrectedActivation)) \
+            else None
         reference = references[path]
         layers.append({"path": path, "layer": layer_index(path), "module_type": type(module).__name__,
                        "original_type": type(reference).__name__ if reference is not None else None,

@@ -88,6 +88,9 @@ def _rebuild(root, record):
             continue
         if entry["activation"] == "crrelu":
             new = CRReLU(entry.get("epsilon_init", {default_epsilon}))
+        elif entry["activation"].startswith("corrected_"):
+            new = CorrectedActivation(entry["activation"][len("corrected_"):],
+                                      entry.get("epsilon_init", {default_epsilon}))
         elif entry["activation"] in _CLASSES:
             new = _CLASSES[entry["activation"]](**entry.get("activation_kwargs", {{}}))
         else:
@@ -112,7 +115,7 @@ class {name}({base}):
                 with torch.no_grad():
                     module.epsilon.fill_(module.epsilon_init)
             return
-        if type(module) in _CLASSES.values():
+        if type(module) in _CLASSES.values() or type(module).__name__ == "CorrectedActivation":
             if hasattr(module, "reset_parameters") and not any(p.is_meta for p in module.parameters()):
                 module.reset_parameters()
             return

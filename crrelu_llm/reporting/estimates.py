@@ -16,7 +16,14 @@ Example:
 
 from __future__ import annotations
 
-from crrelu_llm.stats import Z95, accuracy_estimate, paired_difference, pooled, win_rate_estimate
+from crrelu_llm.stats import (
+    Z95,
+    accuracy_estimate,
+    paired_difference,
+    paired_permutation_test,
+    pooled,
+    win_rate_estimate,
+)
 
 ONE_SEED = "one seed: the between-seed spread is not measured"
 
@@ -95,6 +102,21 @@ def paired_accuracies(arm: dict[int, dict], baseline: dict[int, dict]) -> dict |
     if skipped:
         note += f"; seeds {skipped} left out (no per-pair outcomes on both sides)"
     return {"per_seed": per_seed, "pooled": estimate, "pooled_note": note, "seeds": len(per_seed)}
+
+
+METRICS = ("reward accuracy (eval rewards)", "TRL's eval_rewards/accuracies (batch mean, ties as wrong)")
+
+
+def over_seeds(label: str, ours: tuple[dict, dict], baseline: str, theirs: tuple[dict, dict]) -> dict | None:
+    """The exact sign-flip test over the seeds two arms share, on the first metric both have for
+    at least two seeds: ``ours``/``theirs`` are (seed -> our reward accuracy, seed -> TRL's)."""
+    for metric, a, b in zip(METRICS, ours, theirs):
+        common = [s for s in a if s in b]
+        if len(common) >= 2:
+            return {"arms": [label, baseline], "metric": metric, "pairs": len(common), "seeds": common,
+                    "p_value": paired_permutation_test([a[s] for s in common], [b[s] for s in common]),
+                    "test": "exact sign-flip permutation over seeds"}
+    return None
 
 
 def interval_text(estimate: dict, digits: int = 3) -> str:

@@ -8,7 +8,7 @@ not measured. Every number names the file it was read from.
 from __future__ import annotations
 
 from crrelu_llm.evaluation.length_control import describe
-from crrelu_llm.reporting import report_stages
+from crrelu_llm.reporting import factorial, report_stages
 from crrelu_llm.reporting.estimates import ONE_SEED, interval_text
 from crrelu_llm.stats import verdict
 
@@ -199,6 +199,7 @@ def render(report: dict) -> str:
         if arm.get("epsilon"):
             lines += _epsilon(label, arm)
     lines += _vs_baseline(report)
+    lines += factorial.markdown(report.get("factorial"))
     lines += report_stages.markdown(report.get("stages", []))
     for plot in report["plots"]:
         lines.append(f"![{plot}]({plot})")

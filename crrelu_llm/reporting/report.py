@@ -25,7 +25,6 @@ from crrelu_llm.errors import ReportError
 from crrelu_llm.evaluation.evaluate import eval_dir
 from crrelu_llm.files import read_json, writable_dir, write_json, write_text_atomic
 from crrelu_llm.reporting import estimates, figures, markdown, report_stages
-from crrelu_llm.stats import paired_permutation_test
 from crrelu_llm.training.recipes import BOOKKEEPING_KEYS
 
 TRAIN_CURVES = ("loss", "rewards/accuracies", "rewards/margins")
@@ -257,7 +256,7 @@ def _check_poolable(label: str, members: list[Run]) -> None:
 
 def compare(specs: list[str], out: Path, step0_drift: dict[str, dict | None] | None = None,
             stages: dict[str, dict[str, Path]] | None = None, eval_dirs: dict[str, Path] | None = None,
-            baseline: str | None = None, pairs: list[dict] | None = None) -> dict:
+            baseline: str | None = None, pairs: list[dict] | None = None, factorial: dict | None = None) -> dict:
     """Write report.md, report.json and plots for the runs; return the report dict.
     ``step0_drift`` maps an arm label to its step-0 drift (``{"stage", "from"}``; None for an
     unpatched arm, whose step 0 is the original): the experiment runner measures the swap's own
@@ -279,7 +278,7 @@ def compare(specs: list[str], out: Path, step0_drift: dict[str, dict | None] | N
     for label, members in arms.items():
         _check_poolable(label, members)
     writable_dir(Path(out))
-    report = {"arms": {}, "plots": [],
+    report = {"arms": {}, "plots": [], "factorial": factorial,
               "pairs": [{**p, **report_stages.read_result(Path(p["from"]))} for p in pairs or []]}
     for label, members in arms.items():
         report["arms"][label] = _arm_entry(label, members, step0_drift)
@@ -308,29 +307,15 @@ def _rewards_by_seed(members: list[Run]) -> dict:
 
 
 def _paired_over_seeds(arms: dict[str, list[Run]], baseline: str) -> list[dict]:
-    """Each arm against the baseline, over the seeds both have: the exact sign-flip test on the
-    per-seed values (our reward accuracy where both arms have it, else TRL's, named as such)."""
-    def values(members, metric):
-        if metric == "ours":
-            return {r.seed: r.rewards["accuracy"] for r in members if r.rewards and "accuracy" in r.rewards}
-        return {r.seed: float(r.final["eval_rewards/accuracies"]) for r in members
-                if "eval_rewards/accuracies" in r.final}
+    """Each arm against the baseline over the seeds both have (:func:`estimates.over_seeds`): our
+    reward accuracy where both arms have it, else TRL's, named as such."""
+    def values(members):
+        return ({r.seed: r.rewards["accuracy"] for r in members if r.rewards and "accuracy" in r.rewards},
+                {r.seed: float(r.final["eval_rewards/accuracies"]) for r in members
+                 if "eval_rewards/accuracies" in r.final})
 
-    tests = []
-    for label, members in arms.items():
-        if label == baseline:
-            continue
-        for metric, name in (("ours", "reward accuracy (eval rewards)"),
-                             ("trl", "TRL's eval_rewards/accuracies (batch mean, ties as wrong)")):
-            ours, theirs = values(members, metric), values(arms[baseline], metric)
-            common = [s for s in ours if s in theirs]
-            if len(common) >= 2:
-                tests.append({"arms": [label, baseline], "metric": name, "pairs": len(common), "seeds": common,
-                              "p_value": paired_permutation_test([ours[s] for s in common],
-                                                                 [theirs[s] for s in common]),
-                              "test": "exact sign-flip permutation over seeds"})
-                break
-    return tests
+    return [t for label, members in arms.items() if label != baseline
+            and (t := estimates.over_seeds(label, values(members), baseline, values(arms[baseline])))]
 
 
 def _comparison_key(name: str) -> str:
@@ -434,7 +419,7 @@ def _calibrated_at(run: Run) -> dict | None:
     return None
 
 
-def compare_experiment(declaration, baseline_arm: str) -> dict:
+def compare_experiment(declaration, baseline_arm: str, factors: dict | None = None) -> dict:
     """The report of an experiment: every DPO run under its arm (``arm beta=B`` when the
     experiment trains several betas), the KL column from each arm's step-0 model, and the
     help-or-harm table from every model the declaration names."""
@@ -449,6 +434,12 @@ def compare_experiment(declaration, baseline_arm: str) -> dict:
     drift = {label(run.arm, run.beta): step0_drift(declaration, run.arm) for run in declaration.dpo_runs}
     pairs = [{"arm": s.arm, "stage": s.name, "from": str(s.done)} for s in declaration.by_kind("pairs")
              if s.done.exists()]
+    two_by_two = None
+    if factors:
+        from crrelu_llm.reporting import factorial
+        from crrelu_llm.reporting.summary import help_or_harm
+
+        two_by_two = factorial.read(declaration, factors, baseline_arm, help_or_harm(declaration))
     return compare(specs, declaration.layout.report, step0_drift=drift, stages=declaration.models(),
                    eval_dirs=declaration.eval_dirs(), baseline=label(baseline_arm, declaration.dpo_runs[0].beta),
-                   pairs=pairs)
+                   pairs=pairs, factorial=two_by_two)
