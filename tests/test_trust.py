@@ -13,8 +13,8 @@ import torch
 from crrelu_llm import patch_model
 from crrelu_llm.cli import main as cli_main
 from crrelu_llm.errors import PatchError
-from crrelu_llm.patching.trust import ENV
 from crrelu_llm.patching.tiny import tiny_causal_lm
+from crrelu_llm.patching.trust import ENV
 
 LEARNED_SWISH = '''
 import torch
