@@ -150,14 +150,17 @@ def test_the_console_reading_shows_every_seed_and_a_pooled_line(two_seeds):
         results = [{"seed": s, "stats": json.loads(next((root / arm / f"dpo-beta0.5-seed{s}" / "eval").glob(
             "winrate-*_sft.json")).read_text())["stats"]} for s in (0, 1)]
         groups.append({"arm": arm, "beta": 0.5, "comparison": "vs-sft", **estimates.win_rates(results)})
-    lines = readings({"rows": [], "win_rates": groups, "reward_accuracy": []}, "gelu")
+    positive, *lines = readings({"rows": [], "win_rates": groups, "reward_accuracy": []}, "gelu")
+    # the positive control comes first: gelu's DPO is not told from its SFT start, crrelu's is in both seeds
+    assert positive.startswith("positive control, DPO vs its own SFT start, per arm: gelu not detected (n = 500")
+    assert "crrelu detected (n = 500, 0.520 [" in positive and "detected in 2 of 2 seeds" in positive
     assert lines[0].startswith("gelu DPO model vs its own SFT start, 2 seeds: seed 0 ") and "seed 1 " in lines[0]
     assert "pooled 0.494" in lines[0] and "96% ties" not in lines[0].split("pooled")[0]
     assert "detected, above 0.5" in lines[1]  # crrelu: 30 wins, 10 losses in each seed
     one = readings({"rows": [], "win_rates": [{**groups[0], **estimates.win_rates(
         [{"seed": 0, "stats": win_rate(_outcomes(7, 480, 13), ["a"] * 500, ["a"] * 500).to_dict()}])}]}, "gelu")
-    assert "1.2 points from 0.5 would be, with this data's 96% ties" in one[0]
-    assert one[0].endswith("one seed: the between-seed spread is not measured")
+    assert "1.2 points from 0.5 would be, with this data's 96% ties" in one[1]
+    assert one[1].endswith("one seed: the between-seed spread is not measured")
 
 
 def test_the_win_rate_plot_keeps_its_axis_label_inside_the_figure():
