@@ -437,9 +437,9 @@ def compare_experiment(declaration, baseline_arm: str, factors: dict | None = No
     two_by_two = None
     if factors:
         from crrelu_llm.reporting import factorial
-        from crrelu_llm.reporting.summary import help_or_harm
 
-        two_by_two = factorial.read(declaration, factors, baseline_arm, help_or_harm(declaration))
+        two_by_two = factorial.read(declaration, factors, baseline_arm,
+                                    report_stages.collect(declaration.models(), declaration.eval_dirs()))
     return compare(specs, declaration.layout.report, step0_drift=drift, stages=declaration.models(),
                    eval_dirs=declaration.eval_dirs(), baseline=label(baseline_arm, declaration.dpo_runs[0].beta),
                    pairs=pairs, factorial=two_by_two)

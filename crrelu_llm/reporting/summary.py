@@ -260,8 +260,9 @@ def format_stages(summary: dict) -> str:
     if not rows:
         return ""
     tasks = sorted({t for r in rows for t in r["benchmarks"]})
+    width = max(8, *(len(r["arm"]) + 2 for r in rows))
     head = (
-        f"{'arm':<8}{'stage':<22}{'KL to original':>15}"
+        f"{'arm':<{width}}{'stage':<22}{'KL to original':>15}"
         + "".join(f"{t:>20}" for t in tasks)
         + f"{'eps learned':>13}{'eps LS':>9}"
     )
@@ -274,7 +275,7 @@ def format_stages(summary: dict) -> str:
             cells.append(f"{b['value']:.3f} ± {b['stderr']:.3f}" if b and b["stderr"] is not None else "–")
         eps = lambda v: f"{v:.3f}" if v is not None else "–"  # noqa: E731
         lines.append(
-            f"{r['arm']:<8}{r['stage']:<22}{kl:>15}"
+            f"{r['arm']:<{width}}{r['stage']:<22}{kl:>15}"
             + "".join(f"{c:>20}" for c in cells)
             + f"{eps(r['epsilon_learned_mean']):>13}{eps(r['epsilon_least_squares_mean']):>9}"
         )
