@@ -150,7 +150,7 @@ def _sparsity(rows: list[dict], cell_of: dict) -> list[dict]:
         means[cell] = sum(layers) / len(layers)
     a, c, b, d = (means[k] for k in ((0, 0), (1, 0), (0, 1), (1, 1)))
     point = {"a": (c + d - a - b) / 2, "b": (b + d - a - c) / 2, "ab": (d - c) - (b - a)}
-    return [{"measure": "output share |y| < 1e-3 at step 0 (mean over layers)", "unit": "points", "seeds": 1,
+    return [{"measure": "output share abs(y) < 1e-3 at step 0 (mean over layers)", "unit": "points", "seeds": 1,
              **{k: {"value": v, "interval": None, "interval_method": "no per-item outcome: no interval"}
                 for k, v in point.items()}}]
 
