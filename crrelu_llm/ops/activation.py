@@ -156,17 +156,24 @@ class CRReLU(nn.Module):
         brings this module closest to ``target`` on inputs ``x``: ``sum(g d) / sum(g^2)`` with
         ``g = x exp(-x^2/2)`` and ``d = target - relu(x)`` (the calibration protocol of any
         activation class; see :mod:`crrelu_llm.patching.calibration`)."""
-        x, target = x.double(), target.double()
-        g = x * torch.exp(-x * x / 2)
-        gg = float((g * g).sum())
-        if gg > 0:
-            self.epsilon_init = float((g * (target - torch.relu(x))).sum()) / gg
-            self.epsilon.fill_(self.epsilon_init)
+        x = x.double()
+        value = least_squares_epsilon(x, target.double() - torch.relu(x))
+        if value is not None:
+            self.epsilon_init = value
+            self.epsilon.fill_(value)
 
     def extra_repr(self) -> str:
         if self.epsilon.is_meta or self.epsilon.numel() != 1:  # meta, or partitioned by ZeRO-3
             return f"epsilon_init={self.epsilon_init}"
         return f"epsilon={self.epsilon.item():.6g}"
+
+
+def least_squares_epsilon(x: torch.Tensor, residual: torch.Tensor) -> float | None:
+    """The eps that brings ``eps * g`` closest to ``residual`` (the target minus the base
+    activation) in squared error, ``g = x exp(-x^2/2)``: ``sum(g d) / sum(g^2)``; None when g is 0."""
+    g = x * torch.exp(-x * x / 2)
+    gg = float((g * g).sum())
+    return float((g * residual).sum()) / gg if gg > 0 else None
 
 
 def _scalar_epsilon_in_state_dict(module, state_dict, prefix, local_metadata):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT, epsilon_init_value
+from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT, epsilon_init_value, least_squares_epsilon
 from crrelu_llm.ops.distributed import keep_scalars_in_state_dict
 from crrelu_llm.runtime import deepspeed_zero3_enabled
 
@@ -101,12 +101,11 @@ class CorrectedActivation(nn.Module):
     def least_squares_init(self, x: torch.Tensor, target: torch.Tensor) -> None:
         """The closed form ``sum(g d) / sum(g^2)``, ``g = x exp(-x^2/2)``, ``d = target - base(x)``:
         zero when the base is the original activation itself."""
-        x, target = x.double(), target.double()
-        g = x * torch.exp(-x * x / 2)
-        gg = float((g * g).sum())
-        if gg > 0:
-            self.epsilon_init = float((g * (target - self.base(x))).sum()) / gg
-            self.epsilon.fill_(self.epsilon_init)
+        x = x.double()
+        value = least_squares_epsilon(x, target.double() - self.base(x))
+        if value is not None:
+            self.epsilon_init = value
+            self.epsilon.fill_(value)
 
     def extra_repr(self) -> str:
         shown = f"eps={self.epsilon.item():.6g}" if self.epsilon.numel() == 1 and not self.epsilon.is_meta else ""
