@@ -144,7 +144,8 @@ def test_an_experiment_compares_objectives_as_arms_end_to_end(tmp_path):
     report = json.loads((out / "report" / "report.json").read_text())
     assert {a: e["objective"] for a, e in report["arms"].items()} == {"gelu": "dpo", "crrelu-simpo": "simpo"}
     text = (out / "report" / "report.md").read_text()
-    assert "## crrelu-simpo (SIMPO, crrelu-simpo/dpo-beta0.5-seed0) vs gelu/dpo-beta0.5-seed0" in text
+    assert "## crrelu-simpo (SIMPO) vs gelu/dpo-beta0.5-seed0" in text
+    assert "| 0 | crrelu-simpo/dpo-beta0.5-seed0 |" in text
     assert "SIMPO run, no reference model: its reward is SimPO's" in text and "length-controlled" in text
 
 
