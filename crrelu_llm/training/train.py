@@ -51,6 +51,7 @@ from crrelu_llm.training.objectives import (
     reference_free_info,
     unpaired,
 )
+from crrelu_llm.training.process_group import leave_process_group
 from crrelu_llm.training.recipes import BOOKKEEPING_KEYS, parse_recipe, recipe_from_dict, resolved_recipe
 from crrelu_llm.training.recovery import SwapScheduleCallback, blend_in, original_activations
 from crrelu_llm.training.trainer import RankConsistencyCallback
@@ -436,15 +437,6 @@ def main(command: str, argv: list[str]) -> int:
             run(command, *args)
     except KeyboardInterrupt:
         raise Interrupted(resume_hint(args[2].output_dir)) from None
-    _leave_process_group()
+    leave_process_group()
     return 0
 
-
-def _leave_process_group() -> None:
-    """Under a launcher: wait for every rank, then close the process group, so that no rank's
-    exit tears gloo/NCCL down while another still uses it (which aborts the job at the end)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
