@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 import types
 
 logger = logging.getLogger(__name__)
@@ -36,12 +37,16 @@ def leave_process_group() -> None:
         return
     world = dist.group.WORLD
     dist.barrier()  # no rank closes the group while another still uses it
-    dist.destroy_process_group()
+    deepspeed_comm = sys.modules.get("deepspeed.comm.comm")
+    if deepspeed_comm is not None and deepspeed_comm.is_initialized():
+        deepspeed_comm.destroy_process_group()  # also drops DeepSpeed's references to the groups it made
+    else:
+        dist.destroy_process_group()
     unbound = unbind_defaults(world)
     if unbound:
         logger.debug("unbound the destroyed process group from the defaults of %s", ", ".join(unbound))
     del world
-    gc.collect()  # the trainer's reference cycles (accelerator, DDP wrapper) hold the group too
+    gc.collect()  # the trainer's reference cycles (accelerator, DDP wrapper) hold the groups too
     left = native_threads("gloo")
     if left:
         logger.warning("the process group outlived destroy_process_group (%d gloo threads still run: "

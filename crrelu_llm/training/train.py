@@ -409,6 +409,7 @@ def run(
             + f" -> {output_dir}",
             flush=True,
         )
+    trainer.accelerator.free_memory()  # drops accelerate's references (a DeepSpeed engine is destroyed)
     return metrics
 
 
