@@ -78,3 +78,11 @@ def test_deepspeed_can_step_outside_its_zero_init_context():
     assert hasattr(partition_parameters, "top_level_context")
     for name in ("shutdown_init_context", "restore_init_context"):
         assert parameters(getattr(partition_parameters, name)) == []
+
+
+def test_deepspeed_comm_says_whether_it_made_groups_and_destroys_them():
+    """training.process_group.leave_process_group calls DeepSpeed's own destroy when its comm
+    module is initialised (it also drops DeepSpeed's references to the groups it made)."""
+    comm = pytest.importorskip("deepspeed.comm.comm")
+    assert parameters(comm.is_initialized) == []
+    assert parameters(comm.destroy_process_group) == ["group"]
