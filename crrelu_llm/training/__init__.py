@@ -11,4 +11,6 @@
 - :mod:`~crrelu_llm.training.model_utils`, :mod:`~crrelu_llm.training.recovery`,
   :mod:`~crrelu_llm.training.reference_cache`, :mod:`~crrelu_llm.training.model_card`: the
   recipe's patch and reference, the gradual swap, shared reference log-probabilities, the card.
+- :mod:`~crrelu_llm.training.process_group`: the end of a launched run (the process group
+  left and freed before Python exits).
 """
