@@ -60,7 +60,7 @@ def test_destroying_the_group_alone_leaves_gloo_running_when_a_default_holds_it(
     assert "pt_gloo_runloop" in state["gloo"] and state["default"] != "None"
 
 
-@pytest.mark.parametrize("binder", ["function", "deepspeed"])
+@pytest.mark.parametrize("binder", ["function", pytest.param("deepspeed", marks=pytest.mark.slow)])
 def test_leaving_the_group_frees_it_and_joins_its_threads(tmp_path, binder):
     if binder == "deepspeed":
         pytest.importorskip("deepspeed")
