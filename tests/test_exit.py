@@ -100,3 +100,37 @@ def test_a_finished_dpo_launch_exits_0_every_time_while_the_cpus_are_busy(tmp_pa
         for proc in busy:
             proc.kill()
             proc.wait()
+
+
+def test_the_zero3_models_deepspeed_keeps_are_let_go(monkeypatch):
+    """DeepSpeed's ZeRO-3 keeps each engine's model in a module-level stack and in an lru_cache
+    behind a decorator without functools.wraps; release_zero3_models empties both (the launch
+    in tests/test_recipes.py checks that the groups then go; this checks what it reaches)."""
+    import functools
+    import types
+
+    from crrelu_llm.training.process_group import release_zero3_models
+
+    def instrument(func):  # as deepspeed.utils.nvtx.instrument_w_nvtx: no functools.wraps
+        def wrapped_fn(*args, **kwargs):
+            return func(*args, **kwargs)
+
+        return wrapped_fn
+
+    class Coordinator:
+        @instrument
+        @functools.lru_cache(maxsize=None)
+        def params_to_release(self, module, step):
+            return {id(module), step}
+
+    model, coordinator = object(), Coordinator()
+    coordinator.params_to_release(model, 0)
+    offload = types.SimpleNamespace(FWD_MODULE_STACK=[model])
+    monkeypatch.setitem(sys.modules, "deepspeed.runtime.zero.parameter_offload", offload)
+    monkeypatch.setitem(sys.modules, "deepspeed.runtime.zero.partitioned_param_coordinator",
+                        types.SimpleNamespace(PartitionedParameterCoordinator=Coordinator))
+    assert release_zero3_models() == 2
+    assert offload.FWD_MODULE_STACK == []
+    cache = Coordinator.__dict__["params_to_release"].__closure__[0].cell_contents
+    assert cache.cache_info().currsize == 0
+    assert release_zero3_models() == 0

@@ -86,3 +86,15 @@ def test_deepspeed_comm_says_whether_it_made_groups_and_destroys_them():
     comm = pytest.importorskip("deepspeed.comm.comm")
     assert parameters(comm.is_initialized) == []
     assert parameters(comm.destroy_process_group) == ["group"]
+
+
+def test_deepspeed_zero3_keeps_its_models_where_the_run_end_clears_them():
+    """training.process_group.release_zero3_models empties parameter_offload's FWD_MODULE_STACK
+    and the lru_cache on PartitionedParameterCoordinator's methods (found through DeepSpeed's
+    instrument_w_nvtx wrapper): if either moves, ZeRO-3 runs end with their groups alive again."""
+    offload = pytest.importorskip("deepspeed.runtime.zero.parameter_offload")
+    coordinator = pytest.importorskip("deepspeed.runtime.zero.partitioned_param_coordinator")
+    from crrelu_llm.training.process_group import method_caches
+
+    assert isinstance(offload.FWD_MODULE_STACK, list)
+    assert len(method_caches(coordinator.PartitionedParameterCoordinator)) >= 1

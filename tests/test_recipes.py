@@ -191,9 +191,9 @@ def test_sft_then_dpo_under_accelerate_launch_with_two_cpu_processes(profile, ex
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": probe},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    # each rank freed its process groups before Python exits (tests/test_exit.py); not yet under
-    # ZeRO-3, where a module global of DeepSpeed's parameter_offload keeps the model (and its groups)
-    for run in runs if profile != "zero3" else []:
+    # each rank freed its process groups before Python exits (tests/test_exit.py), ZeRO-3's
+    # models included (training.process_group.release_zero3_models)
+    for run in runs:
         log = (tmp_path / "work" / f"{run}.log").read_text()
         assert sorted(re.findall(r"exit probe: rank=(\d+) gloo threads=(\d+)", log)) == [("0", "0"), ("1", "0")], run
     summary = json.loads(out.read_text())

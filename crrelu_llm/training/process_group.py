@@ -14,7 +14,14 @@ after its run was saved, and the launcher reports the job failed.
 
 :func:`leave_process_group` therefore unbinds such defaults (``None`` means "the default group"
 to every collective) and collects, so the group is freed, its threads joined, while the
-interpreter is whole. What still holds it afterwards is named in a warning.
+interpreter is whole. Under ZeRO-3 the models hold the groups too (each partitioned parameter
+keeps its ``ds_process_group``), and DeepSpeed keeps every engine's model for the life of the
+interpreter in two places: the module-level ``FWD_MODULE_STACK`` of
+``deepspeed.runtime.zero.parameter_offload``, to which each engine's set-up pushes its model and
+nothing pops it, and the ``functools.lru_cache`` on ``PartitionedParameterCoordinator``'s
+``__params_to_release``, whose keys are the coordinator and the sub-modules it released.
+:func:`release_zero3_models` empties both once training is over. What still holds the group
+afterwards is named in a warning.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ def leave_process_group() -> None:
         deepspeed_comm.destroy_process_group()  # also drops DeepSpeed's references to the groups it made
     else:
         dist.destroy_process_group()
+    release_zero3_models()
     unbound = unbind_defaults(world)
     if unbound:
         logger.debug("unbound the destroyed process group from the defaults of %s", ", ".join(unbound))
@@ -51,6 +59,39 @@ def leave_process_group() -> None:
     if left:
         logger.warning("the process group outlived destroy_process_group (%d gloo threads still run: "
                        "something still references it); Python may abort as it exits", len(left))
+
+
+def release_zero3_models() -> int:
+    """Let go of the models DeepSpeed's ZeRO-3 keeps after its engines are done (see the module
+    docstring): empties ``FWD_MODULE_STACK`` and the coordinator's method caches. For the end of
+    a run only (no forward pass in flight). Returns how many references it dropped; 0 where
+    ZeRO-3 was never imported."""
+    offload = sys.modules.get("deepspeed.runtime.zero.parameter_offload")
+    coordinator = sys.modules.get("deepspeed.runtime.zero.partitioned_param_coordinator")
+    dropped = 0
+    if offload is not None:
+        dropped += len(offload.FWD_MODULE_STACK)
+        offload.FWD_MODULE_STACK.clear()
+    if coordinator is not None:
+        for cache in method_caches(coordinator.PartitionedParameterCoordinator):
+            dropped += cache.cache_info().currsize
+            cache.cache_clear()
+    return dropped
+
+
+def method_caches(cls) -> list:
+    """The ``functools.lru_cache`` wrappers among ``cls``'s methods, also where another decorator
+    wraps one without ``functools.wraps`` (DeepSpeed's ``instrument_w_nvtx`` does)."""
+    caches = []
+    for attribute in vars(cls).values():
+        layers = [attribute]
+        while layers:
+            fn = layers.pop()
+            if hasattr(fn, "cache_clear") and hasattr(fn, "cache_info"):
+                caches.append(fn)
+            elif isinstance(fn, types.FunctionType):
+                layers += [cell.cell_contents for cell in fn.__closure__ or () if callable(cell.cell_contents)]
+    return caches
 
 
 def unbind_defaults(group) -> list[str]:
