@@ -90,8 +90,8 @@ def test_the_length_rule_is_trl_s_own(tmp_path, kind):
     from trl import DPOTrainer, SFTTrainer
 
     from crrelu_llm.patching.loading import load_causal_lm, load_tokenizer
+    from crrelu_llm.training.objectives import OBJECTIVES
     from crrelu_llm.training.recipes import recipe_from_dict
-    from crrelu_llm.training.trainer import TRAINERS
 
     rows = [
         {"prompt": "Q: " + "x" * (10 + 7 * i) + " =", "chosen": " yes" * (1 + i % 5), "rejected": " no" * (1 + i % 3)}
@@ -112,7 +112,7 @@ def test_the_length_rule_is_trl_s_own(tmp_path, kind):
         },
     )[2]
     tokenizer = load_tokenizer("tiny-gpt2")
-    trainer = TRAINERS[kind](
+    trainer = OBJECTIVES[kind].trainer(
         model=load_causal_lm("tiny-gpt2"),
         args=args,
         train_dataset=dataset,

@@ -94,6 +94,7 @@ def test_a_class_that_cannot_be_imported_at_load_time_is_named_in_one_line(user_
     ("not_a_module_anywhere:X", "module 'not_a_module_anywhere' cannot be imported"),
     ("my_acts:NOT_A_CLASS", "is not a torch.nn.Module class"),
     ("my_acts:Halver", "maps a (2, 3, 8) input to (2, 3, 4)"),
+    ("torch.nn:Linear", "'torch.nn:Linear' does not look like an activation: Linear needs in_features, out_features"),
 ])
 def test_bad_activation_classes_are_refused_before_any_model_loads(user_module, name, words, tmp_path, capsys):
     # the model does not exist: the activation is judged first
@@ -228,7 +229,7 @@ def test_calibration_applies_to_any_class_with_a_least_squares_init(tmp_path):
 
 
 def test_epsilon_modes_freeze_or_train_alone_the_parameters_of_any_class(user_module):
-    from crrelu_llm.training.model_utils import apply_epsilon_mode
+    from crrelu_llm.training.models import apply_epsilon_mode
 
     model = tiny_causal_lm("gpt2")
     patch_model(model, f"{user_module}:ScaledSquaredReLU")

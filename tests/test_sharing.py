@@ -101,7 +101,7 @@ def test_a_relu_arm_checkpoint_loads_right_without_crrelu_llm(tmp_path):
 def test_an_exported_checkpoint_loads_with_remote_code_only(tmp_path, model_type, patch):
     path, model = patched_checkpoint(tmp_path, model_type, **patch)
     out = tmp_path / "shared"
-    assert cli_main(["export", str(path), "--out", str(out), "--remote-code"]) == 0
+    assert cli_main(["export", str(path), "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"].startswith("modeling_crrelu.CRReLU")
     code = LOAD_PLAIN.replace("from_pretrained(sys.argv[1] if len(sys.argv) > 1 else {path!r})",

@@ -27,15 +27,11 @@ from crrelu_llm.errors import CRReLULLMError, Interrupted, UsageError
 from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT, epsilon_init_value
 from crrelu_llm.patching.trust import trusting
 from crrelu_llm.runtime import configure_logging
+from crrelu_llm.training.objectives import OBJECTIVES
 from crrelu_llm.version import __version__
 
-# One command per trainer, as TRL's CLI has it.
-TRAINING = {"sft": "Patch per a recipe, then supervised fine-tuning (TRL's SFTTrainer).",
-            "dpo": "Patch per a recipe, then preference tuning (TRL's DPOTrainer).",
-            "simpo": "Patch per a recipe, then SimPO (TRL's CPOTrainer, loss_type simpo; no reference model).",
-            "orpo": "Patch per a recipe, then ORPO (TRL's ORPOTrainer; no reference model).",
-            "kto": "Patch per a recipe, then KTO on the pairs unpaired (TRL's KTOTrainer).",
-            "distill": "Patch per a recipe, then distil the original into it (KL on logits, optional MLP MSE)."}
+# One command per trainer, as TRL's CLI has it: the table of objectives (it imports no TRL).
+TRAINING = {name: objective.summary for name, objective in OBJECTIVES.items()}
 
 
 def _parse_layers(text: str) -> list[int]:
@@ -90,8 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model", metavar="MODEL", help="a patched checkpoint directory")
     export.add_argument("--out", required=True, type=Path, help="directory to write the shareable checkpoint to")
     export.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
-    # remote code is the only kind of export; old scripts still pass --remote-code
-    export.add_argument("--remote-code", action="store_true", help=argparse.SUPPRESS)
     evaluate = command_parser(commands, "eval", "Evaluate checkpoints: reward accuracy, judged win rates, drift from "
                               "the original, capability benchmarks. Each writes one result file (default: MODEL/eval).")
     kinds = evaluate.add_subparsers(dest="eval_command", required=True, metavar="KIND")

@@ -19,6 +19,7 @@ import logging
 import re
 from pathlib import Path
 
+from crrelu_llm import run_files
 from crrelu_llm.data.encoding import check_chat_template
 from crrelu_llm.data.preference import DataArguments, load_preference_splits
 from crrelu_llm.errors import EvaluationError
@@ -126,7 +127,7 @@ def reference_free_objective(model: str) -> str:
     ``reference.json``; refused when it has a reference (DPO, KTO) or says nothing."""
     from crrelu_llm.training.objectives import REFERENCE_FREE
 
-    recorded = Path(model) / "reference.json"
+    recorded = Path(model) / run_files.REFERENCE
     objective = read_json(recorded).get("objective") if recorded.exists() else None
     if objective not in REFERENCE_FREE:
         raise EvaluationError(f"eval rewards: give --reference for {model}: only a run of a reference-free objective "
@@ -136,7 +137,7 @@ def reference_free_objective(model: str) -> str:
 
 def _training_beta(model: str) -> float | None:
     """The beta ``model`` was trained with, from the ``recipe.yaml`` of its run (None if unknown)."""
-    recipe = Path(model) / "recipe.yaml"
+    recipe = Path(model) / run_files.RECIPE
     if not recipe.exists():
         return None
     import yaml

@@ -3,6 +3,7 @@ or under the recipe's launcher, or write the arm's step-0 model."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shlex
@@ -11,8 +12,11 @@ from pathlib import Path
 
 import yaml
 
+from crrelu_llm import run_files
+from crrelu_llm.data.preference import DataArguments
 from crrelu_llm.errors import ExperimentError
-from crrelu_llm.files import write_text_atomic
+from crrelu_llm.files import write_directory_atomic, write_json, write_text_atomic
+from crrelu_llm.training.config import CRReLUArguments
 
 logger = logging.getLogger("crrelu_llm.experiment")
 
@@ -38,12 +42,43 @@ def train_stage(command: str, keys: dict, output_dir: Path, launcher: str | None
     run_keys(command, keys, source=str(recipe))
 
 
-def write_step0(command: str, keys: dict, out: Path) -> None:
-    """The arm's model at step 0: loaded and patched by the function its first training stage
-    (``command`` with ``keys``) patches with, so both start from the same modules and eps."""
-    from crrelu_llm.training.train import write_patched_start
+# What the model a run starts training from depends on (what write_step0 reads): the model and
+# its loading, the patch, and the data (calibration reads its rows). An optimiser setting is not
+# among them: changing one retrains, but leaves the step-0 model as it is.
+START_MODEL_KEYS = frozenset({"model_name_or_path", "model_revision", "dtype", "trust_remote_code", "seed"}
+                             | {f.name for f in dataclasses.fields(CRReLUArguments)
+                                if f.name not in ("epsilon_mode", "reference", "overwrite_output_dir", "crrelu_kernel")}
+                             | {f.name for f in dataclasses.fields(DataArguments)})
 
-    write_patched_start(command, keys, Path(out))
+
+def start_keys(keys: dict) -> dict:
+    """The part of a training stage's ``keys`` that its starting model depends on."""
+    return {k: v for k, v in keys.items() if k in START_MODEL_KEYS}
+
+
+def write_step0(command: str, keys: dict, out: Path) -> dict | None:
+    """Write to ``out`` the model a ``command`` run with ``keys`` starts training from: loaded and
+    patched by the functions its training run uses (:mod:`crrelu_llm.training.models`), with its
+    tokenizer and ``patch_report.json``, so that what step 0 measures is what the arm trains."""
+    from crrelu_llm.training import models
+    from crrelu_llm.training.objectives import OBJECTIVES
+    from crrelu_llm.training.recipes import recipe_from_dict
+    from crrelu_llm.training.train import training_splits
+
+    out = Path(out)
+    crrelu_args, data_args, training_args, model_args = recipe_from_dict(command, {**keys, "output_dir": str(out)})
+    train_data, _, _ = training_splits(OBJECTIVES[command], data_args)
+    tokenizer = models.load_run_tokenizer(crrelu_args, model_args, training_args)
+    model = models.load_model(model_args, training_args, seeded=True)
+    report = models.patch_policy(model, crrelu_args, model_args, tokenizer, train_data)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / run_files.PATCH_REPORT, report)
+
+    write_directory_atomic(out, True, write)
+    return report
 
 
 def launcher_command(launcher: str) -> list[str]:

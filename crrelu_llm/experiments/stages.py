@@ -17,15 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from crrelu_llm import run_files
 from crrelu_llm.evaluation import evaluate
 from crrelu_llm.evaluation.benchmark import run_benchmark
 from crrelu_llm.evaluation.generation import GenerationSettings
 from crrelu_llm.experiments.layout import RunLayout
-from crrelu_llm.experiments.stage_actions import train_stage, write_step0
-from crrelu_llm.patching.discovery import is_import_path
+from crrelu_llm.experiments.stage_actions import start_keys, train_stage, write_step0
+from crrelu_llm.patching.discovery import is_import_path, supports_calibration
 from crrelu_llm.patching.trust import TrustedCall
 from crrelu_llm.training.objectives import REFERENCE_FREE
-from crrelu_llm.training.train import start_keys
+from crrelu_llm.training.recipes import resolve_aliases
 
 TRAINING_KINDS = ("original", "recover", "sft", "dpo")
 MODEL_EVALUATIONS = ("drift", "benchmark", "probe")  # per model: the original, step 0, recover, SFT, DPO
@@ -128,11 +129,13 @@ def data_identity(exp) -> dict:
 
 
 def recover_keys(recover: dict, arm_keys: dict) -> dict:
-    """The distill keys of an arm's recovery: the arm's keys, then the shared recovery keys;
-    calibration applies to CRReLU only (the ReLU control has no eps to calibrate)."""
-    keys = {**arm_keys, **recover}
-    if arm_keys.get("activation") != "crrelu":
-        for key in ("epsilon_init", "calibration_samples", "activation_learning_rate", "epsilon_learning_rate"):
+    """The distill keys of an arm's recovery: the arm's keys, then the shared recovery keys; the
+    activation-parameter keys apply to an arm whose activation calibrates (CRReLU, Swish-beta,
+    a class with ``least_squares_init``), not to the ReLU control, which has none to set."""
+    keys, _ = resolve_aliases({**arm_keys, **recover}, [], "recover")
+    activation = arm_keys.get("activation")
+    if activation is None or not supports_calibration(activation, arm_keys.get("activation_kwargs")):
+        for key in ("epsilon_init", "calibration_samples", "activation_learning_rate"):
             keys.pop(key, None)
     return keys
 
@@ -160,7 +163,7 @@ class _Builder:
     def train(self, command: str, keys: dict, out: Path, name: str, after: list[str], **where) -> StageSpec:
         exp = self.exp
         return self.add(name=name, kind="recover" if command == "distill" else where.pop("kind", command),
-                        keys=keys, done=out / "final_metrics.json", command=command,
+                        keys=keys, done=out / run_files.FINAL_METRICS, command=command,
                         action=lambda: train_stage(command, keys, out, exp.launcher), after=after, clear=out,
                         model=str(out), **where)
 
@@ -263,7 +266,7 @@ class _Builder:
         if any(kind in exp.evaluations for kind in MODEL_EVALUATIONS):  # step 0: only where it is evaluated
             patched = layout.patched(arm)
             self.add(name=f"{arm}/patched", kind="patch", keys={"command": command, **start_keys(keys)},
-                     done=patched / "patch_report.json", after=["original", "data"], clear=patched, arm=arm,
+                     done=patched / run_files.PATCH_REPORT, after=["original", "data"], clear=patched, arm=arm,
                      action=lambda c=command, k=keys, p=patched: write_step0(c, k, p), step="step 0",
                      model=str(patched))
             self.evaluations(str(patched), f"{arm}/patched", arm, "step 0")

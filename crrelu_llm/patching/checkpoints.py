@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from crrelu_llm import run_files
 from crrelu_llm.errors import ModelLoadError, UsageError
 from crrelu_llm.files import refuse_existing, writable_dir, write_directory_atomic, write_json
 from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT
@@ -76,7 +77,7 @@ def patch_checkpoint(model: str, out: Path, activation: str = "crrelu",
         loaded.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        write_json(tmp / "patch_report.json", report.to_dict())
+        write_json(tmp / run_files.PATCH_REPORT, report.to_dict())
 
     write_directory_atomic(out, overwrite, write)
     return report

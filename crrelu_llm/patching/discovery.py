@@ -90,6 +90,13 @@ def make_activation(name: str, epsilon_init: float = DEFAULT_EPSILON_INIT, kwarg
     try:  # kwargs are data: bound to the class's signature first, never evaluated
         inspect.signature(cls).bind(**kwargs)
     except TypeError as err:
+        missing = [p.name for p in inspect.signature(cls).parameters.values() if p.default is p.empty
+                   and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in kwargs]
+        if missing and not kwargs:
+            raise PatchError(f"activation {name!r} does not look like an activation: {cls.__name__} needs "
+                             f"{', '.join(missing)} to be built, and an activation module is built from "
+                             "activation_kwargs alone; give a class whose forward(x) returns a tensor of x's "
+                             "shape (or its arguments in activation_kwargs)") from None
         raise PatchError(f"activation {name!r} cannot be built with activation_kwargs {kwargs}: {err}") from None
     try:
         return cls(**kwargs)
@@ -116,11 +123,6 @@ def activation_kwargs_value(value) -> dict | None:
 def supports_calibration(name: str, kwargs: dict | None = None) -> bool:
     """Whether the class defines ``least_squares_init(x, target)`` (``epsilon_init: calibrate``)."""
     return callable(getattr(make_activation(name, DEFAULT_EPSILON_INIT, kwargs), "least_squares_init", None))
-
-
-def has_parameters(name: str, kwargs: dict | None = None) -> bool:
-    """Whether the activation has learnable parameters (an activation-parameter group to train)."""
-    return next(make_activation(name, DEFAULT_EPSILON_INIT, kwargs).parameters(), None) is not None
 
 
 def check_activation(name: str, kwargs: dict | None = None, epsilon_init: float = DEFAULT_EPSILON_INIT) -> None:

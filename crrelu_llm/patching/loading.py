@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
+from crrelu_llm import run_files
 from crrelu_llm.data.encoding import ensure_pad_token
 from crrelu_llm.errors import CRReLULLMError, ModelLoadError, UsageError
 from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT
@@ -40,7 +41,7 @@ def adapter_base(path: Path) -> tuple[str, int]:
 
     import yaml
 
-    recipe = yaml.safe_load((path / "recipe.yaml").read_text()) or {} if (path / "recipe.yaml").exists() else {}
+    recipe = yaml.safe_load((path / run_files.RECIPE).read_text()) or {} if (path / run_files.RECIPE).exists() else {}
     base = recipe.get("model_name_or_path") or json.loads((path / ADAPTER_CONFIG).read_text()).get(
         "base_model_name_or_path")
     if not base:
@@ -144,7 +145,8 @@ def load_adapter_run(
 
     base, seed = adapter_base(path)
     model = load_causal_lm(base, dtype=dtype, trust_remote_code=trust_remote_code, seed=seed)
-    report = json.loads((path / "patch_report.json").read_text()) if (path / "patch_report.json").exists() else None
+    report_file = path / run_files.PATCH_REPORT
+    report = json.loads(report_file.read_text()) if report_file.exists() else None
     if report and not report.get("already_patched"):
         if is_import_path(report["activation"]):  # a class the run names: imported only if trusted
             with trusting(trust_remote_code):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from crrelu_llm import run_files
 from crrelu_llm.errors import ModelLoadError, PatchError
 from crrelu_llm.files import refuse_existing, write_directory_atomic, write_text_atomic
 from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT
@@ -182,7 +183,7 @@ def export_remote_code(model: str, out: Path, overwrite: bool = False) -> Path:
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_text_atomic(tmp / MODELING_FILE, source)
-        for extra in ("patch_report.json", "README.md"):
+        for extra in (run_files.PATCH_REPORT, run_files.MODEL_CARD):
             if (Path(model) / extra).exists():
                 write_text_atomic(tmp / extra, (Path(model) / extra).read_text())
 

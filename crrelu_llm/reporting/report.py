@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from crrelu_llm import run_files
 from crrelu_llm.errors import ReportError
 from crrelu_llm.evaluation.evaluate import eval_dir
 from crrelu_llm.files import read_json, writable_dir, write_json, write_text_atomic
@@ -76,15 +77,15 @@ def load_run(spec: str) -> Run:
     path = Path(location)
     if not path.is_dir():
         raise ReportError(f"{path}: no such run directory")
-    recipe = yaml.safe_load((path / "recipe.yaml").read_text()) if (path / "recipe.yaml").exists() else None
+    recipe = yaml.safe_load((path / run_files.RECIPE).read_text()) if (path / run_files.RECIPE).exists() else None
     run = Run(label or _recorded_label(recipe, path), path, recipe)
     state = _trainer_state(path)
     if state:
         run.log_history = report_stages.read_result(state).get("log_history", [])
         run.sources["log_history"] = str(state)
-    if (path / "final_metrics.json").exists():
-        run.final = report_stages.read_result(path / "final_metrics.json")
-        run.sources["final"] = str(path / "final_metrics.json")
+    if (path / run_files.FINAL_METRICS).exists():
+        run.final = report_stages.read_result(path / run_files.FINAL_METRICS)
+        run.sources["final"] = str(path / run_files.FINAL_METRICS)
     evaluation = eval_dir(path)
     if (evaluation / "rewards.json").exists():
         run.rewards = report_stages.read_result(evaluation / "rewards.json")
@@ -96,11 +97,11 @@ def load_run(spec: str) -> Run:
     if (evaluation / "drift.json").exists():
         run.drift = report_stages.read_result(evaluation / "drift.json")
         run.sources["drift"] = str(evaluation / "drift.json")
-    if (path / "patch_report.json").exists():
-        run.patch_report = report_stages.read_result(path / "patch_report.json")
-    if (path / "data_summary.json").exists():
-        run.data = report_stages.read_result(path / "data_summary.json")
-        run.sources["data"] = str(path / "data_summary.json")
+    if (path / run_files.PATCH_REPORT).exists():
+        run.patch_report = report_stages.read_result(path / run_files.PATCH_REPORT)
+    if (path / run_files.DATA_SUMMARY).exists():
+        run.data = report_stages.read_result(path / run_files.DATA_SUMMARY)
+        run.sources["data"] = str(path / run_files.DATA_SUMMARY)
     if not (run.log_history or run.final or run.rewards or run.winrates or run.drift):
         raise ReportError(f"{path}: nothing to report (no trainer_state.json, final_metrics.json or eval/ outputs)")
     return run
@@ -195,7 +196,7 @@ def _plots(arms: dict[str, list[Run]], out: Path, colours: dict[str, str]) -> li
 
 def objective(run) -> str:
     """The preference objective a run trained with (its ``reference.json``; dpo when it does not say)."""
-    recorded = Path(run.path) / "reference.json"
+    recorded = Path(run.path) / run_files.REFERENCE
     return (read_json(recorded).get("objective") if recorded.exists() else None) or "dpo"
 
 
@@ -407,10 +408,10 @@ def _calibrated_at(run: Run) -> dict | None:
     (a run that started from an already patched model) its start's."""
     from crrelu_llm.patching.discovery import layer_index
 
-    records = [run.path / "patch_report.json"]
+    records = [run.path / run_files.PATCH_REPORT]
     start = (run.recipe or {}).get("model_name_or_path")
     if (run.patch_report or {}).get("already_patched") and start:
-        records.append(Path(str(start)) / "patch_report.json")
+        records.append(Path(str(start)) / run_files.PATCH_REPORT)
     for record in records:
         values = report_stages.read_result(record).get("calibrated_epsilons") if record.exists() else None
         if values:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from crrelu_llm import run_files
 from crrelu_llm.files import read_json
 from crrelu_llm.reporting import estimates
 from crrelu_llm.stats import detectable_difference, verdict, win_rate_estimate
@@ -42,7 +43,7 @@ def summarise(exp, declaration) -> dict:
     for run in declaration.dpo_runs:
         out = Path(run.model)
         row = {"arm": run.arm, "run": str(out), "stage": run.name, "seed": run.seed, "beta": run.beta}
-        final = read_json(out / "final_metrics.json")
+        final = read_json(out / run_files.FINAL_METRICS)
         for spec in declaration.by_kind("rewards"):
             if spec.model == run.model and spec.done.exists():
                 r = read_json(spec.done)

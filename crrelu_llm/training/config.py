@@ -15,7 +15,6 @@ in any string value is replaced by the arm's name). ``--arm NAME`` picks one::
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 from trl import DPOConfig, SFTConfig
@@ -23,8 +22,6 @@ from trl import DPOConfig, SFTConfig
 from crrelu_llm.errors import RecipeError
 from crrelu_llm.ops.activation import CALIBRATE, DEFAULT_EPSILON_INIT, epsilon_init_value
 from crrelu_llm.patching.discovery import activation_kwargs_value
-
-logger = logging.getLogger("crrelu_llm.config")
 
 EPSILON_MODES = ("train", "freeze", "only")
 
@@ -250,8 +247,6 @@ class DistillationArguments:
 class CRReLUDistillConfig(DistillationArguments, PromptTruncationArguments, EpsilonTrainingArguments, SFTConfig):
     """TRL's ``SFTConfig`` (data, batching, saving) plus what distillation matches."""
 
-
-CONFIGS = {"dpo": CRReLUDPOConfig, "sft": CRReLUSFTConfig, "distill": CRReLUDistillConfig}
 
 
 # --------------------------------------------------------------------------- recipes

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crrelu_llm.training.objectives import TRL_TRAINERS
+from crrelu_llm.training.objectives import OBJECTIVES
 
 
 def model_card(command, model_args, crrelu_args, data_summary, patch_report, reference_info, metrics) -> str:
@@ -24,7 +24,7 @@ def model_card(command, model_args, crrelu_args, data_summary, patch_report, ref
         "",
         f"- Base model: `{model_args.model_name_or_path}`"
         + _adapter_note(model_args.model_name_or_path, getattr(crrelu_args, "continue_adapter", False)),
-        f"- Trainer: TRL's {TRL_TRAINERS[command]}",
+        f"- Trainer: TRL's {OBJECTIVES[command].trl_trainer}",
         f"- Patch: {patch}",
         f"- Data: {data_summary.get('source')} ({data_summary.get('format')}), "
         f"{data_summary.get('train_rows')} training "

@@ -1,95 +1,102 @@
-"""Preference objectives beyond DPO: SimPO, ORPO and KTO, each TRL's own trainer as the installed
-TRL has it, with the activation parameters looked after as in DPO (:class:`EpsilonTrainingMixin`).
+"""The table of training objectives: one row per command (``crrelu-llm sft|dpo|simpo|orpo|kto|distill``).
 
-- ``simpo``: ``CPOTrainer`` with ``loss_type="simpo"`` and ``cpo_alpha=0`` (Meng et al. 2024):
-  length-normalised log-probabilities, a target margin ``simpo_gamma``; no reference model.
-- ``orpo``: ``ORPOTrainer`` (Hong et al. 2024): the NLL of the chosen response plus ``beta``
-  times the log odds-ratio term; no reference model.
-- ``kto``: ``KTOTrainer`` (Ethayarajh et al. 2024) on unpaired data: each pair becomes a desirable
-  and an undesirable example (TRL's ``unpair_preference_dataset``); it has a reference model, chosen
-  with the ``reference`` key as for DPO.
+:data:`OBJECTIVES` is the one place a command is mapped to its recipe config and trainer, its
+data, whether it has a reference model, and what the help and the model card say of it. The
+CLI builds its commands and help from it, the recipe parser its dataclasses, the training run
+its data, reference and trainer, the experiment runner its preference stages. The classes are
+named by import path and imported when first asked for, so reading the table (the CLI's
+``--help``) imports no TRL.
 
-One command per trainer, as TRL's CLI has it: ``crrelu-llm simpo|orpo|kto --config RECIPE``. CPO
-and ORPO live in ``trl.experimental``, whose import warning is silenced here. These trainers
-tokenize and truncate with their own rules (``max_length``, and ``max_prompt_length`` where
-they have it), which this project does not count row by row as it does for DPO and SFT.
+Example::
+
+    >>> from crrelu_llm.training.objectives import OBJECTIVES
+    >>> OBJECTIVES["simpo"].reference, OBJECTIVES["kto"].data
+    (False, 'unpaired')
+    >>> OBJECTIVES["dpo"].trainer.__name__
+    'CRReLUDPOTrainer'
 """
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass, field
-
-from trl import KTOConfig, KTOTrainer
-
-from crrelu_llm.errors import RecipeError
-from crrelu_llm.training import config, trainer
-from crrelu_llm.training.config import EpsilonTrainingArguments
-from crrelu_llm.training.trainer import EpsilonTrainingMixin
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # "trl.experimental ... may change or be removed without notice"
-    from trl.experimental.cpo import CPOConfig, CPOTrainer
-    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+import importlib
+from dataclasses import dataclass
 
 
-@dataclass
-class CRReLUSimPOConfig(EpsilonTrainingArguments, CPOConfig):
-    """TRL's ``CPOConfig`` set for SimPO (``loss_type: simpo``, ``cpo_alpha: 0``; beta 2.0 as the
-    SimPO paper's range starts), plus the activation-parameter settings."""
+@dataclass(frozen=True)
+class Objective:
+    """One training command: what it trains with, on what data, and against which reference.
+    The one place a command is mapped to its config and trainer; the CLI's commands and help,
+    the recipe parser, the training run, the model card and the experiment runner read it."""
 
-    loss_type: str = field(default="simpo", metadata={"help": "simpo (this command trains SimPO)."})
-    cpo_alpha: float = field(default=0.0, metadata={"help": "Weight of CPO's NLL term; 0 is SimPO proper."})
-    beta: float = field(default=2.0, metadata={"help": "SimPO's reward scale (the paper: 2.0 to 2.5)."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "False: what CPOTrainer's collator needs."})
+    name: str  # the command: crrelu-llm <name>
+    label: str  # how reports and messages name the objective
+    config_path: str  # module:Class of the recipe's training arguments (TRL's config plus this project's keys)
+    trainer_path: str  # module:Class of TRL's trainer with the activation parameters looked after
+    trl_trainer: str  # the TRL trainer behind it, as help and the model card name it
+    summary: str  # the command's one-line help
+    data: str  # "preference" (pairs), "unpaired" (pairs as KTO's examples) or "sft" (rows)
+    reference: bool  # whether the loss compares with a reference model
 
-    def __post_init__(self):
-        if self.loss_type != "simpo":
-            raise RecipeError(f"crrelu-llm simpo trains SimPO: loss_type must be simpo, got {self.loss_type!r} "
-                              "(CPO's other losses are DPO variants: use crrelu-llm dpo with its loss_type)")
-        super().__post_init__()
+    @property
+    def config(self) -> type:
+        return _load(self.config_path)
 
+    @property
+    def trainer(self) -> type:
+        return _load(self.trainer_path)
 
-@dataclass
-class CRReLUORPOConfig(EpsilonTrainingArguments, ORPOConfig):
-    """TRL's ``ORPOConfig`` plus the activation-parameter settings."""
+    @property
+    def preference(self) -> bool:
+        """Trains on preference data (a preference stage of an experiment)."""
+        return self.data in ("preference", "unpaired")
 
-    remove_unused_columns: bool = field(default=False, metadata={"help": "False: what ORPOTrainer's collator needs."})
+    @property
+    def trl_config(self) -> str:
+        """The TRL config the recipe extends (``DPOConfig``, ``CPOConfig``...)."""
+        return next(c.__name__ for c in self.config.__mro__ if c.__module__.startswith("trl."))
 
-
-@dataclass
-class CRReLUKTOConfig(EpsilonTrainingArguments, KTOConfig):
-    """TRL's ``KTOConfig`` plus the activation-parameter settings."""
-
-    def __post_init__(self):
-        if self.loss_type == "kto" and self.per_device_train_batch_size < 2:
-            raise RecipeError("KTO estimates its KL term from the other examples of a batch: set "
-                              "per_device_train_batch_size to 2 or more (or loss_type: apo_zero_unpaired)")
-        super().__post_init__()
-
-
-class CRReLUSimPOTrainer(EpsilonTrainingMixin, CPOTrainer):
-    """TRL's ``CPOTrainer`` (SimPO loss) with the activation parameters looked after."""
-
-
-class CRReLUORPOTrainer(EpsilonTrainingMixin, ORPOTrainer):
-    """TRL's ``ORPOTrainer`` with the activation parameters looked after."""
+    @property
+    def truncation(self) -> str:
+        """What data_summary.json says of truncation where the trainer does not count rows (TRL's
+        own SimPO, ORPO and KTO trainers; this project's count each row it cuts)."""
+        return f"{self.trl_trainer.split()[0]}'s own (max_length), not counted per row"
 
 
-class CRReLUKTOTrainer(EpsilonTrainingMixin, KTOTrainer):
-    """TRL's ``KTOTrainer`` with the activation parameters looked after."""
+def _load(path: str) -> type:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-CONFIGS = {**config.CONFIGS, "simpo": CRReLUSimPOConfig, "orpo": CRReLUORPOConfig, "kto": CRReLUKTOConfig}
-TRAINERS = {**trainer.TRAINERS, "simpo": CRReLUSimPOTrainer, "orpo": CRReLUORPOTrainer, "kto": CRReLUKTOTrainer}
+_CONFIG, _TRAINER, _OTHERS = "crrelu_llm.training.config", "crrelu_llm.training.trainer", \
+    "crrelu_llm.training.preference_trainers"
 
-# The TRL trainer behind each command (help texts, the model card).
-TRL_TRAINERS = {"sft": "SFTTrainer", "dpo": "DPOTrainer", "distill": "SFTTrainer, distilling the original",
-                "simpo": "CPOTrainer with loss_type simpo", "orpo": "ORPOTrainer", "kto": "KTOTrainer"}
+OBJECTIVES = {o.name: o for o in (
+    Objective("sft", "SFT", f"{_CONFIG}:CRReLUSFTConfig", f"{_TRAINER}:CRReLUSFTTrainer", "SFTTrainer",
+              "Patch per a recipe, then supervised fine-tuning (TRL's SFTTrainer).",
+              data="sft", reference=False),
+    Objective("dpo", "DPO", f"{_CONFIG}:CRReLUDPOConfig", f"{_TRAINER}:CRReLUDPOTrainer", "DPOTrainer",
+              "Patch per a recipe, then preference tuning (TRL's DPOTrainer).",
+              data="preference", reference=True),
+    Objective("simpo", "SimPO", f"{_OTHERS}:CRReLUSimPOConfig", f"{_OTHERS}:CRReLUSimPOTrainer",
+              "CPOTrainer with loss_type simpo",
+              "Patch per a recipe, then SimPO (TRL's CPOTrainer, loss_type simpo; no reference model).",
+              data="preference", reference=False),
+    Objective("orpo", "ORPO", f"{_OTHERS}:CRReLUORPOConfig", f"{_OTHERS}:CRReLUORPOTrainer", "ORPOTrainer",
+              "Patch per a recipe, then ORPO (TRL's ORPOTrainer; no reference model).",
+              data="preference", reference=False),
+    Objective("kto", "KTO", f"{_OTHERS}:CRReLUKTOConfig", f"{_OTHERS}:CRReLUKTOTrainer", "KTOTrainer",
+              "Patch per a recipe, then KTO on the pairs unpaired (TRL's KTOTrainer).",
+              data="unpaired", reference=True),
+    Objective("distill", "distillation", f"{_CONFIG}:CRReLUDistillConfig", f"{_TRAINER}:CRReLUDistillTrainer",
+              "SFTTrainer, distilling the original",
+              "Patch per a recipe, then distil the original into it (KL on logits, optional MLP MSE).",
+              data="sft", reference=False),
+)}
 
-PREFERENCE_OBJECTIVES = ("dpo", "simpo", "orpo", "kto")  # commands that train on preference data
-REFERENCE_FREE = {"simpo": "SimPO", "orpo": "ORPO"}  # objectives whose loss has no reference model
-UNPAIRED = ("kto",)  # objectives that take each pair as a desirable and an undesirable example
+# Read off the table, for the checks that ask one question of it.
+PREFERENCE_OBJECTIVES = tuple(n for n, o in OBJECTIVES.items() if o.preference)  # preference stages
+REFERENCE_FREE = {n: o.label for n, o in OBJECTIVES.items() if o.preference and not o.reference}
+UNPAIRED = tuple(n for n, o in OBJECTIVES.items() if o.data == "unpaired")
 
 
 def reference_free_info(command: str) -> dict:

@@ -30,7 +30,7 @@ from trl import ModelConfig
 from crrelu_llm.data.preference import DataArguments
 from crrelu_llm.errors import RecipeError, did_you_mean
 from crrelu_llm.training.config import CRReLUArguments, EpsilonTrainingArguments
-from crrelu_llm.training.objectives import CONFIGS, PREFERENCE_OBJECTIVES, REFERENCE_FREE, TRL_TRAINERS
+from crrelu_llm.training.objectives import OBJECTIVES, PREFERENCE_OBJECTIVES, REFERENCE_FREE
 
 logger = logging.getLogger("crrelu_llm.config")
 
@@ -78,7 +78,7 @@ def resolve_aliases(config: dict, argv: list[str], source: str) -> tuple[dict, l
 
 def recipe_types(command: str):
     """The dataclasses a ``sft``/``dpo`` recipe fills, in the order :func:`parse_recipe` returns them."""
-    return (CRReLUArguments, DataArguments, CONFIGS[command], ModelConfig)
+    return (CRReLUArguments, DataArguments, OBJECTIVES[command].config, ModelConfig)
 
 
 def _field_index(types_) -> dict[str, object]:
@@ -285,11 +285,6 @@ def parse_recipe(command: str, argv: list[str]):
     return recipe_from_dict(command, config, argv, source=path + (f" (arm {arm})" if arm else ""))
 
 
-def trl_config_name(command: str) -> str:
-    """The TRL config a command's recipe extends (``DPOConfig``, ``CPOConfig``...)."""
-    return next(c.__name__ for c in CONFIGS[command].__mro__ if c.__module__.startswith("trl."))
-
-
 def recipe_parser(command: str):
     """TRL's ``TrlParser`` over the recipe's dataclasses, with a help that starts with this
     project's options (``--config``, ``--arm``, the activation and eps keys) before TRL's."""
@@ -299,10 +294,10 @@ def recipe_parser(command: str):
     keys = textwrap.fill(
         f"This project's keys (the first group below, and activation_learning_rate with the trainer's): "
         f"{', '.join(own)}. Then the data keys, then every key of TRL's "
-        f"{trl_config_name(command)} and ModelConfig. Unknown keys are refused with the "
+        f"{OBJECTIVES[command].trl_config} and ModelConfig. Unknown keys are refused with the "
         "closest valid one.", width=100)
     description = (
-        f"Patch a model per a recipe, then train it with TRL's {TRL_TRAINERS[command]}.\n\n"
+        f"Patch a model per a recipe, then train it with TRL's {OBJECTIVES[command].trl_trainer}.\n\n"
         "  --config RECIPE.yaml   the recipe: flat YAML of the keys below (flags override it)\n"
         "  --arm NAME             for a recipe with arms: the arm whose keys are laid over the shared ones\n\n"
         + keys

@@ -22,6 +22,7 @@ import torch
 from transformers import TrainerCallback
 from trl import DPOTrainer, SFTTrainer
 
+from crrelu_llm import run_files
 from crrelu_llm.data import accounting
 from crrelu_llm.data.accounting import truncate_like_reference
 from crrelu_llm.files import write_json
@@ -294,9 +295,6 @@ class CRReLUDistillTrainer(CRReLUSFTTrainer):
         return super().log(logs, *args, **kwargs)
 
 
-TRAINERS = {"dpo": CRReLUDPOTrainer, "sft": CRReLUSFTTrainer, "distill": CRReLUDistillTrainer}
-
-
 class RankConsistencyCallback(TrainerCallback):
     """At the end of training, compare a checksum of the weights (and the epsilons) across ranks
     and write ``rank_consistency.json``: DDP/FSDP/ZeRO ranks must end identical."""
@@ -323,7 +321,7 @@ class RankConsistencyCallback(TrainerCallback):
 
             kind = str(PartialState().distributed_type).split(".")[-1]
             write_json(
-                self.output_dir / "rank_consistency.json",
+                self.output_dir / run_files.RANK_CONSISTENCY,
                 {"identical": identical, "distributed_type": kind, "ranks": everyone},
             )
 
