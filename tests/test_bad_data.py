@@ -31,12 +31,12 @@ CONVERSATIONAL_PAIRS = [{"prompt": [{"role": "user", "content": f"q{i}"}],
                                               ("dpo", CONVERSATIONAL_PAIRS, "tokenizer_name_or_path")])
 def test_chat_data_and_a_tokenizer_without_a_template_stop_before_any_weights_load(
         tmp_path, capsys, monkeypatch, command, rows, fix):
-    import crrelu_llm.training.train
+    import crrelu_llm.training.models
 
     def no_weights(*args, **kwargs):
         raise AssertionError("weights were loaded before the data was checked")
 
-    monkeypatch.setattr(crrelu_llm.training.train, "load_causal_lm", no_weights)
+    monkeypatch.setattr(crrelu_llm.training.models, "load_causal_lm", no_weights)
     data, out = write(tmp_path / "msg.jsonl", rows), tmp_path / "run"
     assert cli_main([command, "--model_name_or_path", "tiny-llama", "--dataset_name", str(data),
                      "--output_dir", str(out)]) == 2

@@ -182,3 +182,54 @@ def test_messages_nobody_can_act_on_are_dropped_and_other_warnings_shown_once(ca
         assert not kept.filters  # a handler that was there before is left alone
     finally:
         root.handlers = before
+
+
+def test_every_flag_of_every_command_takes_both_spellings_and_shows_its_default():
+    """One rule for every command, as TRL's parser has it for the training commands:
+    --two-word and --two_word, and every default in --help."""
+    import argparse
+
+    from crrelu_llm.cli import build_parser
+
+    parser = build_parser()
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)][0]
+    checked = 0
+    stack = list(subparsers.choices.values())
+    while stack:
+        sub = stack.pop()
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack += list(action.choices.values())
+            for flag in action.option_strings:
+                if flag.startswith("--") and "-" in flag[2:]:
+                    assert "--" + flag[2:].replace("-", "_") in action.option_strings, (sub.prog, flag)
+                    checked += 1
+        help_text = sub.format_help()
+        for action in sub._actions:
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and action.help:
+                assert f"(default: {action.default})" in " ".join(help_text.split()) or "default" in action.help, \
+                    (sub.prog, action.option_strings)
+    assert checked > 30
+
+
+def test_patch_takes_the_underscore_spelling(tmp_path, capsys):
+    out = tmp_path / "p"
+    assert main(["patch", "tiny-gpt2", "--out", str(out), "--activation", "swish_beta",
+                 "--activation_kwargs", '{"beta_init": 1.702}']) == 0
+    assert json.loads((out / "patch_report.json").read_text())["activation_kwargs"] == {"beta_init": 1.702}
+
+
+def test_a_flag_in_an_error_is_named_as_typed():
+    from crrelu_llm.cli import build_parser
+    from crrelu_llm.errors import UsageError
+
+    for typed in ("--calibration-samples", "--calibration_samples"):
+        with pytest.raises(UsageError, match=f"argument {typed}: must be a whole number"):
+            build_parser().parse_args(["patch", "m", "--out", "o", typed, "0"])
+
+
+def test_the_training_commands_show_the_activation_they_patch_by_default():
+    result = subprocess.run([sys.executable, "-m", "crrelu_llm.cli", "dpo", "--help"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0
+    assert "(default: crrelu)" in " ".join(result.stdout.split())

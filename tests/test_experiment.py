@@ -209,7 +209,7 @@ def test_the_readme_shows_the_demo_table_as_the_demo_prints_it(demo_run):
     _, out = demo_run
     printed = format_table(json.loads((out / "summary.json").read_text()), "gelu").splitlines()
     readme = (ROOT / "README.md").read_text()
-    block = readme[readme.index("```\ndemo: 3 DPO runs") + 4 :]
+    block = readme[readme.index("```\ndemo: 3 preference runs (DPO)") + 4 :]
     block = block[: block.index("```")].splitlines()
     assert block[1] == printed[0]  # the header
     rows = [

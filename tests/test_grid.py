@@ -78,3 +78,25 @@ def test_the_plan_lists_every_stage_with_its_estimate_and_writes_nothing(tmp_pat
     assert not (tmp_path / "out").exists()
     assert cli_main(["experiment", "--config", str(path), "--plan", "--utilisation", "0"]) == 2
     assert "--utilisation in (0, 1]" in capsys.readouterr().err
+
+
+def test_the_plan_says_in_one_line_why_it_cannot_count_parameters(tmp_path, capsys, monkeypatch):
+    """Offline, a hub model's config cannot be read: the plan names the model and the fix
+    instead of leaving every stage 'unknown' without a reason."""
+    from crrelu_llm.cli import main as cli_main
+
+    from helpers import reduced_demo
+
+    import yaml
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = yaml.safe_load(reduced_demo(tmp_path).read_text())
+    recipe.pop("pretrain", None)
+    recipe["original"] = "no-such-org/no-such-model"
+    path = tmp_path / "hub.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert cli_main(["experiment", "--config", str(path), "--out", str(tmp_path / "out"), "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert ("parameter count unknown: the config of no-such-org/no-such-model could not be read here "
+            "(not a local directory, not in the Hub cache, offline (HF_HUB_OFFLINE))") in out
+    assert "point the recipe's original at a local model directory" in out

@@ -150,3 +150,19 @@ def test_recovery_settings_are_checked_before_anything_runs(setup, capsys):
     assert cli_main(["dpo", "--config", str(path)]) == 2
     assert "swap_steps blends the activation in during sft or distill" in capsys.readouterr().err
     assert not (setup / "refused").exists()
+
+
+def test_an_arms_recovery_keeps_the_calibration_of_any_class_that_calibrates():
+    """The recover stage's keys: calibration applies to every arm whose activation calibrates
+    (CRReLU, Swish-beta), not only to CRReLU; the ReLU control has none to calibrate. The old
+    epsilon_learning_rate name arrives under its new one."""
+    from crrelu_llm.experiments.stages import recover_keys
+
+    recover = {"epsilon_init": "calibrate", "calibration_samples": 16, "epsilon_learning_rate": 0.01, "max_steps": 5}
+    for activation in ("crrelu", "swish_beta"):
+        keys = recover_keys(recover, {"activation": activation})
+        assert keys["epsilon_init"] == "calibrate" and keys["calibration_samples"] == 16, activation
+        assert keys["activation_learning_rate"] == 0.01 and "epsilon_learning_rate" not in keys
+    control = recover_keys(recover, {"activation": "relu"})
+    assert {"epsilon_init", "calibration_samples", "activation_learning_rate"}.isdisjoint(control)
+    assert control["max_steps"] == 5

@@ -2,6 +2,7 @@
 one line (and nothing else), and a thin command line over library calls."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -179,13 +180,106 @@ def test_cli_lets_programming_errors_keep_their_traceback(tmp_path, monkeypatch)
         cli.main(["patch", "tiny-gpt2", "--out", str(tmp_path / "p")])
 
 
+def functions(path: Path):
+    """(qualified name, lines) of every function defined in a module, nested ones included."""
+    tree = ast.parse(path.read_text())
+    return [(node.name, node.end_lineno - node.lineno + 1) for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
 def test_cli_functions_are_small():
     """The CLI parses, calls one library function and prints: no handler grows past a screen."""
-    tree = ast.parse((PACKAGE / "cli" / "__init__.py").read_text())
-    handlers = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("_")]
-    assert len(handlers) >= 8
-    for fn in handlers:
-        assert fn.end_lineno - fn.lineno < 25, f"cli.{fn.name} is {fn.end_lineno - fn.lineno} lines"
+    handlers = [(f, name, n) for f in (PACKAGE / "cli").glob("*.py") for name, n in functions(f)
+                if name == "run" or name.startswith("_")]
+    assert len(handlers) >= 12
+    for file, name, lines in handlers:
+        assert lines <= 25, f"cli/{file.name}:{name} is {lines} lines"
+
+
+def test_each_command_has_its_own_module_and_none_is_long():
+    """One module per command (its parser, handler and printing), each at most 300 lines."""
+    from crrelu_llm import cli
+
+    modules = {m.__name__.rsplit(".", 1)[1] for m in cli.MODULES}
+    assert modules >= {"patch", "export", "train", "evaluate", "probe", "experiment", "compare", "pairs"}
+    for file in (PACKAGE / "cli").glob("*.py"):
+        assert len(file.read_text().splitlines()) <= 300, file.name
+
+
+def test_no_function_is_longer_than_a_screenful_and_the_run_reads_in_one():
+    long = [f"{file.relative_to(PACKAGE)}:{name} ({n} lines)" for file in PACKAGE.rglob("*.py")
+            for name, n in functions(file) if n > 120]
+    assert not long, long
+    prepare = dict(functions(PACKAGE / "training" / "train.py"))["prepare"]
+    assert prepare <= 80, f"training.train.prepare is {prepare} lines"
+
+
+COMMANDS = {"sft", "dpo", "simpo", "orpo", "kto", "distill"}
+
+
+def maps_commands_to_trainers(node) -> bool:
+    """A dict literal keyed by two or more training commands whose values name trainers or configs."""
+    if not isinstance(node, ast.Dict):
+        return False
+    keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
+    names = [v.id if isinstance(v, ast.Name) else v.attr if isinstance(v, ast.Attribute) else
+             v.value if isinstance(v, ast.Constant) and isinstance(v.value, str) else "" for v in node.values]
+    return len(keys & COMMANDS) >= 2 and any("Trainer" in n or "Config" in n for n in names)
+
+
+def test_only_the_objectives_table_maps_a_command_to_its_trainer_and_config():
+    from crrelu_llm.training.objectives import OBJECTIVES
+
+    assert set(OBJECTIVES) == COMMANDS
+    assert all(o.trainer.__name__.endswith("Trainer") and o.config.__name__.endswith("Config")
+               for o in OBJECTIVES.values())
+    found = []
+    for file in PACKAGE.rglob("*.py"):
+        if file.name == "objectives.py":
+            continue
+        for node in ast.walk(ast.parse(file.read_text())):
+            if maps_commands_to_trainers(node):
+                found.append(f"{file.relative_to(PACKAGE)}:{node.lineno}")
+            if isinstance(node, ast.Attribute) and node.attr in ("__mro__", "__bases__"):
+                found.append(f"{file.relative_to(PACKAGE)}:{node.lineno} reads {node.attr}")
+    assert not found, found
+
+
+def test_the_table_check_sees_a_second_table():
+    assert maps_commands_to_trainers(ast.parse('{"dpo": CRReLUDPOTrainer, "sft": trainer.CRReLUSFTTrainer}').body[0]
+                                     .value)
+    assert not maps_commands_to_trainers(ast.parse('{"simpo": "SimPO\'s reward", "orpo": "log odds"}').body[0].value)
+
+
+def test_every_public_function_and_class_has_a_caller():
+    """Dead code: a top-level function or class of the package that nothing in the package,
+    its tests, scripts or benchmarks names (discovery.has_parameters was one)."""
+    sources = {p: p.read_text() for d in ("crrelu_llm", "tests", "scripts", "benchmarks")
+               for p in (PACKAGE.parent / d).rglob("*.py")}
+    dead = []
+    for file in PACKAGE.rglob("*.py"):
+        for node in ast.parse(sources[file]).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                word = re.compile(rf"\b{re.escape(node.name)}\b")
+                uses = sum(len(word.findall(text)) for text in sources.values()) - 1  # less its definition
+                if uses == 0:
+                    dead.append(f"{file.relative_to(PACKAGE)}:{node.name}")
+    assert not dead, dead
+
+
+# A line of the README or the docs that tells the story of a day or of a machine that happened
+# to be there, rather than what the tool does: dated figures belong in docs/results.md.
+DIARY = re.compile(r"\b(morning|afternoon|evening|tonight|today|yesterday)\b|twice as slow|at hand|that day"
+                   r"|happened to|this session|has not had a GPU", re.IGNORECASE)
+
+
+def test_the_readme_and_docs_read_as_documentation_not_a_diary():
+    docs = [p for p in (PACKAGE.parent / "docs").glob("*.md") if p.name != "results.md"]  # the dated record
+    pages = [PACKAGE.parent / "README.md", *docs]
+    lines = [f"{p.name}:{i}: {line.strip()}" for p in pages for i, line in enumerate(p.read_text().splitlines(), 1)
+             if DIARY.search(line)]
+    assert not lines, lines
+    assert DIARY.search("The machine ran twice as slowly in the afternoon")
 
 
 def test_the_architecture_page_lists_every_module():

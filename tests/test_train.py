@@ -67,9 +67,11 @@ def test_mistyped_flags_are_named_before_other_errors(tmp_path, pairs_file, caps
 # --------------------------------------------------------------------------- training
 
 
-def test_dpo_run_trains_epsilon_in_its_own_group_and_writes_its_outputs(tmp_path, pairs_file):
+def test_dpo_run_trains_epsilon_in_its_own_group_and_writes_its_outputs(tmp_path, pairs_file, capsys):
     args = parse("dpo", recipe(tmp_path, pairs_file, weight_decay=0.1, output_dir=str(tmp_path / "prepared")))
     prepared = prepare("dpo", *args)
+    # the run says what it replaced, in the user's terms
+    assert "patched 2 modules: NewGELUActivation -> CRReLU, eps 0.01" in capsys.readouterr().out
     optimizer = prepared.trainer.create_optimizer()
     eps_groups = [g for g in optimizer.param_groups if g.get("name") == "activation_parameters"]
     assert len(eps_groups) == 1 and eps_groups[0]["lr"] == 1e-2 and eps_groups[0]["weight_decay"] == 0.0
@@ -98,8 +100,9 @@ def test_dpo_run_trains_epsilon_in_its_own_group_and_writes_its_outputs(tmp_path
     assert yaml.safe_load((out / "recipe.yaml").read_text())["beta"] == 0.1
 
 
-def test_baseline_arm_is_the_same_recipe_with_the_patch_off(tmp_path, pairs_file):
+def test_baseline_arm_is_the_same_recipe_with_the_patch_off(tmp_path, pairs_file, capsys):
     run("sft", *parse("sft", recipe(tmp_path, pairs_file, activation=None, max_steps=2)))
+    assert "not patched: tiny-gpt2 trains with its own activations" in capsys.readouterr().out
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
     assert not any(isinstance(m, crrelu_llm.CRReLU) for m in model.modules())
     assert crrelu_llm.patch_record(model) is None
@@ -208,11 +211,13 @@ def test_interrupted_run_resumes_to_the_same_weights_and_epsilon(tmp_path, pairs
         torch.testing.assert_close(pa, pb, rtol=0, atol=1e-6, msg=name)
 
 
-def test_dpo_from_a_patched_sft_checkpoint_keeps_its_trained_epsilon(tmp_path, pairs_file, sft_checkpoint, caplog):
+def test_dpo_from_a_patched_sft_checkpoint_keeps_its_trained_epsilon(tmp_path, pairs_file, sft_checkpoint, caplog,
+                                                                     capsys):
     sft_eps = crrelu_llm.epsilon_values(AutoModelForCausalLM.from_pretrained(sft_checkpoint))
     assert all(v != pytest.approx(0.01) for v in sft_eps.values())
     args = parse("dpo", recipe(tmp_path, pairs_file, model_name_or_path=sft_checkpoint, activation="crrelu"))
     prepared = prepare("dpo", *args)
     assert "already patched with crrelu" in caplog.text
+    assert "not patched again:" in capsys.readouterr().out
     assert crrelu_llm.epsilon_values(prepared.trainer.model) == sft_eps
     assert prepared.patch_report["already_patched"] is True

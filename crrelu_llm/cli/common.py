@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import re
+from pathlib import Path
 
 from crrelu_llm.errors import UsageError
+from crrelu_llm.help import DefaultsShown
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse, with a usage error in one line (the flag, the value as typed, where to look)."""
 
+    typed: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.typed = list(args or [])  # to name a flag in an error as the user spelled it
+        return super().parse_known_args(args, namespace)
+
     def error(self, message):
+        def as_typed(match):
+            spellings = match.group(1).split("/")
+            typed = [s for s in spellings if any(a == s or a.startswith(s + "=") for a in self.typed)]
+            return f"argument {(typed or spellings)[0]}:"
+
+        message = re.sub(r"argument ((?:--?[\w-]+/)+--?[\w-]+):", as_typed, message)
         raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+    def add_argument(self, *names, **kwargs):
+        """Every ``--two-word`` flag is also ``--two_word``, as the training commands (TRL's
+        parser) take both: one rule for every command."""
+        also = ["--" + n[2:].replace("-", "_") for n in names if n.startswith("--") and "-" in n[2:]]
+        return super().add_argument(*names, *[n for n in also if n not in names], **kwargs)
 
 
 def positive_int(text: str) -> int:
@@ -21,14 +42,7 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
-class Help(argparse.HelpFormatter):
-    """Each option's help, then its default where it has one worth showing."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
-            text += " (default: %(default)s)"
-        return text
+Help = DefaultsShown  # every command's --help shows its defaults
 
 
 MODEL_HELP = "hub id, local checkpoint directory, or tiny-<model_type> (a tiny model built offline)"
@@ -46,3 +60,18 @@ TRUST_HELP = ("trust the checkpoint: allow custom modeling code from the hub, an
 def trust_flag(sub) -> None:
     """``--trust-remote-code``: every command that loads a checkpoint takes it (crrelu_llm.patching.trust)."""
     sub.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
+
+
+def data_options(sub) -> None:
+    """The data options every evaluation KIND and ``probe`` share."""
+    sub.add_argument("--data", required=True, help="preference data: hub id or local file/directory")
+    sub.add_argument("--data-format", default="auto", help="auto, hh, shp, ultrafeedback or preference")
+    sub.add_argument("--split", default=None, help="evaluation split (default: test, else a held-out share)")
+    sub.add_argument("--out", type=Path, default=None, help="output directory (default: MODEL/eval)")
+    sub.add_argument("--batch-size", type=positive_int, default=8, help="examples per forward pass")
+    sub.add_argument("--max-length", type=positive_int, default=1024, help="tokens per example, prompt included")
+
+
+def data_kwargs(args) -> dict:
+    """Those options as the evaluation functions take them."""
+    return {"data_format": args.data_format, "split": args.split, "out": args.out}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crrelu_llm.cli.common import MODEL_HELP, command_parser, positive_int
+from crrelu_llm.cli.common import MODEL_HELP, command_parser, positive_int, trust_flag
 
 HELP = ("Sample K responses per prompt from MODEL, score them with a judge and write a preference dataset: "
         "the best sample against the worst (prompts whose samples all tie are dropped and counted).")
@@ -32,6 +32,7 @@ def register(commands) -> None:
     sub.add_argument("--chat-template", action="store_true", help="apply the tokenizer's chat template")
     sub.add_argument("--judge-concurrency", type=positive_int, default=8,
                      help="requests an openai: judge keeps in flight")
+    trust_flag(sub)
 
 
 def run(args) -> int:

@@ -40,22 +40,48 @@ class PlannedStage:
 
 
 def parameter_count(model: str | None, pretrain: dict | None) -> int | None:
-    """Parameters of ``model`` (or of the ``pretrain`` spec), built on the meta device."""
+    """Parameters of ``model`` (or of the ``pretrain`` spec), built on the meta device; None
+    where its config cannot be read (:func:`model_config` says why)."""
+    config = model_config(model, pretrain)
+    return None if isinstance(config, str) else count_parameters(config)
+
+
+def count_parameters(config) -> int:
+    """Parameters of a causal LM of ``config``, built on the meta device (no memory, no weights)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    with torch.device("meta"):
+        built = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in built.parameters())
+
+
+def model_config(model: str | None, pretrain: dict | None):
+    """The config the plan counts parameters from, or a one-line reason it cannot be read. A
+    hub id is looked for in the local cache first, so a machine that has it plans offline."""
     from crrelu_llm.errors import ModelLoadError
     from crrelu_llm.patching.loading import load_config
     from crrelu_llm.patching.tiny import tiny_config
 
+    if pretrain:
+        return tiny_config(pretrain.get("model_type", "gpt2"), **pretrain.get("config", {}))
     try:
-        config = tiny_config(pretrain.get("model_type", "gpt2"), **pretrain.get("config", {})) if pretrain \
-            else load_config(model)
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(model, local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    try:
+        return load_config(model)
     except ModelLoadError:
-        return None
-    with torch.device("meta"):
-        built = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in built.parameters())
+        import os
+
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        where = "offline (HF_HUB_OFFLINE)" if offline else "and the Hub did not answer"
+        fix = "" if offline else "set HF_HUB_OFFLINE=1 to skip the Hub's retries, or "
+        return (f"the config of {model} could not be read here (not a local directory, not in the Hub cache, "
+                f"{where}): {fix}point the recipe's original at a local model directory, or plan where the "
+                "Hub is reachable")
 
 
 def training_rows(exp, keys: dict) -> int | None:
@@ -139,7 +165,8 @@ def plan(exp, gpus: int = 1, gpu_tflops: float = 989.0, utilisation: float = 0.4
     declaration = declare(exp)
     parsed = check_stages(exp, declaration, on_this_machine=False)  # a recipe that cannot run is refused here too
     assessed = Ledger(exp.output_dir).assess(declaration.stages)
-    params = parameter_count(exp.original, exp.pretrain)
+    config = model_config(exp.original, exp.pretrain)
+    params = None if isinstance(config, str) else count_parameters(config)
     caches, planned = set(), []
     for spec in declaration.stages:
         if spec.external:
@@ -155,7 +182,8 @@ def plan(exp, gpus: int = 1, gpu_tflops: float = 989.0, utilisation: float = 0.4
     unestimated = [r["stage"] for r in rows if r["flops"] is None]
     estimated = sum(r["flops"] for r in rows if r["flops"] is not None)
     known = not unestimated  # a sum over some stages is not the total
-    return {"parameters": params, "gpus_per_run": gpus, "gpu_tflops": gpu_tflops, "utilisation": utilisation,
+    return {"parameters": params, "parameters_unknown": config if isinstance(config, str) else None,
+            "gpus_per_run": gpus, "gpu_tflops": gpu_tflops, "utilisation": utilisation,
             "stages": rows, "total_flops": estimated if known else None,
             "total_gpu_hours": estimated / rate / 3600 if known else None, "estimated_flops": estimated,
             "unestimated": unestimated, "detectable": planned_sensitivity(exp)}
@@ -212,6 +240,8 @@ def format_plan(result: dict) -> str:
     if parts:
         lines.append("planned sizes detect, with 80% power before anything is measured (the report computes it from "
                      "the data): " + "; ".join(parts))
+    if result.get("parameters_unknown"):
+        lines.append(f"parameter count unknown: {result['parameters_unknown']}")
     lines.append(f"{total} at {result['gpu_tflops']:g} TFLOP/s x {result['utilisation']:.0%} utilisation; "
                  f"{params} parameters; {len(rows)} stages")
     return "\n".join(lines)

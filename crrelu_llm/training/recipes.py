@@ -14,7 +14,6 @@ in any string value is replaced by the arm's name). ``--arm NAME`` picks one::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -29,6 +28,7 @@ from trl import ModelConfig
 
 from crrelu_llm.data.preference import DataArguments
 from crrelu_llm.errors import RecipeError, did_you_mean
+from crrelu_llm.help import RawDescriptionDefaultsShown
 from crrelu_llm.training.config import CRReLUArguments, EpsilonTrainingArguments
 from crrelu_llm.training.objectives import OBJECTIVES, PREFERENCE_OBJECTIVES, REFERENCE_FREE
 
@@ -307,7 +307,7 @@ def recipe_parser(command: str):
         prog=f"crrelu-llm {command}",
         usage=f"crrelu-llm {command} --config RECIPE.yaml [--arm NAME] [--KEY VALUE ...]",
         description=description,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionDefaultsShown,
     )
 
 
