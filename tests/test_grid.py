@@ -83,11 +83,11 @@ def test_the_plan_lists_every_stage_with_its_estimate_and_writes_nothing(tmp_pat
 def test_the_plan_says_in_one_line_why_it_cannot_count_parameters(tmp_path, capsys, monkeypatch):
     """Offline, a hub model's config cannot be read: the plan names the model and the fix
     instead of leaving every stage 'unknown' without a reason."""
+    import yaml
+
     from crrelu_llm.cli import main as cli_main
 
     from helpers import reduced_demo
-
-    import yaml
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     recipe = yaml.safe_load(reduced_demo(tmp_path).read_text())
