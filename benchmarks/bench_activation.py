@@ -34,13 +34,13 @@ from __future__ import annotations
 import argparse
 import functools
 import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
 from memory import count_saved_bytes
 from profiling import print_profile, profile_run
+from record import add_flags, output_path
+from record import meta as record_meta
 from timing import check_counts, describe, interleaved, quartiles, ratio, using_kernel
 from torch import nn
 
@@ -232,22 +232,15 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="then profile gelu and crrelu at the widest width")
     parser.add_argument("--host", action="store_true", help="per-call host time on 1 x width tensors instead")
     parser.add_argument("--calls", type=int, default=1000, help="calls per round with --host")
-    parser.add_argument("--json", help="write all figures to this file")
+    add_flags(parser)
     args = parser.parse_args()
     check_counts(parser, args.warmup, args.repeats)
     if args.profile and args.host:
         parser.error("--profile profiles the forward+backward table; leave out --host")
     widths = ["gpt2-small"] if args.quick else args.widths.split(",")
     target = args.target or (1.5 if args.host else 1.1)
-    meta = {
-        "torch": torch.__version__,
-        "device": args.device,
-        "argv": sys.argv,
-        "threads": torch.get_num_threads(),
-        "warmup": args.warmup,
-        "repeats": args.repeats,
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
+    meta = record_meta(device=args.device, threads=torch.get_num_threads(), warmup=args.warmup, repeats=args.repeats)
+    out = output_path(args, "host" if args.host else "activation", meta)
     if args.host:
         print(
             f"# torch {torch.__version__}, threads {torch.get_num_threads()}, {args.calls} calls per round, "
@@ -276,8 +269,8 @@ def main() -> None:
                         f"{row['median_ms']:9.2f} {iqr:>17s} {row['saved_ratio']:11.2f}  {row['verdict']}",
                         flush=True,
                     )
-    if args.json:  # the timings are kept even if profiling fails
-        write_json(Path(args.json), {"meta": meta, "results": results})
+    if out:  # the timings are kept even if profiling fails
+        write_json(out, {"meta": meta, "results": results})
     profiles = {}
     if args.profile:
         width = max(WIDTHS[name] for name in widths)
@@ -285,8 +278,8 @@ def main() -> None:
             profiles[f"{dtype_name} {args.tokens}x{width}"] = profile_variants(
                 getattr(torch, dtype_name), width, args.tokens, args.device
             )
-    if args.json and profiles:
-        write_json(Path(args.json), {"meta": meta, "results": results, "profile": profiles})
+    if out and profiles:
+        write_json(out, {"meta": meta, "results": results, "profile": profiles})
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from profiling import print_profile, profile_run  # noqa: E402
+from record import add_flags, output_path  # noqa: E402
+from record import meta as record_meta  # noqa: E402
 from timing import check_counts, describe, interleaved, quartiles, ratio, using_kernel  # noqa: E402
 
 import crrelu_llm  # noqa: E402
@@ -126,7 +128,7 @@ def main(argv=None) -> int:
                         help="one CRReLU arm per kernel (default: auto, the kernel CRReLU picks)")
     parser.add_argument("--profile", action="store_true", help="then profile each arm's decoding (see above)")
     parser.add_argument("--profile-tokens", type=int, default=8, help="new tokens per profiled run")
-    parser.add_argument("--json", help="write the figures here")
+    add_flags(parser)
     args = parser.parse_args(argv)
     check_counts(parser, args.warmup, args.repeats)
     for flag, values in (("--new-tokens", [args.new_tokens]), ("--profile-tokens", [args.profile_tokens]),
@@ -160,7 +162,9 @@ def main(argv=None) -> int:
         "repeats": args.repeats,
         "torch": torch.__version__,
         "batches": {},
+        "meta": record_meta(device=str(device)),
     }
+    out = output_path(args, "generate", results["meta"])
     for batch in args.batches:
         fns = {
             name: with_kernel(kernel, lambda m=model, b=batch: per_token_ms(m, b, args.new_tokens, device))
@@ -212,8 +216,8 @@ def main(argv=None) -> int:
             ),
             flush=True,
         )
-    if args.json:  # the timings are kept even if profiling fails
-        write_json(Path(args.json), results)
+    if out:  # the timings are kept even if profiling fails
+        write_json(out, results)
     if args.profile:
         results["profile"] = {"batch": args.batches[0], "new_tokens": args.profile_tokens, "arms": {}}
         for name, (model, kernel) in arms.items():
@@ -222,8 +226,8 @@ def main(argv=None) -> int:
             )()
             results["profile"]["arms"][name] = profiled
             print_profile(name, profiled, "token")
-        if args.json:
-            write_json(Path(args.json), results)
+        if out:
+            write_json(out, results)
     return 0
 
 

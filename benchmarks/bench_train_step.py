@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import sys
 import time
 import warnings
 
 import torch
+from record import add_flags, output_path
+from record import meta as record_meta
 from timing import check_counts, describe, interleaved, quartiles, ratio
 
 PRESETS = {
@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=1.02, help="CRReLU/GELU step-time ratio to meet")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--json", help="write all figures to this file")
+    add_flags(parser)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     import transformers
@@ -162,15 +162,12 @@ def main() -> None:
                 flush=True,
             )
         del trainers, arms
-    if args.json:
-        meta = {
-            "torch": torch.__version__,
-            "device": args.device,
-            "argv": sys.argv,
-            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=1)
+    meta = record_meta(device=args.device)
+    out = output_path(args, "train_step", meta)
+    if out:
+        from crrelu_llm.files import write_json
+
+        write_json(out, {"meta": meta, "results": results})
 
 
 if __name__ == "__main__":

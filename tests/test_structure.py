@@ -270,7 +270,7 @@ def test_every_public_function_and_class_has_a_caller():
 # A line of the README or the docs that tells the story of a day or of a machine that happened
 # to be there, rather than what the tool does: dated figures belong in docs/results.md.
 DIARY = re.compile(r"\b(morning|afternoon|evening|tonight|today|yesterday)\b|twice as slow|at hand|that day"
-                   r"|happened to|this session|has not had a GPU", re.IGNORECASE)
+                   r"|happened to|\bsession\b|has not had a GPU|previous run|on this machine", re.IGNORECASE)
 
 
 def test_the_readme_and_docs_read_as_documentation_not_a_diary():

@@ -25,6 +25,7 @@ from torch import nn
 
 from crrelu_llm.errors import UsageError
 from crrelu_llm.ops import kernels
+from crrelu_llm.ops.scalars import hold_as_vectors, keep_scalars_in_state_dict
 from crrelu_llm.runtime import deepspeed_zero3_enabled
 
 DEFAULT_EPSILON_INIT = 0.01
@@ -107,7 +108,7 @@ class CRReLU(nn.Module):
     Under DeepSpeed the parameter is held with shape ``(1,)`` instead, since DeepSpeed cannot
     broadcast 0-dim parameters: built so under ZeRO-3, converted by :meth:`use_vector_epsilon`
     otherwise. Whatever the shape in memory, ``state_dict()`` and checkpoints hold a 0-dim
-    ``epsilon``, and either shape loads.
+    ``epsilon``, and either shape loads (:mod:`crrelu_llm.ops.scalars`).
 
     Args:
         epsilon_init: initial value of ``epsilon`` (the paper uses 0.01).
@@ -119,22 +120,12 @@ class CRReLU(nn.Module):
         self.epsilon_init = epsilon_init
         shape = (1,) if deepspeed_zero3_enabled() else ()
         self.epsilon = nn.Parameter(torch.full(shape, epsilon_init))
-        self._register_state_dict_hook(_scalar_epsilon_in_state_dict)
+        keep_scalars_in_state_dict(self, ["epsilon"])
 
     def use_vector_epsilon(self) -> None:
         """Hold ``epsilon`` with shape ``(1,)`` (same value, new Parameter) for DeepSpeed. Call
         before the optimizer is built."""
-        if self.epsilon.dim() == 0:
-            self.epsilon = nn.Parameter(self.epsilon.detach().reshape(1).clone(),
-                                        requires_grad=self.epsilon.requires_grad)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "epsilon"
-        value = state_dict.get(key)
-        if isinstance(value, torch.Tensor) and value.numel() == 1 and value.shape != self.epsilon.shape \
-                and self.epsilon.numel() == 1:
-            state_dict[key] = value.reshape(self.epsilon.shape)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        hold_as_vectors(self, ["epsilon"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         eps = self.epsilon
@@ -174,11 +165,3 @@ def least_squares_epsilon(x: torch.Tensor, residual: torch.Tensor) -> float | No
     g = x * torch.exp(-x * x / 2)
     gg = float((g * g).sum())
     return float((g * residual).sum()) / gg if gg > 0 else None
-
-
-def _scalar_epsilon_in_state_dict(module, state_dict, prefix, local_metadata):
-    key = prefix + "epsilon"
-    value = state_dict.get(key)
-    if isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() == 1:
-        state_dict[key] = value.reshape(())
-    return state_dict

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT, epsilon_init_value, least_squares_epsilon
-from crrelu_llm.ops.distributed import keep_scalars_in_state_dict
+from crrelu_llm.ops.scalars import keep_scalars_in_state_dict
 from crrelu_llm.runtime import deepspeed_zero3_enabled
 
 SWISH_BETA_INIT = 1.0

@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from crrelu_llm.ops.activation import CRReLU, is_patched_activation
-
-_SCALARS = "_crrelu_llm_scalar_parameters"  # names of 0-dim parameters a module holds as (1,)
+from crrelu_llm.ops.scalars import hold_as_vectors
 
 
 @contextmanager
@@ -64,46 +63,9 @@ def use_vector_epsilons(model: nn.Module) -> int:
     ``(1,)`` as they do a scalar). Returns how many were converted. Call before the optimizer is built."""
     converted = 0
     for module in model.modules():
-        if isinstance(module, CRReLU):
-            if module.epsilon.dim() == 0:
-                module.use_vector_epsilon()
-                converted += 1
-        elif is_patched_activation(module):
-            converted += _vector_scalars(module)
+        if isinstance(module, CRReLU) or is_patched_activation(module):
+            converted += hold_as_vectors(module)
     return converted
-
-
-def _vector_scalars(module: nn.Module) -> int:
-    names = [n for n, p in module.named_parameters(recurse=False) if p.dim() == 0]
-    for name in names:
-        old = getattr(module, name)
-        setattr(module, name, nn.Parameter(old.detach().reshape(1).clone(), requires_grad=old.requires_grad))
-    keep_scalars_in_state_dict(module, names)
-    return len(names)
-
-
-def keep_scalars_in_state_dict(module: nn.Module, names: list[str]) -> None:
-    """Parameters ``names`` of ``module``, held as ``(1,)``, go into ``state_dict()`` 0-dim and
-    load from either shape: checkpoints look the same whatever the shape in memory."""
-    if names and not hasattr(module, _SCALARS):
-        module._register_state_dict_hook(_scalars_in_state_dict)
-        module._register_load_state_dict_pre_hook(_vectors_on_load, with_module=True)
-    setattr(module, _SCALARS, sorted(set(getattr(module, _SCALARS, [])) | set(names)))
-
-
-def _scalars_in_state_dict(module, state_dict, prefix, local_metadata):
-    for name in getattr(module, _SCALARS, []):
-        value = state_dict.get(prefix + name)
-        if isinstance(value, torch.Tensor) and value.shape == (1,):
-            state_dict[prefix + name] = value.reshape(())
-    return state_dict
-
-
-def _vectors_on_load(module, state_dict, prefix, *args):
-    for name in getattr(module, _SCALARS, []):
-        value, param = state_dict.get(prefix + name), getattr(module, name, None)
-        if isinstance(value, torch.Tensor) and param is not None and value.numel() == param.numel() == 1:
-            state_dict[prefix + name] = value.reshape(param.shape)  # 0-dim on disk, (1,) or 0-dim in memory
 
 
 def fsdp2_share_epsilons(plugin, model, device=None) -> list:

@@ -27,6 +27,7 @@ from crrelu_llm.data import accounting
 from crrelu_llm.data.accounting import truncate_like_reference
 from crrelu_llm.files import write_json
 from crrelu_llm.ops.distributed import fsdp2_share_epsilons, full_parameter
+from crrelu_llm.ops.scalars import as_saved
 from crrelu_llm.patching.patch import activation_logs, activation_parameters, active_activation_parameters
 from crrelu_llm.training.reference_cache import weights_checksum
 
@@ -82,9 +83,7 @@ class EpsilonTrainingMixin:
         # A ZeRO-3 consolidated state dict is built from the parameters themselves, where the
         # epsilons are (1,)-shaped (see CRReLU): store them 0-dim like every other checkpoint.
         if state_dict:
-            names = set(activation_parameters(self.model))
-            state_dict = {k: (v.reshape(()) if k in names and v.dim() == 1 and v.numel() == 1 else v)
-                          for k, v in state_dict.items()}
+            state_dict = as_saved(state_dict, activation_parameters(self.model))
         return super()._save(output_dir, state_dict=state_dict)
 
 
