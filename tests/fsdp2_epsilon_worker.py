@@ -9,7 +9,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 import crrelu_llm
-from crrelu_llm.ops.distributed import fsdp2_share_epsilons
+from crrelu_llm.ops.distributed import fsdp2_share_activation_parameters
 from crrelu_llm.patching.tiny import tiny_causal_lm
 
 dist.init_process_group("gloo")
@@ -23,8 +23,8 @@ reference.requires_grad_(False)
 plugin = SimpleNamespace(fsdp_version=2, ignored_modules=None)
 share = sys.argv[2] == "share"
 if share:
-    fsdp2_share_epsilons(plugin, model, torch.device("cpu"))
-    fsdp2_share_epsilons(plugin, reference, torch.device("cpu"))
+    fsdp2_share_activation_parameters(plugin, model, torch.device("cpu"))
+    fsdp2_share_activation_parameters(plugin, reference, torch.device("cpu"))
     ignored = {p for m in plugin.ignored_modules for p in m.parameters()}
 else:
     ignored = None

@@ -146,11 +146,11 @@ def test_swish_beta_is_built_in_and_calibrates_towards_the_activation_it_replace
 
 
 def test_scalars_of_any_class_survive_deepspeeds_vector_shape(user_module):
-    from crrelu_llm.ops.distributed import use_vector_epsilons
+    from crrelu_llm.ops.distributed import hold_scalars_as_vectors
 
     model = tiny_causal_lm("gpt2")
     patch_model(model, f"{user_module}:ScaledSquaredReLU")
-    assert use_vector_epsilons(model) == 2
+    assert hold_scalars_as_vectors(model) == 2
     act = model.transformer.h[0].mlp.act
     assert act.alpha.shape == (1,) and model.state_dict()["transformer.h.0.mlp.act.alpha"].shape == ()
     state = model.state_dict()

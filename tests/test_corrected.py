@@ -140,7 +140,7 @@ def test_its_eps_is_held_as_deepspeed_needs_and_saved_0_dim(monkeypatch):
     """ZeRO-3 builds it with a (1,) eps (DeepSpeed cannot partition a 0-dim one); ZeRO-2 converts it;
     state_dict() and checkpoints hold a 0-dim eps either way, and either shape loads."""
     from crrelu_llm.ops import candidates
-    from crrelu_llm.ops.distributed import use_vector_epsilons
+    from crrelu_llm.ops.distributed import hold_scalars_as_vectors
 
     monkeypatch.setattr(candidates, "deepspeed_zero3_enabled", lambda: True)
     built = CorrectedActivation("gelu_new", epsilon_init=0.5)
@@ -148,7 +148,7 @@ def test_its_eps_is_held_as_deepspeed_needs_and_saved_0_dim(monkeypatch):
     monkeypatch.setattr(candidates, "deepspeed_zero3_enabled", lambda: False)
     model = tiny_causal_lm("gpt2")
     patch_model(model, "corrected_gelu_new", epsilon_init=0.25)
-    assert use_vector_epsilons(model) == 2
+    assert hold_scalars_as_vectors(model) == 2
     act = model.transformer.h[0].mlp.act
     assert act.epsilon.shape == (1,) and model.state_dict()["transformer.h.0.mlp.act.epsilon"].shape == ()
     act.load_state_dict({"epsilon": torch.tensor(0.75)}, strict=False)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 import crrelu_llm
-from crrelu_llm.ops.distributed import fsdp2_share_epsilons
+from crrelu_llm.ops.distributed import fsdp2_share_activation_parameters
 from crrelu_llm.patching.tiny import tiny_causal_lm
 
 WORKER = Path(__file__).with_name("fsdp2_epsilon_worker.py")
@@ -39,11 +39,11 @@ def test_plugin_gets_the_crrelu_modules_added_to_its_ignored_modules():
     model = tiny_causal_lm("gpt2")
     crrelu_llm.patch_model(model)
     plugin = SimpleNamespace(fsdp_version=2, ignored_modules="lm_head")
-    added = fsdp2_share_epsilons(plugin, model)
+    added = fsdp2_share_activation_parameters(plugin, model)
     assert len(added) == 2 and plugin.ignored_modules[0] is model.lm_head
     assert all(isinstance(m, crrelu_llm.CRReLU) for m in plugin.ignored_modules[1:])
     fsdp1 = SimpleNamespace(fsdp_version=1, ignored_modules=None)
-    assert fsdp2_share_epsilons(fsdp1, model) == [] and fsdp1.ignored_modules is None
+    assert fsdp2_share_activation_parameters(fsdp1, model) == [] and fsdp1.ignored_modules is None
 
 
 def test_trainer_shares_policy_and_reference_epsilons_before_the_reference_is_sharded():
@@ -54,7 +54,7 @@ def test_trainer_shares_policy_and_reference_epsilons_before_the_reference_is_sh
 
     import torch
 
-    from crrelu_llm.training.trainer import EpsilonTrainingMixin
+    from crrelu_llm.training.trainer import ActivationParameterMixin
 
     policy = tiny_causal_lm("gpt2")
     crrelu_llm.patch_model(policy)
@@ -71,7 +71,7 @@ def test_trainer_shares_policy_and_reference_epsilons_before_the_reference_is_sh
         def create_accelerator_and_postprocess(self):
             self.accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), device=torch.device("meta"))
 
-    type("T", (EpsilonTrainingMixin, TrainerOrder), {})(model=policy, ref_model=reference)
+    type("T", (ActivationParameterMixin, TrainerOrder), {})(model=policy, ref_model=reference)
     ignored = seen["ignored when the reference is sharded"]
     for model in (policy, reference):
         crrelus = [m for m in model.modules() if isinstance(m, crrelu_llm.CRReLU)]

@@ -138,8 +138,8 @@ def test_vector_epsilon_for_deepspeed_keeps_values_gradients_and_checkpoint_form
     with torch.no_grad():
         model.transformer.h[1].mlp.act.epsilon.fill_(-0.2)
     before = _logits(model, tokens)
-    assert crrelu_llm.ops.distributed.use_vector_epsilons(model) == 2
-    assert crrelu_llm.ops.distributed.use_vector_epsilons(model) == 0  # idempotent
+    assert crrelu_llm.ops.distributed.hold_scalars_as_vectors(model) == 2
+    assert crrelu_llm.ops.distributed.hold_scalars_as_vectors(model) == 0  # idempotent
     eps = epsilon_parameters(model)
     assert sorted(eps) == ["transformer.h.0.mlp.act.epsilon", "transformer.h.1.mlp.act.epsilon"]
     assert all(p.shape == (1,) for p in eps.values())
@@ -164,11 +164,11 @@ def test_vector_epsilon_for_deepspeed_keeps_values_gradients_and_checkpoint_form
 
 def test_trainer_save_stores_vector_epsilons_as_scalars(tmp_path):
     """What a ZeRO-3 consolidated state dict looks like: (1,) epsilons, saved 0-dim."""
-    from crrelu_llm.training.trainer import EpsilonTrainingMixin
+    from crrelu_llm.training.trainer import ActivationParameterMixin
 
     model = tiny_causal_lm("gpt2")
     patch_model(model)
-    crrelu_llm.ops.distributed.use_vector_epsilons(model)
+    crrelu_llm.ops.distributed.hold_scalars_as_vectors(model)
     state = {k: v.clone() for k, v in model.named_parameters()}  # parameters as they are, no hooks
     assert state["transformer.h.0.mlp.act.epsilon"].shape == (1,)
     saved = {}
@@ -177,7 +177,7 @@ def test_trainer_save_stores_vector_epsilons_as_scalars(tmp_path):
         def _save(self, output_dir=None, state_dict=None):
             saved.update(state_dict)
 
-    trainer = type("T", (EpsilonTrainingMixin, Base), {})()
+    trainer = type("T", (ActivationParameterMixin, Base), {})()
     trainer.model = model
     trainer._save(str(tmp_path), state_dict=state)
     assert saved["transformer.h.0.mlp.act.epsilon"].shape == ()

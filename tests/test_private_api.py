@@ -36,7 +36,7 @@ def test_trl_precompute_ref_logps_is_what_the_shared_cache_wraps():
 
 
 def test_trainer_save_receives_the_consolidated_state_dict():
-    """EpsilonTrainingMixin._save stores ZeRO-3's (1,)-shaped epsilons 0-dim."""
+    """ActivationParameterMixin._save stores ZeRO-3's (1,)-shaped epsilons 0-dim."""
     assert parameters(Trainer._save)[:3] == ["self", "output_dir", "state_dict"]
     assert "self._save(" in inspect.getsource(Trainer.save_model)
 

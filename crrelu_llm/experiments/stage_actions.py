@@ -16,7 +16,7 @@ from crrelu_llm import run_files
 from crrelu_llm.data.preference import DataArguments
 from crrelu_llm.errors import ExperimentError
 from crrelu_llm.files import write_directory_atomic, write_json, write_text_atomic
-from crrelu_llm.training.config import CRReLUArguments
+from crrelu_llm.training.config import PatchArguments
 
 logger = logging.getLogger("crrelu_llm.experiment")
 
@@ -46,7 +46,7 @@ def train_stage(command: str, keys: dict, output_dir: Path, launcher: str | None
 # its loading, the patch, and the data (calibration reads its rows). An optimiser setting is not
 # among them: changing one retrains, but leaves the step-0 model as it is.
 START_MODEL_KEYS = frozenset({"model_name_or_path", "model_revision", "dtype", "trust_remote_code", "seed"}
-                             | {f.name for f in dataclasses.fields(CRReLUArguments)
+                             | {f.name for f in dataclasses.fields(PatchArguments)
                                 if f.name not in ("epsilon_mode", "reference", "overwrite_output_dir", "crrelu_kernel")}
                              | {f.name for f in dataclasses.fields(DataArguments)})
 

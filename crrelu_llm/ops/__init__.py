@@ -4,6 +4,6 @@
   ``CRReLUFunction`` (its fused autograd function) and ``crrelu`` (the functional form).
 - :mod:`~crrelu_llm.ops.kernels`: the forward/backward arithmetic (PyTorch ops, Triton,
   ``torch.compile``) and ``set_kernel`` to choose one.
-- :mod:`~crrelu_llm.ops.distributed`: eps under FSDP2 and DeepSpeed (``fsdp2_share_epsilons``,
-  ``use_vector_epsilons``, ``full_parameter``).
+- :mod:`~crrelu_llm.ops.distributed`: eps under FSDP2 and DeepSpeed (``fsdp2_share_activation_parameters``,
+  ``hold_scalars_as_vectors``, ``full_parameter``).
 """

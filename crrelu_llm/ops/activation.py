@@ -112,6 +112,14 @@ class CRReLU(nn.Module):
 
     Args:
         epsilon_init: initial value of ``epsilon`` (the paper uses 0.01).
+
+    Example::
+
+        >>> import torch
+        >>> from crrelu_llm import CRReLU
+        >>> act = CRReLU(epsilon_init=0.5)
+        >>> [round(v, 4) for v in act(torch.tensor([-1.0, 0.0, 2.0])).tolist()]  # relu(x) + 0.5 x exp(-x^2/2)
+        [-0.3033, 0.0, 2.1353]
     """
 
     def __init__(self, epsilon_init: float = DEFAULT_EPSILON_INIT):

@@ -3,10 +3,10 @@
 CRReLU's eps (and a Swish's beta, and any patched class's scalars) is a 0-dim parameter, which
 neither FSDP2 nor DeepSpeed handles as it is:
 
-- FSDP2's ``fully_shard`` refuses 0-dim parameters. :func:`fsdp2_share_epsilons` keeps the
+- FSDP2's ``fully_shard`` refuses 0-dim parameters. :func:`fsdp2_share_activation_parameters` keeps the
   CRReLU modules whole on every rank (``ignored_modules``) and averages their gradients.
 - DeepSpeed broadcasts every parameter as bytes, which a 0-dim tensor cannot do.
-  :func:`use_vector_epsilons` holds them as ``(1,)`` (checkpoints stay 0-dim).
+  :func:`hold_scalars_as_vectors` holds them as ``(1,)`` (checkpoints stay 0-dim).
 - Under ZeRO-3 (and FSDP2) a parameter is partitioned: :func:`full_parameter` gathers it.
 """
 
@@ -56,7 +56,7 @@ def full_parameter(param: torch.Tensor) -> torch.Tensor:
     return param.detach()
 
 
-def use_vector_epsilons(model: nn.Module) -> int:
+def hold_scalars_as_vectors(model: nn.Module) -> int:
     """Hold every 0-dim parameter of the patched activations (CRReLU's ``epsilon``, any class's
     scalars) with shape ``(1,)``, for DeepSpeed (which cannot broadcast 0-dim parameters).
     Values, ``state_dict()`` and checkpoints are unchanged (element-wise forwards broadcast a
@@ -68,7 +68,7 @@ def use_vector_epsilons(model: nn.Module) -> int:
     return converted
 
 
-def fsdp2_share_epsilons(plugin, model, device=None) -> list:
+def fsdp2_share_activation_parameters(plugin, model, device=None) -> list:
     """Make an FSDP2 plugin leave the CRReLU epsilons of ``model`` unsharded, and keep them in sync.
 
     ``fully_shard`` refuses 0-dim parameters ("doesn't support scalar parameters"), and the

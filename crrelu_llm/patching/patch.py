@@ -86,6 +86,16 @@ def patch_model(
     Returns:
         A :class:`PatchReport`. The patch is also recorded in ``model.config`` so that
         ``save_pretrained`` -> ``from_pretrained`` (after ``import crrelu_llm``) rebuilds it.
+
+    Example::
+
+        >>> from crrelu_llm import epsilon_values, patch_model
+        >>> from crrelu_llm.patching.tiny import tiny_causal_lm
+        >>> model = tiny_causal_lm("gpt2")  # GPT-2's gelu_new in 2 blocks
+        >>> patch_model(model, "crrelu").count
+        2
+        >>> {path: round(eps, 6) for path, eps in epsilon_values(model).items()}
+        {'transformer.h.0.mlp.act': 0.01, 'transformer.h.1.mlp.act': 0.01}
     """
     if not isinstance(model, nn.Module):
         raise TypeError(
@@ -139,7 +149,17 @@ def activation_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 def activation_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """``{parameter name: parameter}`` for every learnable parameter of a patched activation module
-    (CRReLU's ``epsilon``, a Swish's ``beta``, a user class's own), named as in ``named_parameters``."""
+    (CRReLU's ``epsilon``, a Swish's ``beta``, a user class's own), named as in ``named_parameters``.
+
+    Example::
+
+        >>> from crrelu_llm import activation_parameters, patch_model
+        >>> from crrelu_llm.patching.tiny import tiny_causal_lm
+        >>> model = tiny_causal_lm("gpt2")
+        >>> _ = patch_model(model, "swish_beta")
+        >>> sorted(activation_parameters(model))
+        ['transformer.h.0.mlp.act.beta', 'transformer.h.1.mlp.act.beta']
+    """
     return {f"{path}.{name}" if path else name: param for path, module in activation_modules(model).items()
             for name, param in module.named_parameters(recurse=False)}
 
@@ -179,7 +199,17 @@ def epsilon_values(model: nn.Module) -> dict[str, float]:
 def activation_logs(model: nn.Module) -> dict[str, float]:
     """``<parameter>/<block>`` for every parameter of the patched activations (``epsilon/03`` for
     CRReLU, ``beta/03`` for a Swish; scalars as values, tensors as norms), plus mean/min/max per
-    parameter name (empty for unpatched models): the names under which trainers log them."""
+    parameter name (empty for unpatched models): the names under which trainers log them.
+
+    Example::
+
+        >>> from crrelu_llm import activation_logs, patch_model
+        >>> from crrelu_llm.patching.tiny import tiny_causal_lm
+        >>> model = tiny_causal_lm("gpt2")
+        >>> _ = patch_model(model, "crrelu", epsilon_init=0.02)
+        >>> round(activation_logs(model)["epsilon/mean"], 6)
+        0.02
+    """
     values, by_name = {}, {}
     for name, p in active_activation_parameters(model).items():
         path, _, short = name.rpartition(".")

@@ -2,7 +2,7 @@
 
 - :mod:`~crrelu_llm.training.objectives`: ``OBJECTIVES``, the table of training commands (config,
   trainer, data, reference), read by the CLI, the recipe parser, the run and the experiments.
-- :mod:`~crrelu_llm.training.config`: the recipe dataclasses beside TRL's (``CRReLUArguments``,
+- :mod:`~crrelu_llm.training.config`: the recipe dataclasses beside TRL's (``PatchArguments``,
   ``CRReLUDPOConfig``, ``CRReLUSFTConfig``, ``CRReLUDistillConfig``).
 - :mod:`~crrelu_llm.training.recipes`: ``parse_recipe``, ``recipe_from_dict`` (on ``TrlParser``),
   every key checked before a model loads.

@@ -1,7 +1,7 @@
 """Recipe keys and their checks: this project's dataclasses beside TRL's configs.
 
 A recipe is flat YAML whose keys are TRL's own field names (``DPOConfig``/``SFTConfig``,
-``ModelConfig``) plus this project's: :class:`CRReLUArguments` (the patch, the reference),
+``ModelConfig``) plus this project's: :class:`PatchArguments` (the patch, the reference),
 :class:`~crrelu_llm.data.preference.DataArguments`, and the eps optimiser settings, which travel in the
 trainer's own ``args`` (:class:`CRReLUDPOConfig`, :class:`CRReLUSFTConfig`, as TRL puts an
 ``XConfig`` beside each ``XTrainer``). Command-line flags override the file. Every key is
@@ -27,7 +27,7 @@ EPSILON_MODES = ("train", "freeze", "only")
 
 
 @dataclass
-class CRReLUArguments:
+class PatchArguments:
     """This project's recipe keys: the patch, the eps optimisation, the reference."""
 
     activation: str | None = field(
@@ -119,7 +119,7 @@ class CRReLUArguments:
 
 
 @dataclass
-class EpsilonTrainingArguments:
+class ActivationParameterArguments:
     """The eps optimiser settings, carried by the trainer's ``args`` (see :class:`CRReLUDPOConfig`)."""
 
     activation_learning_rate: float | None = field(
@@ -205,12 +205,20 @@ class ReferenceCacheArguments:
 
 
 @dataclass
-class CRReLUDPOConfig(ReferenceCacheArguments, PromptTruncationArguments, EpsilonTrainingArguments, DPOConfig):
-    """TRL's ``DPOConfig`` plus the eps settings that :class:`~crrelu_llm.training.trainer.CRReLUDPOTrainer` reads."""
+class CRReLUDPOConfig(ReferenceCacheArguments, PromptTruncationArguments, ActivationParameterArguments, DPOConfig):
+    """TRL's ``DPOConfig`` plus the eps settings that :class:`~crrelu_llm.training.trainer.CRReLUDPOTrainer` reads.
+
+    Example::
+
+        >>> from crrelu_llm.training.config import CRReLUDPOConfig
+        >>> args = CRReLUDPOConfig(output_dir="runs/doc", beta=0.1, activation_learning_rate=1e-2, bf16=False)
+        >>> args.beta, args.activation_learning_rate
+        (0.1, 0.01)
+    """
 
 
 @dataclass
-class CRReLUSFTConfig(PromptTruncationArguments, EpsilonTrainingArguments, SFTConfig):
+class CRReLUSFTConfig(PromptTruncationArguments, ActivationParameterArguments, SFTConfig):
     """TRL's ``SFTConfig`` plus the eps settings that :class:`~crrelu_llm.training.trainer.CRReLUSFTTrainer` reads."""
 
 
@@ -244,7 +252,7 @@ class DistillationArguments:
 
 
 @dataclass
-class CRReLUDistillConfig(DistillationArguments, PromptTruncationArguments, EpsilonTrainingArguments, SFTConfig):
+class CRReLUDistillConfig(DistillationArguments, PromptTruncationArguments, ActivationParameterArguments, SFTConfig):
     """TRL's ``SFTConfig`` (data, batching, saving) plus what distillation matches."""
 
 

@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 from crrelu_llm.errors import RecipeError
-from crrelu_llm.ops.distributed import use_vector_epsilons
+from crrelu_llm.ops.distributed import hold_scalars_as_vectors
 from crrelu_llm.patching.calibration import calibration_pairs
 from crrelu_llm.patching.discovery import find_activations
 from crrelu_llm.patching.loading import is_adapter_run, load_adapter_run, load_causal_lm, load_tokenizer
@@ -209,7 +209,7 @@ def reference_and_teacher(objective, model, original, crrelu_args, model_args, t
                                                                                 training_args), original,
                                     model_args, training_args)
         if training_args.deepspeed_plugin is not None:  # as the policy: (1,)-shaped parameters
-            use_vector_epsilons(ref)
+            hold_scalars_as_vectors(ref)
         info["precompute_ref_log_probs"] = training_args.precompute_ref_log_probs
         info["peft"] = bool(model_args.use_peft)
         models["ref_model"] = ref  # always explicit: TRL's implicit choices differ by setting

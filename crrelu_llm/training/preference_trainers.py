@@ -1,5 +1,5 @@
 """SimPO, ORPO and KTO: TRL's own trainers as the installed TRL has it, each config beside its
-trainer, with the activation parameters looked after as in DPO (:class:`EpsilonTrainingMixin`).
+trainer, with the activation parameters looked after as in DPO (:class:`ActivationParameterMixin`).
 
 - ``simpo``: ``CPOTrainer`` with ``loss_type="simpo"`` and ``cpo_alpha=0`` (Meng et al. 2024):
   length-normalised log-probabilities, a target margin ``simpo_gamma``; no reference model.
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from trl import KTOConfig, KTOTrainer
 
 from crrelu_llm.errors import RecipeError
-from crrelu_llm.training.config import EpsilonTrainingArguments
-from crrelu_llm.training.trainer import EpsilonTrainingMixin
+from crrelu_llm.training.config import ActivationParameterArguments
+from crrelu_llm.training.trainer import ActivationParameterMixin
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # "trl.experimental ... may change or be removed without notice"
@@ -33,7 +33,7 @@ with warnings.catch_warnings():
 
 
 @dataclass
-class CRReLUSimPOConfig(EpsilonTrainingArguments, CPOConfig):
+class CRReLUSimPOConfig(ActivationParameterArguments, CPOConfig):
     """TRL's ``CPOConfig`` set for SimPO (``loss_type: simpo``, ``cpo_alpha: 0``; beta 2.0 as the
     SimPO paper's range starts), plus the activation-parameter settings."""
 
@@ -49,23 +49,23 @@ class CRReLUSimPOConfig(EpsilonTrainingArguments, CPOConfig):
         super().__post_init__()
 
 
-class CRReLUSimPOTrainer(EpsilonTrainingMixin, CPOTrainer):
+class CRReLUSimPOTrainer(ActivationParameterMixin, CPOTrainer):
     """TRL's ``CPOTrainer`` (SimPO loss) with the activation parameters looked after."""
 
 
 @dataclass
-class CRReLUORPOConfig(EpsilonTrainingArguments, ORPOConfig):
+class CRReLUORPOConfig(ActivationParameterArguments, ORPOConfig):
     """TRL's ``ORPOConfig`` plus the activation-parameter settings."""
 
     remove_unused_columns: bool = field(default=False, metadata={"help": "False: what ORPOTrainer's collator needs."})
 
 
-class CRReLUORPOTrainer(EpsilonTrainingMixin, ORPOTrainer):
+class CRReLUORPOTrainer(ActivationParameterMixin, ORPOTrainer):
     """TRL's ``ORPOTrainer`` with the activation parameters looked after."""
 
 
 @dataclass
-class CRReLUKTOConfig(EpsilonTrainingArguments, KTOConfig):
+class CRReLUKTOConfig(ActivationParameterArguments, KTOConfig):
     """TRL's ``KTOConfig`` plus the activation-parameter settings."""
 
     def __post_init__(self):
@@ -75,5 +75,5 @@ class CRReLUKTOConfig(EpsilonTrainingArguments, KTOConfig):
         super().__post_init__()
 
 
-class CRReLUKTOTrainer(EpsilonTrainingMixin, KTOTrainer):
+class CRReLUKTOTrainer(ActivationParameterMixin, KTOTrainer):
     """TRL's ``KTOTrainer`` with the activation parameters looked after."""

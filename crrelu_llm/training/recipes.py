@@ -29,7 +29,7 @@ from trl import ModelConfig
 from crrelu_llm.data.preference import DataArguments
 from crrelu_llm.errors import RecipeError, did_you_mean
 from crrelu_llm.help import RawDescriptionDefaultsShown
-from crrelu_llm.training.config import CRReLUArguments, EpsilonTrainingArguments
+from crrelu_llm.training.config import ActivationParameterArguments, PatchArguments
 from crrelu_llm.training.objectives import OBJECTIVES, PREFERENCE_OBJECTIVES, REFERENCE_FREE
 
 logger = logging.getLogger("crrelu_llm.config")
@@ -78,7 +78,7 @@ def resolve_aliases(config: dict, argv: list[str], source: str) -> tuple[dict, l
 
 def recipe_types(command: str):
     """The dataclasses a ``sft``/``dpo`` recipe fills, in the order :func:`parse_recipe` returns them."""
-    return (CRReLUArguments, DataArguments, OBJECTIVES[command].config, ModelConfig)
+    return (PatchArguments, DataArguments, OBJECTIVES[command].config, ModelConfig)
 
 
 def _field_index(types_) -> dict[str, object]:
@@ -269,7 +269,7 @@ def _take_option(argv: list[str], name: str) -> str | None:
 
 
 def parse_recipe(command: str, argv: list[str]):
-    """(CRReLUArguments, DataArguments, CRReLUDPOConfig|CRReLUSFTConfig, ModelConfig) from
+    """(PatchArguments, DataArguments, CRReLUDPOConfig|CRReLUSFTConfig, ModelConfig) from
     ``--config RECIPE`` (``--arm NAME`` for a recipe with arms) and ``--key value`` flags."""
     argv = list(argv)
     if "-h" in argv or "--help" in argv:
@@ -290,7 +290,7 @@ def recipe_parser(command: str):
     project's options (``--config``, ``--arm``, the activation and eps keys) before TRL's."""
     from trl import TrlParser
 
-    own = [f"--{f.name}" for cls in (CRReLUArguments, EpsilonTrainingArguments) for f in dataclasses.fields(cls)]
+    own = [f"--{f.name}" for cls in (PatchArguments, ActivationParameterArguments) for f in dataclasses.fields(cls)]
     keys = textwrap.fill(
         f"This project's keys (the first group below, and activation_learning_rate with the trainer's): "
         f"{', '.join(own)}. Then the data keys, then every key of TRL's "

@@ -36,11 +36,11 @@ from crrelu_llm.data.sft import load_sft_splits
 from crrelu_llm.errors import Interrupted
 from crrelu_llm.files import check_writable, writable_dir, write_json, write_text_atomic
 from crrelu_llm.ops import kernels
-from crrelu_llm.ops.distributed import use_vector_epsilons
+from crrelu_llm.ops.distributed import hold_scalars_as_vectors
 from crrelu_llm.patching.patch import activation_logs
 from crrelu_llm.patching.trust import trusting
 from crrelu_llm.training import models
-from crrelu_llm.training.config import CRReLUArguments
+from crrelu_llm.training.config import PatchArguments
 from crrelu_llm.training.model_card import model_card
 from crrelu_llm.training.objectives import OBJECTIVES, Objective, unpaired
 from crrelu_llm.training.output_dir import claim_output_dir, last_complete_checkpoint, resume_hint
@@ -85,7 +85,7 @@ class PreparedRun:
 
 
 def prepare(
-    command: str, crrelu_args: CRReLUArguments, data_args: DataArguments, training_args, model_args, callbacks=None
+    command: str, crrelu_args: PatchArguments, data_args: DataArguments, training_args, model_args, callbacks=None
 ) -> PreparedRun:
     """Data, tokenizer, model (patched per the recipe), reference or teacher, and trainer: the
     run up to ``trainer.train()``. A refused recipe or row leaves nothing behind."""
@@ -110,7 +110,7 @@ def prepare(
     callbacks = [*models.gradual_swap(model, originals, patch_report, crrelu_args.swap_steps), *(callbacks or [])]
     models.apply_epsilon_mode(model, crrelu_args.epsilon_mode)
     if training_args.deepspeed_plugin is not None:  # DeepSpeed cannot broadcast 0-dim parameters: (1,)
-        use_vector_epsilons(model)
+        hold_scalars_as_vectors(model)
 
     # ---- the reference or teacher, then PEFT
     extra_models, reference_info = models.reference_and_teacher(objective, model, original, crrelu_args,
@@ -148,7 +148,7 @@ def prepare(
 
 
 def run(
-    command: str, crrelu_args: CRReLUArguments, data_args: DataArguments, training_args, model_args, callbacks=None
+    command: str, crrelu_args: PatchArguments, data_args: DataArguments, training_args, model_args, callbacks=None
 ) -> dict:
     """Prepare, train (resuming from the last checkpoint in output_dir), evaluate, save. A run
     that finished in output_dir (``final_metrics.json``) with the same recipe is left as it is."""

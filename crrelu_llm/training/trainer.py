@@ -1,7 +1,7 @@
 """TRL's trainers with the CRReLU epsilons looked after, and the callbacks a run uses.
 
 :class:`CRReLUDPOTrainer` and :class:`CRReLUSFTTrainer` are TRL's ``DPOTrainer`` and
-``SFTTrainer`` with :class:`EpsilonTrainingMixin`: the epsilons (every patched activation's
+``SFTTrainer`` with :class:`ActivationParameterMixin`: the epsilons (every patched activation's
 parameters) get their own optimizer parameter group (``args.activation_learning_rate``, no
 weight decay; built by overriding ``create_optimizer``, so it also holds under DeepSpeed and
 FSDP), their values are logged with the other metrics (``epsilon/<layer>``, ``beta/<layer>``...,
@@ -26,7 +26,7 @@ from crrelu_llm import run_files
 from crrelu_llm.data import accounting
 from crrelu_llm.data.accounting import truncate_like_reference
 from crrelu_llm.files import write_json
-from crrelu_llm.ops.distributed import fsdp2_share_epsilons, full_parameter
+from crrelu_llm.ops.distributed import fsdp2_share_activation_parameters, full_parameter
 from crrelu_llm.ops.scalars import as_saved
 from crrelu_llm.patching.patch import activation_logs, activation_parameters, active_activation_parameters
 from crrelu_llm.training.reference_cache import weights_checksum
@@ -34,8 +34,9 @@ from crrelu_llm.training.reference_cache import weights_checksum
 logger = logging.getLogger("crrelu_llm.trainer")
 
 
-class EpsilonTrainingMixin:
-    """Own optimizer group for CRReLU epsilons, and epsilon values in the logs."""
+class ActivationParameterMixin:
+    """Own optimizer group for the activation parameters (CRReLU's eps, a Swish's beta, any class's),
+    and their values in the logs."""
 
     def __init__(self, *args, data_source: str = "", **kwargs):
         self._crrelu_reference = kwargs.get("ref_model")
@@ -49,7 +50,7 @@ class EpsilonTrainingMixin:
         plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
         shared = []
         for model in (self.model, self._crrelu_reference):
-            shared += fsdp2_share_epsilons(plugin, model, self.accelerator.device)
+            shared += fsdp2_share_activation_parameters(plugin, model, self.accelerator.device)
         if shared:
             logger.info("FSDP2: %d CRReLU epsilons kept unsharded on %s, gradients averaged over ranks",
                         len(shared), self.accelerator.device)
@@ -91,7 +92,7 @@ class PromptTruncationMixin:
     """TRL tokenizes every split without a length limit; then the length rule is applied here and
     what it does is counted (:mod:`crrelu_llm.data.accounting`, kept in ``self.data_accounting`` per
     split): TRL's rule, or with ``args.max_prompt_length`` the DPO reference code's
-    (:func:`crrelu_llm.data.preference.truncate_like_reference`), so a long HH conversation keeps its last
+    (:func:`crrelu_llm.data.accounting.truncate_like_reference`), so a long HH conversation keeps its last
     turns instead of being dropped or losing its response. A split the rule empties is refused."""
 
     lengths = staticmethod(accounting.dpo_lengths)
@@ -123,10 +124,26 @@ class PromptTruncationMixin:
         return self._length_rule(dataset, args) if args.max_length is not None else dataset
 
 
-class CRReLUDPOTrainer(EpsilonTrainingMixin, PromptTruncationMixin, DPOTrainer):
+class CRReLUDPOTrainer(ActivationParameterMixin, PromptTruncationMixin, DPOTrainer):
     """TRL's ``DPOTrainer`` with the CRReLU epsilons looked after (see the module docstring), and
     precomputed reference log-probabilities shared through ``args.ref_logps_cache_dir``
-    (:mod:`crrelu_llm.training.reference_cache`): TRL computes them, this keeps them for the next run."""
+    (:mod:`crrelu_llm.training.reference_cache`): TRL computes them, this keeps them for the next run.
+
+    Example::
+
+        >>> from crrelu_llm import patch_model
+        >>> from crrelu_llm.patching.tiny import tiny_causal_lm, tiny_tokenizer
+        >>> from crrelu_llm.training.config import CRReLUDPOConfig
+        >>> from datasets import Dataset
+        >>> model = tiny_causal_lm("gpt2")
+        >>> _ = patch_model(model, "crrelu")
+        >>> pairs = Dataset.from_list([{"prompt": "1+1=", "chosen": "2.", "rejected": "3."}] * 4)
+        >>> args = CRReLUDPOConfig(output_dir="runs/doc", max_steps=1, per_device_train_batch_size=2,
+        ...                        activation_learning_rate=1e-2, report_to=[], use_cpu=True)
+        >>> trainer = CRReLUDPOTrainer(model=model, args=args, train_dataset=pairs,
+        ...                            processing_class=tiny_tokenizer())  # doctest: +SKIP
+        >>> trainer.train()  # eps trains in its own parameter group  # doctest: +SKIP
+    """
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         from crrelu_llm.training.reference_cache import cached_reference_logps
@@ -154,7 +171,7 @@ class CRReLUDPOTrainer(EpsilonTrainingMixin, PromptTruncationMixin, DPOTrainer):
         return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}
 
 
-class CRReLUSFTTrainer(EpsilonTrainingMixin, PromptTruncationMixin, SFTTrainer):
+class CRReLUSFTTrainer(ActivationParameterMixin, PromptTruncationMixin, SFTTrainer):
     """TRL's ``SFTTrainer`` with the CRReLU epsilons looked after (see the module docstring)."""
 
     lengths = staticmethod(accounting.sft_lengths)
