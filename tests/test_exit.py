@@ -117,11 +117,16 @@ def test_the_zero3_models_deepspeed_keeps_are_let_go(monkeypatch):
 
         return wrapped_fn
 
+    def recursive():  # a closure that refers to itself: the walk must not loop
+        return recursive
+
     class Coordinator:
         @instrument
         @functools.lru_cache(maxsize=None)  # noqa: B019 - DeepSpeed's own pattern: the leak under test
         def params_to_release(self, module, step):
             return {id(module), step}
+
+        walk = recursive
 
     model, coordinator = object(), Coordinator()
     coordinator.params_to_release(model, 0)

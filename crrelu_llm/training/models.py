@@ -39,6 +39,7 @@ from crrelu_llm.patching.patch import (
 from crrelu_llm.patching.record import patch_record
 from crrelu_llm.runtime import deepspeed_zero3_enabled
 from crrelu_llm.training.config import CALIBRATE
+from crrelu_llm.training.objectives import reference_free_info
 from crrelu_llm.training.recovery import SwapScheduleCallback, blend_in, original_activations
 
 logger = logging.getLogger("crrelu_llm.train")
@@ -105,10 +106,9 @@ def apply_epsilon_mode(model, mode: str) -> None:
             p.requires_grad_(True)
 
 
-def trusts_code(model_args, training_args) -> bool:
-    """The recipe's ``trust_remote_code`` (TRL keeps it with the training arguments, older TRL
-    with the model's)."""
-    return bool(getattr(training_args, "trust_remote_code", False) or getattr(model_args, "trust_remote_code", False))
+def trusts_code(training_args) -> bool:
+    """The recipe's ``trust_remote_code`` (TRL keeps it with the training arguments)."""
+    return bool(getattr(training_args, "trust_remote_code", False))
 
 
 def load_model(model_args, training_args, path: str | None = None, *, seeded: bool = False):
@@ -117,13 +117,13 @@ def load_model(model_args, training_args, path: str | None = None, *, seeded: bo
     policy and its copies)."""
     seed = training_args.seed if seeded and training_args is not None else 0
     return load_causal_lm(path or model_args.model_name_or_path, dtype=model_args.dtype or "auto",
-                          trust_remote_code=trusts_code(model_args, training_args), seed=seed)
+                          trust_remote_code=trusts_code(training_args), seed=seed)
 
 
 def load_run_tokenizer(crrelu_args, model_args, training_args):
     """The run's tokenizer: ``tokenizer_name_or_path``, else the model's."""
     return load_tokenizer(crrelu_args.tokenizer_name_or_path or model_args.model_name_or_path,
-                          trusts_code(model_args, training_args))
+                          trusts_code(training_args))
 
 
 def load_policy(crrelu_args, model_args, training_args):
@@ -135,7 +135,7 @@ def load_policy(crrelu_args, model_args, training_args):
         raise RecipeError("continue_adapter: true trains a LoRA run's adapter further: it needs model_name_or_path "
                           "to be a LoRA run (a directory with adapter_config.json) and use_peft: true")
     return load_adapter_run(Path(model_args.model_name_or_path), dtype=model_args.dtype or "auto",
-                            trust_remote_code=trusts_code(model_args, training_args), merge=False, trainable=True)
+                            trust_remote_code=trusts_code(training_args), merge=False, trainable=True)
 
 
 def unpatched_original(objective, model, crrelu_args, model_args, training_args):
@@ -200,8 +200,6 @@ def reference_and_teacher(objective, model, original, crrelu_args, model_args, t
             raise RecipeError(f"the distillation teacher ({teacher or model_args.model_name_or_path}) is already "
                               "patched: distil from the original model (set teacher_model_name_or_path)")
     if objective.preference and not objective.reference:
-        from crrelu_llm.training.objectives import reference_free_info
-
         info = reference_free_info(objective.name)
         logger.info("%s: %s", objective.name, info["source"])
     if objective.reference:

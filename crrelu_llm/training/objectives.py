@@ -33,9 +33,14 @@ class Objective:
     config_path: str  # module:Class of the recipe's training arguments (TRL's config plus this project's keys)
     trainer_path: str  # module:Class of TRL's trainer with the activation parameters looked after
     trl_trainer: str  # the TRL trainer behind it, as help and the model card name it
-    summary: str  # the command's one-line help
+    trains: str  # what the command does after the patch, for its one-line help
     data: str  # "preference" (pairs), "unpaired" (pairs as KTO's examples) or "sft" (rows)
     reference: bool  # whether the loss compares with a reference model
+
+    @property
+    def summary(self) -> str:
+        """The command's one-line help."""
+        return f"Patch per a recipe, then {self.trains}"
 
     @property
     def config(self) -> type:
@@ -72,31 +77,30 @@ _CONFIG, _TRAINER, _OTHERS = "crrelu_llm.training.config", "crrelu_llm.training.
 
 OBJECTIVES = {o.name: o for o in (
     Objective("sft", "SFT", f"{_CONFIG}:CRReLUSFTConfig", f"{_TRAINER}:CRReLUSFTTrainer", "SFTTrainer",
-              "Patch per a recipe, then supervised fine-tuning (TRL's SFTTrainer).",
+              "supervised fine-tuning (TRL's SFTTrainer).",
               data="sft", reference=False),
     Objective("dpo", "DPO", f"{_CONFIG}:CRReLUDPOConfig", f"{_TRAINER}:CRReLUDPOTrainer", "DPOTrainer",
-              "Patch per a recipe, then preference tuning (TRL's DPOTrainer).",
+              "preference tuning (TRL's DPOTrainer).",
               data="preference", reference=True),
     Objective("simpo", "SimPO", f"{_OTHERS}:CRReLUSimPOConfig", f"{_OTHERS}:CRReLUSimPOTrainer",
               "CPOTrainer with loss_type simpo",
-              "Patch per a recipe, then SimPO (TRL's CPOTrainer, loss_type simpo; no reference model).",
+              "SimPO (TRL's CPOTrainer, loss_type simpo; no reference model).",
               data="preference", reference=False),
     Objective("orpo", "ORPO", f"{_OTHERS}:CRReLUORPOConfig", f"{_OTHERS}:CRReLUORPOTrainer", "ORPOTrainer",
-              "Patch per a recipe, then ORPO (TRL's ORPOTrainer; no reference model).",
+              "ORPO (TRL's ORPOTrainer; no reference model).",
               data="preference", reference=False),
     Objective("kto", "KTO", f"{_OTHERS}:CRReLUKTOConfig", f"{_OTHERS}:CRReLUKTOTrainer", "KTOTrainer",
-              "Patch per a recipe, then KTO on the pairs unpaired (TRL's KTOTrainer).",
+              "KTO on the pairs unpaired (TRL's KTOTrainer).",
               data="unpaired", reference=True),
     Objective("distill", "distillation", f"{_CONFIG}:CRReLUDistillConfig", f"{_TRAINER}:CRReLUDistillTrainer",
               "SFTTrainer, distilling the original",
-              "Patch per a recipe, then distil the original into it (KL on logits, optional MLP MSE).",
+              "distil the original into it (KL on logits, optional MLP MSE).",
               data="sft", reference=False),
 )}
 
 # Read off the table, for the checks that ask one question of it.
 PREFERENCE_OBJECTIVES = tuple(n for n, o in OBJECTIVES.items() if o.preference)  # preference stages
 REFERENCE_FREE = {n: o.label for n, o in OBJECTIVES.items() if o.preference and not o.reference}
-UNPAIRED = tuple(n for n, o in OBJECTIVES.items() if o.data == "unpaired")
 
 
 def reference_free_info(command: str) -> dict:

@@ -82,15 +82,21 @@ def release_zero3_models() -> int:
 def method_caches(cls) -> list:
     """The ``functools.lru_cache`` wrappers among ``cls``'s methods, also where another decorator
     wraps one without ``functools.wraps`` (DeepSpeed's ``instrument_w_nvtx`` does)."""
-    caches = []
-    for attribute in vars(cls).values():
-        layers = [attribute]
-        while layers:
-            fn = layers.pop()
-            if hasattr(fn, "cache_clear") and hasattr(fn, "cache_info"):
-                caches.append(fn)
-            elif isinstance(fn, types.FunctionType):
-                layers += [cell.cell_contents for cell in fn.__closure__ or () if callable(cell.cell_contents)]
+    caches, seen = [], set()
+    layers = list(vars(cls).values())
+    while layers:
+        fn = layers.pop()
+        if id(fn) in seen:  # a closure that refers to itself
+            continue
+        seen.add(id(fn))
+        if hasattr(fn, "cache_clear") and hasattr(fn, "cache_info"):
+            caches.append(fn)
+        elif isinstance(fn, types.FunctionType):
+            for cell in fn.__closure__ or ():
+                try:
+                    layers.append(cell.cell_contents)
+                except ValueError:  # a cell not yet filled
+                    pass
     return caches
 
 
