@@ -151,8 +151,8 @@ def test_trainers_cut_prompts_like_the_reference_code_instead_of_dropping_them()
     from datasets import Dataset
 
     from crrelu_llm.patching.tiny import tiny_causal_lm, tiny_tokenizer
-    from crrelu_llm.training.config import CRReLUDPOConfig, CRReLUSFTConfig
-    from crrelu_llm.training.trainer import CRReLUDPOTrainer, CRReLUSFTTrainer
+    from crrelu_llm.training.trainers.dpo import CRReLUDPOConfig, CRReLUDPOTrainer
+    from crrelu_llm.training.trainers.sft import CRReLUSFTConfig, CRReLUSFTTrainer
 
     tok = tiny_tokenizer()
     prompt = "\n\nHuman: " + "blah " * 10 + "\n\nAssistant:"  # 68 characters, longer than max_length

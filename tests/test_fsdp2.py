@@ -54,7 +54,7 @@ def test_trainer_shares_policy_and_reference_epsilons_before_the_reference_is_sh
 
     import torch
 
-    from crrelu_llm.training.trainer import ActivationParameterMixin
+    from crrelu_llm.training.mixins import ActivationParameterMixin
 
     policy = tiny_causal_lm("gpt2")
     crrelu_llm.patch_model(policy)

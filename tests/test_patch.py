@@ -164,7 +164,7 @@ def test_vector_epsilon_for_deepspeed_keeps_values_gradients_and_checkpoint_form
 
 def test_trainer_save_stores_vector_epsilons_as_scalars(tmp_path):
     """What a ZeRO-3 consolidated state dict looks like: (1,) epsilons, saved 0-dim."""
-    from crrelu_llm.training.trainer import ActivationParameterMixin
+    from crrelu_llm.training.mixins import ActivationParameterMixin
 
     model = tiny_causal_lm("gpt2")
     patch_model(model)

@@ -251,6 +251,20 @@ def test_the_table_check_sees_a_second_table():
     assert not maps_commands_to_trainers(ast.parse('{"simpo": "SimPO\'s reward", "orpo": "log odds"}').body[0].value)
 
 
+def test_each_objective_has_its_config_beside_its_trainer_in_a_module_of_its_own():
+    """TRL's dpo_config.py/dpo_trainer.py: a reader who changes one objective opens one module,
+    which holds that objective's config and trainer and no other objective's."""
+    from crrelu_llm.training.objectives import OBJECTIVES
+
+    modules = {}
+    for name, objective in OBJECTIVES.items():
+        config_module, trainer_module = objective.config.__module__, objective.trainer.__module__
+        assert config_module == trainer_module, f"{name}: config in {config_module}, trainer in {trainer_module}"
+        modules.setdefault(trainer_module, []).append(name)
+    shared = {m: names for m, names in modules.items() if len(names) > 1}
+    assert not shared, f"modules holding more than one objective: {shared}"
+
+
 def test_every_public_function_and_class_has_a_caller():
     """Dead code: a top-level function or class of the package that nothing in the package,
     its tests, scripts or benchmarks names (discovery.has_parameters was one)."""
@@ -344,8 +358,7 @@ def test_the_public_api_has_examples_and_they_run():
     from crrelu_llm import run_files
     from crrelu_llm.ops import scalars
     from crrelu_llm.training import objectives, output_dir
-    from crrelu_llm.training.config import CRReLUDPOConfig
-    from crrelu_llm.training.trainer import CRReLUDPOTrainer
+    from crrelu_llm.training.trainers.dpo import CRReLUDPOConfig, CRReLUDPOTrainer
 
     documented = [crrelu_llm.CRReLU, crrelu_llm.patch_model, crrelu_llm.activation_parameters,
                   crrelu_llm.activation_logs, CRReLUDPOConfig, CRReLUDPOTrainer, objectives, run_files, scalars,

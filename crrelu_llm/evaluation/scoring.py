@@ -45,7 +45,7 @@ def preference_logps(model, reference, tokenizer, dataset, max_length: int = 102
     (``"lengths"``) what the length rule dropped and cut (:mod:`crrelu_llm.data.accounting`)."""
     from trl import DPOConfig
 
-    from crrelu_llm.training.trainer import CRReLUDPOTrainer
+    from crrelu_llm.training.trainers.dpo import CRReLUDPOTrainer
 
     if len(dataset) == 0:
         raise EvaluationError("the evaluation data is empty")

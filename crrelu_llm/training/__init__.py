@@ -2,13 +2,14 @@
 
 - :mod:`~crrelu_llm.training.objectives`: ``OBJECTIVES``, the table of training commands (config,
   trainer, data, reference), read by the CLI, the recipe parser, the run and the experiments.
-- :mod:`~crrelu_llm.training.config`: the recipe dataclasses beside TRL's (``PatchArguments``,
-  ``CRReLUDPOConfig``, ``CRReLUSFTConfig``, ``CRReLUDistillConfig``).
+- :mod:`~crrelu_llm.training.config`: the recipe keys every objective shares (``PatchArguments``,
+  ``ActivationParameterArguments``, ``PromptTruncationArguments``, ``ReferenceCacheArguments``).
 - :mod:`~crrelu_llm.training.recipes`: ``parse_recipe``, ``recipe_from_dict`` (on ``TrlParser``),
   every key checked before a model loads.
-- :mod:`~crrelu_llm.training.trainer`: ``CRReLUDPOTrainer``, ``CRReLUSFTTrainer``,
-  ``CRReLUDistillTrainer`` (the eps parameter group, eps logs, reference-code truncation);
-  :mod:`~crrelu_llm.training.preference_trainers`: SimPO, ORPO and KTO.
+- :mod:`~crrelu_llm.training.trainers`: one module per objective, its config beside its trainer
+  (``trainers.dpo``: ``CRReLUDPOConfig``, ``CRReLUDPOTrainer``; ``sft``, ``simpo``, ``orpo``,
+  ``kto``, ``distill``); :mod:`~crrelu_llm.training.mixins`: what they add to TRL's (the
+  activation parameters' group and logs, the reference code's truncation, the rank check).
 - :mod:`~crrelu_llm.training.train`: ``prepare``, ``run``, ``run_keys``: data, models, trainer,
   train, resume, save, model card.
 - :mod:`~crrelu_llm.training.models`, :mod:`~crrelu_llm.training.output_dir`: every model a run

@@ -1,11 +1,12 @@
-"""Recipe keys and their checks: this project's dataclasses beside TRL's configs.
+"""Recipe keys and their checks that every objective shares, as dataclasses beside TRL's configs.
 
-A recipe is flat YAML whose keys are TRL's own field names (``DPOConfig``/``SFTConfig``,
+A recipe is flat YAML whose keys are TRL's own field names (``DPOConfig``/``SFTConfig``...,
 ``ModelConfig``) plus this project's: :class:`PatchArguments` (the patch, the reference),
-:class:`~crrelu_llm.data.preference.DataArguments`, and the eps optimiser settings, which travel in the
-trainer's own ``args`` (:class:`CRReLUDPOConfig`, :class:`CRReLUSFTConfig`, as TRL puts an
-``XConfig`` beside each ``XTrainer``). Command-line flags override the file. Every key is
-checked before any model is loaded.
+:class:`~crrelu_llm.data.preference.DataArguments`, and the argument groups here that each
+objective's config mixes into TRL's (:class:`ActivationParameterArguments`,
+:class:`PromptTruncationArguments`, :class:`ReferenceCacheArguments`; the configs themselves sit
+beside their trainers in :mod:`crrelu_llm.training.trainers`). Command-line flags override the
+file. Every key is checked before any model is loaded.
 
 A recipe may hold ``arms``: name -> keys that override the shared ones for that arm (``{arm}``
 in any string value is replaced by the arm's name). ``--arm NAME`` picks one::
@@ -16,8 +17,6 @@ in any string value is replaced by the arm's name). ``--arm NAME`` picks one::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from trl import DPOConfig, SFTConfig
 
 from crrelu_llm.errors import RecipeError
 from crrelu_llm.ops.activation import CALIBRATE, DEFAULT_EPSILON_INIT, epsilon_init_value
@@ -120,7 +119,8 @@ class PatchArguments:
 
 @dataclass
 class ActivationParameterArguments:
-    """The eps optimiser settings, carried by the trainer's ``args`` (see :class:`CRReLUDPOConfig`)."""
+    """The activation parameters' optimiser settings, carried by the trainer's ``args`` (see
+    :class:`~crrelu_llm.training.trainers.dpo.CRReLUDPOConfig`)."""
 
     activation_learning_rate: float | None = field(
         default=1e-4,
@@ -202,59 +202,3 @@ class ReferenceCacheArguments:
                 "precompute_ref_log_probs: true, or drop ref_logps_cache_dir"
             )
         super().__post_init__()
-
-
-@dataclass
-class CRReLUDPOConfig(ReferenceCacheArguments, PromptTruncationArguments, ActivationParameterArguments, DPOConfig):
-    """TRL's ``DPOConfig`` plus the eps settings that :class:`~crrelu_llm.training.trainer.CRReLUDPOTrainer` reads.
-
-    Example::
-
-        >>> from crrelu_llm.training.config import CRReLUDPOConfig
-        >>> args = CRReLUDPOConfig(output_dir="runs/doc", beta=0.1, activation_learning_rate=1e-2, bf16=False)
-        >>> args.beta, args.activation_learning_rate
-        (0.1, 0.01)
-    """
-
-
-@dataclass
-class CRReLUSFTConfig(PromptTruncationArguments, ActivationParameterArguments, SFTConfig):
-    """TRL's ``SFTConfig`` plus the eps settings that :class:`~crrelu_llm.training.trainer.CRReLUSFTTrainer` reads."""
-
-
-@dataclass
-class DistillationArguments:
-    """What :class:`~crrelu_llm.training.trainer.CRReLUDistillTrainer` matches: the original's next-token
-    distribution (forward KL, at a temperature), and optionally each MLP's output."""
-
-    teacher_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "The teacher; default: model_name_or_path as loaded, before the patch."}
-    )
-    temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of both distributions (KL x T^2)."})
-    student_dropout: bool = field(
-        default=False,
-        metadata={"help": "Keep the student's dropout during distillation (default: off, like the teacher's)."},
-    )
-    mlp_mse_weight: float = field(
-        default=0.0,
-        metadata={
-            "help": "Weight of the mean squared error between each MLP's output in the student and "
-            "in the teacher (0: logits only)."
-        },
-    )
-
-    def __post_init__(self):
-        if not self.temperature > 0:
-            raise RecipeError(f"temperature must be > 0, got {self.temperature}")
-        if self.mlp_mse_weight < 0:
-            raise RecipeError(f"mlp_mse_weight must be >= 0, got {self.mlp_mse_weight}")
-        super().__post_init__()
-
-
-@dataclass
-class CRReLUDistillConfig(DistillationArguments, PromptTruncationArguments, ActivationParameterArguments, SFTConfig):
-    """TRL's ``SFTConfig`` (data, batching, saving) plus what distillation matches."""
-
-
-
-# --------------------------------------------------------------------------- recipes

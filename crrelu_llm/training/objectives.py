@@ -72,27 +72,26 @@ def _load(path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-_CONFIG, _TRAINER, _OTHERS = "crrelu_llm.training.config", "crrelu_llm.training.trainer", \
-    "crrelu_llm.training.preference_trainers"
+_T = "crrelu_llm.training.trainers"  # one module per objective: its config beside its trainer
 
 OBJECTIVES = {o.name: o for o in (
-    Objective("sft", "SFT", f"{_CONFIG}:CRReLUSFTConfig", f"{_TRAINER}:CRReLUSFTTrainer", "SFTTrainer",
+    Objective("sft", "SFT", f"{_T}.sft:CRReLUSFTConfig", f"{_T}.sft:CRReLUSFTTrainer", "SFTTrainer",
               "supervised fine-tuning (TRL's SFTTrainer).",
               data="sft", reference=False),
-    Objective("dpo", "DPO", f"{_CONFIG}:CRReLUDPOConfig", f"{_TRAINER}:CRReLUDPOTrainer", "DPOTrainer",
+    Objective("dpo", "DPO", f"{_T}.dpo:CRReLUDPOConfig", f"{_T}.dpo:CRReLUDPOTrainer", "DPOTrainer",
               "preference tuning (TRL's DPOTrainer).",
               data="preference", reference=True),
-    Objective("simpo", "SimPO", f"{_OTHERS}:CRReLUSimPOConfig", f"{_OTHERS}:CRReLUSimPOTrainer",
+    Objective("simpo", "SimPO", f"{_T}.simpo:CRReLUSimPOConfig", f"{_T}.simpo:CRReLUSimPOTrainer",
               "CPOTrainer with loss_type simpo",
               "SimPO (TRL's CPOTrainer, loss_type simpo; no reference model).",
               data="preference", reference=False),
-    Objective("orpo", "ORPO", f"{_OTHERS}:CRReLUORPOConfig", f"{_OTHERS}:CRReLUORPOTrainer", "ORPOTrainer",
+    Objective("orpo", "ORPO", f"{_T}.orpo:CRReLUORPOConfig", f"{_T}.orpo:CRReLUORPOTrainer", "ORPOTrainer",
               "ORPO (TRL's ORPOTrainer; no reference model).",
               data="preference", reference=False),
-    Objective("kto", "KTO", f"{_OTHERS}:CRReLUKTOConfig", f"{_OTHERS}:CRReLUKTOTrainer", "KTOTrainer",
+    Objective("kto", "KTO", f"{_T}.kto:CRReLUKTOConfig", f"{_T}.kto:CRReLUKTOTrainer", "KTOTrainer",
               "KTO on the pairs unpaired (TRL's KTOTrainer).",
               data="unpaired", reference=True),
-    Objective("distill", "distillation", f"{_CONFIG}:CRReLUDistillConfig", f"{_TRAINER}:CRReLUDistillTrainer",
+    Objective("distill", "distillation", f"{_T}.distill:CRReLUDistillConfig", f"{_T}.distill:CRReLUDistillTrainer",
               "SFTTrainer, distilling the original",
               "distil the original into it (KL on logits, optional MLP MSE).",
               data="sft", reference=False),

@@ -7,7 +7,7 @@
   same ``epsilon`` Parameter, so the optimizer state carries on). A blended CRReLU *is* a
   :class:`~crrelu_llm.ops.activation.CRReLU` holding its own ``epsilon``, so checkpoints have the
   same keys during and after the schedule, and a resumed run sets ``a`` from its step.
-- Distillation from the original is a trainer: :class:`crrelu_llm.training.trainer.CRReLUDistillTrainer`.
+- Distillation from the original is a trainer: :class:`crrelu_llm.training.trainers.distill.CRReLUDistillTrainer`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Every beta and seed of an arm trains against the same reference (the arm's SFT m
 same data, so the reference's log-probabilities of every chosen and rejected response are the
 same for all of them: about a quarter of a DPO step's compute, repeated in every run. TRL
 computes them up front with ``precompute_ref_log_probs: true``; with ``ref_logps_cache_dir``
-:class:`~crrelu_llm.training.trainer.CRReLUDPOTrainer` keeps them in that directory under a key of:
+:class:`~crrelu_llm.training.trainers.dpo.CRReLUDPOTrainer` keeps them in that directory under a key of:
 
 - the reference weights: a SHA-256 of the reference's state dict (:func:`weights_checksum`, the
   same digest TRL keeps from 1.15 on), taken before anything is sharded;

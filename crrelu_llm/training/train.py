@@ -46,7 +46,7 @@ from crrelu_llm.training.objectives import OBJECTIVES, Objective, unpaired
 from crrelu_llm.training.output_dir import claim_output_dir, last_complete_checkpoint, resume_hint
 from crrelu_llm.training.process_group import leave_process_group
 from crrelu_llm.training.recipes import parse_recipe, recipe_from_dict, resolved_recipe
-from crrelu_llm.training.trainer import RankConsistencyCallback
+from crrelu_llm.training.mixins import RankConsistencyCallback
 
 logger = logging.getLogger("crrelu_llm.train")
 
