@@ -124,7 +124,7 @@ def test_the_command_line_and_the_runner_default_to_what_the_library_functions_d
     from crrelu_llm.cli import build_parser
     from crrelu_llm.evaluation import benchmark, evaluate
     from crrelu_llm.evaluation.generation import GenerationSettings
-    from crrelu_llm.experiments.stages import EVALUATION_DEFAULTS
+    from crrelu_llm.experiments.evaluations import EVALUATION_DEFAULTS
 
     def library(function):
         return {k: p.default for k, p in inspect.signature(function).parameters.items()

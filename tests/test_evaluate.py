@@ -16,8 +16,9 @@ from crrelu_llm.evaluation.generation import GenerationSettings, generate
 from crrelu_llm.evaluation.judges import JudgeError, PairwiseLLMJudge, RewardModelJudge, make_judge
 from crrelu_llm.evaluation.scoring import drift, preference_logps, reward_metrics
 from crrelu_llm.evaluation.tasks import generate_task_data, score_arithmetic, score_repeat, write_task_files
+from crrelu_llm.evaluation.win_rates import win_rate
 from crrelu_llm.patching.tiny import tiny_causal_lm, tiny_tokenizer
-from crrelu_llm.stats import paired_permutation_test, sign_test, wilson_interval, win_rate
+from crrelu_llm.stats import paired_permutation_test, sign_test, wilson_interval
 
 from judge_server import answer as _answer
 from judge_server import prefers_longer as _prefers_longer

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from crrelu_llm.evaluation.win_rates import win_rate
 from crrelu_llm.reporting.report import compare
 from crrelu_llm.reporting.summary import readings
-from crrelu_llm.stats import win_rate, win_rate_estimate
+from crrelu_llm.stats import win_rate_estimate
 
 
 def _outcomes(wins, ties, losses):
@@ -132,13 +133,14 @@ def test_a_two_seed_report_names_seed_1_in_every_results_section_beside_a_pooled
     assert "calibrated at patching: 00: 0.0410, 01: 0.0620 (least squares against the original" in text
     assert "Sources:" not in text and "Benchmarks are" not in text  # nothing here was benchmarked
     # the plots have a point, a bar and a panel for each seed
-    from crrelu_llm.reporting.report import _accuracy_by_training_beta, load_run
+    from crrelu_llm.reporting.figures import accuracy_by_training_beta
+    from crrelu_llm.reporting.runs import load_run
 
     arms = {}
     for r in runs:
         run = load_run(f"{r.parts[-2]}={r}")
         arms.setdefault(run.label, []).append(run)
-    assert {len(points) for points in _accuracy_by_training_beta(arms).values()} == {2}
+    assert {len(points) for points in accuracy_by_training_beta(arms).values()} == {2}
 
 
 def test_the_console_reading_shows_every_seed_and_a_pooled_line(two_seeds):

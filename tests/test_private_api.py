@@ -13,8 +13,8 @@ from transformers import PretrainedConfig, PreTrainedModel, Trainer
 from trl import DPOTrainer, SFTTrainer
 
 from crrelu_llm.patching.tiny import tiny_causal_lm
-from crrelu_llm.training.reference_cache import weights_checksum
 from crrelu_llm.training.mixins import PromptTruncationMixin
+from crrelu_llm.training.reference_cache import weights_checksum
 from crrelu_llm.training.trainers.dpo import CRReLUDPOTrainer
 from crrelu_llm.training.trainers.sft import CRReLUSFTTrainer
 

@@ -171,7 +171,7 @@ def test_probe_plot_gives_each_arm_one_colour_and_each_line_a_legend_entry():
 
 def test_the_epsilon_plot_starts_a_run_from_the_eps_it_started_with():
     from crrelu_llm.reporting.figures import starting_epsilons
-    from crrelu_llm.reporting.report import Run
+    from crrelu_llm.reporting.runs import Run
 
     kept = Run(
         "crrelu",

@@ -68,6 +68,11 @@ def _eval_rewards(args) -> int:
 
     result = run_rewards(args.model, args.reference, args.data, betas=args.beta, max_samples=args.max_samples,
                          max_length=args.max_length, batch_size=args.batch_size, **data_kwargs(args))
+    _print_rewards(result, rewards_file(args.model, args.out))
+    return 0
+
+
+def _print_rewards(result: dict, written) -> None:
     lo, hi = result["accuracy_interval"]
     trained = f", trained with beta {result['training_beta']:g}" if result["training_beta"] is not None else ""
     print(f"{result.get('objective', 'dpo').upper()} implicit-reward accuracy {result['accuracy']:.3f} [{lo:.3f}, "
@@ -76,8 +81,7 @@ def _eval_rewards(args) -> int:
     for b in result["margins_per_evaluation_beta"]:
         print(f"  margin at evaluation beta {b['beta']:g}: {b['margin']:.4f}")
     print(f"reference-free preference accuracy {result['preference_accuracy']:.3f} (n={result['n']}) "
-          f"-> {rewards_file(args.model, args.out)}", *(f"warning: {w}" for w in result["warnings"]), sep="\n")
-    return 0
+          f"-> {written}", *(f"warning: {w}" for w in result["warnings"]), sep="\n")
 
 
 def _eval_drift(args) -> int:

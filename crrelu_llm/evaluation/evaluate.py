@@ -27,9 +27,9 @@ from crrelu_llm.evaluation.generation import GenerationSettings, generate
 from crrelu_llm.evaluation.judges import judge_name, make_judge
 from crrelu_llm.evaluation.length_control import length_controlled_win_rate, token_lengths
 from crrelu_llm.evaluation.scoring import drift, implicit_reward_metrics, preference_logps, reward_metrics
+from crrelu_llm.evaluation.win_rates import win_rate
 from crrelu_llm.files import check_writable, read_json, read_jsonl, writable_dir, write_json, write_jsonl
 from crrelu_llm.patching.loading import load_causal_lm, load_tokenizer
-from crrelu_llm.stats import win_rate
 
 logger = logging.getLogger("crrelu_llm.evaluate")
 

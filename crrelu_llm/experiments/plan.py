@@ -156,7 +156,8 @@ def estimate(exp, spec, stage: PlannedStage, params: int | None, gpus: int, cach
 
 def plan(exp, gpus: int = 1, gpu_tflops: float = 989.0, utilisation: float = 0.4) -> dict:
     from crrelu_llm.errors import UsageError
-    from crrelu_llm.experiments.experiment import Ledger, check_stages
+    from crrelu_llm.experiments.experiment import check_stages
+    from crrelu_llm.experiments.ledger import Ledger
     from crrelu_llm.experiments.stages import declare
 
     if gpus < 1 or not gpu_tflops > 0 or not 0 < utilisation <= 1:
@@ -192,7 +193,7 @@ def plan(exp, gpus: int = 1, gpu_tflops: float = 989.0, utilisation: float = 0.4
 def planned_sensitivity(exp) -> dict:
     """What the planned sample sizes can detect before anything is measured: the worst case (no
     ties, independent samples) and what ties or agreement would buy (``crrelu_llm.stats``)."""
-    from crrelu_llm.experiments.stages import evaluation_settings
+    from crrelu_llm.experiments.evaluations import evaluation_settings
     from crrelu_llm.stats import detectable_difference, planned_detectable
 
     out = {}

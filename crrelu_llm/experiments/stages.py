@@ -1,115 +1,31 @@
 """One typed declaration of every stage of an experiment, built once from the recipe.
 
 :func:`declare` turns an :class:`~crrelu_llm.experiments.experiment.Experiment` into a list of
-:class:`StageSpec`: what kind each stage is, its arm, beta, seed and place in the pipeline, the
-model it produces or evaluates, its resolved keys (the runner's defaults filled in), the stages
-it reads, its completion file and the action that computes it. Everything that needs to know
-the stages reads this list: the runner and its executors, the staleness ledger, ``--plan``,
-``summary.json`` and the report. Paths come from :class:`~crrelu_llm.experiments.layout.RunLayout`.
+:class:`~crrelu_llm.experiments.declaration.StageSpec`: what kind each stage is, its arm, beta,
+seed and place in the pipeline, the model it produces or evaluates, its resolved keys (the
+runner's defaults filled in), the stages it reads, its completion file and the action that
+computes it. Everything that needs to know the stages reads this list: the runner and its
+executors, the staleness ledger, ``--plan``, ``summary.json`` and the report. Paths come from
+:class:`~crrelu_llm.experiments.layout.RunLayout`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from crrelu_llm import run_files
 from crrelu_llm.evaluation import evaluate
-from crrelu_llm.evaluation.benchmark import run_benchmark
 from crrelu_llm.evaluation.generation import GenerationSettings
+from crrelu_llm.experiments.declaration import Declaration, StageSpec
+from crrelu_llm.experiments.evaluations import MODEL_EVALUATIONS, evaluation_settings
 from crrelu_llm.experiments.layout import RunLayout
 from crrelu_llm.experiments.stage_actions import start_keys, train_stage, write_step0
 from crrelu_llm.patching.discovery import is_import_path, supports_calibration
 from crrelu_llm.patching.trust import TrustedCall
 from crrelu_llm.training.objectives import REFERENCE_FREE
 from crrelu_llm.training.recipes import resolve_aliases
-
-TRAINING_KINDS = ("original", "recover", "sft", "dpo")
-MODEL_EVALUATIONS = ("drift", "benchmark", "probe")  # per model: the original, step 0, recover, SFT, DPO
-
-
-def _defaults(function, *names) -> dict:
-    parameters = inspect.signature(function).parameters
-    return {name: parameters[name].default for name in names}
-
-
-# What an evaluation computes when the recipe leaves a setting out: the library functions' own
-# defaults (one owner; ``--plan`` estimates from these too). betas: the experiment's.
-EVALUATION_DEFAULTS = {
-    "rewards": _defaults(evaluate.run_rewards, "max_samples", "max_length"),
-    "winrate": {**_defaults(evaluate.run_winrate, "num_prompts", "judge_concurrency"),
-                "max_new_tokens": GenerationSettings.max_new_tokens, "batch_size": GenerationSettings.batch_size,
-                "against_sft": True},
-    "drift": _defaults(evaluate.run_drift, "max_samples", "max_length"),
-    "benchmark": _defaults(run_benchmark, "limit", "num_fewshot", "batch_size"),
-    "probe": _defaults(evaluate.run_probe, "max_samples", "max_length"),
-}
-EVALUATION_REQUIRED = {"winrate": {"judge"}, "benchmark": {"tasks"}, "rewards": {"betas"}}
-EVALUATION_KEYS = {kind: set(defaults) | EVALUATION_REQUIRED.get(kind, set())
-                   for kind, defaults in EVALUATION_DEFAULTS.items()}
-
-
-@dataclass
-class StageSpec:
-    name: str
-    kind: str  # data, init, original, patch, recover, sft, dpo, rewards, winrate, drift, benchmark, probe
-    keys: dict  # resolved: what the stage computes from
-    done: Path | None  # its completion file (None: an input from outside, never run here)
-    action: Callable[[], None] | None
-    after: list[str] = field(default_factory=list)
-    clear: Path | None = None
-    arm: str | None = None
-    step: str | None = None  # place in the pipeline of the model: original, step 0, recovered, SFT, DPO ...
-    beta: float | None = None
-    seed: int | None = None
-    model: str | None = None  # the model this stage produces (training, patch) or evaluates
-    command: str | None = None  # training: the crrelu-llm command it runs (a "dpo" stage may run simpo, orpo, kto)
-    baseline: str | None = None  # winrate: the other side
-    results: list[Path] = field(default_factory=list)
-    final: bool = True  # dpo: the run itself, not an earlier round of iterative DPO
-
-    @property
-    def external(self) -> bool:
-        return self.done is None
-
-
-@dataclass
-class Declaration:
-    layout: RunLayout
-    data: str
-    original: str
-    arms: list[str]
-    stages: list[StageSpec]
-
-    def by_kind(self, *kinds: str) -> list[StageSpec]:
-        return [s for s in self.stages if s.kind in kinds]
-
-    def models(self) -> dict[str, dict[str, str]]:
-        """arm -> {step: model directory} for every model of the arm (step 0 is the original for
-        an unpatched arm)."""
-        out: dict[str, dict[str, str]] = {arm: {"step 0": str(self.original)} for arm in self.arms}
-        for s in self.stages:
-            if s.kind in ("patch", "recover", "sft", "dpo"):
-                out[s.arm][s.step] = s.model
-        return out
-
-    @property
-    def dpo_runs(self) -> list[StageSpec]:
-        """The preference runs the experiment compares (the last round of each, with rounds)."""
-        return [s for s in self.by_kind("dpo") if s.final]
-
-    def start_of(self, dpo: StageSpec) -> str:
-        """The model a DPO run's chain started from (the arm's SFT, recovered or step-0 model),
-        through its earlier rounds."""
-        spec = next(s for s in self.stages if s.name == dpo.after[0])
-        return self.start_of(spec) if spec.kind == "dpo" else spec.model
-
-    def eval_dirs(self) -> dict[str, Path]:
-        return {str(self.original): self.layout.eval_dir(self.original)}
 
 
 def data_identity(exp) -> dict:
@@ -138,13 +54,6 @@ def recover_keys(recover: dict, arm_keys: dict) -> dict:
         for key in ("epsilon_init", "calibration_samples", "activation_learning_rate"):
             keys.pop(key, None)
     return keys
-
-
-def evaluation_settings(exp, kind: str) -> dict:
-    settings = {**EVALUATION_DEFAULTS[kind], **exp.evaluations[kind]}
-    if kind == "rewards":
-        settings.setdefault("betas", exp.betas)
-    return settings
 
 
 class _Builder:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from crrelu_llm.reporting.runs import Run, objective, seed_label, short
+
 PROBE_PANELS = (("epsilon", "learned eps"), ("least_squares_epsilon", "least-squares eps"),
                 ("excess_kurtosis", "input excess kurtosis"), ("skewness", "input skewness"),
                 ("share_negative", "input share negative"), ("output_small", "output share |y| < 1e-3"))
@@ -111,3 +113,121 @@ def win_rate_figure(bars: list[tuple[str, str, dict]], colours: dict[str, str]):
                   "95% bootstrap; W/T/L: wins, ties, losses", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+TRAIN_CURVES = ("loss", "rewards/accuracies", "rewards/margins")
+
+
+
+def _series(run: Run, key: str) -> tuple[list[int], list[float]]:
+    points = [(e["step"], e[key]) for e in run.log_history if key in e and "step" in e]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+
+def report_plots(arms: dict[str, list[Run]], out: Path, colours: dict[str, str]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    if any(r.log_history for runs in arms.values() for r in runs):
+        fig, axes = plt.subplots(1, len(TRAIN_CURVES), figsize=(5 * len(TRAIN_CURVES), 3.6), sharex=True)
+        for ax, key in zip(axes, TRAIN_CURVES):
+            for label, runs in arms.items():
+                for i, run in enumerate(runs):
+                    x, y = _series(run, key)
+                    if x:  # one shade per seed, each named in the legend
+                        ax.plot(x, y, color=colours[run.arm], linestyle=line_style("DPO"),
+                                alpha=max(0.35, 0.95 - 0.25 * i), label=seed_label(label, run, runs))
+            ax.set_title(key)
+            ax.set_xlabel("training step")
+            ax.set_ylabel(key)
+        axes[0].legend()
+        fig.tight_layout()
+        fig.savefig(out / "training_curves.png", dpi=110)
+        plt.close(fig)
+        files.append("training_curves.png")
+    eps_arms = {seed_label(label, run, runs): run for label, runs in arms.items() for run in runs
+                if any(k.startswith("epsilon/") and k[8:].isdigit() for e in run.log_history for k in e)}
+    if eps_arms:
+        fig, axes = plt.subplots(1, len(eps_arms), figsize=(5 * len(eps_arms), 3.6), squeeze=False)
+        for ax, (label, run) in zip(axes[0], eps_arms.items()):
+            keys = sorted({k for e in run.log_history for k in e if k.startswith("epsilon/") and k[8:].isdigit()})
+            start = starting_epsilons(run)
+            for key in keys:
+                x, y = _series(run, key)
+                first = start.get(key, start.get("*"))
+                if first is not None:  # the eps this run started from, at step 0
+                    x, y = [0, *x], [first, *y]
+                ax.plot(x, y, marker=".", label=f"block {int(key[8:])}")
+            ax.set_ylabel("epsilon")
+            ax.set_title(f"epsilon per block: {label}" + (" (from its start)" if start else ""), fontsize=9)
+            ax.set_xlabel("training step (0: the eps it started from)" if start else "training step")
+            if len(keys) <= 12:
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "epsilon.png", dpi=110)
+        plt.close(fig)
+        files.append("epsilon.png")
+    by_arm = accuracy_by_training_beta(arms)
+    if by_arm:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        betas = sorted({p[0] for points in by_arm.values() for p in points})
+        slots = [(arm, seed) for arm, points in by_arm.items() for seed in dict.fromkeys(p[3] for p in points)]
+        spread = 0.6 / max(len(slots), 1)
+        for arm, points in by_arm.items():
+            for seed in dict.fromkeys(p[3] for p in points):
+                mine = sorted(p for p in points if p[3] == seed)
+                i = slots.index((arm, seed))
+                # one slot per training beta, every (arm, seed) side by side inside it
+                x = [betas.index(p[0]) + spread * (i - (len(slots) - 1) / 2) for p in mine]
+                y = [p[1] for p in mine]
+                err = [[p[1] - p[2][0] for p in mine], [p[2][1] - p[1] for p in mine]]
+                ax.errorbar(x, y, yerr=err, marker="o", linestyle="-" if len(mine) > 1 else "none", capsize=3,
+                            color=colours[arm], alpha=max(0.4, 1 - 0.3 * [s for a, s in slots if a == arm].index(seed)),
+                            label=f"{arm} seed {seed}" if seed is not None else arm)
+        ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
+        ax.set_xlim(-0.6, len(betas) - 0.4)
+        ax.set_xlabel("training beta (one point per DPO run: arm and seed)")
+        ax.set_ylabel("reward accuracy, 95% Wilson")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "reward_accuracy.png", dpi=110)
+        plt.close(fig)
+        files.append("reward_accuracy.png")
+    bars = [(f"{seed_label(label, run, runs)} ({objective(run).upper()}) vs {short(w.get('baseline'))}", run.arm,
+             _restated(w["stats"])) for label, runs in arms.items() for run in runs for w in run.winrates.values()]
+    if bars:
+        fig = win_rate_figure(bars, colours)
+        fig.savefig(out / "win_rates.png", dpi=110)
+        plt.close(fig)
+        files.append("win_rates.png")
+    return files
+
+
+
+def _restated(stats: dict) -> dict:
+    """A win-rate result's stats with the interval of :func:`crrelu_llm.stats.win_rate_estimate`
+    (recomputed from the counts, so a result written before it is plotted the same way)."""
+    from crrelu_llm.stats import win_rate_estimate
+
+    return {**stats, "interval": win_rate_estimate(stats["wins"], stats["ties"], stats["losses"]).interval}
+
+
+
+def accuracy_by_training_beta(arms: dict[str, list[Run]]) -> dict[str, list]:
+    """arm -> [(training beta, reward accuracy, interval, seed)] over every run whose rewards were
+    evaluated and whose training beta is known."""
+    points: dict[str, list] = {}
+    for runs in arms.values():
+        for run in runs:
+            if not run.rewards or "accuracy" not in run.rewards:
+                continue
+            beta = run.rewards.get("training_beta") or (run.recipe or {}).get("beta")
+            if beta is None:
+                continue
+            points.setdefault(run.arm, []).append((beta, run.rewards["accuracy"], run.rewards["accuracy_interval"],
+                                                   run.seed))
+    return points

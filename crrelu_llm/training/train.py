@@ -41,12 +41,12 @@ from crrelu_llm.patching.patch import activation_logs
 from crrelu_llm.patching.trust import trusting
 from crrelu_llm.training import models
 from crrelu_llm.training.config import PatchArguments
+from crrelu_llm.training.mixins import RankConsistencyCallback
 from crrelu_llm.training.model_card import model_card
 from crrelu_llm.training.objectives import OBJECTIVES, Objective, unpaired
 from crrelu_llm.training.output_dir import claim_output_dir, last_complete_checkpoint, resume_hint
 from crrelu_llm.training.process_group import leave_process_group
 from crrelu_llm.training.recipes import parse_recipe, recipe_from_dict, resolved_recipe
-from crrelu_llm.training.mixins import RankConsistencyCallback
 
 logger = logging.getLogger("crrelu_llm.train")
 
