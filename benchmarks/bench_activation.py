@@ -100,14 +100,25 @@ def profile_variants(dtype: torch.dtype, width: int, tokens: int, device: str, i
         if name == "naive":
             continue
         time_once(variant, x, grad, device)  # warm
-        out[name] = profile_run(lambda v=variant: [time_once(v, x, grad, device) for _ in range(iterations)],
-                                iterations, torch.device(device))
+        out[name] = profile_run(
+            lambda v=variant: [time_once(v, x, grad, device) for _ in range(iterations)],
+            iterations,
+            torch.device(device),
+        )
         print_profile(f"{name}, {str(dtype).removeprefix('torch.')} {tokens}x{width}", out[name], "iteration")
     return out
 
 
-def bench(dtype: torch.dtype, width: int, tokens: int, warmup: int, repeats: int, device: str,
-          include_compiled: bool, target: float):
+def bench(
+    dtype: torch.dtype,
+    width: int,
+    tokens: int,
+    warmup: int,
+    repeats: int,
+    device: str,
+    include_compiled: bool,
+    target: float,
+):
     torch.manual_seed(0)
     x = torch.randn(tokens, width, device=device, dtype=dtype, requires_grad=True)
     grad = torch.randn(tokens, width, device=device, dtype=dtype)
@@ -120,11 +131,21 @@ def bench(dtype: torch.dtype, width: int, tokens: int, warmup: int, repeats: int
     for name, (fn, _) in fns.items():
         nbytes = saved_bytes(fn, x)
         q, r = quartiles(times[name]), ratio(times, name, "gelu")
-        rows.append({
-            "variant": name, "dtype": str(dtype).removeprefix("torch."), "tokens": tokens, "width": width,
-            "device": device, "median_ms": q["median"] * 1e3, "iqr_ms": [q["q1"] * 1e3, q["q3"] * 1e3],
-            "time_ratio": r, "verdict": describe(r, target), "saved_bytes": nbytes, "saved_ratio": nbytes / base_bytes,
-        })
+        rows.append(
+            {
+                "variant": name,
+                "dtype": str(dtype).removeprefix("torch."),
+                "tokens": tokens,
+                "width": width,
+                "device": device,
+                "median_ms": q["median"] * 1e3,
+                "iqr_ms": [q["q1"] * 1e3, q["q3"] * 1e3],
+                "time_ratio": r,
+                "verdict": describe(r, target),
+                "saved_bytes": nbytes,
+                "saved_ratio": nbytes / base_bytes,
+            }
+        )
     return rows
 
 
@@ -167,8 +188,11 @@ def host_overhead(width: int, calls: int, warmup: int, repeats: int, target: flo
     (on CUDA without synchronising: the time the host spends issuing the calls)."""
     x = torch.randn(1, width, device=device, requires_grad=True)
     grad = torch.ones(1, width, device=device)
-    modules = {"gelu": nn.GELU(), "crrelu": crrelu_llm.CRReLU().to(device),
-               "crrelu-custom-op": CustomOpCRReLU().to(device)}
+    modules = {
+        "gelu": nn.GELU(),
+        "crrelu": crrelu_llm.CRReLU().to(device),
+        "crrelu-custom-op": CustomOpCRReLU().to(device),
+    }
 
     def forward(module):
         def run():

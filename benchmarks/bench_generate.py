@@ -42,9 +42,11 @@ import crrelu_llm  # noqa: E402
 from crrelu_llm.files import write_json
 from crrelu_llm.ops import kernels
 
-PRESETS = {"gpt2-small": {"n_layer": 12, "n_embd": 768, "n_head": 12},
-           "gpt2-large": {"n_layer": 36, "n_embd": 1280, "n_head": 20},
-           "tiny": {"n_layer": 2, "n_embd": 64, "n_head": 4}}
+PRESETS = {
+    "gpt2-small": {"n_layer": 12, "n_embd": 768, "n_head": 12},
+    "gpt2-large": {"n_layer": 36, "n_embd": 1280, "n_head": 20},
+    "tiny": {"n_layer": 2, "n_embd": 64, "n_head": 4},
+}
 
 
 def build(preset: str, activation: str | None, dtype, device):
@@ -63,8 +65,14 @@ def per_token_ms(model, batch: int, new_tokens: int, device) -> float:
         torch.cuda.synchronize()
     start = time.perf_counter()
     with torch.no_grad():
-        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) * 1000 / new_tokens
@@ -85,9 +93,11 @@ def activation_us(act, x, calls: int = 200) -> float:
 
 def with_kernel(kernel: str, fn):
     """``fn``, run with the CRReLU kernel ``kernel``."""
+
     def call():
         with using_kernel(kernel):
             return fn()
+
     return call
 
 
@@ -102,6 +112,7 @@ def profile_decode(model, batch: int, new_tokens: int, device) -> dict:
         def call(x):
             with record_function("mlp.act"):
                 return forward(x)
+
         return call
 
     for act in acts:
@@ -124,15 +135,23 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--target", type=float, default=1.05, help="CRReLU/GELU per-token ratio to meet")
-    parser.add_argument("--crrelu-kernels", nargs="+", default=["auto"], choices=kernels.KERNELS,
-                        help="one CRReLU arm per kernel (default: auto, the kernel CRReLU picks)")
+    parser.add_argument(
+        "--crrelu-kernels",
+        nargs="+",
+        default=["auto"],
+        choices=kernels.KERNELS,
+        help="one CRReLU arm per kernel (default: auto, the kernel CRReLU picks)",
+    )
     parser.add_argument("--profile", action="store_true", help="then profile each arm's decoding (see above)")
     parser.add_argument("--profile-tokens", type=int, default=8, help="new tokens per profiled run")
     add_flags(parser)
     args = parser.parse_args(argv)
     check_counts(parser, args.warmup, args.repeats)
-    for flag, values in (("--new-tokens", [args.new_tokens]), ("--profile-tokens", [args.profile_tokens]),
-                         ("--batches", args.batches)):
+    for flag, values in (
+        ("--new-tokens", [args.new_tokens]),
+        ("--profile-tokens", [args.profile_tokens]),
+        ("--batches", args.batches),
+    ):
         if min(values) < 1:
             parser.error(f"{flag} must be at least 1")
     device, dtype = torch.device(args.device), getattr(torch, args.dtype, None)
@@ -143,8 +162,10 @@ def main(argv=None) -> int:
     if "triton" in args.crrelu_kernels and (device.type != "cuda" or not kernels.triton_available()):
         parser.error("--crrelu-kernels triton needs --device cuda and the triton package")
     crrelu = build(args.preset, "crrelu", dtype, device)
-    models = {"own (gelu_new)": build(args.preset, None, dtype, device),
-              "gelu": build(args.preset, "gelu", dtype, device)}
+    models = {
+        "own (gelu_new)": build(args.preset, None, dtype, device),
+        "gelu": build(args.preset, "gelu", dtype, device),
+    }
     arms = {name: (model, "auto") for name, model in models.items()}
     arms.update(
         {

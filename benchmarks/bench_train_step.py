@@ -66,22 +66,45 @@ def make_trainers(kind: str, arms, batch_pairs: int, seq: int, device: str):
 
     tokenizer = tiny_tokenizer()
     half = seq // 2
-    rows = [{"prompt": ("question %d " % i * 40)[:half], "chosen": ("good answer " * 40)[:half],
-             "rejected": ("bad reply " * 40)[:half]} for i in range(batch_pairs)]
-    common = dict(per_device_train_batch_size=batch_pairs, report_to=[], save_strategy="no", max_length=seq,
-                  gradient_checkpointing=False, bf16=False, use_cpu=device == "cpu", learning_rate=1e-6,
-                  dataloader_num_workers=0)
+    rows = [
+        {
+            "prompt": ("question %d " % i * 40)[:half],
+            "chosen": ("good answer " * 40)[:half],
+            "rejected": ("bad reply " * 40)[:half],
+        }
+        for i in range(batch_pairs)
+    ]
+    common = dict(
+        per_device_train_batch_size=batch_pairs,
+        report_to=[],
+        save_strategy="no",
+        max_length=seq,
+        gradient_checkpointing=False,
+        bf16=False,
+        use_cpu=device == "cpu",
+        learning_rate=1e-6,
+        dataloader_num_workers=0,
+    )
     trainers = {}
     for name, model in arms.items():
         out = f"/tmp/crrelu-bench-{kind}-{name}"
         if kind == "dpo":
             ref = copy.deepcopy(model).eval().requires_grad_(False)
-            trainer = DPOTrainer(model=model, ref_model=ref, args=DPOConfig(output_dir=out, **common),
-                                 train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+            trainer = DPOTrainer(
+                model=model,
+                ref_model=ref,
+                args=DPOConfig(output_dir=out, **common),
+                train_dataset=Dataset.from_list(rows),
+                processing_class=tokenizer,
+            )
         else:
             texts = [{"text": r["prompt"] + r["chosen"]} for r in rows]
-            trainer = SFTTrainer(model=model, args=SFTConfig(output_dir=out, **common),
-                                 train_dataset=Dataset.from_list(texts), processing_class=tokenizer)
+            trainer = SFTTrainer(
+                model=model,
+                args=SFTConfig(output_dir=out, **common),
+                train_dataset=Dataset.from_list(texts),
+                processing_class=tokenizer,
+            )
         trainer.create_optimizer_and_scheduler(num_training_steps=1000)
         trainer.current_gradient_accumulation_steps = 1
         batch = next(iter(trainer.get_train_dataloader()))
@@ -138,23 +161,32 @@ def main() -> None:
     check_counts(parser, args.warmup, args.repeats)
     repeats = args.repeats
     dtype = getattr(torch, args.dtype)
-    print(f"# torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, {args.preset}"
-          f"{f' ({args.layers} layers)' if args.layers else ''}, {args.dtype}, {args.batch_pairs} pairs x {args.seq} "
-          f"tokens, {args.warmup} warm-up + {repeats} interleaved rounds (median, IQR)")
+    print(
+        f"# torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, {args.preset}"
+        f"{f' ({args.layers} layers)' if args.layers else ''}, {args.dtype}, {args.batch_pairs} pairs x {args.seq} "
+        f"tokens, {args.warmup} warm-up + {repeats} interleaved rounds (median, IQR)"
+    )
     results = []
     for kind in args.kinds.split(","):
         arms = build_arms(args.preset, args.layers, dtype, args.device)
         trainers = make_trainers(kind, arms, args.batch_pairs, args.seq, args.device)
-        times = interleaved({name: (lambda t=t: step(*t, args.device)) for name, t in trainers.items()},
-                            args.warmup, repeats)
+        times = interleaved(
+            {name: (lambda t=t: step(*t, args.device)) for name, t in trainers.items()}, args.warmup, repeats
+        )
         memory = {name: memory_of_step(*trainers[name], args.device) for name in trainers}
         for name in trainers:
             q = quartiles(times[name])
-            row = {"kind": kind, "arm": name, "median_s": q["median"], "iqr_s": [q["q1"], q["q3"]],
-                   "memory_bytes": memory[name], "time_vs_gelu_new": ratio(times, name, "gelu_new"),
-                   "time_vs_gelu": ratio(times, name, "gelu"),
-                   "memory_vs_gelu_new": memory[name] / memory["gelu_new"],
-                   "memory_vs_gelu": memory[name] / memory["gelu"]}
+            row = {
+                "kind": kind,
+                "arm": name,
+                "median_s": q["median"],
+                "iqr_s": [q["q1"], q["q3"]],
+                "memory_bytes": memory[name],
+                "time_vs_gelu_new": ratio(times, name, "gelu_new"),
+                "time_vs_gelu": ratio(times, name, "gelu"),
+                "memory_vs_gelu_new": memory[name] / memory["gelu_new"],
+                "memory_vs_gelu": memory[name] / memory["gelu"],
+            }
             results.append(row)
             print(
                 f"{kind:4s} {name:9s} step {q['median'] * 1e3:8.1f} ms [IQR {q['q1'] * 1e3:.1f}-{q['q3'] * 1e3:.1f}]  "

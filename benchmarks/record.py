@@ -20,6 +20,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def commit() -> str:
     """The short commit the benchmark ran at, ``+dirty`` when the work tree differs from it."""
+
     def git(*args):
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
@@ -40,8 +41,14 @@ def meta(**extra) -> dict:
     from crrelu_llm.environment import environment
 
     env = environment()
-    return {"argv": sys.argv, "commit": commit(), "machine": machine(env), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "environment": env, **extra}
+    return {
+        "argv": sys.argv,
+        "commit": commit(),
+        "machine": machine(env),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "environment": env,
+        **extra,
+    }
 
 
 def record_path(name: str, meta: dict) -> Path:
@@ -57,5 +64,8 @@ def output_path(args, name: str, meta: dict) -> Path | None:
 
 def add_flags(parser) -> None:
     parser.add_argument("--json", help="write all figures to this file")
-    parser.add_argument("--record", action="store_true",
-                        help="write them to the benchmark record: benchmarks/results/<name>-<commit>-<machine>.json")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="write them to the benchmark record: benchmarks/results/<name>-<commit>-<machine>.json",
+    )

@@ -15,8 +15,10 @@ MIN_WARMUP, MIN_REPEATS = 2, 10
 
 def check_counts(parser, warmup: int, repeats: int) -> None:
     if warmup < MIN_WARMUP or repeats < MIN_REPEATS:
-        parser.error(f"use at least {MIN_WARMUP} warm-up rounds and {MIN_REPEATS} repeats: fewer gave misleading "
-                     "ratios before (a 9% slowdown that 10 repeats did not reproduce)")
+        parser.error(
+            f"use at least {MIN_WARMUP} warm-up rounds and {MIN_REPEATS} repeats: fewer gave misleading "
+            "ratios before (a 9% slowdown that 10 repeats did not reproduce)"
+        )
 
 
 def quartiles(values: list[float]) -> dict[str, float]:

@@ -11,9 +11,16 @@ import sys
 from crrelu_llm import reproducibility
 
 PACKAGES = ("torch", "transformers", "trl", "accelerate", "peft", "datasets", "tokenizers", "lm_eval", "crrelu-llm")
-SETTINGS = ("MKL_CBWR", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-            "CUBLAS_WORKSPACE_CONFIG",
-            "CUDA_VISIBLE_DEVICES", "PYTHONHASHSEED")
+SETTINGS = (
+    "MKL_CBWR",
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "CUBLAS_WORKSPACE_CONFIG",
+    "CUDA_VISIBLE_DEVICES",
+    "PYTHONHASHSEED",
+)
 
 
 def _version(name: str) -> str | None:
@@ -40,8 +47,9 @@ def environment() -> dict:
     import torch
 
     config = torch.__config__.show()
-    blas = {key.lower(): (re.search(rf"{key}=([^,\s]+)", config) or [None, None])[1]
-            for key in ("BLAS_INFO", "LAPACK_INFO")}
+    blas = {
+        key.lower(): (re.search(rf"{key}=([^,\s]+)", config) or [None, None])[1] for key in ("BLAS_INFO", "LAPACK_INFO")
+    }
     blas["mkl_available"] = torch.backends.mkl.is_available()
     return {
         "python": platform.python_version(),
@@ -53,7 +61,8 @@ def environment() -> dict:
         "torch_threads": torch.get_num_threads(),
         "blas": blas,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        if torch.cuda.is_available() else [],
+        if torch.cuda.is_available()
+        else [],
         "settings": {key: os.environ.get(key) for key in SETTINGS},
         "reproducible": reproducibility.settings(),
         "executable": sys.executable,

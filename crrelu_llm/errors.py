@@ -45,8 +45,10 @@ class MalformedRowError(DataError):
 
     def __init__(self, source: str, split: str, row: int, column: str, problem: str):
         self.source, self.split, self.row, self.column, self.problem = source, split, row, column, problem
-        super().__init__(f"{source} [{split}] row {row}: column {column!r} {problem}. "
-                         "Fix the row, or set drop_invalid_rows: true to drop such rows and count them.")
+        super().__init__(
+            f"{source} [{split}] row {row}: column {column!r} {problem}. "
+            "Fix the row, or set drop_invalid_rows: true to drop such rows and count them."
+        )
 
 
 class ModelLoadError(CRReLULLMError, RuntimeError):

@@ -47,8 +47,9 @@ def writable_dir(path: Path, flag: str = "--out") -> Path:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as err:
-        raise OutputError(f"cannot write to {path} ({err.strerror or err}): choose another {flag} or fix its "
-                          "permissions") from None
+        raise OutputError(
+            f"cannot write to {path} ({err.strerror or err}): choose another {flag} or fix its permissions"
+        ) from None
     return path
 
 
@@ -59,8 +60,7 @@ def check_writable(path: Path, flag: str = "--out") -> Path:
     existing = next((p for p in (path, *path.absolute().parents) if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         why = "not a directory" if existing is not None and not existing.is_dir() else "not writable"
-        raise OutputError(f"cannot write to {path} ({existing} is {why}): choose another {flag} or fix its "
-                          "permissions")
+        raise OutputError(f"cannot write to {path} ({existing} is {why}): choose another {flag} or fix its permissions")
     return path
 
 

@@ -19,8 +19,13 @@ import os
 import sys
 from pathlib import Path
 
-PINNED = {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-          "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+PINNED = {
+    "MKL_CBWR": "COMPATIBLE",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "OMP_NUM_THREADS": "2",
+    "MKL_NUM_THREADS": "2",
+}
 SWITCH = "CRRELU_LLM_REPRODUCIBLE"
 MARK = "CRRELU_LLM_PINNED"  # set in the restarted process
 

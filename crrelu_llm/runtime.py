@@ -19,7 +19,6 @@ def deepspeed_zero3_enabled() -> bool:
     return is_deepspeed_zero3_enabled()
 
 
-
 def cpu_threads() -> int:
     """CPUs this process may run on (its affinity: a container or ``taskset`` can give fewer
     than the machine has, which torch's own default does not see)."""
@@ -54,9 +53,13 @@ def set_cpu_threads() -> int:
     torch.set_num_threads(threads)
     busy = busy_cpus(threads)
     if busy >= threads - 0.5:
-        logger.warning("the CPUs are busy (%.1f of %d in use by other processes): a second torch job on them makes "
-                       "both several times slower; run one at a time, or give each OMP_NUM_THREADS=%d", busy, threads,
-                       max(1, threads // 2))
+        logger.warning(
+            "the CPUs are busy (%.1f of %d in use by other processes): a second torch job on them makes "
+            "both several times slower; run one at a time, or give each OMP_NUM_THREADS=%d",
+            busy,
+            threads,
+            max(1, threads // 2),
+        )
     return threads
 
 

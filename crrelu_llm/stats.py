@@ -81,9 +81,11 @@ def verdict(estimate: dict, unit: str = "points") -> str:
         return f"detected, {'above' if estimate['value'] > null else 'below'} {null:g}"
     need = estimate.get("detectable")
     shown = f"{100 * need:.1f} {unit} from {null:g}" if need is not None else "a larger difference"
-    return (f"no difference detectable at n = {estimate['n']}" + (f" over {estimate['seeds']} seeds"
-            if estimate.get("seeds", 1) > 1 else "")
-            + f" ({shown} would be, {estimate.get('detectable_basis') or 'worst case'})")
+    return (
+        f"no difference detectable at n = {estimate['n']}"
+        + (f" over {estimate['seeds']} seeds" if estimate.get("seeds", 1) > 1 else "")
+        + f" ({shown} would be, {estimate.get('detectable_basis') or 'worst case'})"
+    )
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -150,8 +152,10 @@ def _detectable(discordant: int, n: int, basis: str, kind: str) -> tuple[float, 
     the worst case (every item discordant) when too few items are discordant to measure it."""
     if discordant < MIN_TO_SIZE:
         measured = "the share of ties" if kind == "decisive" else "how often the arms disagree"
-        return (_detectable_paired(n, n), f"the worst case: only {discordant} {kind} item(s), too few to measure "
-                f"{measured}")
+        return (
+            _detectable_paired(n, n),
+            f"the worst case: only {discordant} {kind} item(s), too few to measure {measured}",
+        )
     return _detectable_paired(discordant, n), basis
 
 
@@ -197,11 +201,17 @@ def win_rate_estimate(wins: int, ties: int, losses: int) -> Estimate:
     lo, hi = _paired_interval(wins, losses, n)
     detectable, basis = _detectable(wins + losses, n, f"with this data's {100 * ties / n:.0f}% ties", "decisive")
     return Estimate(
-        value=(wins + ties / 2) / n, interval=(0.5 + lo / 2, 0.5 + hi / 2), n=n,
+        value=(wins + ties / 2) / n,
+        interval=(0.5 + lo / 2, 0.5 + hi / 2),
+        n=n,
         standard_error=_score_sem({1.0: wins, 0.5: ties, 0.0: losses}),
-        p_value=sign_test(wins, losses), test="exact sign test on the decisive pairs", null=0.5,
+        p_value=sign_test(wins, losses),
+        test="exact sign test on the decisive pairs",
+        null=0.5,
         interval_method="Bonett-Price adjusted Wald (ties as their own outcome)",
-        detectable=detectable / 2, detectable_basis=basis)
+        detectable=detectable / 2,
+        detectable_basis=basis,
+    )
 
 
 def accuracy_estimate(correct: list) -> Estimate:
@@ -216,8 +226,15 @@ def accuracy_estimate(correct: list) -> Estimate:
     _check_n(n)
     k = int(sum(1 for c in correct if c))
     p = k / n
-    return Estimate(value=p, interval=wilson_interval(k, n), standard_error=math.sqrt(p * (1 - p) / n), n=n,
-                    p_value=None, test=None, interval_method="Wilson score")
+    return Estimate(
+        value=p,
+        interval=wilson_interval(k, n),
+        standard_error=math.sqrt(p * (1 - p) / n),
+        n=n,
+        p_value=None,
+        test=None,
+        interval_method="Wilson score",
+    )
 
 
 def paired_difference(a: list, b: list) -> Estimate:
@@ -240,14 +257,22 @@ def paired_difference(a: list, b: list) -> Estimate:
     b_only = sum(1 for x, y in zip(a, b) if y and not x)
     both = sum(1 for x, y in zip(a, b) if x and y)
     table = [[both, a_only], [b_only, n - both - a_only - b_only]]
-    detectable, basis = _detectable(a_only + b_only, n, f"paired, the arms disagree on "
-                                    f"{100 * (a_only + b_only) / n:.0f}% of items", "discordant")
+    detectable, basis = _detectable(
+        a_only + b_only, n, f"paired, the arms disagree on {100 * (a_only + b_only) / n:.0f}% of items", "discordant"
+    )
     p = float(mcnemar(table, exact=True).pvalue) if a_only + b_only else 1.0
-    return Estimate(value=(a_only - b_only) / n, interval=_paired_interval(a_only, b_only, n),
-                    standard_error=_score_sem({1.0: a_only, -1.0: b_only, 0.0: n - a_only - b_only}), n=n,
-                    p_value=p, test="McNemar's exact test on the discordant items",
-                    interval_method="Bonett-Price adjusted Wald, paired", null=0.0,
-                    detectable=detectable, detectable_basis=basis)
+    return Estimate(
+        value=(a_only - b_only) / n,
+        interval=_paired_interval(a_only, b_only, n),
+        standard_error=_score_sem({1.0: a_only, -1.0: b_only, 0.0: n - a_only - b_only}),
+        n=n,
+        p_value=p,
+        test="McNemar's exact test on the discordant items",
+        interval_method="Bonett-Price adjusted Wald, paired",
+        null=0.0,
+        detectable=detectable,
+        detectable_basis=basis,
+    )
 
 
 def win_scores(outcomes: list[int | None]) -> list[float]:
@@ -258,8 +283,7 @@ def win_scores(outcomes: list[int | None]) -> list[float]:
 # --------------------------------------------------------------------------- across seeds
 
 
-def pooled(per_seed: list[list[float]], null: float | None = None, label: str = "",
-           floor_se: float = 0.0) -> Estimate:
+def pooled(per_seed: list[list[float]], null: float | None = None, label: str = "", floor_se: float = 0.0) -> Estimate:
     """The mean over seeds of per-item outcomes ``per_seed[s][i]`` (every seed on the same items),
     with a 95% interval that carries the between-seed spread: crossed random effects of seed and
     item, the grand mean's variance ``(MS_item + MS_seed - MS_residual) / (n k)`` from the two-way
@@ -302,16 +326,31 @@ def pooled(per_seed: list[list[float]], null: float | None = None, label: str = 
     t = float(scipy_stats.t.ppf(0.975, df)) if df >= 1 else float("inf")
     p = None
     if null is not None:
-        p = 1.0 if se == 0 and grand == null else 0.0 if se == 0 else \
-            float(2 * scipy_stats.t.sf(abs(grand - null) / se, df)) if df >= 1 else 1.0
+        p = (
+            1.0
+            if se == 0 and grand == null
+            else 0.0
+            if se == 0
+            else float(2 * scipy_stats.t.sf(abs(grand - null) / se, df))
+            if df >= 1
+            else 1.0
+        )
     detectable = None
     if df >= 1 and se > 0:  # the t test's 80%-power distance, at this spread (noncentrality t_a + t_b)
         detectable = (t + float(scipy_stats.t.ppf(POWER, df))) * se
-    return Estimate(value=grand, interval=(grand - t * se, grand + t * se) if math.isfinite(t * se) else
-                    (float("-inf"), float("inf")), standard_error=se, n=n, p_value=p,
-                    test=f"t test over {k} seeds x {n} items" if null is not None else None,
-                    interval_method=method, null=null, detectable=detectable,
-                    detectable_basis=f"this data's spread over {k} seeds" + (f" ({label})" if label else ""), seeds=k)
+    return Estimate(
+        value=grand,
+        interval=(grand - t * se, grand + t * se) if math.isfinite(t * se) else (float("-inf"), float("inf")),
+        standard_error=se,
+        n=n,
+        p_value=p,
+        test=f"t test over {k} seeds x {n} items" if null is not None else None,
+        interval_method=method,
+        null=null,
+        detectable=detectable,
+        detectable_basis=f"this data's spread over {k} seeds" + (f" ({label})" if label else ""),
+        seeds=k,
+    )
 
 
 def paired_permutation_test(a: list[float], b: list[float]) -> float:
@@ -321,13 +360,15 @@ def paired_permutation_test(a: list[float], b: list[float]) -> float:
     from scipy.stats import permutation_test
 
     diffs = [x - y for x, y in zip(a, b)]
-    result = permutation_test((diffs,), lambda d: sum(d), permutation_type="samples", n_resamples=float("inf"),
-                              alternative="two-sided")
+    result = permutation_test(
+        (diffs,), lambda d: sum(d), permutation_type="samples", n_resamples=float("inf"), alternative="two-sided"
+    )
     return min(1.0, float(result.pvalue))
 
 
-def bootstrap_interval(values: list, statistic=statistics.fmean, n_boot: int = 1000,
-                       seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_interval(
+    values: list, statistic=statistics.fmean, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic`` over examples (margins, KL: statistics
     with no closed form here)."""
     if not values:
@@ -343,8 +384,9 @@ def bootstrap_interval(values: list, statistic=statistics.fmean, n_boot: int = 1
 Z80_POWER = 0.8416212335729143  # standard normal quantile at 0.80
 
 
-def detectable_difference(n: int, two_samples: bool = True, p: float = 0.5, z_alpha: float = Z95,
-                          z_power: float = Z80_POWER) -> float:
+def detectable_difference(
+    n: int, two_samples: bool = True, p: float = 0.5, z_alpha: float = Z95, z_power: float = Z80_POWER
+) -> float:
     """The worst-case smallest difference in a proportion that ``n`` items detect with a
     two-sided 5% test and 80% power (normal approximation at ``p``; 1/2, no ties, independent
     samples is the worst case): for planning, before anything is measured. Once outcomes exist,

@@ -55,17 +55,36 @@ def expected_distributed_type(profile: dict, cuda: bool) -> str:
 INITIAL = {"crrelu": 0.01, "swish_beta": 1.0}
 
 
-def write_recipe(workdir: Path, command: str, model: str, data: Path, steps: int, cuda: bool,
-                 activation: str = "crrelu") -> Path:
+def write_recipe(
+    workdir: Path, command: str, model: str, data: Path, steps: int, cuda: bool, activation: str = "crrelu"
+) -> Path:
     recipe = workdir / f"{command}.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "activation": activation, "model_name_or_path": model, "dataset_name": str(data),
-        "output_dir": str(workdir / command),
-        "eval_fraction": 0.125, "max_steps": steps, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 4,
-        "learning_rate": 1e-3, "activation_learning_rate": 1e-2, "logging_steps": 1, "save_strategy": "no",
-        "eval_strategy": "no", "bf16": cuda, "use_cpu": not cuda, "gradient_checkpointing": False,
-        "max_length": 32, "report_to": [], "seed": 0, "dataloader_num_workers": 0,
-    }))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "activation": activation,
+                "model_name_or_path": model,
+                "dataset_name": str(data),
+                "output_dir": str(workdir / command),
+                "eval_fraction": 0.125,
+                "max_steps": steps,
+                "per_device_train_batch_size": 4,
+                "per_device_eval_batch_size": 4,
+                "learning_rate": 1e-3,
+                "activation_learning_rate": 1e-2,
+                "logging_steps": 1,
+                "save_strategy": "no",
+                "eval_strategy": "no",
+                "bf16": cuda,
+                "use_cpu": not cuda,
+                "gradient_checkpointing": False,
+                "max_length": 32,
+                "report_to": [],
+                "seed": 0,
+                "dataloader_num_workers": 0,
+            }
+        )
+    )
     return recipe
 
 
@@ -90,10 +109,11 @@ def check(run: Path, expected_type: str, num_processes: int, start: dict[str, fl
         "distributed type": consistency["distributed_type"] == expected_type,
         "one entry per rank": [r["rank"] for r in ranks] == list(range(num_processes)),
         "ranks identical": bool(consistency["identical"]),
-        "epsilons trained": bool(eps_end) and eps_end.keys() == eps_start.keys()
+        "epsilons trained": bool(eps_end)
+        and eps_end.keys() == eps_start.keys()
         and all(abs(eps_end[k] - eps_start[k]) > 1e-6 for k in eps_end),
-        "saved epsilons = trained": len(loaded) == len(eps_end) and all(
-            abs(a - b) <= tol * max(abs(b), 1e-3) for a, b in zip(loaded, sorted(eps_end.values()), strict=True)),
+        "saved epsilons = trained": len(loaded) == len(eps_end)
+        and all(abs(a - b) <= tol * max(abs(b), 1e-3) for a, b in zip(loaded, sorted(eps_end.values()), strict=True)),
     }
 
 
@@ -130,8 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         help="sft, dpo or both (default); DPO follows SFT's checkpoint, else starts from --model",
     )
     parser.add_argument("--distill", action="store_true", help="also distil the original into a fresh patch")
-    parser.add_argument("--activation", choices=sorted(INITIAL), default="crrelu",
-                        help="the activation patched in: CRReLU's eps, or a Swish's beta (default crrelu)")
+    parser.add_argument(
+        "--activation",
+        choices=sorted(INITIAL),
+        default="crrelu",
+        help="the activation patched in: CRReLU's eps, or a Swish's beta (default crrelu)",
+    )
     args = parser.parse_args(argv)
 
     profile_path = Path(args.profile)

@@ -37,8 +37,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     for path in (args.original, args.data):
         if not Path(path).exists():
-            print(f"recovery_figures: {path} does not exist; run `crrelu-llm demo` first or pass --original/--data",
-                  file=sys.stderr)
+            print(
+                f"recovery_figures: {path} does not exist; run `crrelu-llm demo` first or pass --original/--data",
+                file=sys.stderr,
+            )
             return 2
     out = args.out
     train = {

@@ -1,4 +1,5 @@
 """Run by tests/test_fsdp2.py under torchrun: FSDP2 over gloo with the CRReLU epsilons shared."""
+
 import json
 import sys
 from types import SimpleNamespace

@@ -21,8 +21,11 @@ def small_recipe(tmp_path: Path, arms: dict, evaluations: dict | None = None, **
     recipe["dpo"].update(max_steps=4, save_steps=4, logging_steps=2)
     recipe["arms"] = arms
     recipe["baseline_arm"] = next(iter(arms))
-    recipe["evaluations"] = evaluations if evaluations is not None else {
-        "drift": {"max_samples": 10}, "rewards": {"max_samples": 20, "max_length": 32}}
+    recipe["evaluations"] = (
+        evaluations
+        if evaluations is not None
+        else {"drift": {"max_samples": 10}, "rewards": {"max_samples": 20, "max_length": 32}}
+    )
     recipe.update(changes)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -44,11 +47,24 @@ def load_script(relative: str):
 
 def recipe(tmp_path, pairs_file, **overrides):
     config = {
-        "model_name_or_path": "tiny-gpt2", "dataset_name": str(pairs_file), "eval_fraction": 0.1,
-        "output_dir": str(tmp_path / "run"), "max_steps": 4, "per_device_train_batch_size": 4,
-        "per_device_eval_batch_size": 4, "learning_rate": 1e-3, "epsilon_learning_rate": 1e-2,
-        "logging_steps": 1, "save_steps": 2, "bf16": False, "use_cpu": True, "gradient_checkpointing": False,
-        "max_length": 32, "report_to": [], "seed": 0, "dataloader_num_workers": 0,
+        "model_name_or_path": "tiny-gpt2",
+        "dataset_name": str(pairs_file),
+        "eval_fraction": 0.1,
+        "output_dir": str(tmp_path / "run"),
+        "max_steps": 4,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4,
+        "learning_rate": 1e-3,
+        "epsilon_learning_rate": 1e-2,
+        "logging_steps": 1,
+        "save_steps": 2,
+        "bf16": False,
+        "use_cpu": True,
+        "gradient_checkpointing": False,
+        "max_length": 32,
+        "report_to": [],
+        "seed": 0,
+        "dataloader_num_workers": 0,
     }
     config.update(overrides)
     path = tmp_path / "recipe.yaml"

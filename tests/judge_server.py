@@ -23,8 +23,9 @@ class JudgeServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with outer.lock:  # handlers run in threads: number the requests one at a time
-                    outer.requests.append({"auth": self.headers.get("Authorization"), "body": body,
-                                           "time": time.monotonic()})
+                    outer.requests.append(
+                        {"auth": self.headers.get("Authorization"), "body": body, "time": time.monotonic()}
+                    )
                     n = len(outer.requests)
                 status, payload, *headers = outer.behaviour(body["messages"][0]["content"], n)
                 if status is None:  # no answer: hang up after 2 s

@@ -65,8 +65,10 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
         shutil.chown("/run/munge", "munge", "munge")
         os.chmod("/run/munge", 0o755)
         subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
-    daemons = [subprocess.Popen([binary, "-D", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-               for binary, extra in (("slurmctld", ["-i"]), ("slurmd", []))]
+    daemons = [
+        subprocess.Popen([binary, "-D", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for binary, extra in (("slurmctld", ["-i"]), ("slurmd", []))
+    ]
     deadline = time.time() + 30
     while time.time() < deadline:
         states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.split()

@@ -24,9 +24,26 @@ def hh_file(path: Path, n: int = 40, long_every: int = 0) -> Path:
 
 
 def dpo(data: Path, out: Path, *flags) -> int:
-    return cli_main(["dpo", "--model_name_or_path", "tiny-gpt2", "--dataset_name", str(data), "--dataset_format", "hh",
-                     "--output_dir", str(out), "--max_steps", "1", "--per_device_train_batch_size", "4",
-                     "--report_to", "none", *flags])
+    return cli_main(
+        [
+            "dpo",
+            "--model_name_or_path",
+            "tiny-gpt2",
+            "--dataset_name",
+            str(data),
+            "--dataset_format",
+            "hh",
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "4",
+            "--report_to",
+            "none",
+            *flags,
+        ]
+    )
 
 
 def test_pairs_that_all_fall_to_the_length_rule_are_one_line_and_nothing_written(tmp_path, capsys):
@@ -50,8 +67,10 @@ def test_what_the_length_rule_drops_and_cuts_is_counted_per_split_and_printed(tm
     assert summary["read"]["train"] == {"rows_read": 60, "dropped_malformed": 0, "filtered_score_ratio": 0}
     assert train["rows"] == summary["train_rows"] == 57
     # counted independently: 15 of the 60 prompts are longer than 100 tokens, the held-out 3 are a random 5%
-    prompts = [json.loads(line)["chosen"].rsplit("\n\nAssistant:", 1)[0] + "\n\nAssistant:"
-               for line in data.read_text().splitlines()]
+    prompts = [
+        json.loads(line)["chosen"].rsplit("\n\nAssistant:", 1)[0] + "\n\nAssistant:"
+        for line in data.read_text().splitlines()
+    ]
     long = sum(len(tokenizer(p)["input_ids"]) >= 100 for p in prompts)
     assert long == 15
     evaluation = summary["splits"]["eval"]

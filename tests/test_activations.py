@@ -89,17 +89,34 @@ def test_a_class_that_cannot_be_imported_at_load_time_is_named_in_one_line(user_
         AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", trust_remote_code=True)
 
 
-@pytest.mark.parametrize("name, words", [
-    ("my_acts:Nope", "my_acts has no 'Nope'"),
-    ("not_a_module_anywhere:X", "module 'not_a_module_anywhere' cannot be imported"),
-    ("my_acts:NOT_A_CLASS", "is not a torch.nn.Module class"),
-    ("my_acts:Halver", "maps a (2, 3, 8) input to (2, 3, 4)"),
-    ("torch.nn:Linear", "'torch.nn:Linear' does not look like an activation: Linear needs in_features, out_features"),
-])
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("my_acts:Nope", "my_acts has no 'Nope'"),
+        ("not_a_module_anywhere:X", "module 'not_a_module_anywhere' cannot be imported"),
+        ("my_acts:NOT_A_CLASS", "is not a torch.nn.Module class"),
+        ("my_acts:Halver", "maps a (2, 3, 8) input to (2, 3, 4)"),
+        (
+            "torch.nn:Linear",
+            "'torch.nn:Linear' does not look like an activation: Linear needs in_features, out_features",
+        ),
+    ],
+)
 def test_bad_activation_classes_are_refused_before_any_model_loads(user_module, name, words, tmp_path, capsys):
     # the model does not exist: the activation is judged first
-    code = cli_main(["sft", "--model_name_or_path", str(tmp_path / "no-such-model"), "--activation", name,
-                     "--dataset_name", str(tmp_path / "no-data.jsonl"), "--output_dir", str(tmp_path / "run")])
+    code = cli_main(
+        [
+            "sft",
+            "--model_name_or_path",
+            str(tmp_path / "no-such-model"),
+            "--activation",
+            name,
+            "--dataset_name",
+            str(tmp_path / "no-data.jsonl"),
+            "--output_dir",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and words in err[0], err
     assert not (tmp_path / "run").exists()
@@ -116,9 +133,16 @@ def test_a_user_class_trains_its_parameter_in_its_own_group(user_module, tmp_pat
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     import yaml
 
-    keys = yaml.safe_load(recipe(tmp_path, data, activation="my_acts:ScaledSquaredReLU",
-                                 activation_kwargs={"alpha_init": 0.5}, activation_learning_rate=0.05,
-                                 max_steps=3).read_text())
+    keys = yaml.safe_load(
+        recipe(
+            tmp_path,
+            data,
+            activation="my_acts:ScaledSquaredReLU",
+            activation_kwargs={"alpha_init": 0.5},
+            activation_learning_rate=0.05,
+            max_steps=3,
+        ).read_text()
+    )
     keys.pop("epsilon_learning_rate")
     prepared = prepare("dpo", *recipe_from_dict("dpo", keys))
     trainer = prepared.trainer
@@ -166,13 +190,19 @@ def test_export_carries_a_self_contained_class_and_refuses_one_that_is_not(user_
         model = tiny_causal_lm("gpt2")
         patch_model(model, f"{user_module}:{name}")
         model.save_pretrained(tmp_path / name)
-    assert cli_main(["export", str(tmp_path / "ScaledSquaredReLU"), "--out", str(tmp_path / "shared"),
-                     "--trust-remote-code"]) == 0
+    assert (
+        cli_main(
+            ["export", str(tmp_path / "ScaledSquaredReLU"), "--out", str(tmp_path / "shared"), "--trust-remote-code"]
+        )
+        == 0
+    )
     # loads where neither crrelu_llm nor my_acts can be imported
-    script = ("import sys, torch; sys.modules['crrelu_llm'] = None; sys.modules['my_acts'] = None\n"
-              "from transformers import AutoModelForCausalLM\n"
-              f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'shared')!r}, trust_remote_code=True)\n"
-              "print(type(m.transformer.h[1].mlp.act).__name__, float(m.transformer.h[1].mlp.act.alpha))\n")
+    script = (
+        "import sys, torch; sys.modules['crrelu_llm'] = None; sys.modules['my_acts'] = None\n"
+        "from transformers import AutoModelForCausalLM\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'shared')!r}, trust_remote_code=True)\n"
+        "print(type(m.transformer.h[1].mlp.act).__name__, float(m.transformer.h[1].mlp.act.alpha))\n"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-2:] == ["ScaledSquaredReLU", "0.5"]
@@ -187,8 +217,10 @@ def test_export_carries_a_self_contained_class_and_refuses_one_that_is_not(user_
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.split()[-2:] == ["SwishBeta", "1.5"], done.stderr[-2000:]
     capsys.readouterr()
-    assert cli_main(["export", str(tmp_path / "NeedsHelper"), "--out", str(tmp_path / "refused"),
-                     "--trust-remote-code"]) == 2
+    assert (
+        cli_main(["export", str(tmp_path / "NeedsHelper"), "--out", str(tmp_path / "refused"), "--trust-remote-code"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "not self-contained" in err and "HELPER_SCALE" in err and not (tmp_path / "refused").exists()
 
@@ -204,10 +236,36 @@ def test_a_lora_run_saves_and_loads_the_activation_parameters_of_any_class(tmp_p
     from crrelu_llm.patching.loading import load_causal_lm
 
     data, run = _pairs(tmp_path), tmp_path / "lora"
-    assert cli_main(["dpo", "--model_name_or_path", "tiny-llama", "--dataset_name", str(data), "--use_peft", "true",
-                     "--lora_r", "4", "--max_steps", "2", "--activation", "swish_beta", "--learning_rate", "1e-2",
-                     "--activation_learning_rate", "5e-2", "--per_device_train_batch_size", "4", "--report_to",
-                     "none", "--output_dir", str(run)]) == 0
+    assert (
+        cli_main(
+            [
+                "dpo",
+                "--model_name_or_path",
+                "tiny-llama",
+                "--dataset_name",
+                str(data),
+                "--use_peft",
+                "true",
+                "--lora_r",
+                "4",
+                "--max_steps",
+                "2",
+                "--activation",
+                "swish_beta",
+                "--learning_rate",
+                "1e-2",
+                "--activation_learning_rate",
+                "5e-2",
+                "--per_device_train_batch_size",
+                "4",
+                "--report_to",
+                "none",
+                "--output_dir",
+                str(run),
+            ]
+        )
+        == 0
+    )
     config = json.loads((run / "adapter_config.json").read_text())
     assert all(p.endswith("mlp.act_fn") for p in config["modules_to_save"]) and config["modules_to_save"]
     merged = load_causal_lm(str(run))  # checked against the adapter's tensors, bit for bit
@@ -218,14 +276,21 @@ def test_a_lora_run_saves_and_loads_the_activation_parameters_of_any_class(tmp_p
 def test_calibration_applies_to_any_class_with_a_least_squares_init(tmp_path):
     from crrelu_llm.patching.checkpoints import patch_checkpoint
 
-    report = patch_checkpoint("tiny-gpt2", tmp_path / "swish", activation="swish_beta", epsilon_init="calibrate",
-                              calibration_data=str(_pairs(tmp_path)), calibration_samples=8)
+    report = patch_checkpoint(
+        "tiny-gpt2",
+        tmp_path / "swish",
+        activation="swish_beta",
+        epsilon_init="calibrate",
+        calibration_data=str(_pairs(tmp_path)),
+        calibration_samples=8,
+    )
     assert set(report.calibrated) == {"transformer.h.0.mlp.act", "transformer.h.1.mlp.act"}
     # the original is GPT-2's tanh GELU: a Swish imitates it best near beta 1.7
     assert all(1.4 < entry["beta"] < 2.0 for entry in report.calibrated.values()), report.calibrated
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "swish")
     assert {n: float(p) for n, p in activation_parameters(loaded).items()} == {
-        f"{path}.beta": entry["beta"] for path, entry in report.calibrated.items()}
+        f"{path}.beta": entry["beta"] for path, entry in report.calibrated.items()
+    }
 
 
 def test_epsilon_modes_freeze_or_train_alone_the_parameters_of_any_class(user_module):
@@ -264,8 +329,21 @@ def test_the_probe_reports_each_learned_parameter_of_any_class(tmp_path, capsys)
     from crrelu_llm.patching.tiny import tiny_tokenizer
 
     tiny_tokenizer().save_pretrained(tmp_path / "swish")
-    assert cli_main(["probe", str(tmp_path / "swish"), "--data", str(_pairs(tmp_path)), "--max-samples", "8",
-                     "--out", str(tmp_path / "probe")]) == 0
+    assert (
+        cli_main(
+            [
+                "probe",
+                str(tmp_path / "swish"),
+                "--data",
+                str(_pairs(tmp_path)),
+                "--max-samples",
+                "8",
+                "--out",
+                str(tmp_path / "probe"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "beta=1.25" in out and "beta=1 " in out
     layers = json.loads((tmp_path / "probe" / "probe.json").read_text())["layers"]

@@ -53,8 +53,9 @@ def test_paired_difference_covers_and_its_detectable_difference_has_80_percent_p
     n = 500
     rng = np.random.default_rng(int(1000 * disagreement))
     a_only, _, b_only = _expected_counts(n, disagreement)
-    detectable = paired_difference([1] * a_only + [0] * (n - a_only), [0] * a_only + [1] * b_only
-                                   + [0] * (n - a_only - b_only)).detectable
+    detectable = paired_difference(
+        [1] * a_only + [0] * (n - a_only), [0] * a_only + [1] * b_only + [0] * (n - a_only - b_only)
+    ).detectable
     for effect in (0.0, detectable):
         p_a, p_b = disagreement / 2 + effect / 2, disagreement / 2 - effect / 2
         base = 0.7 - p_a  # both right on the rest of a 0.7-accurate arm's correct items
@@ -76,8 +77,9 @@ def test_accuracy_interval_covers(p):
     rng = np.random.default_rng(int(100 * p))
     n = 500
     hits = rng.binomial(n, p, size=R)
-    covered = np.mean([(lambda e: e.interval[0] <= p <= e.interval[1])(accuracy_estimate([1] * k + [0] * (n - k)))
-                       for k in hits])
+    covered = np.mean(
+        [(lambda e: e.interval[0] <= p <= e.interval[1])(accuracy_estimate([1] * k + [0] * (n - k))) for k in hits]
+    )
     assert LOW <= covered <= HIGH, (p, covered)
 
 

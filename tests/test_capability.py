@@ -55,8 +55,9 @@ def test_lm_eval_accuracy_equals_our_own_log_probabilities_on_a_crrelu_checkpoin
     """lm-eval scores the model crrelu-llm loaded: trained eps and all."""
     result = run_benchmark(models / "crrelu", ["crrelu_arith_mc"], limit=120)["crrelu_arith_mc"]
     assert list(result["epsilons"].values()) == pytest.approx([0.25, 0.75])
-    ours = multiple_choice_accuracy(load_causal_lm(str(models / "crrelu")), tiny_tokenizer(),
-                                    [r for r in items() if r["split"] == "test"][:120])
+    ours = multiple_choice_accuracy(
+        load_causal_lm(str(models / "crrelu")), tiny_tokenizer(), [r for r in items() if r["split"] == "test"][:120]
+    )
     assert result["n"] == ours["n"] == 120
     assert result["metrics"]["acc"]["value"] == pytest.approx(ours["accuracy"])
     stderr = result["metrics"]["acc"]["stderr"]
@@ -67,8 +68,25 @@ def test_lm_eval_accuracy_equals_our_own_log_probabilities_on_a_crrelu_checkpoin
 
 def test_benchmark_command_and_its_bad_input(models, capsys, monkeypatch):
     out = models / "bench-cli"
-    assert cli_main(["eval", "benchmark", "--model", str(models / "original"), "--tasks", "crrelu_arith_mc",
-                     "--limit", "20", "--num-fewshot", "2", "--out", str(out)]) == 0
+    assert (
+        cli_main(
+            [
+                "eval",
+                "benchmark",
+                "--model",
+                str(models / "original"),
+                "--tasks",
+                "crrelu_arith_mc",
+                "--limit",
+                "20",
+                "--num-fewshot",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "crrelu_arith_mc: acc " in printed and "n=20" in printed
     assert json.loads((out / "benchmark-crrelu_arith_mc.json").read_text())["num_fewshot"] == 2

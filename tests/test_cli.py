@@ -86,8 +86,20 @@ def test_console_script_is_installed():
     assert result.returncode == 0 and "crrelu-llm" in result.stdout
 
 
-SUBCOMMANDS = [["inspect"], ["patch"], ["export"], ["eval"], ["eval", "rewards"], ["eval", "winrate"],
-               ["eval", "drift"], ["eval", "benchmark"], ["probe"], ["compare"], ["experiment"], ["demo"]]
+SUBCOMMANDS = [
+    ["inspect"],
+    ["patch"],
+    ["export"],
+    ["eval"],
+    ["eval", "rewards"],
+    ["eval", "winrate"],
+    ["eval", "drift"],
+    ["eval", "benchmark"],
+    ["probe"],
+    ["compare"],
+    ["experiment"],
+    ["demo"],
+]
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=" ".join)
@@ -98,17 +110,23 @@ def test_every_subcommand_s_help_says_what_it_does_and_every_option_has_text(wor
     out = capsys.readouterr().out
     description = out.split("\n\n")[1]  # after the usage block
     assert description[0].isupper() and not description.startswith(("options", "positional"))
-    options = out[out.index("options:"):].splitlines()[1:]
+    options = out[out.index("options:") :].splitlines()[1:]
     flags = [line.split()[0].rstrip(",") for line in options if line.startswith("  -")]
-    undocumented = [line.strip() for line in options if line.startswith("  -") and len(line.split()) <= 2
-                    and not any(o.startswith(" " * 10) and o.strip() for o in options[options.index(line) + 1:][:1])]
+    undocumented = [
+        line.strip()
+        for line in options
+        if line.startswith("  -")
+        and len(line.split()) <= 2
+        and not any(o.startswith(" " * 10) and o.strip() for o in options[options.index(line) + 1 :][:1])
+    ]
     assert flags and not undocumented, undocumented
 
 
 @pytest.mark.parametrize("command", ["sft", "dpo", "distill"])
 def test_training_help_shows_this_project_s_options_first_and_no_gpu_warning(command):
-    result = subprocess.run([sys.executable, "-m", "crrelu_llm.cli", command, "--help"], capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "crrelu_llm.cli", command, "--help"], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0 and "no GPU found" not in result.stderr + result.stdout
     head = "\n".join(result.stdout.splitlines()[:40])
     for word in ("--config", "--arm", "--activation", "--epsilon_init", "--activation_learning_rate"):
@@ -127,20 +145,31 @@ def test_the_command_line_and_the_runner_default_to_what_the_library_functions_d
     from crrelu_llm.experiments.evaluations import EVALUATION_DEFAULTS
 
     def library(function):
-        return {k: p.default for k, p in inspect.signature(function).parameters.items()
-                if p.default is not inspect.Parameter.empty}
+        return {
+            k: p.default
+            for k, p in inspect.signature(function).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
 
     parse = build_parser().parse_args
     data = ["--data", "d"]
     cases = {
-        "rewards": (parse(["eval", "rewards", "--model", "m", "--reference", "r", *data]),
-                    library(evaluate.run_rewards)),
+        "rewards": (
+            parse(["eval", "rewards", "--model", "m", "--reference", "r", *data]),
+            library(evaluate.run_rewards),
+        ),
         "drift": (parse(["eval", "drift", "--model", "m", "--original", "o", *data]), library(evaluate.run_drift)),
         "probe": (parse(["probe", "m", *data]), library(evaluate.run_probe)),
         "benchmark": (parse(["eval", "benchmark", "--model", "m", "--tasks", "t"]), library(benchmark.run_benchmark)),
-        "winrate": (parse(["eval", "winrate", "--model", "m", "--baseline", "b", "--judge", "j", *data]),
-                    {**library(evaluate.run_winrate), "max_new_tokens": GenerationSettings.max_new_tokens,
-                     "batch_size": GenerationSettings.batch_size, "seed": GenerationSettings.seed}),
+        "winrate": (
+            parse(["eval", "winrate", "--model", "m", "--baseline", "b", "--judge", "j", *data]),
+            {
+                **library(evaluate.run_winrate),
+                "max_new_tokens": GenerationSettings.max_new_tokens,
+                "batch_size": GenerationSettings.batch_size,
+                "seed": GenerationSettings.seed,
+            },
+        ),
     }
     for kind, (args, defaults) in cases.items():
         for key, value in defaults.items():
@@ -207,15 +236,30 @@ def test_every_flag_of_every_command_takes_both_spellings_and_shows_its_default(
         help_text = sub.format_help()
         for action in sub._actions:
             if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and action.help:
-                assert f"(default: {action.default})" in " ".join(help_text.split()) or "default" in action.help, \
-                    (sub.prog, action.option_strings)
+                assert f"(default: {action.default})" in " ".join(help_text.split()) or "default" in action.help, (
+                    sub.prog,
+                    action.option_strings,
+                )
     assert checked > 30
 
 
 def test_patch_takes_the_underscore_spelling(tmp_path, capsys):
     out = tmp_path / "p"
-    assert main(["patch", "tiny-gpt2", "--out", str(out), "--activation", "swish_beta",
-                 "--activation_kwargs", '{"beta_init": 1.702}']) == 0
+    assert (
+        main(
+            [
+                "patch",
+                "tiny-gpt2",
+                "--out",
+                str(out),
+                "--activation",
+                "swish_beta",
+                "--activation_kwargs",
+                '{"beta_init": 1.702}',
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "patch_report.json").read_text())["activation_kwargs"] == {"beta_init": 1.702}
 
 
@@ -231,7 +275,8 @@ def test_a_flag_in_an_error_is_named_as_typed():
 
 
 def test_the_training_commands_show_the_activation_they_patch_by_default():
-    result = subprocess.run([sys.executable, "-m", "crrelu_llm.cli", "dpo", "--help"], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "crrelu_llm.cli", "dpo", "--help"], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0
     assert "(default: crrelu)" in " ".join(result.stdout.split())

@@ -34,10 +34,34 @@ def test_its_eps_trains_in_the_activation_group_and_the_gate_of_a_gated_mlp_is_c
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows * 3))
     run = tmp_path / "run"
-    assert cli_main(["dpo", "--model_name_or_path", "tiny-gpt2", "--dataset_name", str(data), "--activation",
-                     "corrected_gelu_new", "--epsilon_init", "0", "--max_steps", "3", "--learning_rate", "1e-3",
-                     "--activation_learning_rate", "5e-2", "--per_device_train_batch_size", "4", "--report_to", "none",
-                     "--output_dir", str(run)]) == 0
+    assert (
+        cli_main(
+            [
+                "dpo",
+                "--model_name_or_path",
+                "tiny-gpt2",
+                "--dataset_name",
+                str(data),
+                "--activation",
+                "corrected_gelu_new",
+                "--epsilon_init",
+                "0",
+                "--max_steps",
+                "3",
+                "--learning_rate",
+                "1e-3",
+                "--activation_learning_rate",
+                "5e-2",
+                "--per_device_train_batch_size",
+                "4",
+                "--report_to",
+                "none",
+                "--output_dir",
+                str(run),
+            ]
+        )
+        == 0
+    )
     final = json.loads((run / "final_metrics.json").read_text())
     assert final["final_epsilon/00"] != 0.0 and final["final_epsilon/01"] != 0.0  # eps moved from 0
     llama = tiny_causal_lm("llama")
@@ -71,10 +95,12 @@ def test_the_export_carries_it(tmp_path):
 
     tiny_tokenizer().save_pretrained(tmp_path / "ckpt")
     assert cli_main(["export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "shared")]) == 0
-    script = ("import sys; sys.modules['crrelu_llm'] = None\n"
-              "from transformers import AutoModelForCausalLM\n"
-              f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'shared')!r}, trust_remote_code=True)\n"
-              "a = m.transformer.h[1].mlp.act\nprint(type(a).__name__, type(a.base).__name__, float(a.epsilon))\n")
+    script = (
+        "import sys; sys.modules['crrelu_llm'] = None\n"
+        "from transformers import AutoModelForCausalLM\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'shared')!r}, trust_remote_code=True)\n"
+        "a = m.transformer.h[1].mlp.act\nprint(type(a).__name__, type(a.base).__name__, float(a.epsilon))\n"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-3:] == ["CorrectedActivation", "NewGELUActivation", "0.25"]
@@ -82,8 +108,11 @@ def test_the_export_carries_it(tmp_path):
 
 ARMS = {
     "gelu": {"activation": None, "factors": {"base": "gelu", "correction": "off"}},
-    "corrected": {"activation": "corrected_gelu_new", "epsilon_init": 0.0, "factors": {"base": "gelu",
-                                                                                        "correction": "on"}},
+    "corrected": {
+        "activation": "corrected_gelu_new",
+        "epsilon_init": 0.0,
+        "factors": {"base": "gelu", "correction": "on"},
+    },
     "crrelu": {"activation": "crrelu", "factors": {"base": "relu", "correction": "on"}},
     "relu": {"activation": "relu", "factors": {"base": "relu", "correction": "off"}},
 }
@@ -111,10 +140,16 @@ def test_the_contrasts_of_a_2x2():
 
 @pytest.mark.slow
 def test_a_2x2_experiment_runs_every_stage_and_reports_both_main_effects_and_the_interaction(tmp_path):
-    path = small_recipe(tmp_path, ARMS, evaluations={
-        "rewards": {"betas": [0.5], "max_samples": 20, "max_length": 32},
-        "winrate": {"judge": "rule:arithmetic", "num_prompts": 20, "max_new_tokens": 4},
-        "drift": {"max_samples": 10}, "probe": {"max_samples": 10}})
+    path = small_recipe(
+        tmp_path,
+        ARMS,
+        evaluations={
+            "rewards": {"betas": [0.5], "max_samples": 20, "max_length": 32},
+            "winrate": {"judge": "rule:arithmetic", "num_prompts": 20, "max_new_tokens": 4},
+            "drift": {"max_samples": 10},
+            "probe": {"max_samples": 10},
+        },
+    )
     raw = yaml.safe_load(path.read_text())
     raw["baseline_arm"] = "gelu"
     path.write_text(yaml.safe_dump(raw))

@@ -22,8 +22,9 @@ def test_triton_kernel_matches_pytorch_ops_on_cuda(dtype, tol):
         x = (torch.randn(shape, device="cuda") * 2).to(dtype)
         g = torch.randn(shape, device="cuda").to(dtype)
         eps = torch.tensor(0.3, device="cuda")
-        torch.testing.assert_close(triton_ops.crrelu_forward(x, eps).float(), torch_ops.crrelu_forward(x, eps).float(),
-                                   rtol=tol, atol=tol)
+        torch.testing.assert_close(
+            triton_ops.crrelu_forward(x, eps).float(), torch_ops.crrelu_forward(x, eps).float(), rtol=tol, atol=tol
+        )
         gx1, ge1 = triton_ops.crrelu_backward(g, x, eps)
         gx2, ge2 = torch_ops.crrelu_backward(g, x, eps)
         torch.testing.assert_close(gx1.float(), gx2.float(), rtol=tol, atol=tol)

@@ -13,8 +13,10 @@ def _write_jsonl(path, rows):
 
 
 HH = [
-    {"chosen": f"\n\nHuman: hi {i}\n\nAssistant: hello\n\nHuman: how?\n\nAssistant: fine {i}",
-     "rejected": f"\n\nHuman: hi {i}\n\nAssistant: hello\n\nHuman: how?\n\nAssistant: go away"}
+    {
+        "chosen": f"\n\nHuman: hi {i}\n\nAssistant: hello\n\nHuman: how?\n\nAssistant: fine {i}",
+        "rejected": f"\n\nHuman: hi {i}\n\nAssistant: hello\n\nHuman: how?\n\nAssistant: go away",
+    }
     for i in range(10)
 ]
 
@@ -31,10 +33,22 @@ def test_hh_layout_splits_the_shared_conversation_into_the_prompt(tmp_path):
 
 def test_shp_layout_uses_labels_and_the_score_ratio_filter(tmp_path):
     rows = [
-        {"history": "Why is the sky blue?", "human_ref_A": "Rayleigh scattering.", "human_ref_B": "It just is.",
-         "labels": 1, "score_A": 30, "score_B": 10},
-        {"history": "Best pizza?", "human_ref_A": "Any.", "human_ref_B": "Neapolitan, for the crust.",
-         "labels": 0, "score_A": 5, "score_B": 8},
+        {
+            "history": "Why is the sky blue?",
+            "human_ref_A": "Rayleigh scattering.",
+            "human_ref_B": "It just is.",
+            "labels": 1,
+            "score_A": 30,
+            "score_B": 10,
+        },
+        {
+            "history": "Best pizza?",
+            "human_ref_A": "Any.",
+            "human_ref_B": "Neapolitan, for the crust.",
+            "labels": 0,
+            "score_A": 5,
+            "score_B": 8,
+        },
     ]
     file = _write_jsonl(tmp_path / "shp.jsonl", rows * 5)
     args = DataArguments(dataset_name=str(file), eval_fraction=0.2)

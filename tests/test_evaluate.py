@@ -386,8 +386,11 @@ def test_eval_commands_write_their_outputs_and_compare_reports_them(two_runs, ta
     assert len(list((crrelu0 / "eval").glob("winrate-rule_arithmetic-vs-*gelu-seed0.json"))) == 1
     winrate = json.loads(next((crrelu0 / "eval").glob("winrate-rule_arithmetic-vs-*gelu-seed0.json")).read_text())
     lc = winrate["stats"]["length_controlled"]  # beside the raw rate; 6 prompts of 4 tokens each give no fit
-    assert lc["n"] == 6 and lc["value"] is None and ("decisive pairs" in lc["undefined"] or "no variation" in
-                                                     lc["undefined"])
+    assert (
+        lc["n"] == 6
+        and lc["value"] is None
+        and ("decisive pairs" in lc["undefined"] or "no variation" in lc["undefined"])
+    )
     assert "length-controlled: undefined" in out
     # a second winrate run reuses the saved generations (and says so in its log)
     caplog.set_level("INFO", logger="crrelu_llm")
@@ -437,8 +440,24 @@ def test_eval_commands_write_their_outputs_and_compare_reports_them(two_runs, ta
 def test_winrate_says_when_the_split_has_fewer_prompts_than_asked(two_runs, task_dir, tmp_path, capsys):
     """--num-prompts 50 on a held-out split of 12: the result and the command say so."""
     gelu0, _, crrelu0, _ = two_runs
-    argv = ["eval", "winrate", "--model", str(crrelu0), "--baseline", str(gelu0), "--data", str(task_dir),
-            "--judge", "rule:arithmetic", "--num-prompts", "50", "--max-new-tokens", "4", "--out", str(tmp_path)]
+    argv = [
+        "eval",
+        "winrate",
+        "--model",
+        str(crrelu0),
+        "--baseline",
+        str(gelu0),
+        "--data",
+        str(task_dir),
+        "--judge",
+        "rule:arithmetic",
+        "--num-prompts",
+        "50",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        str(tmp_path),
+    ]
     assert cli_main(argv) == 0
     out = capsys.readouterr().out
     assert "warning: win rate: 12 prompts evaluated, not the 50 asked for" in out

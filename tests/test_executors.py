@@ -23,14 +23,20 @@ def grid_recipe(tmp_path: Path, slurm: dict | None = None, evaluations: dict | N
     """One CRReLU arm, two DPO seeds sharing one reference, no SFT: three stages (data, 2 x DPO),
     and the ``evaluations`` of each DPO run."""
     model = tmp_path / "original"
-    tiny_causal_lm("gpt2", seed=0, n_layer=2, n_embd=32, n_head=2, n_inner=64, n_positions=64,
-                   vocab_size=128).save_pretrained(model)
+    tiny_causal_lm(
+        "gpt2", seed=0, n_layer=2, n_embd=32, n_head=2, n_inner=64, n_positions=64, vocab_size=128
+    ).save_pretrained(model)
     tiny_tokenizer().save_pretrained(model)
     recipe = yaml.safe_load(DEMO_RECIPE.read_text())
     for key in ("pretrain", "sft"):
         del recipe[key]
-    recipe.update(original=str(model), arms={"crrelu": {"activation": "crrelu", "epsilon_learning_rate": 1e-2}},
-                  baseline_arm="crrelu", seeds=[0, 1], evaluations=evaluations or {})
+    recipe.update(
+        original=str(model),
+        arms={"crrelu": {"activation": "crrelu", "epsilon_learning_rate": 1e-2}},
+        baseline_arm="crrelu",
+        seeds=[0, 1],
+        evaluations=evaluations or {},
+    )
     recipe["task"].update(n_train=200, n_test=20)
     recipe["dpo"].update(max_steps=8, save_steps=4, logging_steps=2, per_device_train_batch_size=8)
     if slurm:
@@ -58,21 +64,28 @@ def test_two_dpo_runs_at_once_give_what_they_give_in_turn(tmp_path):
     # their jobs ran at once (a stage's own time starts after its job's imports, seconds that
     # differ from job to job on a busy machine: two short stages need not overlap themselves)
     assert all(run["job_started"] <= run["started"] for run in (first, second))
-    assert max(first["job_started"], second["job_started"]) < min(first["ended"], second["ended"]), \
+    assert max(first["job_started"], second["job_started"]) < min(first["ended"], second["ended"]), (
         "they did not overlap"
+    )
     assert log["data"]["ended"] <= min(first["started"], second["started"]), "DPO started before its data existed"
     for run_dir in RUNS:
-        a, b = (json.loads((tmp_path / where / run_dir / "final_metrics.json").read_text())
-                for where in ("in_turn", "at_once"))
+        a, b = (
+            json.loads((tmp_path / where / run_dir / "final_metrics.json").read_text())
+            for where in ("in_turn", "at_once")
+        )
         assert "eval_rewards/accuracies" in a and "eval_loss" in b
         for key, value in a.items():
             if isinstance(value, float) and not any(word in key for word in ("runtime", "per_second", "flos")):
                 assert b[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (run_dir, key)
-        ra, rb = (json.loads((tmp_path / where / run_dir / "eval" / "rewards.json").read_text())
-                  for where in ("in_turn", "at_once"))
+        ra, rb = (
+            json.loads((tmp_path / where / run_dir / "eval" / "rewards.json").read_text())
+            for where in ("in_turn", "at_once")
+        )
         assert rb["n"] == ra["n"] == 20
-        assert log[f"crrelu/rewards beta=0.5 seed={run_dir[-1]}"]["started"] >= log[
-            f"crrelu/dpo beta=0.5 seed={run_dir[-1]}"]["ended"], "an evaluation started before its model existed"
+        assert (
+            log[f"crrelu/rewards beta=0.5 seed={run_dir[-1]}"]["started"]
+            >= log[f"crrelu/dpo beta=0.5 seed={run_dir[-1]}"]["ended"]
+        ), "an evaluation started before its model existed"
         wa, wb = (load_file(tmp_path / where / run_dir / "model.safetensors") for where in ("in_turn", "at_once"))
         for name, tensor in wa.items():
             torch.testing.assert_close(wb[name], tensor, rtol=1e-4, atol=1e-6)
@@ -115,7 +128,10 @@ def test_a_failed_stage_stops_alone_and_a_rerun_submits_only_it(tmp_path, execut
     assert run(recipe, out, *flags) == 0
     log = stage_log(out)
     assert {name: entry["status"] for name, entry in log.items()} == {
-        "data": "skipped", "crrelu/dpo beta=0.5 seed=0": "skipped", "crrelu/dpo beta=0.5 seed=1": "ran"}
+        "data": "skipped",
+        "crrelu/dpo beta=0.5 seed=0": "skipped",
+        "crrelu/dpo beta=0.5 seed=1": "ran",
+    }
     assert (out / RUNS[1] / "final_metrics.json").exists()
     if executor == "slurm":
         submitted = json.loads((out / "jobs" / "submitted.json").read_text())
@@ -125,7 +141,13 @@ def test_a_failed_stage_stops_alone_and_a_rerun_submits_only_it(tmp_path, execut
 def test_accelerate_launch_gets_the_gpu_count_of_its_stage(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
     assert launcher_command("accelerate launch --config_file multi_gpu.yaml") == [
-        "accelerate", "launch", "--num_processes", "2", "--config_file", "multi_gpu.yaml"]
+        "accelerate",
+        "launch",
+        "--num_processes",
+        "2",
+        "--config_file",
+        "multi_gpu.yaml",
+    ]
     command = launcher_command("python -m accelerate.commands.launch --mixed_precision no")
     assert command[3:5] == ["--num_processes", "2"]
     assert launcher_command("accelerate launch --num_processes 1") == ["accelerate", "launch", "--num_processes", "1"]

@@ -47,8 +47,14 @@ SCRIPT = textwrap.dedent("""
 
 def _end_of_run(tmp_path, binder: str, how: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "store"), binder, how],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path / "store"), binder, how],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -81,16 +87,34 @@ def test_a_finished_dpo_launch_exits_0_every_time_while_the_cpus_are_busy(tmp_pa
     0, and at exit no rank has a gloo thread left (tests/exit_probe reports it from atexit, that
     is, before finalization)."""
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "exit_probe"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "exit_probe"), os.environ.get("PYTHONPATH", "")]),
+    }
     try:
         for attempt in range(3):
             work = tmp_path / f"launch{attempt}"
             result = subprocess.run(
-                [sys.executable, str(ROOT / "scripts" / "distributed_check.py"), "--profile",
-                 str(ROOT / "recipes" / "accelerate_configs" / "multi_gpu.yaml"), "--num-processes", "2",
-                 "--workdir", str(work), "--runs", "dpo", "--timeout", "600"],
-                capture_output=True, text=True, timeout=700, env=env)
+                [
+                    sys.executable,
+                    str(ROOT / "scripts" / "distributed_check.py"),
+                    "--profile",
+                    str(ROOT / "recipes" / "accelerate_configs" / "multi_gpu.yaml"),
+                    "--num-processes",
+                    "2",
+                    "--workdir",
+                    str(work),
+                    "--runs",
+                    "dpo",
+                    "--timeout",
+                    "600",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=700,
+                env=env,
+            )
             log = (work / "dpo.log").read_text()
             assert result.returncode == 0, f"launch {attempt}: " + result.stdout[-2000:] + log[-3000:]
             assert "terminate called" not in log
@@ -132,8 +156,11 @@ def test_the_zero3_models_deepspeed_keeps_are_let_go(monkeypatch):
     coordinator.params_to_release(model, 0)
     offload = types.SimpleNamespace(FWD_MODULE_STACK=[model])
     monkeypatch.setitem(sys.modules, "deepspeed.runtime.zero.parameter_offload", offload)
-    monkeypatch.setitem(sys.modules, "deepspeed.runtime.zero.partitioned_param_coordinator",
-                        types.SimpleNamespace(PartitionedParameterCoordinator=Coordinator))
+    monkeypatch.setitem(
+        sys.modules,
+        "deepspeed.runtime.zero.partitioned_param_coordinator",
+        types.SimpleNamespace(PartitionedParameterCoordinator=Coordinator),
+    )
     assert release_zero3_models() == 2
     assert offload.FWD_MODULE_STACK == []
     cache = Coordinator.__dict__["params_to_release"].__closure__[0].cell_contents

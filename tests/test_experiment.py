@@ -36,12 +36,18 @@ def test_reduced_demo_runs_every_stage_and_reports(demo_run, capsys):
     assert crrelu["epsilon_range"] is not None
     report = json.loads((out / "report" / "report.json").read_text())
     assert set(report["arms"]) == {"gelu", "crrelu", "relu"}
-    assert set(report["plots"]) == {"training_curves.png", "epsilon.png", "reward_accuracy.png", "win_rates.png",
-                                    "probe_per_layer.png"}
+    assert set(report["plots"]) == {
+        "training_curves.png",
+        "epsilon.png",
+        "reward_accuracy.png",
+        "win_rates.png",
+        "probe_per_layer.png",
+    }
     # help or harm: every arm at step 0, after SFT and after DPO, with benchmark and probe results
     stages = {(r["arm"], r["stage"]): r for r in report["stages"]}
-    assert set(stages) == {(arm, stage) for arm in ("gelu", "crrelu", "relu")
-                           for stage in ("step 0", "SFT", "DPO beta=0.5 seed=0")}
+    assert set(stages) == {
+        (arm, stage) for arm in ("gelu", "crrelu", "relu") for stage in ("step 0", "SFT", "DPO beta=0.5 seed=0")
+    }
     for (arm, stage), row in stages.items():
         bench = row["benchmarks"]["crrelu_arith_mc"]
         assert bench["n"] == 40 and bench["metric"] == "acc" and 0 <= bench["value"] <= 1 and bench["stderr"] > 0

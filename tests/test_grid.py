@@ -97,6 +97,8 @@ def test_the_plan_says_in_one_line_why_it_cannot_count_parameters(tmp_path, caps
     path.write_text(yaml.safe_dump(recipe))
     assert cli_main(["experiment", "--config", str(path), "--out", str(tmp_path / "out"), "--plan"]) == 0
     out = capsys.readouterr().out
-    assert ("parameter count unknown: the config of no-such-org/no-such-model could not be read here "
-            "(not a local directory, not in the Hub cache, offline (HF_HUB_OFFLINE))") in out
+    assert (
+        "parameter count unknown: the config of no-such-org/no-such-model could not be read here "
+        "(not a local directory, not in the Hub cache, offline (HF_HUB_OFFLINE))"
+    ) in out
     assert "point the recipe's original at a local model directory" in out

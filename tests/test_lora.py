@@ -23,9 +23,34 @@ def lora_run(tmp_path_factory):
     data = tmp / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = tmp / "peft"
-    assert cli_main(["dpo", "--model_name_or_path", "tiny-llama", "--dataset_name", str(data), "--use_peft", "true",
-                     "--lora_r", "4", "--max_steps", "3", "--learning_rate", "1e-2", "--epsilon_learning_rate", "1e-2",
-                     "--per_device_train_batch_size", "4", "--report_to", "none", "--output_dir", str(run)]) == 0
+    assert (
+        cli_main(
+            [
+                "dpo",
+                "--model_name_or_path",
+                "tiny-llama",
+                "--dataset_name",
+                str(data),
+                "--use_peft",
+                "true",
+                "--lora_r",
+                "4",
+                "--max_steps",
+                "3",
+                "--learning_rate",
+                "1e-2",
+                "--epsilon_learning_rate",
+                "1e-2",
+                "--per_device_train_batch_size",
+                "4",
+                "--report_to",
+                "none",
+                "--output_dir",
+                str(run),
+            ]
+        )
+        == 0
+    )
     assert (run / "adapter_config.json").exists() and not (run / "config.json").exists()
     return tmp, run, data
 
@@ -38,8 +63,11 @@ def test_a_lora_run_loads_with_the_eps_its_adapter_stores_and_merges_exactly(lor
 
     _, run, _ = lora_run
     merged = load_causal_lm(str(run))
-    stored = {k.removeprefix("base_model.model.").removesuffix(".epsilon"): v.item()
-              for k, v in load_file(run / "adapter_model.safetensors").items() if k.endswith(".epsilon")}
+    stored = {
+        k.removeprefix("base_model.model.").removesuffix(".epsilon"): v.item()
+        for k, v in load_file(run / "adapter_model.safetensors").items()
+        if k.endswith(".epsilon")
+    }
     assert epsilon_values(merged) == stored and len(stored) == 2
     assert any(v != 0.01 for v in stored.values())  # eps trained with the adapter
     unmerged = load_adapter_run(run, merge=False)
@@ -53,8 +81,22 @@ def test_every_command_takes_a_lora_run(lora_run, capsys):
     commands = [
         ["eval", "rewards", "--model", str(run), "--reference", "tiny-llama", "--data", str(data)],
         ["eval", "drift", "--model", str(run), "--original", "tiny-llama", "--data", str(data)],
-        ["eval", "winrate", "--model", str(run), "--baseline", "tiny-llama", "--data", str(data), "--judge",
-         "rule:arithmetic", "--num-prompts", "4", "--max-new-tokens", "3"],
+        [
+            "eval",
+            "winrate",
+            "--model",
+            str(run),
+            "--baseline",
+            "tiny-llama",
+            "--data",
+            str(data),
+            "--judge",
+            "rule:arithmetic",
+            "--num-prompts",
+            "4",
+            "--max-new-tokens",
+            "3",
+        ],
         ["eval", "benchmark", "--model", str(run), "--tasks", "crrelu_arith_mc", "--limit", "8"],
         ["probe", str(run), "--data", str(data)],
     ]
@@ -71,12 +113,32 @@ def test_every_command_takes_a_lora_run(lora_run, capsys):
     with torch.no_grad():
         assert torch.allclose(shared(ids).logits, load_causal_lm(str(run))(ids).logits, atol=1e-5, rtol=0)
     further = tmp / "further"
-    assert cli_main(["dpo", "--model_name_or_path", str(run), "--dataset_name", str(data), "--max_steps", "1",
-                     "--per_device_train_batch_size", "4", "--report_to", "none", "--output_dir", str(further)]) == 0
+    assert (
+        cli_main(
+            [
+                "dpo",
+                "--model_name_or_path",
+                str(run),
+                "--dataset_name",
+                str(data),
+                "--max_steps",
+                "1",
+                "--per_device_train_batch_size",
+                "4",
+                "--report_to",
+                "none",
+                "--output_dir",
+                str(further),
+            ]
+        )
+        == 0
+    )
     report = json.loads((further / "patch_report.json").read_text())
     assert report["already_patched"] is True  # started from the merged run: its patch and eps kept
-    assert "a LoRA run: this run started from its adapter merged into its base `tiny-llama`" in \
-        (further / "README.md").read_text()
+    assert (
+        "a LoRA run: this run started from its adapter merged into its base `tiny-llama`"
+        in (further / "README.md").read_text()
+    )
 
 
 def test_a_directory_that_is_no_model_is_named_so_without_a_word_about_the_network(tmp_path, capsys):
@@ -91,10 +153,16 @@ def test_a_directory_that_is_no_model_is_named_so_without_a_word_about_the_netwo
 @pytest.mark.slow
 def test_an_experiment_whose_arms_use_lora_runs_every_stage(tmp_path):
     lora = {"use_peft": True, "lora_r": 4}
-    recipe = small_recipe(tmp_path, {"gelu": {"activation": None, **lora}, "crrelu": {"activation": "crrelu", **lora}},
-                          evaluations={"drift": {"max_samples": 10}, "rewards": {"max_samples": 20, "max_length": 32},
-                                       "probe": {"max_samples": 10},
-                                       "winrate": {"judge": "rule:arithmetic", "num_prompts": 10, "max_new_tokens": 4}})
+    recipe = small_recipe(
+        tmp_path,
+        {"gelu": {"activation": None, **lora}, "crrelu": {"activation": "crrelu", **lora}},
+        evaluations={
+            "drift": {"max_samples": 10},
+            "rewards": {"max_samples": 20, "max_length": 32},
+            "probe": {"max_samples": 10},
+            "winrate": {"judge": "rule:arithmetic", "num_prompts": 10, "max_new_tokens": 4},
+        },
+    )
     out = tmp_path / "out"
     assert cli_main(["experiment", "--config", str(recipe), "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -112,14 +180,41 @@ def test_a_recipe_may_continue_the_adapter_itself(lora_run, capsys):
     from safetensors.torch import load_file
 
     tmp, run, data = lora_run
-    common = ["--model_name_or_path", str(run), "--dataset_name", str(data), "--max_steps", "1",
-              "--per_device_train_batch_size", "4", "--report_to", "none", "--continue_adapter", "true"]
+    common = [
+        "--model_name_or_path",
+        str(run),
+        "--dataset_name",
+        str(data),
+        "--max_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "4",
+        "--report_to",
+        "none",
+        "--continue_adapter",
+        "true",
+    ]
     assert cli_main(["dpo", *common, "--output_dir", str(tmp / "refused")]) == 2  # without use_peft
     assert "continue_adapter: true trains a LoRA run's adapter further" in capsys.readouterr().err
     assert not (tmp / "refused").exists()
     further = tmp / "continued"
-    assert cli_main(["dpo", *common, "--use_peft", "true", "--learning_rate", "0", "--epsilon_learning_rate", "0",
-                     "--output_dir", str(further)]) == 0
+    assert (
+        cli_main(
+            [
+                "dpo",
+                *common,
+                "--use_peft",
+                "true",
+                "--learning_rate",
+                "0",
+                "--epsilon_learning_rate",
+                "0",
+                "--output_dir",
+                str(further),
+            ]
+        )
+        == 0
+    )
     before, after = load_file(run / "adapter_model.safetensors"), load_file(further / "adapter_model.safetensors")
     assert set(before) == set(after) and all(torch.equal(before[k], after[k]) for k in before)  # the same adapter
     assert "this run trained its adapter further" in (further / "README.md").read_text()

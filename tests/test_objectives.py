@@ -29,10 +29,35 @@ def test_each_objective_trains_a_crrelu_model_end_to_end(objective, pairs, tmp_p
     from crrelu_llm import epsilon_values
 
     out = tmp_path / objective
-    argv = [objective, "--model_name_or_path", "tiny-gpt2", "--dataset_name", str(pairs), "--eval_fraction", "0.1",
-            "--max_steps", "3", "--learning_rate", "1e-3", "--activation_learning_rate", "5e-2",
-            "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--max_length", "32",
-            "--logging_steps", "1", "--save_steps", "3", "--report_to", "none", "--output_dir", str(out)]
+    argv = [
+        objective,
+        "--model_name_or_path",
+        "tiny-gpt2",
+        "--dataset_name",
+        str(pairs),
+        "--eval_fraction",
+        "0.1",
+        "--max_steps",
+        "3",
+        "--learning_rate",
+        "1e-3",
+        "--activation_learning_rate",
+        "5e-2",
+        "--per_device_train_batch_size",
+        "4",
+        "--per_device_eval_batch_size",
+        "4",
+        "--max_length",
+        "32",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "3",
+        "--report_to",
+        "none",
+        "--output_dir",
+        str(out),
+    ]
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert f"{objective} done: 3 steps" in printed and "epsilon in [" in printed
@@ -59,8 +84,19 @@ def test_each_objective_trains_a_crrelu_model_end_to_end(objective, pairs, tmp_p
 
 
 def test_simpo_refuses_another_loss_type_in_one_line(pairs, tmp_path, capsys):
-    code = cli_main(["simpo", "--model_name_or_path", "tiny-gpt2", "--dataset_name", str(pairs), "--loss_type",
-                     "sigmoid", "--output_dir", str(tmp_path / "x")])
+    code = cli_main(
+        [
+            "simpo",
+            "--model_name_or_path",
+            "tiny-gpt2",
+            "--dataset_name",
+            str(pairs),
+            "--loss_type",
+            "sigmoid",
+            "--output_dir",
+            str(tmp_path / "x"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "loss_type must be simpo" in err[0]
     assert not (tmp_path / "x").exists()
@@ -72,14 +108,21 @@ def test_an_experiment_declares_objectives_as_arms(tmp_path):
 
     from helpers import small_recipe
 
-    arms = {"gelu": {"activation": None}, "crrelu": {"activation": "crrelu"},
-            "crrelu-simpo": {"activation": "crrelu", "objective": "simpo"},
-            "crrelu-kto": {"activation": "crrelu", "objective": "kto"}}
+    arms = {
+        "gelu": {"activation": None},
+        "crrelu": {"activation": "crrelu"},
+        "crrelu-simpo": {"activation": "crrelu", "objective": "simpo"},
+        "crrelu-kto": {"activation": "crrelu", "objective": "kto"},
+    }
     exp = load_experiment(small_recipe(tmp_path, arms, evaluations={"rewards": {"max_samples": 8}}))
     declaration = declare(exp)
     runs = {s.arm: s for s in declaration.dpo_runs}
-    assert {a: s.command for a, s in runs.items()} == {"gelu": "dpo", "crrelu": "dpo", "crrelu-simpo": "simpo",
-                                                      "crrelu-kto": "kto"}
+    assert {a: s.command for a, s in runs.items()} == {
+        "gelu": "dpo",
+        "crrelu": "dpo",
+        "crrelu-simpo": "simpo",
+        "crrelu-kto": "kto",
+    }
     assert "objective" not in runs["crrelu-simpo"].keys and "ref_logps_cache_dir" not in runs["crrelu-simpo"].keys
     assert "ref_logps_cache_dir" in runs["crrelu"].keys
     sft = {s.arm: s for s in declaration.by_kind("sft")}
@@ -96,8 +139,9 @@ def test_an_experiment_declares_objectives_as_arms(tmp_path):
 def test_an_unknown_objective_is_refused_in_one_line(tmp_path, capsys):
     from helpers import small_recipe
 
-    bad = small_recipe(tmp_path, {"gelu": {"activation": None}, "crrelu": {"activation": "crrelu",
-                                                                        "objective": "simp0"}})
+    bad = small_recipe(
+        tmp_path, {"gelu": {"activation": None}, "crrelu": {"activation": "crrelu", "objective": "simp0"}}
+    )
     assert cli_main(["experiment", "--config", str(bad), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "objective must be one of dpo, simpo, orpo, kto, got 'simp0'" in err[0]
@@ -106,12 +150,33 @@ def test_an_unknown_objective_is_refused_in_one_line(tmp_path, capsys):
 
 def test_eval_rewards_scores_a_reference_free_run_by_its_own_implicit_reward(pairs, tmp_path, capsys):
     out = tmp_path / "orpo"
-    assert cli_main(["orpo", "--model_name_or_path", "tiny-gpt2", "--dataset_name", str(pairs), "--max_steps", "2",
-                     "--per_device_train_batch_size", "4", "--max_length", "32", "--report_to", "none",
-                     "--output_dir", str(out)]) == 0
+    assert (
+        cli_main(
+            [
+                "orpo",
+                "--model_name_or_path",
+                "tiny-gpt2",
+                "--dataset_name",
+                str(pairs),
+                "--max_steps",
+                "2",
+                "--per_device_train_batch_size",
+                "4",
+                "--max_length",
+                "32",
+                "--report_to",
+                "none",
+                "--output_dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert cli_main(["eval", "rewards", "--model", str(out), "--data", str(pairs), "--max-samples", "12",
-                     "--beta", "1"]) == 0
+    assert (
+        cli_main(["eval", "rewards", "--model", str(out), "--data", str(pairs), "--max-samples", "12", "--beta", "1"])
+        == 0
+    )
     assert "ORPO implicit-reward accuracy" in capsys.readouterr().out
     result = json.loads((out / "eval" / "rewards.json").read_text())
     assert result["objective"] == "orpo" and "log odds" in result["implicit_reward"] and result["reference"] is None
@@ -132,8 +197,10 @@ def test_an_experiment_compares_objectives_as_arms_end_to_end(tmp_path):
     from helpers import experiment_main, small_recipe
 
     arms = {"gelu": {"activation": None}, "crrelu-simpo": {"activation": "crrelu", "objective": "simpo"}}
-    evaluations = {"rewards": {"max_samples": 20, "max_length": 32},
-                   "winrate": {"judge": "rule:arithmetic", "num_prompts": 20, "max_new_tokens": 4}}
+    evaluations = {
+        "rewards": {"max_samples": 20, "max_length": 32},
+        "winrate": {"judge": "rule:arithmetic", "num_prompts": 20, "max_new_tokens": 4},
+    }
     out = tmp_path / "out"
     assert experiment_main(small_recipe(tmp_path, arms, evaluations), str(out)) == 0
     run = out / "crrelu-simpo" / "dpo-beta0.5-seed0"

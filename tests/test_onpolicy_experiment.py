@@ -15,13 +15,25 @@ ARMS = {"gelu": {"activation": None}, "crrelu": {"activation": "crrelu"}}
 
 
 def _recipe(tmp_path, judge: str, rounds: int = 2, **on_policy):
-    path = small_recipe(tmp_path, ARMS, evaluations={
-        "rewards": {"betas": [0.5], "max_samples": 10, "max_length": 32},
-        "winrate": {"judge": "rule:arithmetic", "num_prompts": 10, "max_new_tokens": 4}})
+    path = small_recipe(
+        tmp_path,
+        ARMS,
+        evaluations={
+            "rewards": {"betas": [0.5], "max_samples": 10, "max_length": 32},
+            "winrate": {"judge": "rule:arithmetic", "num_prompts": 10, "max_new_tokens": 4},
+        },
+    )
     raw = yaml.safe_load(path.read_text())
     raw["baseline_arm"] = "gelu"
-    raw["on_policy"] = {"judge": judge, "num_samples": 3, "max_new_tokens": 4, "batch_size": 16, "num_prompts": 24,
-                        "rounds": rounds, **on_policy}
+    raw["on_policy"] = {
+        "judge": judge,
+        "num_samples": 3,
+        "max_new_tokens": 4,
+        "batch_size": 16,
+        "num_prompts": 24,
+        "rounds": rounds,
+        **on_policy,
+    }
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -30,16 +42,21 @@ def test_on_policy_rounds_are_declared_as_a_chain(tmp_path):
     exp = load_experiment(_recipe(tmp_path, "rule:arithmetic", rounds=2), str(tmp_path / "out"))
     d = declare(exp)
     names = [s.name for s in d.stages]
-    assert {"gelu/pairs", "gelu/pairs beta=0.5 seed=0 round 2", "gelu/dpo beta=0.5 seed=0 round 1",
-            "gelu/dpo beta=0.5 seed=0"} <= set(names)
+    assert {
+        "gelu/pairs",
+        "gelu/pairs beta=0.5 seed=0 round 2",
+        "gelu/dpo beta=0.5 seed=0 round 1",
+        "gelu/dpo beta=0.5 seed=0",
+    } <= set(names)
     by_name = {s.name: s for s in d.stages}
     first, last = by_name["crrelu/dpo beta=0.5 seed=0 round 1"], by_name["crrelu/dpo beta=0.5 seed=0"]
     assert first.keys["dataset_name"] == str(tmp_path / "out" / "crrelu" / "pairs")
     assert by_name["crrelu/pairs"].keys["model"] == str(tmp_path / "out" / "crrelu" / "sft")  # its own SFT model
     assert by_name["crrelu/pairs beta=0.5 seed=0 round 2"].keys["model"] == first.model  # round 1's model
     assert last.keys["model_name_or_path"] == first.model and last.after[1] == "crrelu/pairs beta=0.5 seed=0 round 2"
-    assert [r.name for r in d.dpo_runs] == ["crrelu/dpo beta=0.5 seed=0", "gelu/dpo beta=0.5 seed=0"] or \
-        {r.name for r in d.dpo_runs} == {"crrelu/dpo beta=0.5 seed=0", "gelu/dpo beta=0.5 seed=0"}
+    assert [r.name for r in d.dpo_runs] == ["crrelu/dpo beta=0.5 seed=0", "gelu/dpo beta=0.5 seed=0"] or {
+        r.name for r in d.dpo_runs
+    } == {"crrelu/dpo beta=0.5 seed=0", "gelu/dpo beta=0.5 seed=0"}
     assert d.start_of(last) == str(tmp_path / "out" / "crrelu" / "sft")  # the positive control's baseline
     from crrelu_llm.experiments.plan import format_plan, plan
 
@@ -47,11 +64,14 @@ def test_on_policy_rounds_are_declared_as_a_chain(tmp_path):
     assert "24 prompts x 3 samples x 4 new tokens" in text
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"rounds": 0}, "on_policy.rounds must be a whole number of at least 1"),
-    ({"num_samples": 1}, "at least 2 samples"),
-    ({"temprature": 1.0}, "unknown key 'temprature'"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"rounds": 0}, "on_policy.rounds must be a whole number of at least 1"),
+        ({"num_samples": 1}, "at least 2 samples"),
+        ({"temprature": 1.0}, "unknown key 'temprature'"),
+    ],
+)
 def test_bad_on_policy_keys_are_refused_in_one_line(tmp_path, change, message, capsys):
     path = _recipe(tmp_path, "rule:arithmetic", **change)
     assert experiment_main(path, str(tmp_path / "out")) == 2

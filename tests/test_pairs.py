@@ -19,8 +19,25 @@ def task(tmp_path_factory):
 
 def _pairs(tmp_path, task, judge, *extra):
     out = tmp_path / "pairs"
-    argv = ["pairs", "tiny-gpt2", "--data", str(task), "--judge", judge, "--num-samples", "3", "--max-new-tokens",
-            "6", "--batch-size", "8", "--num-prompts", "8", "--out", str(out), *extra]
+    argv = [
+        "pairs",
+        "tiny-gpt2",
+        "--data",
+        str(task),
+        "--judge",
+        judge,
+        "--num-samples",
+        "3",
+        "--max-new-tokens",
+        "6",
+        "--batch-size",
+        "8",
+        "--num-prompts",
+        "8",
+        "--out",
+        str(out),
+        *extra,
+    ]
     return cli_main(argv), out
 
 
@@ -87,11 +104,14 @@ def test_pairs_with_a_loopback_openai_judge_then_a_rerun_and_an_edit(tmp_path, t
     assert {f.name: f.stat().st_mtime_ns for f in out.iterdir()} == files
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--num-samples", "1"], "at least 2 samples"),
-    (["--temperature", "0"], "--temperature must be > 0"),
-    (["--judge", "gpt4"], "unknown judge"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--num-samples", "1"], "at least 2 samples"),
+        (["--temperature", "0"], "--temperature must be > 0"),
+        (["--judge", "gpt4"], "unknown judge"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, task, capsys, extra, message):
     code, out = _pairs(tmp_path, task, "rule:arithmetic", *extra)
     err = capsys.readouterr().err

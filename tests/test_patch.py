@@ -240,7 +240,9 @@ def test_peft_lora_trains_saves_and_merges_epsilon(tmp_path, tokens):
     model = tiny_causal_lm("llama")
     patch_model(model)
     config = LoraConfig(
-        r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",
+        r=4,
+        target_modules=["q_proj", "v_proj"],
+        task_type="CAUSAL_LM",
         modules_to_save=crrelu_llm.peft_modules_to_save(model),
     )
     peft_model = get_peft_model(model, config)

@@ -24,41 +24,87 @@ def _winrate_file(folder: Path, name: str, baseline: str, wins: int, ties: int, 
     outcomes = _outcomes(wins, ties, losses)
     stats = win_rate(outcomes, ["12."] * len(outcomes), ["12."] * len(outcomes)).to_dict()
     (folder / f"winrate-rule_arithmetic-vs-{name}.json").write_text(
-        json.dumps({"model": str(folder.parent), "baseline": baseline, "judge": "rule:arithmetic", "stats": stats}))
+        json.dumps({"model": str(folder.parent), "baseline": baseline, "judge": "rule:arithmetic", "stats": stats})
+    )
 
 
-def _run(root: Path, arm: str, seed: int, correct: list[int], vs_sft: tuple, vs_gelu: tuple | None = None,
-         activation: str | None = None, calibrated: bool = False) -> Path:
+def _run(
+    root: Path,
+    arm: str,
+    seed: int,
+    correct: list[int],
+    vs_sft: tuple,
+    vs_gelu: tuple | None = None,
+    activation: str | None = None,
+    calibrated: bool = False,
+) -> Path:
     """A DPO run directory as the experiment writes it: recipe, trainer state, final metrics,
     rewards (per-pair outcomes) and win rates against its SFT start and the gelu arm."""
     run = root / arm / f"dpo-beta0.5-seed{seed}"
     (run / "eval").mkdir(parents=True)
     sft = root / arm / "sft"
     sft.mkdir(parents=True, exist_ok=True)
-    (run / "recipe.yaml").write_text(yaml.safe_dump({"activation": activation, "beta": 0.5, "seed": seed,
-                                                     "model_name_or_path": str(sft), "learning_rate": 1e-4}))
+    (run / "recipe.yaml").write_text(
+        yaml.safe_dump(
+            {"activation": activation, "beta": 0.5, "seed": seed, "model_name_or_path": str(sft), "learning_rate": 1e-4}
+        )
+    )
     eps = {"epsilon/00": 0.05 + seed / 100, "epsilon/01": 0.07} if activation == "crrelu" else {}
-    (run / "trainer_state.json").write_text(json.dumps({"log_history": [
-        {"step": s, "loss": 0.7 - s / 100, "rewards/accuracies": 0.5 + s / 100, "rewards/margins": s / 10, **eps}
-        for s in (1, 2, 3)]}))
-    (run / "final_metrics.json").write_text(json.dumps({"eval_rewards/accuracies": 0.8 + seed / 100,
-                                                        **{f"final_{k}": v for k, v in eps.items()}}))
+    (run / "trainer_state.json").write_text(
+        json.dumps(
+            {
+                "log_history": [
+                    {
+                        "step": s,
+                        "loss": 0.7 - s / 100,
+                        "rewards/accuracies": 0.5 + s / 100,
+                        "rewards/margins": s / 10,
+                        **eps,
+                    }
+                    for s in (1, 2, 3)
+                ]
+            }
+        )
+    )
+    (run / "final_metrics.json").write_text(
+        json.dumps({"eval_rewards/accuracies": 0.8 + seed / 100, **{f"final_{k}": v for k, v in eps.items()}})
+    )
     if activation:
-        record = {"already_patched": True, "activation": activation,
-                  "epsilon": {"epsilon/00": 0.04, "epsilon/01": 0.06}}
+        record = {
+            "already_patched": True,
+            "activation": activation,
+            "epsilon": {"epsilon/00": 0.04, "epsilon/01": 0.06},
+        }
         (run / "patch_report.json").write_text(json.dumps(record))
         if calibrated:
-            (sft / "patch_report.json").write_text(json.dumps({"activation": activation, "calibrated_epsilons": {
-                "transformer.h.0.mlp.act": 0.041, "transformer.h.1.mlp.act": 0.062}}))
+            (sft / "patch_report.json").write_text(
+                json.dumps(
+                    {
+                        "activation": activation,
+                        "calibrated_epsilons": {"transformer.h.0.mlp.act": 0.041, "transformer.h.1.mlp.act": 0.062},
+                    }
+                )
+            )
     n = len(correct)
-    (run / "eval" / "rewards.json").write_text(json.dumps({
-        "n": n, "accuracy": sum(correct) / n, "accuracy_interval": [0, 1], "correct": correct, "ties": 0.0,
-        "training_beta": 0.5, "preference_accuracy": 0.6,
-        "margins_per_evaluation_beta": [{"beta": 0.5, "margin": 0.1, "margin_interval": [0.0, 0.2]}]}))
+    (run / "eval" / "rewards.json").write_text(
+        json.dumps(
+            {
+                "n": n,
+                "accuracy": sum(correct) / n,
+                "accuracy_interval": [0, 1],
+                "correct": correct,
+                "ties": 0.0,
+                "training_beta": 0.5,
+                "preference_accuracy": 0.6,
+                "margins_per_evaluation_beta": [{"beta": 0.5, "margin": 0.1, "margin_interval": [0.0, 0.2]}],
+            }
+        )
+    )
     _winrate_file(run / "eval", f"{arm}_sft", str(sft), *vs_sft)
     if vs_gelu:
-        _winrate_file(run / "eval", f"gelu_dpo-beta0.5-seed{seed}", str(root / "gelu" / f"dpo-beta0.5-seed{seed}"),
-                      *vs_gelu)
+        _winrate_file(
+            run / "eval", f"gelu_dpo-beta0.5-seed{seed}", str(root / "gelu" / f"dpo-beta0.5-seed{seed}"), *vs_gelu
+        )
     return run
 
 
@@ -69,8 +115,18 @@ def two_seeds(tmp_path):
     runs = []
     for seed in (0, 1):
         runs.append(_run(tmp_path, "gelu", seed, gelu_correct[seed], (7, 480, 13)))
-        runs.append(_run(tmp_path, "crrelu", seed, gelu_correct[seed][:-30] + [1] * 30, (30, 460, 10), (9, 483, 8),
-                         activation="crrelu", calibrated=True))
+        runs.append(
+            _run(
+                tmp_path,
+                "crrelu",
+                seed,
+                gelu_correct[seed][:-30] + [1] * 30,
+                (30, 460, 10),
+                (9, 483, 8),
+                activation="crrelu",
+                calibrated=True,
+            )
+        )
         runs.append(_run(tmp_path, "relu", seed, gelu_correct[seed], (8, 477, 15), (8, 485, 7), activation="relu"))
     return tmp_path, runs
 
@@ -149,8 +205,15 @@ def test_the_console_reading_shows_every_seed_and_a_pooled_line(two_seeds):
     root, runs = two_seeds
     groups = []
     for arm in ("gelu", "crrelu"):
-        results = [{"seed": s, "stats": json.loads(next((root / arm / f"dpo-beta0.5-seed{s}" / "eval").glob(
-            "winrate-*_sft.json")).read_text())["stats"]} for s in (0, 1)]
+        results = [
+            {
+                "seed": s,
+                "stats": json.loads(
+                    next((root / arm / f"dpo-beta0.5-seed{s}" / "eval").glob("winrate-*_sft.json")).read_text()
+                )["stats"],
+            }
+            for s in (0, 1)
+        ]
         groups.append({"arm": arm, "beta": 0.5, "comparison": "vs-sft", **estimates.win_rates(results)})
     positive, *lines = readings({"rows": [], "win_rates": groups, "reward_accuracy": []}, "gelu")
     # the positive control comes first: gelu's DPO is not told from its SFT start, crrelu's is in both seeds
@@ -159,8 +222,20 @@ def test_the_console_reading_shows_every_seed_and_a_pooled_line(two_seeds):
     assert lines[0].startswith("gelu DPO model vs its own SFT start, 2 seeds: seed 0 ") and "seed 1 " in lines[0]
     assert "pooled 0.494" in lines[0] and "96% ties" not in lines[0].split("pooled")[0]
     assert "detected, above 0.5" in lines[1]  # crrelu: 30 wins, 10 losses in each seed
-    one = readings({"rows": [], "win_rates": [{**groups[0], **estimates.win_rates(
-        [{"seed": 0, "stats": win_rate(_outcomes(7, 480, 13), ["a"] * 500, ["a"] * 500).to_dict()}])}]}, "gelu")
+    one = readings(
+        {
+            "rows": [],
+            "win_rates": [
+                {
+                    **groups[0],
+                    **estimates.win_rates(
+                        [{"seed": 0, "stats": win_rate(_outcomes(7, 480, 13), ["a"] * 500, ["a"] * 500).to_dict()}]
+                    ),
+                }
+            ],
+        },
+        "gelu",
+    )
     assert "1.2 points from 0.5 would be, with this data's 96% ties" in one[1]
     assert one[1].endswith("one seed: the between-seed spread is not measured")
 
@@ -180,8 +255,12 @@ def test_the_win_rate_plot_keeps_its_axis_label_inside_the_figure():
 
 def test_a_patched_arm_whose_step_0_was_not_evaluated_is_not_called_unpatched(two_seeds):
     root, runs = two_seeds
-    report = compare([f"{r.parts[-2]}={r}" for r in runs], root / "report", baseline="gelu",
-                     step0_drift={"gelu": None, "crrelu": None, "relu": None})
+    report = compare(
+        [f"{r.parts[-2]}={r}" for r in runs],
+        root / "report",
+        baseline="gelu",
+        step0_drift={"gelu": None, "crrelu": None, "relu": None},
+    )
     assert "unpatched original" in report["arms"]["gelu"]["drift_note"]
     for arm in ("crrelu", "relu"):
         note = report["arms"][arm]["drift_note"]

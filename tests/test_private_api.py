@@ -26,8 +26,15 @@ def parameters(function) -> list[str]:
 def test_trl_prepare_dataset_takes_the_arguments_the_length_accounting_passes_on():
     """PromptTruncationMixin._prepare_dataset tokenizes uncut through TRL's, passing its arguments on."""
     assert parameters(DPOTrainer._prepare_dataset) == ["self", "dataset", "processing_class", "args", "dataset_name"]
-    assert parameters(SFTTrainer._prepare_dataset) == ["self", "dataset", "processing_class", "args", "packing",
-                                                       "formatting_func", "dataset_name"]
+    assert parameters(SFTTrainer._prepare_dataset) == [
+        "self",
+        "dataset",
+        "processing_class",
+        "args",
+        "packing",
+        "formatting_func",
+        "dataset_name",
+    ]
     for trainer in (CRReLUDPOTrainer, CRReLUSFTTrainer):
         assert trainer._prepare_dataset is PromptTruncationMixin._prepare_dataset
 

@@ -14,8 +14,11 @@ from crrelu_llm.errors import RecipeError
 from crrelu_llm.training.recipes import parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml")
-                 if "accelerate_configs" not in p.parts and "experiments" not in p.parts)
+RECIPES = sorted(
+    p
+    for p in (ROOT / "recipes").rglob("*.yaml")
+    if "accelerate_configs" not in p.parts and "experiments" not in p.parts
+)
 PROFILES = sorted((ROOT / "recipes" / "accelerate_configs").glob("*.yaml"))
 
 
@@ -38,15 +41,17 @@ def test_the_shipped_set_is_complete():
     assert {p.stem for p in PROFILES} == {"single_gpu", "multi_gpu", "fsdp", "zero2", "zero3"}
 
 
-@pytest.mark.parametrize("path,arm", CASES, ids=lambda c: str(c.relative_to(ROOT / "recipes")) if isinstance(c, Path)
-                         else str(c))
+@pytest.mark.parametrize(
+    "path,arm", CASES, ids=lambda c: str(c.relative_to(ROOT / "recipes")) if isinstance(c, Path) else str(c)
+)
 def test_recipe_parses_and_validates(path, arm):
     command = path.stem.split("_")[0]
     assert command in ("sft", "dpo", "simpo", "orpo", "kto"), f"{path.name}: recipes are named after their command"
     # bf16 needs a GPU to validate; everything else is checked as shipped
     arm_flags = ["--arm", arm] if arm else []
     crrelu_args, data_args, training_args, model_args = parse_recipe(
-        command, ["--config", str(path), *arm_flags, "--bf16", "false", "--use_cpu", "true"])
+        command, ["--config", str(path), *arm_flags, "--bf16", "false", "--use_cpu", "true"]
+    )
     assert model_args.model_name_or_path and data_args.dataset_name and training_args.output_dir.startswith("runs/")
     arm = arm or path.stem.split("_")[1]
     assert crrelu_args.activation == {"gelu": None, "crrelu": "crrelu", "relu": "relu", "swish": "swish_beta"}[arm]
@@ -151,9 +156,15 @@ def test_gpu_check_is_valid_bash_names_real_files_and_refuses_cpu_unless_rehears
     assert not (tmp_path / "out" / "log.txt").exists()
 
 
-@pytest.mark.parametrize("profile,expected,activation", [
-    ("multi_gpu", "MULTI_CPU", "crrelu"), ("zero2", "DEEPSPEED", "crrelu"), ("zero3", "DEEPSPEED", "crrelu"),
-    ("zero3", "DEEPSPEED", "swish_beta")])
+@pytest.mark.parametrize(
+    "profile,expected,activation",
+    [
+        ("multi_gpu", "MULTI_CPU", "crrelu"),
+        ("zero2", "DEEPSPEED", "crrelu"),
+        ("zero3", "DEEPSPEED", "crrelu"),
+        ("zero3", "DEEPSPEED", "swish_beta"),
+    ],
+)
 @pytest.mark.slow
 def test_sft_then_dpo_under_accelerate_launch_with_two_cpu_processes(profile, expected, activation, tmp_path):
     """scripts/distributed_check.py: SFT patches a GELU model, DPO starts from that checkpoint;
@@ -187,7 +198,10 @@ def test_sft_then_dpo_under_accelerate_launch_with_two_cpu_processes(profile, ex
     ]
     probe = os.pathsep.join([str(ROOT / "tests" / "exit_probe"), os.environ.get("PYTHONPATH", "")])
     result = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=900,
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=900,
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": probe},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

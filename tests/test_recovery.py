@@ -33,18 +33,32 @@ def setup(tmp_path_factory):
     init = root / "init"
     tiny_causal_lm("gpt2", n_positions=64, n_embd=32, n_inner=128).save_pretrained(init)
     tiny_tokenizer().save_pretrained(init)
-    path = _recipe(root, "original", model_name_or_path=str(init), activation=None, max_steps=40,
-                   learning_rate=3e-3)
+    path = _recipe(root, "original", model_name_or_path=str(init), activation=None, max_steps=40, learning_rate=3e-3)
     run("sft", *parse_recipe("sft", ["--config", str(path)]))
     return root
 
 
 def _recipe(root, name, **overrides):
-    config = {"dataset_name": str(root / "data"), "output_dir": str(root / name), "max_steps": 8,
-              "per_device_train_batch_size": 16, "per_device_eval_batch_size": 16, "learning_rate": 2e-3,
-              "epsilon_learning_rate": 1e-2, "logging_steps": 2, "save_steps": 2, "bf16": False, "use_cpu": True,
-              "gradient_checkpointing": False, "max_length": 32, "report_to": [], "seed": 0,
-              "dataloader_num_workers": 0, "max_eval_samples": 20, **overrides}
+    config = {
+        "dataset_name": str(root / "data"),
+        "output_dir": str(root / name),
+        "max_steps": 8,
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 16,
+        "learning_rate": 2e-3,
+        "epsilon_learning_rate": 1e-2,
+        "logging_steps": 2,
+        "save_steps": 2,
+        "bf16": False,
+        "use_cpu": True,
+        "gradient_checkpointing": False,
+        "max_length": 32,
+        "report_to": [],
+        "seed": 0,
+        "dataloader_num_workers": 0,
+        "max_eval_samples": 20,
+        **overrides,
+    }
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -52,8 +66,23 @@ def _recipe(root, name, **overrides):
 
 def test_calibrated_eps_is_the_least_squares_value_and_is_reported(setup, capsys):
     original, data = str(setup / "original"), str(setup / "data")
-    assert cli_main(["patch", original, "--out", str(setup / "calibrated"), "--epsilon-init", "calibrate",
-                     "--calibration-data", data, "--calibration-samples", "32"]) == 0
+    assert (
+        cli_main(
+            [
+                "patch",
+                original,
+                "--out",
+                str(setup / "calibrated"),
+                "--epsilon-init",
+                "calibrate",
+                "--calibration-data",
+                data,
+                "--calibration-samples",
+                "32",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "Calibrated eps (least squares against the replaced activation):" in printed
     report = json.loads((setup / "calibrated" / "patch_report.json").read_text())
@@ -63,13 +92,16 @@ def test_calibrated_eps_is_the_least_squares_value_and_is_reported(setup, capsys
     loaded = load_causal_lm(str(setup / "calibrated"))
     assert crrelu_llm.epsilon_values(loaded) == pytest.approx(expected)
     # on the first layer (whose inputs the patch does not change) the probe agrees it is the least-squares value
-    probe = evaluate.run_probe(setup / "calibrated", data, original=original, max_samples=32, split="train",
-                               out=setup / "calibrated-probe")
+    probe = evaluate.run_probe(
+        setup / "calibrated", data, original=original, max_samples=32, split="train", out=setup / "calibrated-probe"
+    )
     first = probe["layers"][0]
     assert first["least_squares_epsilon"] == pytest.approx(first["epsilon"], rel=1e-4)
     assert cli_main(["patch", original, "--out", str(setup / "x"), "--epsilon-init", "calibrate"]) == 2
-    assert "needs an activation with least_squares_init (crrelu, swish_beta) and --calibration-data" in \
-        capsys.readouterr().err
+    assert (
+        "needs an activation with least_squares_init (crrelu, swish_beta) and --calibration-data"
+        in capsys.readouterr().err
+    )
     assert not (setup / "x").exists()
 
 
@@ -77,8 +109,16 @@ def test_distillation_cuts_the_kl_to_the_original(setup):
     original, data = str(setup / "original"), str(setup / "data")
     assert cli_main(["patch", original, "--out", str(setup / "step0")]) == 0
     before = evaluate.run_drift(setup / "step0", original, data, max_samples=40)["kl_patched_original"]
-    path = _recipe(setup, "distilled", model_name_or_path=original, activation="crrelu", max_steps=30,
-                   learning_rate=1e-3, temperature=1.0, mlp_mse_weight=1.0)
+    path = _recipe(
+        setup,
+        "distilled",
+        model_name_or_path=original,
+        activation="crrelu",
+        max_steps=30,
+        learning_rate=1e-3,
+        temperature=1.0,
+        mlp_mse_weight=1.0,
+    )
     metrics = run("distill", *parse_recipe("distill", ["--config", str(path)]))
     after = evaluate.run_drift(setup / "distilled", original, data, max_samples=40)["kl_patched_original"]
     assert before > 0 and after < before / 2
@@ -101,8 +141,7 @@ def test_gradual_swap_blends_in_then_leaves_pure_crrelu_and_resumes_exactly(setu
             blends = [m for m in model.modules() if isinstance(m, BLENDS)]
             seen.append(blends[0].alpha if blends else "pure")
 
-    straight = _recipe(setup, "gradual", model_name_or_path=original, activation="crrelu", swap_steps=3,
-                       max_steps=5)
+    straight = _recipe(setup, "gradual", model_name_or_path=original, activation="crrelu", swap_steps=3, max_steps=5)
     prepared_model = []
 
     class Keep(TrainerCallback):
@@ -121,8 +160,15 @@ def test_gradual_swap_blends_in_then_leaves_pure_crrelu_and_resumes_exactly(setu
 
     resumed = setup / "resumed-dir"
     resumed.mkdir()
-    path = _recipe(resumed, "gradual", model_name_or_path=original, activation="crrelu", swap_steps=3, max_steps=5,
-                   dataset_name=str(setup / "data"))
+    path = _recipe(
+        resumed,
+        "gradual",
+        model_name_or_path=original,
+        activation="crrelu",
+        swap_steps=3,
+        max_steps=5,
+        dataset_name=str(setup / "data"),
+    )
     with pytest.raises(Crash):
         run("sft", *parse_recipe("sft", ["--config", str(path)]), callbacks=[CrashAfterStep3()])
     assert (resumed / "gradual" / "checkpoint-2").exists()

@@ -32,7 +32,8 @@ def test_a_different_run_is_refused_before_anything_is_written(tmp_path, pairs_f
     run_dir = tmp_path / "run"
     before = _snapshot(run_dir)
     other = recipe(tmp_path, pairs_file, max_steps=2, save_steps=2, model_name_or_path="tiny-llama").rename(
-        tmp_path / "other.yaml")
+        tmp_path / "other.yaml"
+    )
     assert cli_main(["dpo", "--config", str(other)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "holds a different run (model_name_or_path 'tiny-gpt2' -> 'tiny-llama')" in err
@@ -93,17 +94,20 @@ def test_generations_of_a_model_retrained_in_place_are_not_reused(tmp_path):
 # --------------------------------------------------------------------------- 5: value ranges
 
 
-@pytest.mark.parametrize("bad,message", [
-    ({"beta": -0.1}, "beta must be > 0, got -0.1 (beta <= 0 inverts or removes the DPO objective)"),
-    ({"beta": 0.0}, "beta must be > 0"),
-    ({"learning_rate": -1e-3}, "learning_rate must be >= 0"),
-    ({"epsilon_learning_rate": -1.0}, "activation_learning_rate must be >= 0"),
-    ({"max_length": 0}, "max_length must be > 0"),
-    ({"lora_dropout": 1.5}, "lora_dropout must be in [0, 1]"),
-    ({"per_device_train_batch_size": 0}, "per_device_train_batch_size must be > 0"),
-    ({"shp_min_score_ratio": 0.5}, "shp_min_score_ratio must be >= 1"),
-    ({"eval_fraction": 1.5}, "eval_fraction must be in (0, 1), got 1.5"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ({"beta": -0.1}, "beta must be > 0, got -0.1 (beta <= 0 inverts or removes the DPO objective)"),
+        ({"beta": 0.0}, "beta must be > 0"),
+        ({"learning_rate": -1e-3}, "learning_rate must be >= 0"),
+        ({"epsilon_learning_rate": -1.0}, "activation_learning_rate must be >= 0"),
+        ({"max_length": 0}, "max_length must be > 0"),
+        ({"lora_dropout": 1.5}, "lora_dropout must be in [0, 1]"),
+        ({"per_device_train_batch_size": 0}, "per_device_train_batch_size must be > 0"),
+        ({"shp_min_score_ratio": 0.5}, "shp_min_score_ratio must be >= 1"),
+        ({"eval_fraction": 1.5}, "eval_fraction must be in (0, 1), got 1.5"),
+    ],
+)
 def test_out_of_range_values_are_refused_before_loading(tmp_path, pairs_file, bad, message, capsys):
     path = recipe(tmp_path, pairs_file, model_name_or_path=str(tmp_path / "no-such-model"), **bad)
     assert cli_main(["dpo", "--config", str(path)]) == 2
@@ -127,8 +131,9 @@ def test_read_only_output_directories_get_one_line(tmp_path, pairs_file, capsys)
         blocked.chmod(stat.S_IRUSR | stat.S_IXUSR)
         target = blocked / "out"
     data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "chosen": f"{i + 1}.", "rejected": "0!"}) + "\n"
-                            for i in range(10)))
+    data.write_text(
+        "".join(json.dumps({"prompt": f"{i}+1=", "chosen": f"{i + 1}.", "rejected": "0!"}) + "\n" for i in range(10))
+    )
     run = tmp_path / "run0"
     (run / "eval").mkdir(parents=True)
     (run / "final_metrics.json").write_text('{"eval_rewards/accuracies": 0.5}')
@@ -164,10 +169,21 @@ def test_patched_checkpoints_get_the_users_umask_and_a_tokenizer(tmp_path):
 
 def test_judge_specs_and_unloadable_judges_get_one_line(tmp_path, capsys):
     data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "chosen": f"{i + 1}.", "rejected": "0!"}) + "\n"
-                            for i in range(10)))
-    base = ["eval", "winrate", "--model", "tiny-gpt2", "--baseline", "tiny-gpt2", "--data", str(data), "--out",
-            str(tmp_path / "e")]
+    data.write_text(
+        "".join(json.dumps({"prompt": f"{i}+1=", "chosen": f"{i + 1}.", "rejected": "0!"}) + "\n" for i in range(10))
+    )
+    base = [
+        "eval",
+        "winrate",
+        "--model",
+        "tiny-gpt2",
+        "--baseline",
+        "tiny-gpt2",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "e"),
+    ]
     assert cli_main([*base, "--judge", "openai:gpt-4o"]) == 2
     assert "the base URL is missing; write openai:gpt-4o@<base url>" in capsys.readouterr().err
     assert cli_main([*base, "--judge", f"reward-model:{tmp_path / 'no-rm'}"]) == 2
@@ -206,10 +222,14 @@ def test_ctrl_c_says_where_the_last_checkpoint_is(tmp_path, pairs_file):
     run_dir = tmp_path / "run"
     # a suite started in the background of a non-interactive shell inherits SIGINT ignored, and a
     # Python started with SIGINT ignored never turns it into KeyboardInterrupt: restore the default
-    proc = subprocess.Popen([sys.executable, "-m", "crrelu_llm.cli", "dpo", "--config", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crrelu_llm.cli", "dpo", "--config", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 300
     while not list(run_dir.glob("checkpoint-*/trainer_state.json")):
         assert proc.poll() is None and time.time() < deadline
@@ -258,14 +278,49 @@ def test_cpu_threads_follow_the_affinity_and_busy_cpus_are_named(monkeypatch, ca
 
 def test_every_printed_metric_carries_n_and_wide_intervals_are_warned(tmp_path, capsys, caplog):
     data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "chosen": f"{i + 1}.", "rejected": "0!"}) + "\n"
-                            for i in range(40)))
+    data.write_text(
+        "".join(json.dumps({"prompt": f"{i}+1=", "chosen": f"{i + 1}.", "rejected": "0!"}) + "\n" for i in range(40))
+    )
     caplog.set_level("WARNING", logger="crrelu_llm")
     common = ["--data", str(data), "--split", "train", "--out", str(tmp_path / "e")]
-    assert cli_main(["eval", "winrate", "--model", "tiny-gpt2", "--baseline", "tiny-llama", "--judge",
-                     "rule:arithmetic", "--num-prompts", "10", "--max-new-tokens", "2", *common]) == 0
-    assert cli_main(["eval", "rewards", "--model", "tiny-gpt2", "--reference", "tiny-gpt2", "--max-samples", "10",
-                     "--max-length", "16", *common]) == 0
+    assert (
+        cli_main(
+            [
+                "eval",
+                "winrate",
+                "--model",
+                "tiny-gpt2",
+                "--baseline",
+                "tiny-llama",
+                "--judge",
+                "rule:arithmetic",
+                "--num-prompts",
+                "10",
+                "--max-new-tokens",
+                "2",
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli_main(
+            [
+                "eval",
+                "rewards",
+                "--model",
+                "tiny-gpt2",
+                "--reference",
+                "tiny-gpt2",
+                "--max-samples",
+                "10",
+                "--max-length",
+                "16",
+                *common,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "W/T/L of n=10" in out and "(n=10 pairs" in out
     assert "win rate: the 95% interval is +-" in caplog.text and "with n=10 prompts, too wide" in caplog.text

@@ -22,8 +22,25 @@ def run(recipe: Path, out: Path, cpus: str, machine: dict, reproducible: bool = 
         env.pop(key, None)
     if not reproducible:
         env["OMP_NUM_THREADS"] = str(len(cpus.split(",")))  # the machine's own thread count
-    subprocess.run(["taskset", "-c", cpus, sys.executable, "-m", "crrelu_llm.cli", "experiment", "--config",
-                    str(recipe), "--out", str(out)], env=env, check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            "taskset",
+            "-c",
+            cpus,
+            sys.executable,
+            "-m",
+            "crrelu_llm.cli",
+            "experiment",
+            "--config",
+            str(recipe),
+            "--out",
+            str(out),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
 
 
 def fingerprint(out: Path) -> dict:

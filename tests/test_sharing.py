@@ -22,8 +22,9 @@ IDS = [[1, 5, 9, 13, 2, 7, 30, 31]]
 def without_crrelu_llm(code: str, tmp_path) -> subprocess.CompletedProcess:
     """Run ``code`` in a new interpreter that cannot import crrelu_llm."""
     script = tmp_path / "plain.py"
-    script.write_text("import sys\nsys.modules['crrelu_llm'] = None  # installed, but not importable here\n"
-                      + textwrap.dedent(code))
+    script.write_text(
+        "import sys\nsys.modules['crrelu_llm'] = None  # installed, but not importable here\n" + textwrap.dedent(code)
+    )
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf")}
     return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
 
@@ -71,8 +72,9 @@ def test_a_crrelu_checkpoint_fails_loudly_without_crrelu_llm(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type,patch", [("gpt2", {"layers": [0]}), ("bloom", {}),
-                                              ("gpt2", {"layers": [1], "activation": "relu"})])
+@pytest.mark.parametrize(
+    "model_type,patch", [("gpt2", {"layers": [0]}), ("bloom", {}), ("gpt2", {"layers": [1], "activation": "relu"})]
+)
 def test_patches_no_config_key_can_express_are_refused_by_their_model_type(tmp_path, model_type, patch):
     """Some blocks only, or BLOOM's hard-coded GELU: the saved model type is unknown to plain
     transformers, and crrelu-llm maps it back."""
@@ -96,16 +98,17 @@ def test_a_relu_arm_checkpoint_loads_right_without_crrelu_llm(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type,patch", [("gpt2", {}), ("llama", {}), ("gpt2", {"layers": [0]}),
-                                              ("bloom", {})])
+@pytest.mark.parametrize("model_type,patch", [("gpt2", {}), ("llama", {}), ("gpt2", {"layers": [0]}), ("bloom", {})])
 def test_an_exported_checkpoint_loads_with_remote_code_only(tmp_path, model_type, patch):
     path, model = patched_checkpoint(tmp_path, model_type, **patch)
     out = tmp_path / "shared"
     assert cli_main(["export", str(path), "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"].startswith("modeling_crrelu.CRReLU")
-    code = LOAD_PLAIN.replace("from_pretrained(sys.argv[1] if len(sys.argv) > 1 else {path!r})",
-                              "from_pretrained({path!r}, trust_remote_code=True)")
+    code = LOAD_PLAIN.replace(
+        "from_pretrained(sys.argv[1] if len(sys.argv) > 1 else {path!r})",
+        "from_pretrained({path!r}, trust_remote_code=True)",
+    )
     result = without_crrelu_llm(code.format(path=str(out), ids=IDS), tmp_path)
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert "logits" in loaded, loaded.get("error", result.stderr[-2000:])

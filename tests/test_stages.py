@@ -18,8 +18,11 @@ def patched_modules(model_dir: Path) -> dict:
     return {path: entry["activation"] for path, entry in record["modules"].items()}
 
 
-ARMS = {"gelu": {"activation": None}, "layer0": {"activation": "crrelu", "patch_layers": [0]},
-        "calibrated": {"activation": "crrelu", "epsilon_init": "calibrate"}}
+ARMS = {
+    "gelu": {"activation": None},
+    "layer0": {"activation": "crrelu", "patch_layers": [0]},
+    "calibrated": {"activation": "crrelu", "epsilon_init": "calibrate"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -214,8 +217,14 @@ def test_the_win_rate_plot_zooms_in_and_shows_wins_ties_and_losses():
 def test_the_win_rate_plot_shows_the_length_controlled_rate_beside_the_raw_one():
     from crrelu_llm.reporting.figures import win_rate_figure
 
-    stats = {"win_rate": 0.7, "interval": [0.64, 0.75], "wins": 140, "ties": 0, "losses": 60,
-             "length_controlled": {"value": 0.52, "interval": [0.45, 0.58], "n": 200}}
+    stats = {
+        "win_rate": 0.7,
+        "interval": [0.64, 0.75],
+        "wins": 140,
+        "ties": 0,
+        "losses": 60,
+        "length_controlled": {"value": 0.52, "interval": [0.45, 0.58], "n": 200},
+    }
     ax = win_rate_figure([("crrelu (DPO) vs gelu", "crrelu", stats)], {"crrelu": "C1"}).axes[0]
     assert sorted(round(c.lines[0].get_xdata()[0], 2) for c in ax.containers) == [0.52, 0.7]
     assert ax.get_xlim()[0] < 0.45

@@ -30,8 +30,10 @@ def import_graph() -> dict[str, set[str]]:
                 target = ".".join(base + ([node.module] if node.module else []))
                 deps |= {f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target for a in node.names}
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("crrelu_llm"):
-                deps |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                         for a in node.names}
+                deps |= {
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names
+                }
             elif isinstance(node, ast.Import):
                 deps |= {a.name for a in node.names if a.name.startswith("crrelu_llm")}
         graph[name] = {d for d in deps if d in modules and d != name}
@@ -85,9 +87,13 @@ def layer_of(module: str) -> str:
 def test_data_flows_one_way_through_the_subpackages():
     graph = import_graph()
     assert {layer_of(m) for m in graph} >= set(LAYERS)  # every layer exists
-    upward = [f"{m} imports {d}" for m, deps in sorted(graph.items()) for d in sorted(deps)
-              if layer_of(m) != "package" and (layer_of(d) == "package" or LAYERS.index(layer_of(d)) > LAYERS.index(
-                  layer_of(m)))]
+    upward = [
+        f"{m} imports {d}"
+        for m, deps in sorted(graph.items())
+        for d in sorted(deps)
+        if layer_of(m) != "package"
+        and (layer_of(d) == "package" or LAYERS.index(layer_of(d)) > LAYERS.index(layer_of(m)))
+    ]
     assert not upward, "; ".join(upward)
 
 
@@ -101,8 +107,11 @@ def test_no_private_name_is_imported_across_modules():
     for file in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(file.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("crrelu_llm")):
-                crossing += [f"{file.relative_to(PACKAGE)}: {node.module}.{a.name}" for a in node.names
-                             if a.name.startswith("_") and not a.name.startswith("__")]
+                crossing += [
+                    f"{file.relative_to(PACKAGE)}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
     assert not crossing, "; ".join(crossing)
 
 
@@ -115,8 +124,12 @@ def test_every_module_is_small_enough_to_read_in_one_sitting():
 
 def test_library_modules_do_not_import_the_cli():
     graph = import_graph()
-    assert not [m for m, deps in graph.items() if not m.startswith("crrelu_llm.cli")
-                and any(d == "crrelu_llm.cli" or d.startswith("crrelu_llm.cli.") for d in deps)]
+    assert not [
+        m
+        for m, deps in graph.items()
+        if not m.startswith("crrelu_llm.cli")
+        and any(d == "crrelu_llm.cli" or d.startswith("crrelu_llm.cli.") for d in deps)
+    ]
 
 
 # Where a built-in error is raised on purpose, it is a programming error (a wrong argument type,
@@ -183,14 +196,21 @@ def test_cli_lets_programming_errors_keep_their_traceback(tmp_path, monkeypatch)
 def functions(path: Path):
     """(qualified name, lines) of every function defined in a module, nested ones included."""
     tree = ast.parse(path.read_text())
-    return [(node.name, node.end_lineno - node.lineno + 1) for node in ast.walk(tree)
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    return [
+        (node.name, node.end_lineno - node.lineno + 1)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    ]
 
 
 def test_cli_functions_are_small():
     """The CLI parses, calls one library function and prints: no handler grows past a screen."""
-    handlers = [(f, name, n) for f in (PACKAGE / "cli").glob("*.py") for name, n in functions(f)
-                if name == "run" or name.startswith("_")]
+    handlers = [
+        (f, name, n)
+        for f in (PACKAGE / "cli").glob("*.py")
+        for name, n in functions(f)
+        if name == "run" or name.startswith("_")
+    ]
     assert len(handlers) >= 12
     for file, name, lines in handlers:
         assert lines <= 25, f"cli/{file.name}:{name} is {lines} lines"
@@ -207,8 +227,12 @@ def test_each_command_has_its_own_module_and_none_is_long():
 
 
 def test_no_function_is_longer_than_a_screenful_and_the_run_reads_in_one():
-    long = [f"{file.relative_to(PACKAGE)}:{name} ({n} lines)" for file in PACKAGE.rglob("*.py")
-            for name, n in functions(file) if n > 120]
+    long = [
+        f"{file.relative_to(PACKAGE)}:{name} ({n} lines)"
+        for file in PACKAGE.rglob("*.py")
+        for name, n in functions(file)
+        if n > 120
+    ]
     assert not long, long
     prepare = dict(functions(PACKAGE / "training" / "train.py"))["prepare"]
     assert prepare <= 80, f"training.train.prepare is {prepare} lines"
@@ -222,8 +246,16 @@ def maps_commands_to_trainers(node) -> bool:
     if not isinstance(node, ast.Dict):
         return False
     keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
-    names = [v.id if isinstance(v, ast.Name) else v.attr if isinstance(v, ast.Attribute) else
-             v.value if isinstance(v, ast.Constant) and isinstance(v.value, str) else "" for v in node.values]
+    names = [
+        v.id
+        if isinstance(v, ast.Name)
+        else v.attr
+        if isinstance(v, ast.Attribute)
+        else v.value
+        if isinstance(v, ast.Constant) and isinstance(v.value, str)
+        else ""
+        for v in node.values
+    ]
     return len(keys & COMMANDS) >= 2 and any("Trainer" in n or "Config" in n for n in names)
 
 
@@ -231,8 +263,9 @@ def test_only_the_objectives_table_maps_a_command_to_its_trainer_and_config():
     from crrelu_llm.training.objectives import OBJECTIVES
 
     assert set(OBJECTIVES) == COMMANDS
-    assert all(o.trainer.__name__.endswith("Trainer") and o.config.__name__.endswith("Config")
-               for o in OBJECTIVES.values())
+    assert all(
+        o.trainer.__name__.endswith("Trainer") and o.config.__name__.endswith("Config") for o in OBJECTIVES.values()
+    )
     found = []
     for file in PACKAGE.rglob("*.py"):
         if file.name == "objectives.py":
@@ -246,8 +279,9 @@ def test_only_the_objectives_table_maps_a_command_to_its_trainer_and_config():
 
 
 def test_the_table_check_sees_a_second_table():
-    assert maps_commands_to_trainers(ast.parse('{"dpo": CRReLUDPOTrainer, "sft": trainer.CRReLUSFTTrainer}').body[0]
-                                     .value)
+    assert maps_commands_to_trainers(
+        ast.parse('{"dpo": CRReLUDPOTrainer, "sft": trainer.CRReLUSFTTrainer}').body[0].value
+    )
     assert not maps_commands_to_trainers(ast.parse('{"simpo": "SimPO\'s reward", "orpo": "log odds"}').body[0].value)
 
 
@@ -268,8 +302,11 @@ def test_each_objective_has_its_config_beside_its_trainer_in_a_module_of_its_own
 def test_every_public_function_and_class_has_a_caller():
     """Dead code: a top-level function or class of the package that nothing in the package,
     its tests, scripts or benchmarks names (discovery.has_parameters was one)."""
-    sources = {p: p.read_text() for d in ("crrelu_llm", "tests", "scripts", "benchmarks")
-               for p in (PACKAGE.parent / d).rglob("*.py")}
+    sources = {
+        p: p.read_text()
+        for d in ("crrelu_llm", "tests", "scripts", "benchmarks")
+        for p in (PACKAGE.parent / d).rglob("*.py")
+    }
     dead = []
     for file in PACKAGE.rglob("*.py"):
         for node in ast.parse(sources[file]).body:
@@ -283,15 +320,22 @@ def test_every_public_function_and_class_has_a_caller():
 
 # A line of the README or the docs that tells the story of a day or of a machine that happened
 # to be there, rather than what the tool does: dated figures belong in docs/results.md.
-DIARY = re.compile(r"\b(morning|afternoon|evening|tonight|today|yesterday)\b|twice as slow|at hand|that day"
-                   r"|happened to|\bsession\b|has not had a GPU|previous run|on this machine", re.IGNORECASE)
+DIARY = re.compile(
+    r"\b(morning|afternoon|evening|tonight|today|yesterday)\b|twice as slow|at hand|that day"
+    r"|happened to|\bsession\b|has not had a GPU|previous run|on this machine",
+    re.IGNORECASE,
+)
 
 
 def test_the_readme_and_docs_read_as_documentation_not_a_diary():
     docs = [p for p in (PACKAGE.parent / "docs").glob("*.md") if p.name != "results.md"]  # the dated record
     pages = [PACKAGE.parent / "README.md", *docs]
-    lines = [f"{p.name}:{i}: {line.strip()}" for p in pages for i, line in enumerate(p.read_text().splitlines(), 1)
-             if DIARY.search(line)]
+    lines = [
+        f"{p.name}:{i}: {line.strip()}"
+        for p in pages
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if DIARY.search(line)
+    ]
     assert not lines, lines
     assert DIARY.search("The machine ran twice as slowly in the afternoon")
 
@@ -341,8 +385,12 @@ def resolves(reference: str) -> bool:
 def test_every_docstring_reference_names_something_that_exists():
     """A docstring that names a module or function names one that is there (modules move)."""
     role = re.compile(r":(?:mod|func|class|data|meth|attr):`~?(crrelu_llm[\w.]*)`")
-    stale = [f"{file.relative_to(PACKAGE)}: {m.group(1)}" for file in PACKAGE.rglob("*.py")
-             for m in role.finditer(file.read_text()) if not resolves(m.group(1))]
+    stale = [
+        f"{file.relative_to(PACKAGE)}: {m.group(1)}"
+        for file in PACKAGE.rglob("*.py")
+        for m in role.finditer(file.read_text())
+        if not resolves(m.group(1))
+    ]
     assert not stale, stale
     assert resolves("crrelu_llm.data.accounting.truncate_like_reference")
     assert not resolves("crrelu_llm.data.preference.truncate_like_reference")
@@ -360,9 +408,19 @@ def test_the_public_api_has_examples_and_they_run():
     from crrelu_llm.training import objectives, output_dir
     from crrelu_llm.training.trainers.dpo import CRReLUDPOConfig, CRReLUDPOTrainer
 
-    documented = [crrelu_llm.CRReLU, crrelu_llm.patch_model, crrelu_llm.activation_parameters,
-                  crrelu_llm.activation_logs, CRReLUDPOConfig, CRReLUDPOTrainer, objectives, run_files, scalars,
-                  output_dir, help_module]
+    documented = [
+        crrelu_llm.CRReLU,
+        crrelu_llm.patch_model,
+        crrelu_llm.activation_parameters,
+        crrelu_llm.activation_logs,
+        CRReLUDPOConfig,
+        CRReLUDPOTrainer,
+        objectives,
+        run_files,
+        scalars,
+        output_dir,
+        help_module,
+    ]
     for obj in documented:
         assert "Example::" in (obj.__doc__ or ""), obj
     finder, runner = doctest.DocTestFinder(recurse=False), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)

@@ -43,8 +43,9 @@ def test_bad_recipes_stop_before_any_model_is_loaded(tmp_path, pairs_file, bad, 
 
 
 def test_flags_override_the_file_and_keys_are_trl_fields(tmp_path, pairs_file):
-    crrelu_args, data_args, training_args, model_args = parse("dpo", recipe(tmp_path, pairs_file, beta=0.1),
-                                                              "--beta", "0.3", "--output_dir", str(tmp_path / "b"))
+    crrelu_args, data_args, training_args, model_args = parse(
+        "dpo", recipe(tmp_path, pairs_file, beta=0.1), "--beta", "0.3", "--output_dir", str(tmp_path / "b")
+    )
     assert training_args.beta == 0.3 and training_args.output_dir == str(tmp_path / "b")
     assert model_args.model_name_or_path == "tiny-gpt2" and crrelu_args.activation == "crrelu"
     assert data_args.dataset_name == str(pairs_file)
@@ -81,8 +82,17 @@ def test_dpo_run_trains_epsilon_in_its_own_group_and_writes_its_outputs(tmp_path
 
     metrics = run("dpo", *parse("dpo", recipe(tmp_path, pairs_file)))
     out = tmp_path / "run"
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "recipe.yaml", "patch_report.json",
-                 "reference.json", "README.md", "final_metrics.json", "rank_consistency.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "recipe.yaml",
+        "patch_report.json",
+        "reference.json",
+        "README.md",
+        "final_metrics.json",
+        "rank_consistency.json",
+    ):
         assert (out / name).exists(), name
     model = AutoModelForCausalLM.from_pretrained(out)
     eps = crrelu_llm.epsilon_values(model)
@@ -211,8 +221,9 @@ def test_interrupted_run_resumes_to_the_same_weights_and_epsilon(tmp_path, pairs
         torch.testing.assert_close(pa, pb, rtol=0, atol=1e-6, msg=name)
 
 
-def test_dpo_from_a_patched_sft_checkpoint_keeps_its_trained_epsilon(tmp_path, pairs_file, sft_checkpoint, caplog,
-                                                                     capsys):
+def test_dpo_from_a_patched_sft_checkpoint_keeps_its_trained_epsilon(
+    tmp_path, pairs_file, sft_checkpoint, caplog, capsys
+):
     sft_eps = crrelu_llm.epsilon_values(AutoModelForCausalLM.from_pretrained(sft_checkpoint))
     assert all(v != pytest.approx(0.01) for v in sft_eps.values())
     args = parse("dpo", recipe(tmp_path, pairs_file, model_name_or_path=sft_checkpoint, activation="crrelu"))

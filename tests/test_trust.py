@@ -16,7 +16,7 @@ from crrelu_llm.errors import PatchError
 from crrelu_llm.patching.tiny import tiny_causal_lm
 from crrelu_llm.patching.trust import ENV
 
-LEARNED_SWISH = '''
+LEARNED_SWISH = """
 import torch
 from torch import nn
 
@@ -30,7 +30,7 @@ class LearnedSwish(nn.Module):
 
     def forward(self, x):
         return x * torch.sigmoid(self.beta * x)
-'''
+"""
 
 
 @pytest.fixture
@@ -52,11 +52,15 @@ def checkpoint(tmp_path, monkeypatch):
 
 def _fresh(code: str, cwd, env_extra=None, path=None) -> subprocess.CompletedProcess:
     """``code`` in a fresh interpreter (nothing imported yet), as a user's ``python -c`` would."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [path, os.environ.get("PYTHONPATH")])),
-           **(env_extra or {})}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [path, os.environ.get("PYTHONPATH")])),
+        **(env_extra or {}),
+    }
     env.pop(ENV, None) if not env_extra or ENV not in env_extra else None
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=cwd,
-                          env=env)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=cwd, env=env
+    )
 
 
 LOAD = """
@@ -72,8 +76,7 @@ LOAD = """
 
 
 def test_an_untrusted_load_imports_nothing_and_says_how_to_trust(checkpoint, tmp_path):
-    done = _fresh(LOAD.format(ckpt=str(checkpoint), extra="", module="myacts"), tmp_path / "ckpt",
-                  path=str(tmp_path))
+    done = _fresh(LOAD.format(ckpt=str(checkpoint), extra="", module="myacts"), tmp_path / "ckpt", path=str(tmp_path))
     assert "REFUSED PatchError" in done.stdout and "NOT IMPORTED" in done.stdout, done.stdout + done.stderr
     assert "MYACTS RAN" not in done.stdout
     assert "trust_remote_code=True" in done.stdout and f"{ENV}=myacts:LearnedSwish" in done.stdout
@@ -116,16 +119,45 @@ def test_kwargs_are_data_bound_to_the_signature(checkpoint):
         recorded_activation(entry)
 
 
-@pytest.mark.parametrize("argv", [
-    ["probe", "{ckpt}", "--data", "{data}", "--max-samples", "4"],
-    ["eval", "drift", "--model", "{ckpt}", "--original", "tiny-gpt2", "--data", "{data}", "--max-samples", "4"],
-    ["eval", "rewards", "--model", "{ckpt}", "--reference", "tiny-gpt2", "--data", "{data}", "--max-samples", "4"],
-    ["eval", "winrate", "--model", "{ckpt}", "--baseline", "tiny-gpt2", "--data", "{data}", "--judge",
-     "rule:arithmetic", "--num-prompts", "4", "--max-new-tokens", "2"],
-    ["export", "{ckpt}", "--out", "{out}"],
-    ["pairs", "{ckpt}", "--data", "{data}", "--judge", "rule:arithmetic", "--num-prompts", "4", "--max-new-tokens", "2",
-     "--out", "{out}"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["probe", "{ckpt}", "--data", "{data}", "--max-samples", "4"],
+        ["eval", "drift", "--model", "{ckpt}", "--original", "tiny-gpt2", "--data", "{data}", "--max-samples", "4"],
+        ["eval", "rewards", "--model", "{ckpt}", "--reference", "tiny-gpt2", "--data", "{data}", "--max-samples", "4"],
+        [
+            "eval",
+            "winrate",
+            "--model",
+            "{ckpt}",
+            "--baseline",
+            "tiny-gpt2",
+            "--data",
+            "{data}",
+            "--judge",
+            "rule:arithmetic",
+            "--num-prompts",
+            "4",
+            "--max-new-tokens",
+            "2",
+        ],
+        ["export", "{ckpt}", "--out", "{out}"],
+        [
+            "pairs",
+            "{ckpt}",
+            "--data",
+            "{data}",
+            "--judge",
+            "rule:arithmetic",
+            "--num-prompts",
+            "4",
+            "--max-new-tokens",
+            "2",
+            "--out",
+            "{out}",
+        ],
+    ],
+)
 def test_each_command_s_trust_flag_reaches_the_loader(checkpoint, tmp_path, capsys, argv):
     from crrelu_llm.evaluation.tasks import write_task_files
 
@@ -142,11 +174,30 @@ def test_each_command_s_trust_flag_reaches_the_loader(checkpoint, tmp_path, caps
 
 def test_a_training_run_from_such_a_checkpoint_needs_the_recipe_s_trust(checkpoint, tmp_path, capsys):
     data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"{a}+{a}=", "chosen": f"{2 * a}.", "rejected": f"{2 * a + 1}."})
-                            + "\n" for a in range(10)) * 2)
-    argv = ["sft", "--model_name_or_path", str(checkpoint), "--dataset_name", str(data), "--max_steps", "1",
-            "--activation", "none", "--per_device_train_batch_size", "4", "--report_to", "none", "--output_dir",
-            str(tmp_path / "run")]
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"{a}+{a}=", "chosen": f"{2 * a}.", "rejected": f"{2 * a + 1}."}) + "\n"
+            for a in range(10)
+        )
+        * 2
+    )
+    argv = [
+        "sft",
+        "--model_name_or_path",
+        str(checkpoint),
+        "--dataset_name",
+        str(data),
+        "--max_steps",
+        "1",
+        "--activation",
+        "none",
+        "--per_device_train_batch_size",
+        "4",
+        "--report_to",
+        "none",
+        "--output_dir",
+        str(tmp_path / "run"),
+    ]
     assert cli_main(argv) == 2 and "names the activation class" in capsys.readouterr().err
     assert cli_main([*argv, "--trust_remote_code", "true"]) == 0
 
@@ -157,13 +208,44 @@ def test_a_lora_run_of_a_user_class_loads_under_trust(checkpoint, tmp_path, caps
     from crrelu_llm.patching.trust import trusting
 
     data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"{a}+{a}=", "chosen": f"{2 * a}.", "rejected": f"{2 * a + 1}."})
-                            + "\n" for a in range(10)) * 2)
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"{a}+{a}=", "chosen": f"{2 * a}.", "rejected": f"{2 * a + 1}."}) + "\n"
+            for a in range(10)
+        )
+        * 2
+    )
     run = tmp_path / "lora"
-    assert cli_main(["dpo", "--model_name_or_path", "tiny-gpt2", "--dataset_name", str(data), "--use_peft", "true",
-                     "--lora_r", "4", "--max_steps", "2", "--activation", "myacts:LearnedSwish", "--learning_rate",
-                     "1e-2", "--activation_learning_rate", "5e-2", "--per_device_train_batch_size", "4",
-                     "--report_to", "none", "--output_dir", str(run)]) == 0  # the recipe names it: trusted
+    assert (
+        cli_main(
+            [
+                "dpo",
+                "--model_name_or_path",
+                "tiny-gpt2",
+                "--dataset_name",
+                str(data),
+                "--use_peft",
+                "true",
+                "--lora_r",
+                "4",
+                "--max_steps",
+                "2",
+                "--activation",
+                "myacts:LearnedSwish",
+                "--learning_rate",
+                "1e-2",
+                "--activation_learning_rate",
+                "5e-2",
+                "--per_device_train_batch_size",
+                "4",
+                "--report_to",
+                "none",
+                "--output_dir",
+                str(run),
+            ]
+        )
+        == 0
+    )  # the recipe names it: trusted
     sys.modules.pop("myacts", None)
     with pytest.raises(PatchError, match="the adapter run"):
         load_causal_lm(str(run))

@@ -36,15 +36,28 @@ def train_main(args) -> int:
 
 # Each command's module holds its parser (register), its handler (run) and its printing.
 MODULES = (inspect_model, patch, export, train, evaluate, probe, experiment, compare, pairs)
-COMMANDS = {"inspect": inspect_model.run, "patch": patch.run, "export": export.run,
-            **dict.fromkeys(train.COMMANDS, train_main), "eval": evaluate.run, "probe": probe.run,
-            "experiment": experiment.run, "demo": experiment.run, "compare": compare.run, "pairs": pairs.run}
+COMMANDS = {
+    "inspect": inspect_model.run,
+    "patch": patch.run,
+    "export": export.run,
+    **dict.fromkeys(train.COMMANDS, train_main),
+    "eval": evaluate.run,
+    "probe": probe.run,
+    "experiment": experiment.run,
+    "demo": experiment.run,
+    "compare": compare.run,
+    "pairs": pairs.run,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="crrelu-llm", formatter_class=argparse.RawDescriptionHelpFormatter,
-                           description="Swap the MLP activation of pretrained causal LMs for CRReLU and study what it "
-                                       "does to preference tuning.", epilog=__doc__.split("\n\n", 1)[1])
+    parser = OneLineParser(
+        prog="crrelu-llm",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Swap the MLP activation of pretrained causal LMs for CRReLU and study what it "
+        "does to preference tuning.",
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--version", action="version", version=f"crrelu-llm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in MODULES:
@@ -82,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ncrrelu-llm {command}: interrupted: {err}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print(f"\ncrrelu-llm {command}: interrupted; files are written whole or not at all, so rerun it",
-              file=sys.stderr)
+        print(
+            f"\ncrrelu-llm {command}: interrupted; files are written whole or not at all, so rerun it", file=sys.stderr
+        )
         return 130
     except CRReLULLMError as err:
         print(f"crrelu-llm {command}: error: {err}", file=sys.stderr)

@@ -53,8 +53,10 @@ def command_parser(group, name: str, text: str, **kwargs):
     return group.add_parser(name, help=text, description=text, formatter_class=Help, **kwargs)
 
 
-TRUST_HELP = ("trust the checkpoint: allow custom modeling code from the hub, and let a checkpoint's patch record "
-              "import the activation class it names (module:Class); without it such a load fails in one line")
+TRUST_HELP = (
+    "trust the checkpoint: allow custom modeling code from the hub, and let a checkpoint's patch record "
+    "import the activation class it names (module:Class); without it such a load fails in one line"
+)
 
 
 def trust_flag(sub) -> None:

@@ -9,31 +9,56 @@ from crrelu_llm.training.objectives import OBJECTIVES
 
 
 def register(commands) -> None:
-    experiment = command_parser(commands, "experiment", "Run an experiment recipe: arms x betas x seeds, every stage "
-                          "resumable, finished stages reused.")
+    experiment = command_parser(
+        commands,
+        "experiment",
+        "Run an experiment recipe: arms x betas x seeds, every stage resumable, finished stages reused.",
+    )
     experiment.add_argument("--config", required=True, help="experiment recipe (recipes/experiments/*.yaml)")
     experiment.add_argument("--out", default=None, help="output directory (default: the recipe's output_dir)")
-    experiment.add_argument("--plan", action="store_true", help="print every stage, what it waits for and its "
-                            "estimated compute (FLOPs, GPU-hours); run nothing")
+    experiment.add_argument(
+        "--plan",
+        action="store_true",
+        help="print every stage, what it waits for and its estimated compute (FLOPs, GPU-hours); run nothing",
+    )
     experiment.add_argument("--plan-gpus", type=positive_int, default=1, help="GPUs per training run, for --plan")
-    experiment.add_argument("--gpu-tflops", type=float, default=989.0,
-                            help="peak TFLOP/s of one GPU, for --plan (989: H100 SXM dense bf16)")
+    experiment.add_argument(
+        "--gpu-tflops", type=float, default=989.0, help="peak TFLOP/s of one GPU, for --plan (989: H100 SXM dense bf16)"
+    )
     experiment.add_argument("--utilisation", type=float, default=0.4, help="share of the peak reached, for --plan")
-    experiment.add_argument("--executor", choices=("inline", "local", "slurm"), default=None,
-                            help="where stages run: inline (this process, one after another; the default), local "
-                                 "(this node, several at once on disjoint GPU sets) or slurm (jobs with dependencies, "
-                                 "the recipe's slurm: keys); local and slurm need the [slurm] extra (submitit)")
-    experiment.add_argument("--parallel", type=int, default=None,
-                            help="local: stages at once (default: visible GPUs // --gpus-per-run, or 1 without GPUs)")
-    experiment.add_argument("--gpus-per-run", type=int, default=None,
-                            help="local: GPUs given to each stage (disjoint sets); slurm: overrides slurm.gpus")
-    demo = command_parser(commands, "demo", "The embedded offline experiment: GELU vs CRReLU vs ReLU through SFT and "
-                          "DPO on a small model (CPU, minutes on 2 cores).")
+    experiment.add_argument(
+        "--executor",
+        choices=("inline", "local", "slurm"),
+        default=None,
+        help="where stages run: inline (this process, one after another; the default), local "
+        "(this node, several at once on disjoint GPU sets) or slurm (jobs with dependencies, "
+        "the recipe's slurm: keys); local and slurm need the [slurm] extra (submitit)",
+    )
+    experiment.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        help="local: stages at once (default: visible GPUs // --gpus-per-run, or 1 without GPUs)",
+    )
+    experiment.add_argument(
+        "--gpus-per-run",
+        type=int,
+        default=None,
+        help="local: GPUs given to each stage (disjoint sets); slurm: overrides slurm.gpus",
+    )
+    demo = command_parser(
+        commands,
+        "demo",
+        "The embedded offline experiment: GELU vs CRReLU vs ReLU through SFT and "
+        "DPO on a small model (CPU, minutes on 2 cores).",
+    )
     demo.add_argument("--out", default=None, help="output directory (default: runs/demo)")
     for sub in (experiment, demo):
-        sub.add_argument("--rerun-changed", action="store_true",
-                         help="recompute finished stages whose inputs changed (and what depends on them) instead of "
-                              "refusing them")
+        sub.add_argument(
+            "--rerun-changed",
+            action="store_true",
+            help="recompute finished stages whose inputs changed (and what depends on them) instead of refusing them",
+        )
         trust_flag(sub)
 
 
@@ -48,8 +73,10 @@ def run(args) -> int:
         return _plan(exp, args)
     summary = run_experiment(exp, rerun_changed=args.rerun_changed, executor=_executor(args))
     labels = ", ".join(sorted({OBJECTIVES[exp.objectives.get(arm, "dpo")].label for arm in exp.arms}))
-    print(f"\n{exp.name}: {len(summary['rows'])} preference runs ({labels}), {summary['seconds']:.0f}s: "
-          f"{format_totals(summary)} ({exp.output_dir})")
+    print(
+        f"\n{exp.name}: {len(summary['rows'])} preference runs ({labels}), {summary['seconds']:.0f}s: "
+        f"{format_totals(summary)} ({exp.output_dir})"
+    )
     print(format_table(summary, exp.baseline_arm))
     if summary["reading"]:
         reading = "\n".join(f"- {line}" for line in summary["reading"])

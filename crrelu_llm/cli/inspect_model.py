@@ -9,8 +9,12 @@ from crrelu_llm.cli.common import MODEL_HELP, command_parser, trust_flag
 
 
 def register(commands) -> None:
-    inspect = command_parser(commands, "inspect", "List a model's activation modules and which ones a patch would "
-                             "replace (built from the config on the meta device: no weights are downloaded).")
+    inspect = command_parser(
+        commands,
+        "inspect",
+        "List a model's activation modules and which ones a patch would "
+        "replace (built from the config on the meta device: no weights are downloaded).",
+    )
     inspect.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     trust_flag(inspect)
@@ -27,8 +31,10 @@ def run(args) -> int:
     print(f"{args.model}: {info['model_class']}, {len(sites)} activation module(s)")
     for s in sites:
         print(f"  {'MLP ' if s['feed_forward'] else '--- '} {s['path']}: {s['module_type']} ({s['reason']})")
-    print(f"{sum(s['feed_forward'] for s in sites)} in feed-forward blocks would be replaced by `crrelu-llm patch` "
-          "(marked MLP).")
+    print(
+        f"{sum(s['feed_forward'] for s in sites)} in feed-forward blocks would be replaced by `crrelu-llm patch` "
+        "(marked MLP)."
+    )
     if info["patch_record"]:
         print(f"Already patched: {len(info['patch_record']['modules'])} module(s) recorded in config.crrelu_llm_patch.")
     return 0

@@ -17,4 +17,3 @@ def register(commands) -> None:
     for name, objective in OBJECTIVES.items():
         sub = commands.add_parser(name, help=objective.summary, description=objective.summary, add_help=False)
         sub.add_argument("recipe_args", nargs=argparse.REMAINDER, help="--config RECIPE.yaml and --key value overrides")
-

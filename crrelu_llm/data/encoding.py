@@ -44,9 +44,11 @@ def check_chat_template(example: dict, tokenizer, model: str, where: str, fix: s
     from trl.data_utils import is_conversational
 
     if is_conversational(example) and getattr(tokenizer, "chat_template", None) is None:
-        raise DataError(f"{where} holds conversational rows (lists of messages), but the tokenizer of {model} has no "
-                        f"chat template: {fix}, or give the data as plain text (prompt/completion or "
-                        "prompt/chosen/rejected strings)")
+        raise DataError(
+            f"{where} holds conversational rows (lists of messages), but the tokenizer of {model} has no "
+            f"chat template: {fix}, or give the data as plain text (prompt/completion or "
+            "prompt/chosen/rejected strings)"
+        )
 
 
 def ensure_pad_token(tokenizer):

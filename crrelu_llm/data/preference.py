@@ -57,8 +57,10 @@ class DataArguments:
 
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "Hub dataset id (Anthropic/hh-rlhf, stanfordnlp/SHP, HuggingFaceH4/ultrafeedback_binarized) "
-                  "or a local .json/.jsonl/.parquet file or directory."},
+        metadata={
+            "help": "Hub dataset id (Anthropic/hh-rlhf, stanfordnlp/SHP, HuggingFaceH4/ultrafeedback_binarized) "
+            "or a local .json/.jsonl/.parquet file or directory."
+        },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration (subset) name."})
     dataset_format: str = field(
@@ -85,9 +87,11 @@ class DataArguments:
     )
     sft_target: str = field(
         default="chosen",
-        metadata={"help": "SFT examples from preference data: 'chosen' (every pair's chosen response) or 'best_scored' "
-                  "(SHP: per prompt, the best-scored response among its pairs that pass the score-ratio filter, as "
-                  "the DPO reference code does)."},
+        metadata={
+            "help": "SFT examples from preference data: 'chosen' (every pair's chosen response) or 'best_scored' "
+            "(SHP: per prompt, the best-scored response among its pairs that pass the score-ratio filter, as "
+            "the DPO reference code does)."
+        },
     )
     split_seed: int = field(default=42, metadata={"help": "Seed for the held-out split and sample limits."})
 
@@ -112,8 +116,12 @@ def _local_files(path: Path) -> list[Path]:
         files = [path]
     else:
         # a file or folder whose name starts with "_" or "." is not data (a record beside it: _pairs.json)
-        files = sorted(p for p in path.rglob("*") if _suffix(p) in _LOCAL_SUFFIXES
-                       and not any(part.startswith(("_", ".")) for part in p.relative_to(path).parts))
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if _suffix(p) in _LOCAL_SUFFIXES
+            and not any(part.startswith(("_", ".")) for part in p.relative_to(path).parts)
+        )
     if not files:
         raise DataError(f"{path}: no .json, .jsonl (optionally .gz) or .parquet files found")
     kinds = {_LOCAL_SUFFIXES.get(_suffix(p)) for p in files}
@@ -134,8 +142,9 @@ def load_raw(name: str, config: str | None = None) -> tuple[DatasetDict, str]:
             by_split.setdefault(split, []).append(str(f))
         empty = [f for f in files if f.stat().st_size == 0]
         if empty:
-            raise DataError(f"{empty[0]} is empty: it needs one preference pair per line (JSONL) or a JSON/Parquet "
-                            "table")
+            raise DataError(
+                f"{empty[0]} is empty: it needs one preference pair per line (JSONL) or a JSON/Parquet table"
+            )
         try:
             return load_dataset(builder, data_files=by_split), str(path)
         except Exception as err:  # noqa: BLE001 - arrow/json errors of many kinds; ours names the file
@@ -400,5 +409,12 @@ def load_preference_splits(args: DataArguments) -> tuple[Dataset, Dataset, dict]
 
 def split_summary(source: str, fmt: str, train_split: str, eval_split: str, train, evaluation, **more) -> dict:
     """What ``data_summary.json`` records of the splits a run read (``more``: what else it says)."""
-    return {"source": source, "format": fmt, "train_split": train_split, "eval_split": eval_split,
-            "train_rows": len(train), "eval_rows": len(evaluation), **more}
+    return {
+        "source": source,
+        "format": fmt,
+        "train_split": train_split,
+        "eval_split": eval_split,
+        "train_rows": len(train),
+        "eval_rows": len(evaluation),
+        **more,
+    }

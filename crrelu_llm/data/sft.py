@@ -22,8 +22,11 @@ from crrelu_llm.errors import DataError, RecipeError
 
 def preference_to_sft(dataset: Dataset) -> Dataset:
     """Prompt + chosen response as TRL prompt-completion SFT examples."""
-    return dataset.map(lambda row: {"prompt": row["prompt"], "completion": row["chosen"]},
-                       remove_columns=dataset.column_names, desc="Building SFT examples")
+    return dataset.map(
+        lambda row: {"prompt": row["prompt"], "completion": row["chosen"]},
+        remove_columns=dataset.column_names,
+        desc="Building SFT examples",
+    )
 
 
 def best_scored_responses(raw: Dataset, source: str, split: str, args: DataArguments) -> Dataset:
@@ -62,8 +65,13 @@ def _best_scored_splits(args: DataArguments) -> tuple[Dataset, Dataset, dict]:
     train = best_scored_responses(raw[train_split], source, train_split, args)
     evaluation = best_scored_responses(raw[test_split], source, test_split, args) if test_split in raw else None
     train, evaluation, test_split = cut_splits(train, evaluation, args, train_split, test_split, source)
-    return train, evaluation, split_summary(source, fmt, train_split, test_split, train, evaluation,
-                                            sft_from="best-scored response per prompt")
+    return (
+        train,
+        evaluation,
+        split_summary(
+            source, fmt, train_split, test_split, train, evaluation, sft_from="best-scored response per prompt"
+        ),
+    )
 
 
 def _sft_columns(columns: set) -> bool:

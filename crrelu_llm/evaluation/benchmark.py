@@ -64,13 +64,24 @@ def _metrics(entry: dict) -> dict:
         stderr = entry.get(f"{name}_stderr,{filtered}")
         stderr = float(stderr) if isinstance(stderr, (int, float)) and math.isfinite(stderr) else None
         label = name if filtered == "none" else f"{name},{filtered}"
-        metrics[label] = {"value": float(value), "stderr": stderr,
-                          "interval": [value - Z95 * stderr, value + Z95 * stderr] if stderr is not None else None}
+        metrics[label] = {
+            "value": float(value),
+            "stderr": stderr,
+            "interval": [value - Z95 * stderr, value + Z95 * stderr] if stderr is not None else None,
+        }
     return metrics
 
 
-def run_benchmark(model, tasks, *, limit: int | float | None = None, num_fewshot: int | None = None,
-                  batch_size: int = 16, out=None, seed: int = 0) -> dict[str, dict]:
+def run_benchmark(
+    model,
+    tasks,
+    *,
+    limit: int | float | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 16,
+    out=None,
+    seed: int = 0,
+) -> dict[str, dict]:
     """Run lm-eval ``tasks`` on ``model``; write and return one result per task (subtasks of a
     group included), keyed by task name."""
     tasks = parse_tasks(tasks)
@@ -86,8 +97,10 @@ def run_benchmark(model, tasks, *, limit: int | float | None = None, num_fewshot
     manager = TaskManager(include_path=str(TASK_DIR), include_defaults=not set(tasks) <= set(LOCAL_TASKS))
     unknown = [t for t in tasks if not manager.match_tasks([t])]
     if unknown:
-        raise UsageError(f"unknown lm-eval task {unknown[0]!r}; the offline tasks shipped here: "
-                         f"{', '.join(LOCAL_TASKS)} (`lm-eval ls tasks` lists the rest)")
+        raise UsageError(
+            f"unknown lm-eval task {unknown[0]!r}; the offline tasks shipped here: "
+            f"{', '.join(LOCAL_TASKS)} (`lm-eval ls tasks` lists the rest)"
+        )
     loaded = load_causal_lm(model)  # checks the stored epsilons against the loaded ones
     writable_dir(eval_dir(model, out))  # once the model is known to exist: a typo creates nothing
     if torch.cuda.is_available():
@@ -96,18 +109,35 @@ def run_benchmark(model, tasks, *, limit: int | float | None = None, num_fewshot
     lm = HFLM(pretrained=loaded, tokenizer=load_tokenizer(model), batch_size=batch_size)
     if lm.model is not loaded:
         raise EvaluationError("lm-eval did not evaluate the model object it was given")
-    results = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
-                                      task_manager=manager, log_samples=False, bootstrap_iters=1000,
-                                      random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                                      fewshot_random_seed=seed)
+    results = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=tasks,
+        num_fewshot=num_fewshot,
+        limit=limit,
+        task_manager=manager,
+        log_samples=False,
+        bootstrap_iters=1000,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
     if epsilon_values(lm.model) != epsilons:
         raise EvaluationError("the model's epsilons changed during the benchmark")
     written = {}
     samples = results.get("n-samples", {})
     for task, entry in results["results"].items():
-        result = {"model": model, "task": task, "weights": weights_stamp(model), "num_fewshot": num_fewshot,
-                  "limit": limit, "n": samples.get(task, {}).get("effective"), "metrics": _metrics(entry),
-                  "epsilons": epsilons, "lm_eval": lm_eval.__version__ if hasattr(lm_eval, "__version__") else None}
+        result = {
+            "model": model,
+            "task": task,
+            "weights": weights_stamp(model),
+            "num_fewshot": num_fewshot,
+            "limit": limit,
+            "n": samples.get(task, {}).get("effective"),
+            "metrics": _metrics(entry),
+            "epsilons": epsilons,
+            "lm_eval": lm_eval.__version__ if hasattr(lm_eval, "__version__") else None,
+        }
         write_json(benchmark_file(model, task, out), result)
         written[task] = result
     return written
@@ -120,5 +150,3 @@ def headline(result: dict) -> tuple[str, dict] | None:
         if name in metrics:
             return name, metrics[name]
     return next(iter(metrics.items()), None)
-
-

@@ -79,8 +79,9 @@ def generations_file(model, name, out=None) -> Path:
 
 
 def _data(data: str, data_format: str, split: str | None, limit: int | None):
-    args = DataArguments(dataset_name=data, dataset_format=data_format, dataset_test_split=split,
-                         max_eval_samples=limit)
+    args = DataArguments(
+        dataset_name=data, dataset_format=data_format, dataset_test_split=split, max_eval_samples=limit
+    )
     _, evaluation, summary = load_preference_splits(args)
     return evaluation, summary
 
@@ -95,9 +96,19 @@ def _shared_tokenizer(a: str, b: str, need: str):
 # --------------------------------------------------------------------------- the stages
 
 
-def run_rewards(model, reference, data: str, *, data_format: str = "auto", split: str | None = None,
-                betas=(0.1,), max_samples: int | None = None, max_length: int = 1024, batch_size: int = 8,
-                out=None) -> dict:
+def run_rewards(
+    model,
+    reference,
+    data: str,
+    *,
+    data_format: str = "auto",
+    split: str | None = None,
+    betas=(0.1,),
+    max_samples: int | None = None,
+    max_length: int = 1024,
+    batch_size: int = 8,
+    out=None,
+) -> dict:
     """DPO implicit-reward accuracy and margins of ``model`` against ``reference``, per beta;
     written to :func:`rewards_file`. With ``reference`` None, ``model`` is a run of a
     reference-free objective (SimPO, ORPO: its ``reference.json`` says which) and the reward is
@@ -105,18 +116,32 @@ def run_rewards(model, reference, data: str, *, data_format: str = "auto", split
     model = str(model)
     objective = None if reference is not None else reference_free_objective(model)
     reference = str(reference) if reference is not None else None
-    tokenizer = _shared_tokenizer(model, reference or model,
-                                  "rewards need a policy and a reference that share one tokenizer")
+    tokenizer = _shared_tokenizer(
+        model, reference or model, "rewards need a policy and a reference that share one tokenizer"
+    )
     evaluation, summary = _data(data, data_format, split, max_samples)
     check_chat_template(evaluation[0], tokenizer, model, data, "evaluate with a model whose tokenizer has one")
     writable_dir(eval_dir(model, out))  # once the models and data are known to be usable: a typo creates nothing
-    logps = preference_logps(load_causal_lm(model), reference and load_causal_lm(reference), tokenizer, evaluation,
-                             max_length, batch_size, source=data)
+    logps = preference_logps(
+        load_causal_lm(model),
+        reference and load_causal_lm(reference),
+        tokenizer,
+        evaluation,
+        max_length,
+        batch_size,
+        source=data,
+    )
     summary["lengths"] = logps.pop("lengths")
-    metrics = implicit_reward_metrics(logps, objective, list(betas)) if objective else \
-        reward_metrics(logps, list(betas))
-    result = {"model": model, "reference": reference, "training_beta": _training_beta(model), "data": summary,
-              **metrics}
+    metrics = (
+        implicit_reward_metrics(logps, objective, list(betas)) if objective else reward_metrics(logps, list(betas))
+    )
+    result = {
+        "model": model,
+        "reference": reference,
+        "training_beta": _training_beta(model),
+        "data": summary,
+        **metrics,
+    }
     result["warnings"] = _warnings("reward accuracy", result["accuracy_interval"], result["n"], "pairs", max_samples)
     write_json(rewards_file(model, out), result)
     return result
@@ -130,8 +155,10 @@ def reference_free_objective(model: str) -> str:
     recorded = Path(model) / run_files.REFERENCE
     objective = read_json(recorded).get("objective") if recorded.exists() else None
     if objective not in REFERENCE_FREE:
-        raise EvaluationError(f"eval rewards: give --reference for {model}: only a run of a reference-free objective "
-                              f"({', '.join(REFERENCE_FREE)}; its reference.json says so) is scored without one")
+        raise EvaluationError(
+            f"eval rewards: give --reference for {model}: only a run of a reference-free objective "
+            f"({', '.join(REFERENCE_FREE)}; its reference.json says so) is scored without one"
+        )
     return objective
 
 
@@ -156,33 +183,60 @@ def _warnings(what: str, interval, n: int, unit: str, asked: int | None) -> list
         notes.append(f"{what}: {n} {unit} evaluated, not the {asked} asked for: the evaluation split has only {n}")
     lo, hi = interval
     if (hi - lo) / 2 > WIDE:
-        notes.append(f"{what}: the 95% interval is +-{100 * (hi - lo) / 2:.0f} points with n={n} {unit}, too wide "
-                     f"to tell arms apart by a few points; evaluate on more {unit}")
+        notes.append(
+            f"{what}: the 95% interval is +-{100 * (hi - lo) / 2:.0f} points with n={n} {unit}, too wide "
+            f"to tell arms apart by a few points; evaluate on more {unit}"
+        )
     for note in notes:
         logger.warning("%s", note)
     return notes
 
 
-def run_drift(model, original, data: str, *, data_format: str = "auto", split: str | None = None,
-              max_samples: int | None = 200, max_length: int = 1024, batch_size: int = 8, out=None) -> dict:
+def run_drift(
+    model,
+    original,
+    data: str,
+    *,
+    data_format: str = "auto",
+    split: str | None = None,
+    max_samples: int | None = 200,
+    max_length: int = 1024,
+    batch_size: int = 8,
+    out=None,
+) -> dict:
     """Perplexity of both models and the per-token KL(model || original) on the chosen responses
     of ``data`` (each after its prompt; prompt tokens are not scored); written to :func:`drift_file`."""
     model, original = str(model), str(original)
-    tokenizer = _shared_tokenizer(model, original, "drift compares a model with its original, which must share "
-                                  "one tokenizer")
+    tokenizer = _shared_tokenizer(
+        model, original, "drift compares a model with its original, which must share one tokenizer"
+    )
     evaluation, summary = _data(data, data_format, split, max_samples)
     pairs = _text_pairs(evaluation, data, "drift")
     # a pair whose prompt fills max_length has no response token left to score
     summary["lengths"] = _count_lengths(tokenizer, pairs, max_length, data, drops=True)
     writable_dir(eval_dir(model, out))  # once the models and data are known to be usable: a typo creates nothing
-    result = {"model": model, "original": original, "data": summary,
-              **drift(load_causal_lm(model), load_causal_lm(original), tokenizer, pairs, max_length, batch_size)}
+    result = {
+        "model": model,
+        "original": original,
+        "data": summary,
+        **drift(load_causal_lm(model), load_causal_lm(original), tokenizer, pairs, max_length, batch_size),
+    }
     write_json(drift_file(model, out), result)
     return result
 
 
-def run_probe(model, data: str, *, original=None, data_format: str = "auto", split: str | None = None,
-              max_samples: int | None = 200, max_length: int = 1024, batch_size: int = 8, out=None) -> dict:
+def run_probe(
+    model,
+    data: str,
+    *,
+    original=None,
+    data_format: str = "auto",
+    split: str | None = None,
+    max_samples: int | None = 200,
+    max_length: int = 1024,
+    batch_size: int = 8,
+    out=None,
+) -> dict:
     """Activation statistics per feed-forward layer of ``model`` on the prompts and chosen
     responses of ``data`` (:mod:`crrelu_llm.patching.probe`); written to :func:`probe_file`."""
     from crrelu_llm.patching.probe import activation_statistics, reference_activations
@@ -197,8 +251,13 @@ def run_probe(model, data: str, *, original=None, data_format: str = "auto", spl
         _shared_tokenizer(model, str(original), "the probe runs one text through both")
     references = reference_activations(loaded, load_causal_lm(str(original)) if original is not None else None)
     layers = activation_statistics(loaded, load_tokenizer(model), pairs, references, max_length, batch_size)
-    result = {"model": model, "original": str(original) if original is not None else None,
-              "weights": weights_stamp(model), "data": summary, "layers": layers}
+    result = {
+        "model": model,
+        "original": str(original) if original is not None else None,
+        "weights": weights_stamp(model),
+        "data": summary,
+        "layers": layers,
+    }
     write_json(probe_file(model, out), result)
     return result
 
@@ -206,8 +265,10 @@ def run_probe(model, data: str, *, original=None, data_format: str = "auto", spl
 def _text_pairs(evaluation, data: str, what: str) -> list[tuple[str, str]]:
     """(prompt, chosen) text of every row; conversational rows are refused, not skipped."""
     if any(not isinstance(r["prompt"], str) for r in evaluation):
-        raise EvaluationError(f"{what} reads plain text, and {data} holds conversational rows (lists of messages): "
-                              "give prompt/chosen/rejected strings (e.g. the data rendered with the chat template)")
+        raise EvaluationError(
+            f"{what} reads plain text, and {data} holds conversational rows (lists of messages): "
+            "give prompt/chosen/rejected strings (e.g. the data rendered with the chat template)"
+        )
     return [(r["prompt"], r["chosen"]) for r in evaluation]
 
 
@@ -215,10 +276,11 @@ def _count_lengths(tokenizer, pairs, max_length: int, data: str, drops: bool) ->
     """What cutting each prompt + response to ``max_length`` (their start kept) does, counted."""
     from crrelu_llm.data import accounting
 
-    lengths = [{"prompt": len(tokenizer(p)["input_ids"]),
-                "response": len(tokenizer(c, add_special_tokens=False)["input_ids"])} for p, c in pairs]
-    counts = accounting.account(lengths, len(pairs), "eval", "pair", max_length=max_length,
-                                drop_full_prompts=drops)
+    lengths = [
+        {"prompt": len(tokenizer(p)["input_ids"]), "response": len(tokenizer(c, add_special_tokens=False)["input_ids"])}
+        for p, c in pairs
+    ]
+    counts = accounting.account(lengths, len(pairs), "eval", "pair", max_length=max_length, drop_full_prompts=drops)
     accounting.check(counts, "eval", source=data)
     return counts
 
@@ -245,9 +307,19 @@ def _completions(model: str, prompts: list, settings: GenerationSettings, file: 
     return texts
 
 
-def run_winrate(model, baseline, data: str, judge: str, *, data_format: str = "auto", split: str | None = None,
-                num_prompts: int | None = 200, settings: GenerationSettings | None = None, out=None,
-                judge_concurrency: int = 8) -> dict:
+def run_winrate(
+    model,
+    baseline,
+    data: str,
+    judge: str,
+    *,
+    data_format: str = "auto",
+    split: str | None = None,
+    num_prompts: int | None = 200,
+    settings: GenerationSettings | None = None,
+    out=None,
+    judge_concurrency: int = 8,
+) -> dict:
     """Generate with ``model`` and ``baseline`` from the same prompts, judge the pairs with the
     judge spec ``judge`` and write the win rate to :func:`winrate_file` (judgments beside it)."""
     model, baseline = str(model), str(baseline)
@@ -275,9 +347,9 @@ def run_winrate(model, baseline, data: str, judge: str, *, data_format: str = "a
     outcomes = judged_by.judge(prompts, list(zip(ours, theirs)))
     stats = win_rate([o.winner for o in outcomes], ours, theirs, [o.consistent for o in outcomes])
     policy_tokenizer = load_tokenizer(model)  # both sides measured in the policy's tokens
-    stats.length_controlled = length_controlled_win_rate([o.winner for o in outcomes],
-                                                         token_lengths(policy_tokenizer, ours),
-                                                         token_lengths(policy_tokenizer, theirs))
+    stats.length_controlled = length_controlled_win_rate(
+        [o.winner for o in outcomes], token_lengths(policy_tokenizer, ours), token_lengths(policy_tokenizer, theirs)
+    )
     write_jsonl(
         folder / f"judgments-{_winrate_label(judge, baseline)}.jsonl",
         [

@@ -25,9 +25,11 @@ class GenerationSettings:
 
 def _render(tokenizer, prompt, chat_template: bool) -> str:
     if chat_template and getattr(tokenizer, "chat_template", None) is None:
-        raise EvaluationError(f"--chat-template: the tokenizer of {tokenizer.name_or_path or 'the model'} has no chat "
-                              "template; drop --chat-template for plain-text prompts, or use a model whose tokenizer "
-                              "has one")
+        raise EvaluationError(
+            f"--chat-template: the tokenizer of {tokenizer.name_or_path or 'the model'} has no chat "
+            "template; drop --chat-template for plain-text prompts, or use a model whose tokenizer "
+            "has one"
+        )
     if chat_template:
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -49,13 +51,22 @@ def generate(model, tokenizer, prompts: list, settings: GenerationSettings, desc
     outputs = []
     for start in tqdm(range(0, len(texts), settings.batch_size), desc=desc, leave=False):
         torch.manual_seed(settings.seed + start)
-        batch = tokenizer(texts[start:start + settings.batch_size], return_tensors="pt", padding=True,
-                          add_special_tokens=not settings.chat_template).to(device)
-        kwargs = dict(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
-                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **settings.extra)
+        batch = tokenizer(
+            texts[start : start + settings.batch_size],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=not settings.chat_template,
+        ).to(device)
+        kwargs = dict(
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=settings.do_sample,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **settings.extra,
+        )
         if settings.do_sample:
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
         generated = model.generate(**batch, **kwargs)
-        new_tokens = generated[:, batch["input_ids"].shape[1]:]
+        new_tokens = generated[:, batch["input_ids"].shape[1] :]
         outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     return outputs

@@ -81,8 +81,15 @@ class RuleBasedJudge:
 class RewardModelJudge:
     """Scores prompt + response with a sequence-classification reward model (logit 0)."""
 
-    def __init__(self, model_name_or_path: str | None = None, model=None, tokenizer=None, batch_size: int = 8,
-                 max_length: int = 1024, device: str | None = None):
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        model=None,
+        tokenizer=None,
+        batch_size: int = 8,
+        max_length: int = 1024,
+        device: str | None = None,
+    ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if model is None:
@@ -90,8 +97,10 @@ class RewardModelJudge:
                 model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path)
                 tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
             except (OSError, ValueError) as err:
-                raise JudgeError(f"reward-model judge {model_name_or_path!r} could not be loaded: give a local "
-                                 f"directory or a reachable hub id ({type(err).__name__}: {str(err)[:200]})") from err
+                raise JudgeError(
+                    f"reward-model judge {model_name_or_path!r} could not be loaded: give a local "
+                    f"directory or a reachable hub id ({type(err).__name__}: {str(err)[:200]})"
+                ) from err
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size, self.max_length = batch_size, max_length
@@ -104,8 +113,14 @@ class RewardModelJudge:
         out = []
         ensure_pad_token(self.tokenizer)
         for start in range(0, len(prompts), self.batch_size):
-            batch = self.tokenizer(prompts[start:start + self.batch_size], completions[start:start + self.batch_size],
-                                   return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)
+            batch = self.tokenizer(
+                prompts[start : start + self.batch_size],
+                completions[start : start + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+            )
             logits = self.model(**batch.to(self.device)).logits
             out.extend(logits[:, 0].float().cpu().tolist())
         return out
@@ -161,10 +176,19 @@ class PairwiseLLMJudge:
     says (else back off exponentially), like timeouts, dropped connections and other 5xx;
     401, 403, 404 and other client errors cannot succeed on retry and stop at once."""
 
-    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY",
-                 cache_path: str | Path | None = None, max_retries: int = 4, backoff: float = 1.0,
-                 timeout: float = 60.0, temperature: float = 0.0, name: str | None = None,
-                 max_concurrency: int = 8):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        cache_path: str | Path | None = None,
+        max_retries: int = 4,
+        backoff: float = 1.0,
+        timeout: float = 60.0,
+        temperature: float = 0.0,
+        name: str | None = None,
+        max_concurrency: int = 8,
+    ):
         if max_concurrency < 1:
             raise UsageError(f"max_concurrency must be at least 1, got {max_concurrency}")
         self.base_url = base_url.rstrip("/")
@@ -210,9 +234,15 @@ class PairwiseLLMJudge:
                 raise self._failure
             wait = self.backoff * 2**attempt
             try:
-                response = self._http().post("/chat/completions", json={
-                    "model": self.model, "temperature": self.temperature, "max_tokens": 4,
-                    "messages": [{"role": "user", "content": content}]})
+                response = self._http().post(
+                    "/chat/completions",
+                    json={
+                        "model": self.model,
+                        "temperature": self.temperature,
+                        "max_tokens": 4,
+                        "messages": [{"role": "user", "content": content}],
+                    },
+                )
                 if response.status_code in (429, 503):
                     wait = _retry_after(response, wait)
                     raise ValueError(f"HTTP {response.status_code}")
@@ -225,9 +255,11 @@ class PairwiseLLMJudge:
                     raise ValueError(f"unparseable verdict {str(answer)[:60]!r}")
                 return match.group(1).upper()
             except _Permanent as err:
-                self._failure = JudgeError(f"judge {self.model} at {self.base_url} refused the request ({err}); "
-                                           f"retrying cannot help: check the model name, the URL and "
-                                           f"${self.api_key_env}")
+                self._failure = JudgeError(
+                    f"judge {self.model} at {self.base_url} refused the request ({err}); "
+                    f"retrying cannot help: check the model name, the URL and "
+                    f"${self.api_key_env}"
+                )
                 raise self._failure from None
             except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as err:
                 last_error = err
@@ -236,7 +268,8 @@ class PairwiseLLMJudge:
         raise JudgeError(
             f"judge {self.model} at {self.base_url} gave no usable verdict after {self.max_retries + 1} tries "
             f"({type(last_error).__name__}: {last_error}); {len(self.cache)} verdicts so far are cached"
-            + (f" in {self.cache_path}" if self.cache_path else ""))
+            + (f" in {self.cache_path}" if self.cache_path else "")
+        )
 
     def verdict(self, prompt: str, a: str, b: str) -> str:
         """'A' or 'B' for one ordering, from the cache or the endpoint."""
@@ -277,16 +310,17 @@ class PairwiseLLMJudge:
         return outcomes
 
 
-JUDGE_SPECS = ("reward-model:<model id or path>, openai:<model>@<base url> (key from $OPENAI_API_KEY) "
-               "or rule:<task>")
+JUDGE_SPECS = "reward-model:<model id or path>, openai:<model>@<base url> (key from $OPENAI_API_KEY) or rule:<task>"
 
 
 def _parse_spec(spec: str) -> tuple[str, str, str]:
     """(kind, model or task, base url) of a judge spec; a bad spec is a one-line usage error."""
     kind, _, rest = str(spec).partition(":")
     if kind == "openai" and rest and "@" not in rest:
-        raise UsageError(f"judge {spec!r}: the base URL is missing; write openai:{rest}@<base url>, "
-                         "e.g. openai:gpt-4o@https://api.openai.com/v1")
+        raise UsageError(
+            f"judge {spec!r}: the base URL is missing; write openai:{rest}@<base url>, "
+            "e.g. openai:gpt-4o@https://api.openai.com/v1"
+        )
     model, _, url = rest.partition("@") if kind == "openai" else (rest, "", "")
     if kind not in ("reward-model", "openai", "rule") or not model or (kind == "openai" and not url):
         raise UsageError(f"unknown judge {spec!r}: use {JUDGE_SPECS}")

@@ -65,9 +65,11 @@ def _separated(scores: list[float], terms: list[float]) -> str | None:
         return f"every pair went to the {'model' if ones else 'baseline'}"
     if max(zeros) <= min(ones) or max(ones) <= min(zeros):
         side = "longer" if max(zeros) <= min(ones) else "shorter"
-        return (f"length alone separates the verdicts (the model never lost where its response was the {side} "
-                "one, nor won where it was not), so the judge's verdicts cannot be told apart from a length "
-                "preference")
+        return (
+            f"length alone separates the verdicts (the model never lost where its response was the {side} "
+            "one, nor won where it was not), so the judge's verdicts cannot be told apart from a length "
+            "preference"
+        )
     return None
 
 
@@ -75,8 +77,13 @@ def _undefined(reason: str, n: int) -> dict:
     return {"value": None, "interval": None, "n": n, "undefined": reason}
 
 
-def length_controlled_win_rate(outcomes: list[int | None], model_lengths: list[int], baseline_lengths: list[int],
-                               n_boot: int = N_BOOT, seed: int = 0) -> dict:
+def length_controlled_win_rate(
+    outcomes: list[int | None],
+    model_lengths: list[int],
+    baseline_lengths: list[int],
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> dict:
     """``{"value", "interval", "n", "length_coefficient", "unit"}`` from judge ``outcomes`` (0: the
     model wins, 1: the baseline wins, None: tie) and the responses' lengths; ``value`` None with
     ``undefined`` (the reason) when no length-controlled rate can be given."""
@@ -87,8 +94,11 @@ def length_controlled_win_rate(outcomes: list[int | None], model_lengths: list[i
     diffs = [float(a - b) for a, b in zip(model_lengths, baseline_lengths)]
     wins, losses = outcomes.count(0), outcomes.count(1)
     if n < 2 or statistics.pstdev(diffs) == 0:
-        return _undefined("no variation in the length difference between the model's and the baseline's "
-                          "responses, so length and model cannot be told apart", n)
+        return _undefined(
+            "no variation in the length difference between the model's and the baseline's "
+            "responses, so length and model cannot be told apart",
+            n,
+        )
     if wins + losses < MIN_DECISIVE:
         return _undefined(f"only {wins + losses} decisive pairs (wins + losses); the fit needs {MIN_DECISIVE}", n)
     sd = statistics.pstdev(diffs)
@@ -106,11 +116,17 @@ def length_controlled_win_rate(outcomes: list[int | None], model_lengths: list[i
             continue  # no finite model term in this resample
         draws.append(_sigmoid(_fit(sample, picked_terms)[0]))
     draws.sort()
-    interval = (draws[int(0.025 * len(draws))], draws[min(len(draws) - 1, int(0.975 * len(draws)))]) if draws \
-        else None
-    return {"value": _sigmoid(theta), "interval": interval, "n": n, "unit": "tokens of the policy's tokenizer",
-            "length_coefficient": slope, "bootstrap_resamples": len(draws), "length_sd": sd,
-            "raw_win_rate": sum(scores) / n}
+    interval = (draws[int(0.025 * len(draws))], draws[min(len(draws) - 1, int(0.975 * len(draws)))]) if draws else None
+    return {
+        "value": _sigmoid(theta),
+        "interval": interval,
+        "n": n,
+        "unit": "tokens of the policy's tokenizer",
+        "length_coefficient": slope,
+        "bootstrap_resamples": len(draws),
+        "length_sd": sd,
+        "raw_win_rate": sum(scores) / n,
+    }
 
 
 def _sigmoid(x: float) -> float:

@@ -58,8 +58,9 @@ class PairSettings:
         if self.num_samples < 2:
             raise UsageError(f"--num-samples {self.num_samples}: a pair needs at least 2 samples per prompt")
         if not self.temperature > 0 or not 0 < self.top_p <= 1:
-            raise UsageError(f"--temperature must be > 0 and --top-p in (0, 1]; got {self.temperature:g} and "
-                             f"{self.top_p:g}")
+            raise UsageError(
+                f"--temperature must be > 0 and --top-p in (0, 1]; got {self.temperature:g} and {self.top_p:g}"
+            )
         if self.num_prompts is not None and self.num_prompts < 1:
             raise UsageError(f"--num-prompts {self.num_prompts}: give at least 1, or leave it out for every prompt")
 
@@ -71,8 +72,14 @@ def record_file(out) -> Path:
 def _inputs(model: str, data: str, judge: str, settings: PairSettings, split: str | None) -> dict:
     from crrelu_llm.evaluation.evaluate import weights_stamp
 
-    return {"model": model, "weights": weights_stamp(model), "data": data, "split": split, "judge": judge,
-            "settings": dataclasses.asdict(settings)}
+    return {
+        "model": model,
+        "weights": weights_stamp(model),
+        "data": data,
+        "split": split,
+        "judge": judge,
+        "settings": dataclasses.asdict(settings),
+    }
 
 
 def _prompts_and_test(data: str, data_format: str, split: str | None, limit: int | None):
@@ -86,8 +93,9 @@ def _prompts_and_test(data: str, data_format: str, split: str | None, limit: int
         rows = raw[split or "train"] if (split or "train") in raw else next(iter(raw.values()))
         prompts = list(rows["prompt"])
         return prompts[:limit] if limit else prompts, None
-    train, test, _ = load_preference_splits(DataArguments(dataset_name=data, dataset_format=data_format,
-                                                          dataset_train_split=split))
+    train, test, _ = load_preference_splits(
+        DataArguments(dataset_name=data, dataset_format=data_format, dataset_train_split=split)
+    )
     prompts = list(train["prompt"])
     return prompts[:limit] if limit else prompts, [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in test]
 
@@ -100,10 +108,11 @@ def score_samples(judge, prompts: list, samples: list[list[str]]) -> list[list[f
     if hasattr(judge, "scores"):
         flat_prompts = [p for p in prompts for _ in range(k)]
         flat = judge.scores(flat_prompts, [s for row in samples for s in row])
-        return [flat[i * k:(i + 1) * k] for i in range(len(prompts))]
+        return [flat[i * k : (i + 1) * k] for i in range(len(prompts))]
     rounds = [(i, j) for i in range(k) for j in range(i + 1, k)]
-    outcomes = judge.judge([p for p in prompts for _ in rounds], [(row[i], row[j]) for row in samples
-                                                                 for i, j in rounds])
+    outcomes = judge.judge(
+        [p for p in prompts for _ in rounds], [(row[i], row[j]) for row in samples for i, j in rounds]
+    )
     scores = [[0.0] * k for _ in prompts]
     for index, outcome in enumerate(outcomes):
         row, which = divmod(index, len(rounds))
@@ -130,10 +139,23 @@ def select_pairs(prompts: list, samples: list[list[str]], scores: list[list[floa
             continue
         rows.append({"prompt": prompt, "chosen": texts[best[1]], "rejected": texts[worst[1]]})
         spreads.append(best[0] - worst[0])
-    spread = {"mean": statistics.fmean(spreads), "median": statistics.median(spreads), "min": min(spreads),
-              "max": max(spreads)} if spreads else None
-    return rows, {"prompts": len(prompts), "pairs": len(rows), "dropped_all_tied": tied,
-                  "dropped_fewer_than_two_nonempty": too_few, "score_spread": spread}
+    spread = (
+        {
+            "mean": statistics.fmean(spreads),
+            "median": statistics.median(spreads),
+            "min": min(spreads),
+            "max": max(spreads),
+        }
+        if spreads
+        else None
+    )
+    return rows, {
+        "prompts": len(prompts),
+        "pairs": len(rows),
+        "dropped_all_tied": tied,
+        "dropped_fewer_than_two_nonempty": too_few,
+        "score_spread": spread,
+    }
 
 
 def _check_out(out: Path, inputs: dict) -> dict | None:
@@ -144,15 +166,26 @@ def _check_out(out: Path, inputs: dict) -> dict | None:
         if old.get("inputs") == inputs:
             return old
         differ = sorted(k for k in set(inputs) | set(old.get("inputs", {})) if inputs.get(k) != old["inputs"].get(k))
-        raise OutputError(f"{out} holds pairs made from other inputs ({', '.join(differ)} differ): give another --out, "
-                          "or remove it to make them again")
+        raise OutputError(
+            f"{out} holds pairs made from other inputs ({', '.join(differ)} differ): give another --out, "
+            "or remove it to make them again"
+        )
     if out.exists() and any(f.name != "_judge" for f in out.iterdir()):  # _judge: an interrupted run's verdicts
         raise OutputError(f"{out} is not empty and holds no {RECORD}: give an empty or new --out")
     return None
 
 
-def run_pairs(model, data: str, judge: str, out, settings: PairSettings | None = None, *, data_format: str = "auto",
-              split: str | None = None, judge_concurrency: int = 8) -> dict:
+def run_pairs(
+    model,
+    data: str,
+    judge: str,
+    out,
+    settings: PairSettings | None = None,
+    *,
+    data_format: str = "auto",
+    split: str | None = None,
+    judge_concurrency: int = 8,
+) -> dict:
     """Sample, score and pair (the module docstring); returns the record written to ``_pairs.json``.
 
     Example:
@@ -178,25 +211,39 @@ def run_pairs(model, data: str, judge: str, out, settings: PairSettings | None =
     loaded, tokenizer = load_causal_lm(model), load_tokenizer(model)
     samples_by_k = []
     for k in range(settings.num_samples):
-        drawn = GenerationSettings(max_new_tokens=settings.max_new_tokens, do_sample=True,
-                                   temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed + k,
-                                   batch_size=settings.batch_size, chat_template=settings.chat_template)
+        drawn = GenerationSettings(
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=True,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            seed=settings.seed + k,
+            batch_size=settings.batch_size,
+            chat_template=settings.chat_template,
+        )
         desc = f"Sampling {k + 1}/{settings.num_samples}"
         samples_by_k.append(generate(loaded, tokenizer, prompts, drawn, desc=desc))
     samples = [list(row) for row in zip(*samples_by_k)]
     scores = score_samples(scorer, prompts, samples)
     rows, counts = select_pairs(prompts, samples, scores)
     if not rows:
-        raise EvaluationError(f"no pair left from {len(prompts)} prompts: every prompt's samples tie or are empty "
-                              f"({counts['dropped_all_tied']} tied); sample more (--num-samples) or hotter "
-                              "(--temperature)")
+        raise EvaluationError(
+            f"no pair left from {len(prompts)} prompts: every prompt's samples tie or are empty "
+            f"({counts['dropped_all_tied']} tied); sample more (--num-samples) or hotter "
+            "(--temperature)"
+        )
     out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out / "_samples.jsonl", [{"prompt": p, "samples": s, "scores": v}
-                                        for p, s, v in zip(prompts, samples, scores)])
+    write_jsonl(
+        out / "_samples.jsonl", [{"prompt": p, "samples": s, "scores": v} for p, s, v in zip(prompts, samples, scores)]
+    )
     write_jsonl(out / "train.jsonl", rows)
     if test:
         write_jsonl(out / "test.jsonl", test)
-    record = {"inputs": inputs, "judge_name": scorer.name, "counts": counts,
-              "held_out": len(test) if test else 0, "scheme": "best against worst; pairwise judges by round robin"}
+    record = {
+        "inputs": inputs,
+        "judge_name": scorer.name,
+        "counts": counts,
+        "held_out": len(test) if test else 0,
+        "scheme": "best against worst; pairwise judges by round robin",
+    }
     write_json(record_file(out), record)
     return record

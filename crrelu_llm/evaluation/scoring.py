@@ -39,8 +39,9 @@ def completion_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     return (logps * mask).sum(1).cpu(), mask.sum(1).cpu()
 
 
-def preference_logps(model, reference, tokenizer, dataset, max_length: int = 1024, batch_size: int = 8,
-                     source: str = "") -> dict:
+def preference_logps(
+    model, reference, tokenizer, dataset, max_length: int = 1024, batch_size: int = 8, source: str = ""
+) -> dict:
     """Per-example log-probs of chosen and rejected under the policy and the reference, and
     (``"lengths"``) what the length rule dropped and cut (:mod:`crrelu_llm.data.accounting`)."""
     from trl import DPOConfig
@@ -50,16 +51,32 @@ def preference_logps(model, reference, tokenizer, dataset, max_length: int = 102
     if len(dataset) == 0:
         raise EvaluationError("the evaluation data is empty")
     check_tokenizers(tokenizer, *(m for m in (model, reference) if m is not None))
-    args = DPOConfig(output_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), "crrelu-llm-eval"),
-                     per_device_eval_batch_size=batch_size, max_length=max_length, report_to=[],
-                     bf16=False, use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
-                     dataloader_num_workers=0, per_device_train_batch_size=1)
+    args = DPOConfig(
+        output_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), "crrelu-llm-eval"),
+        per_device_eval_batch_size=batch_size,
+        max_length=max_length,
+        report_to=[],
+        bf16=False,
+        use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+        per_device_train_batch_size=1,
+    )
     # TRL's pipeline (tokenization, the length rule), counted: the pairs it drops are not scored
     # no reference (a reference-free objective): TRL makes its own copy, which is not scored
-    trainer = CRReLUDPOTrainer(model=model, ref_model=reference, args=args, train_dataset=dataset,
-                               eval_dataset=dataset, processing_class=tokenizer, data_source=source)
-    out = {k: [] for k in ("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected", "tokens_chosen",
-                           "tokens_rejected")}
+    trainer = CRReLUDPOTrainer(
+        model=model,
+        ref_model=reference,
+        args=args,
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        processing_class=tokenizer,
+        data_source=source,
+    )
+    out = {
+        k: []
+        for k in ("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected", "tokens_chosen", "tokens_rejected")
+    }
     for batch in tqdm(trainer.get_eval_dataloader(), desc="Scoring preference pairs", leave=False):
         p, tokens = completion_logps(trainer.model, batch)
         r = completion_logps(trainer.ref_model, batch)[0] if reference is not None else torch.zeros_like(p)
@@ -136,23 +153,33 @@ def reward_metrics(logps: dict, betas: list[float] = (0.1,), n_boot: int = 1000,
 IMPLICIT_REWARDS = {
     "simpo": "SimPO's: beta times the mean token log-probability of the response (length-normalised)",
     "orpo": "ORPO's: the log odds of the response, log(p / (1 - p)) with p its mean token probability; the "
-            "margin at beta 1 is the log odds ratio",
+    "margin at beta 1 is the log odds ratio",
 }
 
 
-def implicit_reward_metrics(logps: dict, objective: str, betas: list[float] = (0.1,), n_boot: int = 1000,
-                            seed: int = 0) -> dict:
+def implicit_reward_metrics(
+    logps: dict, objective: str, betas: list[float] = (0.1,), n_boot: int = 1000, seed: int = 0
+) -> dict:
     """:func:`reward_metrics` for a model trained without a reference: the reward its objective
     defines (:data:`IMPLICIT_REWARDS`) in place of DPO's log-ratio to a reference."""
+
     def score(logp: float, tokens: float) -> float:
         mean = logp / max(tokens, 1)
         return mean if objective == "simpo" else mean - math.log1p(-math.exp(min(mean, -1e-12)))
 
-    scores = {f"{side}_{pick}": [score(lp, t) if side == "policy" else 0.0
-                                  for lp, t in zip(logps[f"policy_{pick}"], logps[f"tokens_{pick}"])]
-              for side in ("policy", "ref") for pick in ("chosen", "rejected")}
-    result = reward_metrics({**scores, "tokens_chosen": logps["tokens_chosen"],
-                             "tokens_rejected": logps["tokens_rejected"]}, betas, n_boot, seed)
+    scores = {
+        f"{side}_{pick}": [
+            score(lp, t) if side == "policy" else 0.0 for lp, t in zip(logps[f"policy_{pick}"], logps[f"tokens_{pick}"])
+        ]
+        for side in ("policy", "ref")
+        for pick in ("chosen", "rejected")
+    }
+    result = reward_metrics(
+        {**scores, "tokens_chosen": logps["tokens_chosen"], "tokens_rejected": logps["tokens_rejected"]},
+        betas,
+        n_boot,
+        seed,
+    )
     raw = reward_metrics(logps, betas, n_boot, seed)  # the preference accuracies read the plain log-probs
     result.update({k: v for k, v in raw.items() if k.startswith("preference_accuracy")})
     return {**result, "objective": objective, "implicit_reward": IMPLICIT_REWARDS[objective]}

@@ -15,8 +15,12 @@ def length_stats(texts: list[str]) -> dict:
     lengths = [len(t) for t in texts]
     if not lengths:
         return {"mean": 0.0, "median": 0.0, "min": 0, "max": 0}
-    return {"mean": statistics.fmean(lengths), "median": statistics.median(lengths), "min": min(lengths),
-            "max": max(lengths)}
+    return {
+        "mean": statistics.fmean(lengths),
+        "median": statistics.median(lengths),
+        "min": min(lengths),
+        "max": max(lengths),
+    }
 
 
 @dataclass
@@ -40,8 +44,12 @@ class WinRate:
         return asdict(self)
 
 
-def win_rate(outcomes: list[int | None], model_texts: list[str], baseline_texts: list[str],
-             consistent: list[bool | None] | None = None) -> WinRate:
+def win_rate(
+    outcomes: list[int | None],
+    model_texts: list[str],
+    baseline_texts: list[str],
+    consistent: list[bool | None] | None = None,
+) -> WinRate:
     """Summarise judge outcomes of (model, baseline) pairs: 0 = model wins, 1 = baseline wins,
     None = tie."""
     wins = sum(o == 0 for o in outcomes)
@@ -50,9 +58,16 @@ def win_rate(outcomes: list[int | None], model_texts: list[str], baseline_texts:
     estimate = win_rate_estimate(wins, ties, losses)
     flags = [c for c in (consistent or []) if c is not None]
     return WinRate(
-        wins=wins, ties=ties, losses=losses, n=len(outcomes), win_rate=estimate.value,
-        interval=estimate.interval, sign_test_p=estimate.p_value,
+        wins=wins,
+        ties=ties,
+        losses=losses,
+        n=len(outcomes),
+        win_rate=estimate.value,
+        interval=estimate.interval,
+        sign_test_p=estimate.p_value,
         position_consistency=(sum(flags) / len(flags)) if flags else None,
-        length_model=length_stats(model_texts), length_baseline=length_stats(baseline_texts),
-        estimate=estimate.to_dict(), scores=win_scores(outcomes),
+        length_model=length_stats(model_texts),
+        length_baseline=length_stats(baseline_texts),
+        estimate=estimate.to_dict(),
+        scores=win_scores(outcomes),
     )

@@ -22,16 +22,20 @@ def _defaults(function, *names) -> dict:
 # betas: the experiment's
 EVALUATION_DEFAULTS = {
     "rewards": _defaults(evaluate.run_rewards, "max_samples", "max_length"),
-    "winrate": {**_defaults(evaluate.run_winrate, "num_prompts", "judge_concurrency"),
-                "max_new_tokens": GenerationSettings.max_new_tokens, "batch_size": GenerationSettings.batch_size,
-                "against_sft": True},
+    "winrate": {
+        **_defaults(evaluate.run_winrate, "num_prompts", "judge_concurrency"),
+        "max_new_tokens": GenerationSettings.max_new_tokens,
+        "batch_size": GenerationSettings.batch_size,
+        "against_sft": True,
+    },
     "drift": _defaults(evaluate.run_drift, "max_samples", "max_length"),
     "benchmark": _defaults(run_benchmark, "limit", "num_fewshot", "batch_size"),
     "probe": _defaults(evaluate.run_probe, "max_samples", "max_length"),
 }
 EVALUATION_REQUIRED = {"winrate": {"judge"}, "benchmark": {"tasks"}, "rewards": {"betas"}}
-EVALUATION_KEYS = {kind: set(defaults) | EVALUATION_REQUIRED.get(kind, set())
-                   for kind, defaults in EVALUATION_DEFAULTS.items()}
+EVALUATION_KEYS = {
+    kind: set(defaults) | EVALUATION_REQUIRED.get(kind, set()) for kind, defaults in EVALUATION_DEFAULTS.items()
+}
 
 
 def evaluation_settings(exp, kind: str) -> dict:

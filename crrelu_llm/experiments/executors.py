@@ -36,9 +36,18 @@ from crrelu_llm.runtime import configure_logging
 logger = logging.getLogger("crrelu_llm.executors")
 EXECUTORS = ("inline", "local", "slurm")
 # recipe key under `slurm:` -> submitit SlurmExecutor parameter
-SLURM_KEYS = {"partition": "partition", "account": "account", "gpus": "gpus_per_node", "time": "time",
-              "cpus_per_task": "cpus_per_task", "mem": "mem", "qos": "qos", "constraint": "constraint",
-              "setup": "setup", "additional_parameters": "additional_parameters"}
+SLURM_KEYS = {
+    "partition": "partition",
+    "account": "account",
+    "gpus": "gpus_per_node",
+    "time": "time",
+    "cpus_per_task": "cpus_per_task",
+    "mem": "mem",
+    "qos": "qos",
+    "constraint": "constraint",
+    "setup": "setup",
+    "additional_parameters": "additional_parameters",
+}
 FOREVER_MIN = 60 * 24 * 365  # the local executor's own timeout defaults to 2 minutes
 
 
@@ -72,8 +81,7 @@ class ExecutorSettings:
             if value is not None and value < (1 if flag == "--parallel" else 0):
                 raise UsageError(f"{flag} {value}: give a positive number")
             if value is not None and self.kind == "inline":
-                raise UsageError(f"{flag} needs --executor local (this node) or slurm; inline runs one stage at "
-                                 "a time")
+                raise UsageError(f"{flag} needs --executor local (this node) or slurm; inline runs one stage at a time")
         if self.parallel is not None and self.kind == "slurm":
             raise UsageError("--parallel is for --executor local; Slurm decides how many jobs run at once")
         if folder is None or self.kind == "inline":
@@ -87,9 +95,11 @@ class ExecutorSettings:
         paths = _submitit().core.utils.JobPaths
         queued = {job for job in queued if not paths(folder / "%j", job).result_pickle.exists()}  # not just exiting
         if queued:
-            raise ExperimentError(f"{len(queued)} job(s) from an earlier run of this experiment are still queued or "
-                                  f"running ({', '.join(sorted(queued))}); wait for them, or `scancel` them, "
-                                  "then run again")
+            raise ExperimentError(
+                f"{len(queued)} job(s) from an earlier run of this experiment are still queued or "
+                f"running ({', '.join(sorted(queued))}); wait for them, or `scancel` them, "
+                "then run again"
+            )
 
 
 def local_slots(settings: ExecutorSettings) -> list[tuple[int, ...]]:
@@ -97,13 +107,17 @@ def local_slots(settings: ExecutorSettings) -> list[tuple[int, ...]]:
     per_run = settings.gpus_per_run or 0
     gpus = visible_gpus() if per_run else []
     if per_run and len(gpus) < per_run:
-        raise UsageError(f"--gpus-per-run {per_run}: this node shows {len(gpus)} GPU(s) "
-                         "(CUDA_VISIBLE_DEVICES or torch.cuda.device_count()); on CPU use --parallel N alone")
-    sets = [tuple(gpus[i:i + per_run]) for i in range(0, len(gpus) - per_run + 1, per_run)] if per_run else []
+        raise UsageError(
+            f"--gpus-per-run {per_run}: this node shows {len(gpus)} GPU(s) "
+            "(CUDA_VISIBLE_DEVICES or torch.cuda.device_count()); on CPU use --parallel N alone"
+        )
+    sets = [tuple(gpus[i : i + per_run]) for i in range(0, len(gpus) - per_run + 1, per_run)] if per_run else []
     parallel = settings.parallel or max(1, len(sets))
     if per_run and parallel > len(sets):
-        raise UsageError(f"--parallel {parallel} x --gpus-per-run {per_run} needs {parallel * per_run} GPUs; "
-                         f"this node shows {len(gpus)}")
+        raise UsageError(
+            f"--parallel {parallel} x --gpus-per-run {per_run} needs {parallel * per_run} GPUs; "
+            f"this node shows {len(gpus)}"
+        )
     return sets[:parallel] if per_run else [()] * parallel
 
 
@@ -114,8 +128,9 @@ def check_slurm_keys(path, keys) -> None:
     if unknown:
         raise ExperimentError(f"{path}: slurm has unknown key {unknown[0]!r}; known: {', '.join(SLURM_KEYS)}")
     if "time" in keys and not (isinstance(keys["time"], int) and keys["time"] > 0):
-        raise ExperimentError(f"{path}: slurm.time is the time limit of one stage in minutes (e.g. 240), "
-                              f"not {keys['time']!r}")
+        raise ExperimentError(
+            f"{path}: slurm.time is the time limit of one stage in minutes (e.g. 240), not {keys['time']!r}"
+        )
 
 
 def run_stage(action: Callable[[], None], threads: int | None = None, in_job: bool = False) -> dict:
@@ -135,12 +150,18 @@ def run_stage(action: Callable[[], None], threads: int | None = None, in_job: bo
     start = time.time()
     action()
     # where it ran, recorded with the stage (a job's node may differ from the submitting one)
-    return {**job, "started": start, "ended": time.time(), "seconds": round(time.time() - start, 1),
-            "environment": environment()}
+    return {
+        **job,
+        "started": start,
+        "ended": time.time(),
+        "seconds": round(time.time() - start, 1),
+        "environment": environment(),
+    }
 
 
-def run_stages(stages: list[Stage], finish: Callable[[Stage, dict], None], settings: ExecutorSettings,
-               folder: Path) -> None:
+def run_stages(
+    stages: list[Stage], finish: Callable[[Stage, dict], None], settings: ExecutorSettings, folder: Path
+) -> None:
     """Run ``stages`` (in declaration order, which is a dependency order); ``finish(stage,
     timing)`` is called here, in this process, as each one finishes."""
     if settings.kind == "inline":
@@ -204,8 +225,10 @@ def _schedule(stages, finish, backend, poll_seconds) -> None:
         raise
     if failed:
         shown = "; ".join(f"{name}: {why}" for name, why in list(failed.items())[:4])
-        raise ExperimentError(f"{len(failed)} stage(s) did not finish: {shown}. Rerunning the experiment "
-                              "skips what finished and submits these again")
+        raise ExperimentError(
+            f"{len(failed)} stage(s) did not finish: {shown}. Rerunning the experiment "
+            "skips what finished and submits these again"
+        )
 
 
 class _LocalJobs:
@@ -216,12 +239,19 @@ class _LocalJobs:
     def __init__(self, folder: Path, settings: ExecutorSettings):
         self.free = local_slots(settings)
         # a reproducible run keeps its pinned thread count in every job (reductions split by threads)
-        self.threads = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("CRRELU_LLM_PINNED") == "1" else \
-            max(1, _cpus() // len(self.free))
+        self.threads = (
+            int(os.environ["OMP_NUM_THREADS"])
+            if os.environ.get("CRRELU_LLM_PINNED") == "1"
+            else max(1, _cpus() // len(self.free))
+        )
         self.slot_of = {}
         self.executor = _submitit().LocalExecutor(folder=folder / "%j")
-        logger.info("local executor: %d stage(s) at once, GPUs %s, %d CPU thread(s) each", len(self.free),
-                    [list(slot) for slot in self.free], self.threads)
+        logger.info(
+            "local executor: %d stage(s) at once, GPUs %s, %d CPU thread(s) each",
+            len(self.free),
+            [list(slot) for slot in self.free],
+            self.threads,
+        )
 
     def has_room(self, running: int) -> bool:
         return bool(self.free)
@@ -269,10 +299,12 @@ class _SlurmJobs:
     def submit(self, stage: Stage, after_jobs):
         extra = dict(self.extra)
         if after_jobs:
-            extra.update(dependency="afterok:" + ":".join(job.job_id for job in after_jobs),
-                         **{"kill-on-invalid-dep": "yes"})
-        self.executor.update_parameters(**self.parameters, job_name=stage.name.replace(" ", "_"),
-                                        additional_parameters=extra)
+            extra.update(
+                dependency="afterok:" + ":".join(job.job_id for job in after_jobs), **{"kill-on-invalid-dep": "yes"}
+            )
+        self.executor.update_parameters(
+            **self.parameters, job_name=stage.name.replace(" ", "_"), additional_parameters=extra
+        )
         job = self.executor.submit(run_stage, stage.action, in_job=True)
         self.submitted[stage.name] = job.job_id
         write_json(self.record, self.submitted)
@@ -294,8 +326,9 @@ class _SlurmJobs:
 
     def result(self, job) -> dict:
         if not job.paths.result_pickle.exists():  # job.result() would wait for sacct to say why
-            raise ExperimentError(f"job {job.job_id} left the queue without a result (cancelled, killed, or out of "
-                                  "time: slurm.time)")
+            raise ExperimentError(
+                f"job {job.job_id} left the queue without a result (cancelled, killed, or out of time: slurm.time)"
+            )
         return job.result()
 
 
@@ -304,8 +337,20 @@ def _in_queue(job_ids: list[str]) -> set[str]:
     only completing, its result already written, does not count)."""
     if not job_ids or shutil.which("squeue") is None:
         return set()
-    out = subprocess.run(["squeue", "-h", "-o", "%i", "-t", "PENDING,CONFIGURING,RUNNING,REQUEUED,RESIZING,SUSPENDED",
-                          "-j", ",".join(job_ids)], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            "squeue",
+            "-h",
+            "-o",
+            "%i",
+            "-t",
+            "PENDING,CONFIGURING,RUNNING,REQUEUED,RESIZING,SUSPENDED",
+            "-j",
+            ",".join(job_ids),
+        ],
+        capture_output=True,
+        text=True,
+    )
     return set(out.stdout.split()) & set(job_ids)
 
 
@@ -338,6 +383,7 @@ def _submitit():
     try:
         import submitit
     except ImportError:
-        raise UsageError("--executor local and slurm run stages through submitit: pip install "
-                         "'crrelu-llm[slurm]'") from None
+        raise UsageError(
+            "--executor local and slurm run stages through submitit: pip install 'crrelu-llm[slurm]'"
+        ) from None
     return submitit

@@ -140,8 +140,10 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
             raise ExperimentError(f"{path}: arm {arm!r} must be a mapping of recipe keys (e.g. activation: crrelu)")
         objectives[arm] = objective = keys.get("objective", raw["dpo"].get("objective", "dpo"))
         if objective not in PREFERENCE_OBJECTIVES:
-            raise ExperimentError(f"{path}: arm {arm!r}: objective must be one of {', '.join(PREFERENCE_OBJECTIVES)}, "
-                                  f"got {objective!r}" + did_you_mean(str(objective), PREFERENCE_OBJECTIVES))
+            raise ExperimentError(
+                f"{path}: arm {arm!r}: objective must be one of {', '.join(PREFERENCE_OBJECTIVES)}, "
+                f"got {objective!r}" + did_you_mean(str(objective), PREFERENCE_OBJECTIVES)
+            )
         keys = {k: v for k, v in keys.items() if k not in ("objective", "factors")}
         preference = {k: v for k, v in raw["dpo"].items() if k != "objective"}
         for command, shared in (("sft", raw.get("sft")), (objective, preference)):
@@ -166,8 +168,10 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
     exp = Experiment(
         name=raw["name"],
         output_dir=out,
-        arms={arm: {k: v for k, v in keys.items() if k not in ("objective", "factors")}
-              for arm, keys in raw["arms"].items()},
+        arms={
+            arm: {k: v for k, v in keys.items() if k not in ("objective", "factors")}
+            for arm, keys in raw["arms"].items()
+        },
         factors=check_factors(path, raw["arms"], baseline),
         objectives=objectives,
         sft=raw.get("sft"),
@@ -227,8 +231,10 @@ def check_factors(path, arms: dict, baseline: str) -> dict[str, dict[str, str]]:
     fix = "give every arm factors of the same two names, two levels each, one arm per combination"
     if not all(isinstance(f, dict) and len(f) == 2 for f in declared.values()):
         missing = next(arm for arm, f in declared.items() if not (isinstance(f, dict) and len(f) == 2))
-        raise ExperimentError(f"{path}: arm {missing!r}: factors must be a mapping of two factors, e.g. "
-                              f"{{base: gelu, correction: off}}; {fix}")
+        raise ExperimentError(
+            f"{path}: arm {missing!r}: factors must be a mapping of two factors, e.g. "
+            f"{{base: gelu, correction: off}}; {fix}"
+        )
     names = {tuple(sorted(f)) for f in declared.values()}
     cells = [tuple(str(f[n]) for n in sorted(f)) for f in declared.values()]
     levels = [sorted({c[i] for c in cells}) for i in range(2)]
@@ -247,12 +253,14 @@ def check_on_policy(path, spec) -> None:
 
     known = {f.name for f in dataclasses.fields(PairSettings)} | {"judge", "rounds"}
     if not isinstance(spec, dict) or "judge" not in spec:
-        raise ExperimentError(f"{path}: 'on_policy' must be a mapping with a 'judge' (e.g. {{judge: rule:arithmetic, "
-                              "num_samples: 4}})")
+        raise ExperimentError(
+            f"{path}: 'on_policy' must be a mapping with a 'judge' (e.g. {{judge: rule:arithmetic, num_samples: 4}}}})"
+        )
     unknown = sorted(set(spec) - known)
     if unknown:
-        raise ExperimentError(f"{path}: on_policy has unknown key {unknown[0]!r}"
-                              + did_you_mean(unknown[0], sorted(known)))
+        raise ExperimentError(
+            f"{path}: on_policy has unknown key {unknown[0]!r}" + did_you_mean(unknown[0], sorted(known))
+        )
     rounds = spec.get("rounds", 1)
     if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
         raise ExperimentError(f"{path}: on_policy.rounds must be a whole number of at least 1, got {rounds!r}")

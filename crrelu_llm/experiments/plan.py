@@ -24,8 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Training rows of hub datasets (train split, before any filter), for the estimate only.
-KNOWN_ROWS = {"anthropic/hh-rlhf": 160_800, "stanfordnlp/shp": 348_718,
-              "huggingfaceh4/ultrafeedback_binarized": 61_135, "trl-lib/ultrafeedback_binarized": 62_135}
+KNOWN_ROWS = {
+    "anthropic/hh-rlhf": 160_800,
+    "stanfordnlp/shp": 348_718,
+    "huggingfaceh4/ultrafeedback_binarized": 61_135,
+    "trl-lib/ultrafeedback_binarized": 62_135,
+}
 
 
 @dataclass
@@ -79,9 +83,11 @@ def model_config(model: str | None, pretrain: dict | None):
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         where = "offline (HF_HUB_OFFLINE)" if offline else "and the Hub did not answer"
         fix = "" if offline else "set HF_HUB_OFFLINE=1 to skip the Hub's retries, or "
-        return (f"the config of {model} could not be read here (not a local directory, not in the Hub cache, "
-                f"{where}): {fix}point the recipe's original at a local model directory, or plan where the "
-                "Hub is reachable")
+        return (
+            f"the config of {model} could not be read here (not a local directory, not in the Hub cache, "
+            f"{where}): {fix}point the recipe's original at a local model directory, or plan where the "
+            "Hub is reachable"
+        )
 
 
 def training_rows(exp, keys: dict) -> int | None:
@@ -161,8 +167,10 @@ def plan(exp, gpus: int = 1, gpu_tflops: float = 989.0, utilisation: float = 0.4
     from crrelu_llm.experiments.stages import declare
 
     if gpus < 1 or not gpu_tflops > 0 or not 0 < utilisation <= 1:
-        raise UsageError(f"--plan needs --plan-gpus >= 1, --gpu-tflops > 0 and --utilisation in (0, 1]; got "
-                         f"{gpus}, {gpu_tflops:g}, {utilisation:g}")
+        raise UsageError(
+            f"--plan needs --plan-gpus >= 1, --gpu-tflops > 0 and --utilisation in (0, 1]; got "
+            f"{gpus}, {gpu_tflops:g}, {utilisation:g}"
+        )
     declaration = declare(exp)
     parsed = check_stages(exp, declaration, on_this_machine=False)  # a recipe that cannot run is refused here too
     assessed = Ledger(exp.output_dir).assess(declaration.stages)
@@ -173,21 +181,40 @@ def plan(exp, gpus: int = 1, gpu_tflops: float = 989.0, utilisation: float = 0.4
         if spec.external:
             continue
         status = assessed[spec.name]["status"]
-        stage = PlannedStage(spec.name, spec.kind, list(dict.fromkeys(spec.after)), spec.keys,
-                             "" if status == "to run" else status)
+        stage = PlannedStage(
+            spec.name, spec.kind, list(dict.fromkeys(spec.after)), spec.keys, "" if status == "to run" else status
+        )
         estimate(exp, spec, stage, params, gpus, caches, parsed.get(spec.name))
         planned.append(stage)
     rate = gpu_tflops * 1e12 * utilisation
-    rows = [{"stage": s.name, "kind": s.kind, "after": s.after, "status": s.status, "flops": s.flops,
-             "gpu_hours": s.flops / rate / 3600 if s.flops is not None else None, "basis": s.note} for s in planned]
+    rows = [
+        {
+            "stage": s.name,
+            "kind": s.kind,
+            "after": s.after,
+            "status": s.status,
+            "flops": s.flops,
+            "gpu_hours": s.flops / rate / 3600 if s.flops is not None else None,
+            "basis": s.note,
+        }
+        for s in planned
+    ]
     unestimated = [r["stage"] for r in rows if r["flops"] is None]
     estimated = sum(r["flops"] for r in rows if r["flops"] is not None)
     known = not unestimated  # a sum over some stages is not the total
-    return {"parameters": params, "parameters_unknown": config if isinstance(config, str) else None,
-            "gpus_per_run": gpus, "gpu_tflops": gpu_tflops, "utilisation": utilisation,
-            "stages": rows, "total_flops": estimated if known else None,
-            "total_gpu_hours": estimated / rate / 3600 if known else None, "estimated_flops": estimated,
-            "unestimated": unestimated, "detectable": planned_sensitivity(exp)}
+    return {
+        "parameters": params,
+        "parameters_unknown": config if isinstance(config, str) else None,
+        "gpus_per_run": gpus,
+        "gpu_tflops": gpu_tflops,
+        "utilisation": utilisation,
+        "stages": rows,
+        "total_flops": estimated if known else None,
+        "total_gpu_hours": estimated / rate / 3600 if known else None,
+        "estimated_flops": estimated,
+        "unestimated": unestimated,
+        "detectable": planned_sensitivity(exp),
+    }
 
 
 def planned_sensitivity(exp) -> dict:
@@ -200,13 +227,19 @@ def planned_sensitivity(exp) -> dict:
     if "winrate" in exp.evaluations:
         n = evaluation_settings(exp, "winrate")["num_prompts"]
         if n:
-            out["win_rate"] = {"n": n, "worst_case": detectable_difference(n, two_samples=False),
-                               "at_90_percent_ties": planned_detectable(n, 0.1) / 2}
+            out["win_rate"] = {
+                "n": n,
+                "worst_case": detectable_difference(n, two_samples=False),
+                "at_90_percent_ties": planned_detectable(n, 0.1) / 2,
+            }
     if "rewards" in exp.evaluations:
         n = evaluation_settings(exp, "rewards")["max_samples"]
         if n:
-            out["reward_accuracy"] = {"n": n, "worst_case": detectable_difference(n),
-                                      "paired_at_10_percent_disagreement": planned_detectable(n, 0.1)}
+            out["reward_accuracy"] = {
+                "n": n,
+                "worst_case": detectable_difference(n),
+                "paired_at_10_percent_disagreement": planned_detectable(n, 0.1),
+            }
     return out
 
 
@@ -218,31 +251,43 @@ def format_plan(result: dict) -> str:
     for r in rows:
         flops = f"{r['flops']:.2e}" if r["flops"] else ("0" if r["flops"] == 0 else "unknown")
         hours = f"{r['gpu_hours']:.3f}" if r["gpu_hours"] is not None else "unknown"
-        lines.append(f"{r['stage']:<{name_width}} {', '.join(r['after']):<{after_width}} {flops:>9} {hours:>8}  "
-                     f"{r['basis']}" + (f" ({r['status']})" if r["status"] else ""))
+        lines.append(
+            f"{r['stage']:<{name_width}} {', '.join(r['after']):<{after_width}} {flops:>9} {hours:>8}  "
+            f"{r['basis']}" + (f" ({r['status']})" if r["status"] else "")
+        )
     params = f"{result['parameters']:,}" if result["parameters"] else "unknown"
     missing = result["unestimated"]
     if missing:
-        total = (f"total unknown: {len(missing)} of {len(rows)} stages not estimated (the other "
-                 f"{len(rows) - len(missing)}: {result['estimated_flops']:.2e} FLOPs)")
+        total = (
+            f"total unknown: {len(missing)} of {len(rows)} stages not estimated (the other "
+            f"{len(rows) - len(missing)}: {result['estimated_flops']:.2e} FLOPs)"
+        )
     else:
         total = f"total {result['total_flops']:.2e} FLOPs = {result['total_gpu_hours']:.1f} GPU-hours"
     sensitivity = result.get("detectable") or {}
     parts = []
     if "win_rate" in sensitivity:
         w = sensitivity["win_rate"]
-        parts.append(f"a win rate over {w['n']} prompts, {100 * w['worst_case']:.1f} points from 0.5 with no ties "
-                     f"({100 * w['at_90_percent_ties']:.1f} with 90% ties)")
+        parts.append(
+            f"a win rate over {w['n']} prompts, {100 * w['worst_case']:.1f} points from 0.5 with no ties "
+            f"({100 * w['at_90_percent_ties']:.1f} with 90% ties)"
+        )
     if "reward_accuracy" in sensitivity:
         r = sensitivity["reward_accuracy"]
-        parts.append(f"two reward accuracies over {r['n']} pairs, {100 * r['worst_case']:.1f} points apart if "
-                     f"independent ({100 * r['paired_at_10_percent_disagreement']:.1f} paired, if the arms disagree "
-                     "on 10% of pairs)")
+        parts.append(
+            f"two reward accuracies over {r['n']} pairs, {100 * r['worst_case']:.1f} points apart if "
+            f"independent ({100 * r['paired_at_10_percent_disagreement']:.1f} paired, if the arms disagree "
+            "on 10% of pairs)"
+        )
     if parts:
-        lines.append("planned sizes detect, with 80% power before anything is measured (the report computes it from "
-                     "the data): " + "; ".join(parts))
+        lines.append(
+            "planned sizes detect, with 80% power before anything is measured (the report computes it from "
+            "the data): " + "; ".join(parts)
+        )
     if result.get("parameters_unknown"):
         lines.append(f"parameter count unknown: {result['parameters_unknown']}")
-    lines.append(f"{total} at {result['gpu_tflops']:g} TFLOP/s x {result['utilisation']:.0%} utilisation; "
-                 f"{params} parameters; {len(rows)} stages")
+    lines.append(
+        f"{total} at {result['gpu_tflops']:g} TFLOP/s x {result['utilisation']:.0%} utilisation; "
+        f"{params} parameters; {len(rows)} stages"
+    )
     return "\n".join(lines)

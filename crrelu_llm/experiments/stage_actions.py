@@ -34,8 +34,10 @@ def train_stage(command: str, keys: dict, output_dir: Path, launcher: str | None
 
         result = subprocess.run(cmd, env=environment([keys.get("activation")]))  # what this stage trusts, passed on
         if result.returncode != 0:
-            raise ExperimentError(f"stage {command} in {output_dir} failed under the launcher (exit "
-                                  f"{result.returncode}); its output is above, and rerunning resumes it")
+            raise ExperimentError(
+                f"stage {command} in {output_dir} failed under the launcher (exit "
+                f"{result.returncode}); its output is above, and rerunning resumes it"
+            )
         return
     from crrelu_llm.training.train import run_keys
 
@@ -45,10 +47,15 @@ def train_stage(command: str, keys: dict, output_dir: Path, launcher: str | None
 # What the model a run starts training from depends on (what write_step0 reads): the model and
 # its loading, the patch, and the data (calibration reads its rows). An optimiser setting is not
 # among them: changing one retrains, but leaves the step-0 model as it is.
-START_MODEL_KEYS = frozenset({"model_name_or_path", "model_revision", "dtype", "trust_remote_code", "seed"}
-                             | {f.name for f in dataclasses.fields(PatchArguments)
-                                if f.name not in ("epsilon_mode", "reference", "overwrite_output_dir", "crrelu_kernel")}
-                             | {f.name for f in dataclasses.fields(DataArguments)})
+START_MODEL_KEYS = frozenset(
+    {"model_name_or_path", "model_revision", "dtype", "trust_remote_code", "seed"}
+    | {
+        f.name
+        for f in dataclasses.fields(PatchArguments)
+        if f.name not in ("epsilon_mode", "reference", "overwrite_output_dir", "crrelu_kernel")
+    }
+    | {f.name for f in dataclasses.fields(DataArguments)}
+)
 
 
 def start_keys(keys: dict) -> dict:

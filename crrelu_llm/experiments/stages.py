@@ -71,10 +71,18 @@ class _Builder:
 
     def train(self, command: str, keys: dict, out: Path, name: str, after: list[str], **where) -> StageSpec:
         exp = self.exp
-        return self.add(name=name, kind="recover" if command == "distill" else where.pop("kind", command),
-                        keys=keys, done=out / run_files.FINAL_METRICS, command=command,
-                        action=lambda: train_stage(command, keys, out, exp.launcher), after=after, clear=out,
-                        model=str(out), **where)
+        return self.add(
+            name=name,
+            kind="recover" if command == "distill" else where.pop("kind", command),
+            keys=keys,
+            done=out / run_files.FINAL_METRICS,
+            command=command,
+            action=lambda: train_stage(command, keys, out, exp.launcher),
+            after=after,
+            clear=out,
+            model=str(out),
+            **where,
+        )
 
     def evaluations(self, model: str, step_stage: str, arm: str | None, step: str) -> None:
         """The per-model evaluations the recipe asks for: drift to the original, benchmarks, probe."""
@@ -83,27 +91,52 @@ class _Builder:
         where = {"arm": arm, "step": step, "model": model}
         if "drift" in exp.evaluations and model != original:
             d = evaluation_settings(exp, "drift")
-            self.add(name=f"{step_stage} drift", kind="drift", keys=d, done=evaluate.drift_file(model, out),
-                     action=lambda: evaluate.run_drift(model, original, data, max_samples=d["max_samples"],
-                                                       max_length=d["max_length"], out=out),
-                     after=[step_stage, "original", "data"], **where)
+            self.add(
+                name=f"{step_stage} drift",
+                kind="drift",
+                keys=d,
+                done=evaluate.drift_file(model, out),
+                action=lambda: evaluate.run_drift(
+                    model, original, data, max_samples=d["max_samples"], max_length=d["max_length"], out=out
+                ),
+                after=[step_stage, "original", "data"],
+                **where,
+            )
         if "benchmark" in exp.evaluations:
             from crrelu_llm.evaluation.benchmark import benchmark_file, parse_tasks, run_benchmark
 
             b = evaluation_settings(exp, "benchmark")
             tasks = parse_tasks(b["tasks"])
-            self.add(name=f"{step_stage} benchmark", kind="benchmark", keys=b,
-                     done=benchmark_file(model, tasks[-1], out),
-                     action=lambda: run_benchmark(model, tasks, limit=b["limit"], num_fewshot=b["num_fewshot"],
-                                                  batch_size=b["batch_size"], out=out),
-                     after=[step_stage], results=[benchmark_file(model, t, out) for t in tasks], **where)
+            self.add(
+                name=f"{step_stage} benchmark",
+                kind="benchmark",
+                keys=b,
+                done=benchmark_file(model, tasks[-1], out),
+                action=lambda: run_benchmark(
+                    model, tasks, limit=b["limit"], num_fewshot=b["num_fewshot"], batch_size=b["batch_size"], out=out
+                ),
+                after=[step_stage],
+                results=[benchmark_file(model, t, out) for t in tasks],
+                **where,
+            )
         if "probe" in exp.evaluations:
             p = evaluation_settings(exp, "probe")
-            self.add(name=f"{step_stage} probe", kind="probe", keys=p, done=evaluate.probe_file(model, out),
-                     action=lambda: evaluate.run_probe(model, data, original=None if model == original else original,
-                                                       max_samples=p["max_samples"], max_length=p["max_length"],
-                                                       out=out),
-                     after=[step_stage, "original", "data"], **where)
+            self.add(
+                name=f"{step_stage} probe",
+                kind="probe",
+                keys=p,
+                done=evaluate.probe_file(model, out),
+                action=lambda: evaluate.run_probe(
+                    model,
+                    data,
+                    original=None if model == original else original,
+                    max_samples=p["max_samples"],
+                    max_length=p["max_length"],
+                    out=out,
+                ),
+                after=[step_stage, "original", "data"],
+                **where,
+            )
 
     def inputs(self) -> None:
         exp, layout = self.exp, self.layout
@@ -119,12 +152,26 @@ class _Builder:
                 task = dict(task)
                 write_task_files(task.pop("name"), data, task.pop("n_train"), task.pop("n_test"), task.pop("seed", 0))
 
-            self.add(name="data", kind="data", keys=data_identity(exp), done=layout.data / "test.jsonl",
-                     action=make, clear=layout.data, results=[layout.data])
+            self.add(
+                name="data",
+                kind="data",
+                keys=data_identity(exp),
+                done=layout.data / "test.jsonl",
+                action=make,
+                clear=layout.data,
+                results=[layout.data],
+            )
         if exp.original:
             self.original = exp.original
-            self.add(name="original", kind="original", keys={"original": exp.original}, done=None, action=None,
-                     model=exp.original, step="original")
+            self.add(
+                name="original",
+                kind="original",
+                keys={"original": exp.original},
+                done=None,
+                action=None,
+                model=exp.original,
+                step="original",
+            )
             return
         self.original = str(layout.original)
         spec = {k: v for k, v in exp.pretrain.items() if k != "train"}
@@ -136,10 +183,21 @@ class _Builder:
             model.save_pretrained(init)
             tiny_tokenizer().save_pretrained(init)
 
-        self.add(name="init", kind="init", keys=spec, done=layout.init / "config.json", action=build,
-                 clear=layout.init, model=str(layout.init))
-        keys = {"model_name_or_path": str(layout.init), "dataset_name": self.data, "activation": None,
-                **exp.pretrain.get("train", {})}
+        self.add(
+            name="init",
+            kind="init",
+            keys=spec,
+            done=layout.init / "config.json",
+            action=build,
+            clear=layout.init,
+            model=str(layout.init),
+        )
+        keys = {
+            "model_name_or_path": str(layout.init),
+            "dataset_name": self.data,
+            "activation": None,
+            **exp.pretrain.get("train", {}),
+        }
         self.train("sft", keys, layout.original, "original", ["init", "data"], kind="original", step="original")
 
     def first_training(self, arm: str, arm_keys: dict) -> tuple[str, dict]:
@@ -162,8 +220,16 @@ class _Builder:
         shared_reference = {"precompute_ref_log_probs": True, "ref_logps_cache_dir": str(self.layout.ref_logps(arm))}
         if self.objective(arm) != "dpo":  # SimPO and ORPO have no reference; KTO's is its own trainer's
             shared_reference = {}
-        return {"dataset_name": self.data, **shared_reference, **exp.dpo, **exp.arms[arm],
-                "model_name_or_path": start, "beta": beta, "seed": seed, "reference": "policy"}
+        return {
+            "dataset_name": self.data,
+            **shared_reference,
+            **exp.dpo,
+            **exp.arms[arm],
+            "model_name_or_path": start,
+            "beta": beta,
+            "seed": seed,
+            "reference": "policy",
+        }
 
     def arm(self, arm: str, arm_keys: dict) -> tuple[str, str]:
         """Step 0, recovery and SFT of one arm; returns the model DPO starts from and its stage."""
@@ -174,15 +240,22 @@ class _Builder:
         command, keys = self.first_training(arm, arm_keys)
         if any(kind in exp.evaluations for kind in MODEL_EVALUATIONS):  # step 0: only where it is evaluated
             patched = layout.patched(arm)
-            self.add(name=f"{arm}/patched", kind="patch", keys={"command": command, **start_keys(keys)},
-                     done=patched / run_files.PATCH_REPORT, after=["original", "data"], clear=patched, arm=arm,
-                     action=lambda c=command, k=keys, p=patched: write_step0(c, k, p), step="step 0",
-                     model=str(patched))
+            self.add(
+                name=f"{arm}/patched",
+                kind="patch",
+                keys={"command": command, **start_keys(keys)},
+                done=patched / run_files.PATCH_REPORT,
+                after=["original", "data"],
+                clear=patched,
+                arm=arm,
+                action=lambda c=command, k=keys, p=patched: write_step0(c, k, p),
+                step="step 0",
+                model=str(patched),
+            )
             self.evaluations(str(patched), f"{arm}/patched", arm, "step 0")
         if exp.recover is not None:
             recovered = layout.recover(arm)
-            self.train("distill", keys, recovered, f"{arm}/recover", ["original", "data"], arm=arm,
-                       step="recovered")
+            self.train("distill", keys, recovered, f"{arm}/recover", ["original", "data"], arm=arm, step="recovered")
             self.evaluations(str(recovered), f"{arm}/recover", arm, "recovered")
             start, start_stage = str(recovered), f"{arm}/recover"
         return self.sft(arm, arm_keys, start, start_stage)
@@ -226,15 +299,26 @@ class _Builder:
             keys = self.dpo_keys(arm, beta, seed, model)
             if pairs is not None:  # the arm's own pairs; evaluation stays on the experiment's data
                 keys["dataset_name"] = pairs.model
-            run = self.train(self.objective(arm), keys, out, f"{arm}/dpo {where}",
-                             [stage, *([pairs.name] if pairs else []), "data"], arm=arm, step=f"DPO {where}",
-                             beta=beta, seed=seed, kind="dpo", final=r == rounds)
+            run = self.train(
+                self.objective(arm),
+                keys,
+                out,
+                f"{arm}/dpo {where}",
+                [stage, *([pairs.name] if pairs else []), "data"],
+                arm=arm,
+                step=f"DPO {where}",
+                beta=beta,
+                seed=seed,
+                kind="dpo",
+                final=r == rounds,
+            )
             model, stage = str(out), run.name
         self.evaluations(model, stage, arm, run.step)
         return run
 
-    def pairs(self, arm: str, model: str, stage: str, round_: int = 1, beta: float | None = None,
-              seed: int | None = None) -> StageSpec:
+    def pairs(
+        self, arm: str, model: str, stage: str, round_: int = 1, beta: float | None = None, seed: int | None = None
+    ) -> StageSpec:
         """On-policy pairs of ``model``'s own samples (round 1: the arm's SFT model)."""
         from crrelu_llm.evaluation.onpolicy import PairSettings, record_file, run_pairs
 
@@ -243,9 +327,18 @@ class _Builder:
         settings, out, data = PairSettings(**spec), self.layout.pairs(arm, beta, seed, round_), self.data
         where = "" if round_ == 1 else f" beta={beta:g} seed={seed} round {round_}"
         keys = {"judge": judge, "model": model, **dataclasses.asdict(settings)}
-        return self.add(name=f"{arm}/pairs{where}", kind="pairs", keys=keys,
-                        done=record_file(out), after=[stage, "data"], clear=out, arm=arm, model=str(out),
-                        step=f"pairs{where}", action=lambda: run_pairs(model, data, judge, out, settings))
+        return self.add(
+            name=f"{arm}/pairs{where}",
+            kind="pairs",
+            keys=keys,
+            done=record_file(out),
+            after=[stage, "data"],
+            clear=out,
+            arm=arm,
+            model=str(out),
+            step=f"pairs{where}",
+            action=lambda: run_pairs(model, data, judge, out, settings),
+        )
 
     def pairwise(self, run: StageSpec, start: tuple[str, str], baseline_run: StageSpec | None) -> None:
         exp, data, out = self.exp, self.data, run.model
@@ -255,11 +348,18 @@ class _Builder:
             r = evaluation_settings(exp, "rewards")
             # a reference-free objective's own implicit reward (no reference), else DPO's against the start
             reference = None if self.objective(run.arm) in REFERENCE_FREE else start[0]
-            self.add(name=f"{run.arm}/rewards beta={run.beta:g} seed={run.seed}", kind="rewards", keys=r,
-                     done=evaluate.rewards_file(out, folder), after=[run.name, start[1]], baseline=reference,
-                     action=lambda: evaluate.run_rewards(out, reference, data, betas=r["betas"],
-                                                         max_samples=r["max_samples"], max_length=r["max_length"]),
-                     **where)
+            self.add(
+                name=f"{run.arm}/rewards beta={run.beta:g} seed={run.seed}",
+                kind="rewards",
+                keys=r,
+                done=evaluate.rewards_file(out, folder),
+                after=[run.name, start[1]],
+                baseline=reference,
+                action=lambda: evaluate.run_rewards(
+                    out, reference, data, betas=r["betas"], max_samples=r["max_samples"], max_length=r["max_length"]
+                ),
+                **where,
+            )
         if "winrate" not in evals:
             return
         w = evaluation_settings(exp, "winrate")
@@ -268,12 +368,24 @@ class _Builder:
         if run.arm != exp.baseline_arm and baseline_run is not None:
             baselines.append((baseline_run.model, baseline_run.name))
         for baseline, baseline_stage in baselines:
-            self.add(name=f"{run.arm}/winrate {Path(out).name} vs {Path(baseline).parent.name}/{Path(baseline).name}",
-                     kind="winrate", keys=w, done=evaluate.winrate_file(out, w["judge"], baseline, folder),
-                     after=[run.name, baseline_stage], baseline=baseline,
-                     action=lambda b=baseline: evaluate.run_winrate(
-                         out, b, data, w["judge"], num_prompts=w["num_prompts"], settings=settings,
-                         judge_concurrency=w["judge_concurrency"]), **where)
+            self.add(
+                name=f"{run.arm}/winrate {Path(out).name} vs {Path(baseline).parent.name}/{Path(baseline).name}",
+                kind="winrate",
+                keys=w,
+                done=evaluate.winrate_file(out, w["judge"], baseline, folder),
+                after=[run.name, baseline_stage],
+                baseline=baseline,
+                action=lambda b=baseline: evaluate.run_winrate(
+                    out,
+                    b,
+                    data,
+                    w["judge"],
+                    num_prompts=w["num_prompts"],
+                    settings=settings,
+                    judge_concurrency=w["judge_concurrency"],
+                ),
+                **where,
+            )
 
 
 def declare(exp) -> Declaration:

@@ -80,8 +80,9 @@ def fsdp2_share_activation_parameters(plugin, model, device=None) -> list:
     hook) before either is sharded. Returns the CRReLU modules it added."""
     if plugin is None or getattr(plugin, "fsdp_version", 1) != 2 or model is None:
         return []
-    modules = [m for m in model.modules()
-               if is_patched_activation(m) and next(m.parameters(recurse=False), None) is not None]
+    modules = [
+        m for m in model.modules() if is_patched_activation(m) and next(m.parameters(recurse=False), None) is not None
+    ]
     if not modules:
         return []
     existing = plugin.ignored_modules

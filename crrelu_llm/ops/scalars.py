@@ -50,8 +50,10 @@ def hold_as_vectors(module: nn.Module, names: list[str] | None = None) -> int:
 def as_saved(state_dict: dict, names) -> dict:
     """``state_dict`` with the one-element parameters ``names`` 0-dim, as the hooks store them."""
     names = set(names)
-    return {k: (v.reshape(()) if k in names and isinstance(v, torch.Tensor) and v.shape == (1,) else v)
-            for k, v in state_dict.items()}
+    return {
+        k: (v.reshape(()) if k in names and isinstance(v, torch.Tensor) and v.shape == (1,) else v)
+        for k, v in state_dict.items()
+    }
 
 
 def _scalars_in_state_dict(module, state_dict, prefix, local_metadata) -> None:

@@ -32,8 +32,10 @@ def calibration_pairs(dataset, n: int) -> list[tuple[str, str]]:
         elif isinstance(row.get("prompt"), str) and isinstance(row.get("completion", row.get("chosen")), str):
             pairs.append((row["prompt"], row.get("completion", row.get("chosen"))))
         else:
-            raise RecipeError("epsilon_init: calibrate needs text rows (text, prompt+completion or prompt+chosen "
-                              "strings); conversational rows are not supported for calibration")
+            raise RecipeError(
+                "epsilon_init: calibrate needs text rows (text, prompt+completion or prompt+chosen "
+                "strings); conversational rows are not supported for calibration"
+            )
     return pairs
 
 
@@ -58,12 +60,13 @@ def _preactivation_samples(model: nn.Module, tokenizer, pairs, limit: int = SAMP
                 tokens = mask["tokens"].to(output.device)
                 xs.append(inputs[0][tokens].detach().float().flatten().cpu())
                 ys.append(output[tokens].detach().float().flatten().cpu())
+
         return hook
 
     handles = [model.get_submodule(p).register_forward_hook(keep(p)) for p in paths]
     try:
         for start in range(0, len(pairs), 8):
-            ids, attention, _ = encode_pairs(tokenizer, pairs[start:start + 8], 1024)
+            ids, attention, _ = encode_pairs(tokenizer, pairs[start : start + 8], 1024)
             mask["tokens"] = attention.bool()
             model(input_ids=ids.to(model_device(model)), attention_mask=attention.to(model_device(model)))
     finally:
@@ -85,8 +88,10 @@ def calibrate(model: nn.Module, tokenizer, pairs, patch, activation: str = "crre
         module = model.get_submodule(path)
         if callable(getattr(module, "least_squares_init", None)):
             module.least_squares_init(x.to(next(module.parameters()).device), target)
-            calibrated[path] = {n: float(p.detach().float().reshape(-1)[0]) if p.numel() == 1
-                                else float(p.detach().float().norm()) for n, p in module.named_parameters()}
+            calibrated[path] = {
+                n: float(p.detach().float().reshape(-1)[0]) if p.numel() == 1 else float(p.detach().float().norm())
+                for n, p in module.named_parameters()
+            }
     report.calibrated = calibrated
     logger.info("calibrated %s: %s", report.activation, calibrated)
     return report
@@ -111,7 +116,8 @@ def _record_crrelu(model: nn.Module, report, values: dict[str, float]):
                 record["modules"][path]["epsilon_init"] = value
     setattr(model.config, PATCH_CONFIG_KEY, record)
     report.epsilon_init = None  # per layer, below
-    report.calibrated_epsilons = {path: value for path, value in values.items()
-                                  if isinstance(model.get_submodule(path), CRReLU)}
+    report.calibrated_epsilons = {
+        path: value for path, value in values.items() if isinstance(model.get_submodule(path), CRReLU)
+    }
     logger.info("calibrated eps: %s", ", ".join(f"{v:.4f}" for v in report.calibrated_epsilons.values()))
     return report

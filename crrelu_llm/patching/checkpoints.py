@@ -27,15 +27,27 @@ def inspect_model(model: str, trust_remote_code: bool = False) -> dict:
     config = load_config(model, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         built = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    return {"model": model, "model_class": type(built).__name__,
-            "activations": [vars(s) for s in find_activations(built)], "patch_record": patch_record(built)}
+    return {
+        "model": model,
+        "model_class": type(built).__name__,
+        "activations": [vars(s) for s in find_activations(built)],
+        "patch_record": patch_record(built),
+    }
 
 
-def patch_checkpoint(model: str, out: Path, activation: str = "crrelu",
-                     epsilon_init: float | str = DEFAULT_EPSILON_INIT,
-                     layers: list[int] | None = None, dtype: str = "auto", trust_remote_code: bool = False,
-                     overwrite: bool = False, calibration_data: str | None = None,
-                     calibration_samples: int = 64, activation_kwargs: dict | None = None) -> PatchReport:
+def patch_checkpoint(
+    model: str,
+    out: Path,
+    activation: str = "crrelu",
+    epsilon_init: float | str = DEFAULT_EPSILON_INIT,
+    layers: list[int] | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    overwrite: bool = False,
+    calibration_data: str | None = None,
+    calibration_samples: int = 64,
+    activation_kwargs: dict | None = None,
+) -> PatchReport:
     """Load ``model``, patch it, and write it with its tokenizer and ``patch_report.json`` to
     ``out``, which appears only once complete. An existing ``out`` is replaced only with
     ``overwrite``. ``epsilon_init="calibrate"`` sets each eps to its least-squares value on the
@@ -45,8 +57,10 @@ def patch_checkpoint(model: str, out: Path, activation: str = "crrelu",
     # a bad name, class or shape fails before any download
     check_activation(activation, activation_kwargs, DEFAULT_EPSILON_INIT if calibrating else epsilon_init)
     if calibrating and (not supports_calibration(activation, activation_kwargs) or not calibration_data):
-        raise UsageError("--epsilon-init calibrate needs an activation with least_squares_init (crrelu, swish_beta) "
-                         "and --calibration-data DATA (text to calibrate on, e.g. the training data)")
+        raise UsageError(
+            "--epsilon-init calibrate needs an activation with least_squares_init (crrelu, swish_beta) "
+            "and --calibration-data DATA (text to calibrate on, e.g. the training data)"
+        )
     out = Path(out)
     refuse_existing(out, overwrite)  # both before any download
     writable_dir(out.parent)
@@ -67,11 +81,17 @@ def patch_checkpoint(model: str, out: Path, activation: str = "crrelu",
     if calibrating:
         from crrelu_llm.patching.calibration import calibrate
 
-        report = calibrate(loaded, tokenizer, pairs, lambda: patch_model(
-            loaded, activation=activation, layers=layers, activation_kwargs=activation_kwargs), activation)
+        report = calibrate(
+            loaded,
+            tokenizer,
+            pairs,
+            lambda: patch_model(loaded, activation=activation, layers=layers, activation_kwargs=activation_kwargs),
+            activation,
+        )
     else:
-        report = patch_model(loaded, activation=activation, epsilon_init=epsilon_init, layers=layers,
-                             activation_kwargs=activation_kwargs)
+        report = patch_model(
+            loaded, activation=activation, epsilon_init=epsilon_init, layers=layers, activation_kwargs=activation_kwargs
+        )
 
     def write(tmp: Path) -> None:
         loaded.save_pretrained(tmp)

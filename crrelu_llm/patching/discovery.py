@@ -23,8 +23,11 @@ from crrelu_llm.errors import PatchError, did_you_mean
 from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT, CRReLU, is_patched_activation
 from crrelu_llm.ops.candidates import CORRECTED_PREFIX, CorrectedActivation, SwishBeta
 
-BUILT_IN = {"crrelu": "CRReLU (Sun et al. 2024), learnable eps", "swish_beta": "x*sigmoid(beta*x), learnable beta "
-            "(Ramachandran et al. 2017)", "relu2": "squared ReLU (So et al. 2021, Primer)"}
+BUILT_IN = {
+    "crrelu": "CRReLU (Sun et al. 2024), learnable eps",
+    "swish_beta": "x*sigmoid(beta*x), learnable beta (Ramachandran et al. 2017)",
+    "relu2": "squared ReLU (So et al. 2021, Primer)",
+}
 ALIASES = {"squared_relu": "relu2"}
 
 
@@ -51,16 +54,19 @@ def _import_class(path: str) -> type:
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # noqa: BLE001 - any import failure is the user's path
-        raise PatchError(f"activation {path!r}: module {module_name!r} cannot be imported "
-                         f"({type(err).__name__}: {err}); {fix}") from None
+        raise PatchError(
+            f"activation {path!r}: module {module_name!r} cannot be imported ({type(err).__name__}: {err}); {fix}"
+        ) from None
     cls = module
     for part in class_name.split("."):
         cls = getattr(cls, part, None)
     if cls is None:
         raise PatchError(f"activation {path!r}: {module_name} has no {class_name!r}; {fix}")
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise PatchError(f"activation {path!r} is not a torch.nn.Module class ({type(cls).__name__}); "
-                         "give a class whose forward(x) returns a tensor of x's shape")
+        raise PatchError(
+            f"activation {path!r} is not a torch.nn.Module class ({type(cls).__name__}); "
+            "give a class whose forward(x) returns a tensor of x's shape"
+        )
     return cls
 
 
@@ -74,9 +80,11 @@ def make_activation(name: str, epsilon_init: float = DEFAULT_EPSILON_INIT, kwarg
         cls, kwargs = CRReLU, {"epsilon_init": epsilon_init, **kwargs}
     elif name == "swish_beta":
         cls = SwishBeta
-    elif name.startswith(CORRECTED_PREFIX) and name[len(CORRECTED_PREFIX):] in ACT2CLS:
-        cls, kwargs = CorrectedActivation, {"base": name[len(CORRECTED_PREFIX):], "epsilon_init": epsilon_init,
-                                            **kwargs}
+    elif name.startswith(CORRECTED_PREFIX) and name[len(CORRECTED_PREFIX) :] in ACT2CLS:
+        cls, kwargs = (
+            CorrectedActivation,
+            {"base": name[len(CORRECTED_PREFIX) :], "epsilon_init": epsilon_init, **kwargs},
+        )
     elif is_import_path(name):
         cls = _import_class(name)
     elif name in ACT2CLS:
@@ -84,19 +92,28 @@ def make_activation(name: str, epsilon_init: float = DEFAULT_EPSILON_INIT, kwarg
             return ACT2FN[name]
         cls = ACT2CLS[name][0] if isinstance(ACT2CLS[name], tuple) else ACT2CLS[name]
     else:
-        raise PatchError(f"unknown activation {name!r}{did_you_mean(name, available_activations(), n=3)} "
-                         f"Valid names: {', '.join(available_activations())}, corrected_<a transformers name> "
-                         "(the correction term on that base), or an import path module:Class.")
+        raise PatchError(
+            f"unknown activation {name!r}{did_you_mean(name, available_activations(), n=3)} "
+            f"Valid names: {', '.join(available_activations())}, corrected_<a transformers name> "
+            "(the correction term on that base), or an import path module:Class."
+        )
     try:  # kwargs are data: bound to the class's signature first, never evaluated
         inspect.signature(cls).bind(**kwargs)
     except TypeError as err:
-        missing = [p.name for p in inspect.signature(cls).parameters.values() if p.default is p.empty
-                   and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in kwargs]
+        missing = [
+            p.name
+            for p in inspect.signature(cls).parameters.values()
+            if p.default is p.empty
+            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.name not in kwargs
+        ]
         if missing and not kwargs:
-            raise PatchError(f"activation {name!r} does not look like an activation: {cls.__name__} needs "
-                             f"{', '.join(missing)} to be built, and an activation module is built from "
-                             "activation_kwargs alone; give a class whose forward(x) returns a tensor of x's "
-                             "shape (or its arguments in activation_kwargs)") from None
+            raise PatchError(
+                f"activation {name!r} does not look like an activation: {cls.__name__} needs "
+                f"{', '.join(missing)} to be built, and an activation module is built from "
+                "activation_kwargs alone; give a class whose forward(x) returns a tensor of x's "
+                "shape (or its arguments in activation_kwargs)"
+            ) from None
         raise PatchError(f"activation {name!r} cannot be built with activation_kwargs {kwargs}: {err}") from None
     try:
         return cls(**kwargs)
@@ -115,8 +132,10 @@ def activation_kwargs_value(value) -> dict | None:
         except json.JSONDecodeError:
             value = None
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise PatchError("activation_kwargs must be a mapping of keyword arguments, e.g. {beta_init: 1.702} in a "
-                         "recipe or '{\"beta_init\": 1.702}' on the command line")
+        raise PatchError(
+            "activation_kwargs must be a mapping of keyword arguments, e.g. {beta_init: 1.702} in a "
+            "recipe or '{\"beta_init\": 1.702}' on the command line"
+        )
     return value
 
 
@@ -137,8 +156,10 @@ def check_activation(name: str, kwargs: dict | None = None, epsilon_init: float 
         raise PatchError(f"activation {name!r} fails on a (2, 3, 8) tensor: {type(err).__name__}: {err}") from None
     if not isinstance(y, torch.Tensor) or y.shape != x.shape:
         shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-        raise PatchError(f"activation {name!r} maps a (2, 3, 8) input to {shape}: an MLP activation must "
-                         "return a tensor of its input's shape")
+        raise PatchError(
+            f"activation {name!r} maps a (2, 3, 8) input to {shape}: an MLP activation must "
+            "return a tensor of its input's shape"
+        )
 
 
 _TORCH_ACTIVATIONS = tuple(
@@ -226,8 +247,9 @@ LAYER_INDEX = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
 def is_activation_module(module: nn.Module) -> bool:
     """True for a module that is an element-wise activation, judged by its type."""
-    if is_patched_activation(module) or isinstance(module, (SwishBeta, CorrectedActivation, *_TRANSFORMERS_ACTIVATIONS,
-                                                            *_TORCH_ACTIVATIONS)):
+    if is_patched_activation(module) or isinstance(
+        module, (SwishBeta, CorrectedActivation, *_TRANSFORMERS_ACTIVATIONS, *_TORCH_ACTIVATIONS)
+    ):
         return True
     if next(module.children(), None) is not None or next(module.parameters(recurse=False), None) is not None:
         return False

@@ -43,18 +43,24 @@ def class_source(name: str, kwargs: dict | None = None) -> tuple[str, str]:
     try:
         source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError) as err:
-        raise PatchError(f"export: the source of {name} ({cls.__qualname__}) cannot be read ({err}), so it "
-                         "cannot be written into the exported files") from None
+        raise PatchError(
+            f"export: the source of {name} ({cls.__qualname__}) cannot be read ({err}), so it "
+            "cannot be written into the exported files"
+        ) from None
     tree = ast.parse(source).body[0]
     missing = sorted(_free_names(tree) - AVAILABLE)
     if missing:
-        raise PatchError(f"export: {name} is not self-contained: its class uses {', '.join(missing)} from its "
-                         f"module, which the exported modeling file would not have. Move what it needs into the "
-                         f"class (torch, nn, F and math are available), or share the checkpoint with crrelu-llm")
+        raise PatchError(
+            f"export: {name} is not self-contained: its class uses {', '.join(missing)} from its "
+            f"module, which the exported modeling file would not have. Move what it needs into the "
+            f"class (torch, nn, F and math are available), or share the checkpoint with crrelu-llm"
+        )
     bases = [ast.unparse(b) for b in tree.bases]
     if bases != ["nn.Module"]:
-        raise PatchError(f"export: {name} derives from {', '.join(bases) or 'nothing'}; a class copied into the "
-                         "exported files must derive from nn.Module directly")
+        raise PatchError(
+            f"export: {name} derives from {', '.join(bases) or 'nothing'}; a class copied into the "
+            "exported files must derive from nn.Module directly"
+        )
     return cls.__name__, source
 
 
@@ -108,8 +114,11 @@ def exported_classes(record: dict) -> tuple[str, dict[str, str]]:
         name = entry["activation"]
         if name in table or name == "crrelu" or not (is_import_path(name) or name == "swish_beta"):
             continue
-        class_name, source = ("SwishBeta", SWISH_BETA_SOURCE) if name == "swish_beta" else \
-            class_source(name, entry.get("activation_kwargs"))
+        class_name, source = (
+            ("SwishBeta", SWISH_BETA_SOURCE)
+            if name == "swish_beta"
+            else class_source(name, entry.get("activation_kwargs"))
+        )
         if class_name in table.values() or class_name in ("CRReLU", "CRReLUConfig"):
             raise PatchError(f"export: two activation classes would be called {class_name} in the modeling file")
         table[name] = class_name

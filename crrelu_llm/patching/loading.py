@@ -43,10 +43,13 @@ def adapter_base(path: Path) -> tuple[str, int]:
 
     recipe = yaml.safe_load((path / run_files.RECIPE).read_text()) or {} if (path / run_files.RECIPE).exists() else {}
     base = recipe.get("model_name_or_path") or json.loads((path / ADAPTER_CONFIG).read_text()).get(
-        "base_model_name_or_path")
+        "base_model_name_or_path"
+    )
     if not base:
-        raise ModelLoadError(f"{path} holds a PEFT adapter whose base model is recorded nowhere (no recipe.yaml, and "
-                             f"base_model_name_or_path is null in {ADAPTER_CONFIG}): set it there")
+        raise ModelLoadError(
+            f"{path} holds a PEFT adapter whose base model is recorded nowhere (no recipe.yaml, and "
+            f"base_model_name_or_path is null in {ADAPTER_CONFIG}): set it there"
+        )
     return str(base), int(recipe.get("seed", 0) or 0)
 
 
@@ -178,8 +181,13 @@ def load_adapter_run(
     stored = stored_activation_parameters(path)
     for key, value in stored.items():
         name = key.removeprefix("base_model.model.")
-        _same_value(name, activation_parameters(merged).get(name), value,
-                    f"the adapter in {path}", "the adapter was not attached faithfully")
+        _same_value(
+            name,
+            activation_parameters(merged).get(name),
+            value,
+            f"the adapter in {path}",
+            "the adapter was not attached faithfully",
+        )
     merged.config.crrelu_llm_adapter = {"run": str(path), "base": base}  # where the merged weights came from
     return merged
 
@@ -194,11 +202,15 @@ def stored_activation_parameters(checkpoint_dir: Path, names=None) -> dict[str, 
             if names is None and file.name.startswith("adapter"):
                 import json
 
-                modules = set(json.loads((Path(checkpoint_dir) / "adapter_config.json").read_text())
-                              .get("modules_to_save") or [])
+                modules = set(
+                    json.loads((Path(checkpoint_dir) / "adapter_config.json").read_text()).get("modules_to_save") or []
+                )
             for key in handle.keys():
-                wanted = key in names if names is not None else (
-                    key.endswith(".epsilon") or any(f".{m}." in f".{key}" for m in modules))
+                wanted = (
+                    key in names
+                    if names is not None
+                    else (key.endswith(".epsilon") or any(f".{m}." in f".{key}" for m in modules))
+                )
                 if wanted:
                     found[key] = handle.get_tensor(key)
     return found
@@ -224,8 +236,13 @@ def check_stored_epsilons(model: torch.nn.Module, checkpoint_dir: Path) -> None:
     stored = stored_activation_parameters(checkpoint_dir, set(params))
     for name, param in params.items():
         if name in stored:
-            _same_value(name, param, stored[name], checkpoint_dir,
-                        "the checkpoint was not loaded faithfully (was crrelu_llm imported before loading?)")
+            _same_value(
+                name,
+                param,
+                stored[name],
+                checkpoint_dir,
+                "the checkpoint was not loaded faithfully (was crrelu_llm imported before loading?)",
+            )
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):

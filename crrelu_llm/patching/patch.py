@@ -160,8 +160,11 @@ def activation_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
         >>> sorted(activation_parameters(model))
         ['transformer.h.0.mlp.act.beta', 'transformer.h.1.mlp.act.beta']
     """
-    return {f"{path}.{name}" if path else name: param for path, module in activation_modules(model).items()
-            for name, param in module.named_parameters(recurse=False)}
+    return {
+        f"{path}.{name}" if path else name: param
+        for path, module in activation_modules(model).items()
+        for name, param in module.named_parameters(recurse=False)
+    }
 
 
 def active_activation_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -171,8 +174,11 @@ def active_activation_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 def epsilon_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """``{parameter name: parameter}`` for every CRReLU ``epsilon`` (names as in ``named_parameters``)."""
-    return {f"{path}.epsilon" if path else "epsilon": module.epsilon
-            for path, module in model.named_modules() if isinstance(module, CRReLU)}
+    return {
+        f"{path}.epsilon" if path else "epsilon": module.epsilon
+        for path, module in model.named_modules()
+        if isinstance(module, CRReLU)
+    }
 
 
 def epsilon_tensor(param: torch.Tensor) -> torch.Tensor:
@@ -227,5 +233,8 @@ def activation_logs(model: nn.Module) -> dict[str, float]:
 def peft_modules_to_save(model: nn.Module) -> list[str]:
     """Module paths to pass as ``LoraConfig(modules_to_save=...)`` so that the activation
     parameters train with the adapter, are saved with it and survive ``merge_and_unload``."""
-    return [path for path, module in activation_modules(base_model(model)).items()
-            if next(module.parameters(recurse=False), None) is not None]
+    return [
+        path
+        for path, module in activation_modules(base_model(model)).items()
+        if next(module.parameters(recurse=False), None) is not None
+    ]

@@ -78,10 +78,18 @@ class _Accumulator:
         sd = math.sqrt(var)
         skew = m3 / sd**3 if sd > 0 else float("nan")
         kurt = m4 / var**2 - 3 if var > 0 else float("nan")
-        return {"n": n, "mean": s1, "sd": sd, "skewness": skew, "excess_kurtosis": kurt,
-                "share_negative": self.negative / n, "jarque_bera": n / 6 * (skew**2 + kurt**2 / 4),
-                "output_zero": self.zero / n, "output_small": self.small / n,
-                "least_squares_epsilon": self.least_squares_epsilon()}
+        return {
+            "n": n,
+            "mean": s1,
+            "sd": sd,
+            "skewness": skew,
+            "excess_kurtosis": kurt,
+            "share_negative": self.negative / n,
+            "jarque_bera": n / 6 * (skew**2 + kurt**2 / 4),
+            "output_zero": self.zero / n,
+            "output_small": self.small / n,
+            "least_squares_epsilon": self.least_squares_epsilon(),
+        }
 
 
 def _recorded_original(class_name: str):
@@ -109,8 +117,9 @@ def reference_activations(model: nn.Module, original: nn.Module | None = None) -
             try:
                 refs[site.path] = original.get_submodule(site.path)
             except AttributeError:
-                raise EvaluationError(f"the original model has no module {site.path}: is it the model this one was "
-                                      "patched from?") from None
+                raise EvaluationError(
+                    f"the original model has no module {site.path}: is it the model this one was patched from?"
+                ) from None
         elif site.path in record:
             refs[site.path] = _recorded_original(record[site.path]["original"])
         else:  # unpatched: the activation itself; CRReLU with no record of what it replaced: unknown
@@ -120,9 +129,14 @@ def reference_activations(model: nn.Module, original: nn.Module | None = None) -
 
 
 @torch.no_grad()
-def activation_statistics(model: nn.Module, tokenizer, pairs: list[tuple[str, str]],
-                          references: dict[str, nn.Module | None], max_length: int = 1024,
-                          batch_size: int = 8) -> list[dict]:
+def activation_statistics(
+    model: nn.Module,
+    tokenizer,
+    pairs: list[tuple[str, str]],
+    references: dict[str, nn.Module | None],
+    max_length: int = 1024,
+    batch_size: int = 8,
+) -> list[dict]:
     """Statistics per feed-forward activation (see the module docstring) over the non-padding
     tokens of ``pairs`` (prompt, response), in module order."""
     if not pairs:
@@ -136,13 +150,14 @@ def activation_statistics(model: nn.Module, tokenizer, pairs: list[tuple[str, st
         def record(module, inputs, output):
             keep = mask["tokens"].to(output.device)
             accumulators[path].add(inputs[0][keep], output[keep], references[path])
+
         return record
 
     handles = [model.get_submodule(path).register_forward_hook(hook(path)) for path in references]
     try:
         device = model_device(model)
         for start in tqdm(range(0, len(pairs), batch_size), desc="Probing activations", leave=False):
-            ids, attention, _ = encode_pairs(tokenizer, pairs[start:start + batch_size], max_length)
+            ids, attention, _ = encode_pairs(tokenizer, pairs[start : start + batch_size], max_length)
             mask["tokens"] = attention.bool()
             model(input_ids=ids.to(device), attention_mask=attention.to(device))
     finally:
@@ -153,19 +168,27 @@ def activation_statistics(model: nn.Module, tokenizer, pairs: list[tuple[str, st
     layers = []
     for path, acc in accumulators.items():
         module = model.get_submodule(path)
-        learned = float(epsilon_tensor(module.epsilon).float()) if isinstance(module, (CRReLU, CorrectedActivation)) \
-            else None
+        learned = (
+            float(epsilon_tensor(module.epsilon).float()) if isinstance(module, (CRReLU, CorrectedActivation)) else None
+        )
         reference = references[path]
-        layers.append({"path": path, "layer": layer_index(path), "module_type": type(module).__name__,
-                       "original_type": type(reference).__name__ if reference is not None else None,
-                       "epsilon": learned, "parameters": {n: parameter_value(p) for n, p in
-                                                         module.named_parameters(recurse=False)},
-                       **acc.summary()})
+        layers.append(
+            {
+                "path": path,
+                "layer": layer_index(path),
+                "module_type": type(module).__name__,
+                "original_type": type(reference).__name__ if reference is not None else None,
+                "epsilon": learned,
+                "parameters": {n: parameter_value(p) for n, p in module.named_parameters(recurse=False)},
+                **acc.summary(),
+            }
+        )
     return layers
 
 
-def calibrated_epsilons(original: nn.Module, tokenizer, pairs, max_length: int = 1024,
-                        batch_size: int = 8) -> dict[str, float]:
+def calibrated_epsilons(
+    original: nn.Module, tokenizer, pairs, max_length: int = 1024, batch_size: int = 8
+) -> dict[str, float]:
     """The least-squares CRReLU ``epsilon`` per feed-forward activation of the unpatched
     ``original``, on its own pre-activations over ``pairs`` (``epsilon_init: calibrate``)."""
     if patch_record(original):
@@ -175,4 +198,3 @@ def calibrated_epsilons(original: nn.Module, tokenizer, pairs, max_length: int =
     if missing:
         raise EvaluationError(f"cannot calibrate {missing[0]}: its inputs were all zero on the calibration text")
     return {layer["path"]: layer["least_squares_epsilon"] for layer in layers}
-

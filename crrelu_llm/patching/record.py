@@ -75,12 +75,16 @@ class PatchReport:
 
     def __str__(self) -> str:
         kinds = Counter((r.old_type, r.new_type) for r in self.replaced)
-        eps = f" (epsilon_init={self.epsilon_init})" if self.epsilon_init is not None else \
-            (" (epsilon calibrated per layer)" if self.calibrated_epsilons else "")
+        eps = (
+            f" (epsilon_init={self.epsilon_init})"
+            if self.epsilon_init is not None
+            else (" (epsilon calibrated per layer)" if self.calibrated_epsilons else "")
+        )
         scope = "all blocks" if self.layers is None else f"blocks {self.layers}"
         kwargs = f" {self.activation_kwargs}" if self.activation_kwargs else ""
-        lines = [f"Patched {self.model_type}: {self.count} activation module(s) -> {self.activation}{kwargs}{eps}, "
-                 f"{scope}"]
+        lines = [
+            f"Patched {self.model_type}: {self.count} activation module(s) -> {self.activation}{kwargs}{eps}, {scope}"
+        ]
         lines += [f"  {old} -> {new}: {n}" for (old, new), n in kinds.items()]
         lines += [f"  {r.path}: {r.old_type} -> {r.new_type}" for r in self.replaced]
         if self.calibrated_epsilons:
@@ -300,10 +304,12 @@ def recorded_activation(entry: dict) -> nn.Module:
         with outside_zero3_init():
             scalars = [n for n, p in make_activation(*args).named_parameters() if p.dim() == 0]
         if scalars:
-            raise PatchError(f"{entry['activation']} holds 0-dim parameters ({', '.join(scalars)}), which DeepSpeed "
-                             "ZeRO-3 cannot partition while it loads a checkpoint: hold them with shape (1,) under "
-                             "ZeRO-3 (as crrelu_llm.CRReLU and SwishBeta do), or load this checkpoint under ZeRO-2 "
-                             "or FSDP")
+            raise PatchError(
+                f"{entry['activation']} holds 0-dim parameters ({', '.join(scalars)}), which DeepSpeed "
+                "ZeRO-3 cannot partition while it loads a checkpoint: hold them with shape (1,) under "
+                "ZeRO-3 (as crrelu_llm.CRReLU and SwishBeta do), or load this checkpoint under ZeRO-2 "
+                "or FSDP"
+            )
     return make_activation(*args)
 
 

@@ -137,8 +137,9 @@ class CRReLUConfig({base_config}):
 '''
 
 
-def modeling_source(architecture: str, guarded_type: str | None = None, base_config: str | None = None,
-                    record: dict | None = None) -> tuple[str, str]:
+def modeling_source(
+    architecture: str, guarded_type: str | None = None, base_config: str | None = None, record: dict | None = None
+) -> tuple[str, str]:
     """The modeling file for ``architecture`` (a transformers class name) and its class name.
     With ``guarded_type`` it also defines ``CRReLUConfig``, the config class for a checkpoint
     saved under that model type (see :func:`crrelu_llm.patching.record.register_with_transformers`)."""
@@ -153,10 +154,17 @@ def modeling_source(architecture: str, guarded_type: str | None = None, base_con
     config_class = _CONFIG_CLASS.format(base_config=base_config, model_type=guarded_type) if guarded_type else ""
     config_line = "    config_class = CRReLUConfig\n" if guarded_type else ""
     classes, table = exported_classes(record or {})  # refused here unless each is self-contained
-    return _TEMPLATE.format(version=__version__, base=architecture, name=name, config_class=config_class,
-                            default_epsilon=DEFAULT_EPSILON_INIT, config_line=config_line, classes=classes,
-                            table="{" + ", ".join(f"{k!r}: {v}" for k, v in table.items()) + "}",
-                            header_imports=HEADER_IMPORTS if table else ""), name
+    return _TEMPLATE.format(
+        version=__version__,
+        base=architecture,
+        name=name,
+        config_class=config_class,
+        default_epsilon=DEFAULT_EPSILON_INIT,
+        config_line=config_line,
+        classes=classes,
+        table="{" + ", ".join(f"{k!r}: {v}" for k, v in table.items()) + "}",
+        header_imports=HEADER_IMPORTS if table else "",
+    ), name
 
 
 def export_remote_code(model: str, out: Path, overwrite: bool = False) -> Path:

@@ -15,15 +15,40 @@ from crrelu_llm.errors import UsageError, did_you_mean
 
 # Size fields across architectures and the tiny value each gets when the config has it.
 _TINY_SIZES = {
-    "hidden_size": 32, "n_embd": 32, "d_model": 32, "embed_dim": 32, "dim": 32, "word_embed_proj_dim": 32,
-    "num_hidden_layers": 2, "n_layer": 2, "num_layers": 2, "n_layers": 2,
-    "num_attention_heads": 4, "n_head": 4, "num_heads": 4, "n_heads": 4,
-    "num_key_value_heads": 2, "multi_query_group_num": 2,
-    "intermediate_size": 64, "n_inner": 64, "ffn_dim": 64, "ffn_hidden_size": 64,
-    "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32,
-    "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
-    "vocab_size": 128, "max_position_embeddings": 128, "n_positions": 128, "n_ctx": 128,
-    "head_dim": 8, "rotary_dim": 4, "sliding_window": 64, "query_pre_attn_scalar": 8,
+    "hidden_size": 32,
+    "n_embd": 32,
+    "d_model": 32,
+    "embed_dim": 32,
+    "dim": 32,
+    "word_embed_proj_dim": 32,
+    "num_hidden_layers": 2,
+    "n_layer": 2,
+    "num_layers": 2,
+    "n_layers": 2,
+    "num_attention_heads": 4,
+    "n_head": 4,
+    "num_heads": 4,
+    "n_heads": 4,
+    "num_key_value_heads": 2,
+    "multi_query_group_num": 2,
+    "intermediate_size": 64,
+    "n_inner": 64,
+    "ffn_dim": 64,
+    "ffn_hidden_size": 64,
+    "moe_intermediate_size": 32,
+    "shared_expert_intermediate_size": 32,
+    "num_experts": 4,
+    "num_local_experts": 4,
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "vocab_size": 128,
+    "max_position_embeddings": 128,
+    "n_positions": 128,
+    "n_ctx": 128,
+    "head_dim": 8,
+    "rotary_dim": 4,
+    "sliding_window": 64,
+    "query_pre_attn_scalar": 8,
 }
 
 
@@ -37,8 +62,10 @@ def _set(config: PretrainedConfig, key: str, value) -> None:
 def tiny_config(model_type: str, **overrides) -> PretrainedConfig:
     """The default config of ``model_type`` with its size fields made tiny."""
     if model_type not in CONFIG_MAPPING:
-        raise UsageError(f"unknown transformers model type {model_type!r}"
-                         + did_you_mean(model_type, CONFIG_MAPPING.keys(), show=str, n=3))
+        raise UsageError(
+            f"unknown transformers model type {model_type!r}"
+            + did_you_mean(model_type, CONFIG_MAPPING.keys(), show=str, n=3)
+        )
     config = AutoConfig.for_model(model_type)
     for key, value in _TINY_SIZES.items():
         if key in config.to_dict() or hasattr(config, key):
@@ -67,7 +94,7 @@ def tiny_model_type(name: str) -> str | None:
     from pathlib import Path
 
     if name.startswith(TINY_MODEL_PREFIX) and not Path(name).exists():
-        return name[len(TINY_MODEL_PREFIX):]
+        return name[len(TINY_MODEL_PREFIX) :]
     return None
 
 

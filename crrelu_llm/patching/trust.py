@@ -36,8 +36,9 @@ from contextlib import contextmanager
 from crrelu_llm.errors import PatchError
 
 ENV = "CRRELU_LLM_TRUSTED_ACTIVATIONS"
-_SCOPE: contextvars.ContextVar[tuple[bool, frozenset]] = contextvars.ContextVar("crrelu_llm_trust",
-                                                                                 default=(False, frozenset()))
+_SCOPE: contextvars.ContextVar[tuple[bool, frozenset]] = contextvars.ContextVar(
+    "crrelu_llm_trust", default=(False, frozenset())
+)
 
 
 @contextmanager
@@ -66,9 +67,11 @@ def require(path: str, source: str = "this checkpoint") -> None:
     """Refuse, before any import, a class ``source`` names that nobody trusted."""
     if not allowed(path):
         module = path.partition(":")[0]
-        raise PatchError(f"{source} names the activation class {path!r}: loading it would import {module!r} and run "
-                         f"its code; trust it with trust_remote_code=True (--trust-remote-code, or "
-                         f"trust_remote_code: true in a recipe) or {ENV}={path}")
+        raise PatchError(
+            f"{source} names the activation class {path!r}: loading it would import {module!r} and run "
+            f"its code; trust it with trust_remote_code=True (--trust-remote-code, or "
+            f"trust_remote_code: true in a recipe) or {ENV}={path}"
+        )
 
 
 def install() -> None:

@@ -28,8 +28,9 @@ from crrelu_llm.stats import (
 ONE_SEED = "one seed: the between-seed spread is not measured"
 
 
-def _pool(per_seed: list[list[float]] | None, null: float | None, why_not: str | None,
-          seed_estimates: list[dict]) -> tuple[dict | None, str]:
+def _pool(
+    per_seed: list[list[float]] | None, null: float | None, why_not: str | None, seed_estimates: list[dict]
+) -> tuple[dict | None, str]:
     if per_seed is None:
         return None, why_not or "not pooled"
     # the least standard error: the seeds' own intervals (pseudo-counts: never zero), over sqrt(k)
@@ -37,7 +38,8 @@ def _pool(per_seed: list[list[float]] | None, null: float | None, why_not: str |
     floor = (sum(halves) / len(halves)) / len(halves) ** 0.5 if halves else 0.0
     estimate = pooled(per_seed, null=null, floor_se=floor).to_dict()
     return estimate, ONE_SEED if len(per_seed) == 1 else (
-        f"pooled over {len(per_seed)} seeds: seeds and items crossed, the interval carries the between-seed spread")
+        f"pooled over {len(per_seed)} seeds: seeds and items crossed, the interval carries the between-seed spread"
+    )
 
 
 def win_rates(results: list[dict]) -> dict:
@@ -47,10 +49,17 @@ def win_rates(results: list[dict]) -> dict:
     per_seed = []
     for r in results:
         s = r["stats"]
-        per_seed.append({**{k: v for k, v in r.items() if k != "stats"},
-                         "wins": s["wins"], "ties": s["ties"], "losses": s["losses"], "n": s["n"],
-                         "estimate": win_rate_estimate(s["wins"], s["ties"], s["losses"]).to_dict(),
-                         "length_controlled": s.get("length_controlled")})
+        per_seed.append(
+            {
+                **{k: v for k, v in r.items() if k != "stats"},
+                "wins": s["wins"],
+                "ties": s["ties"],
+                "losses": s["losses"],
+                "n": s["n"],
+                "estimate": win_rate_estimate(s["wins"], s["ties"], s["losses"]).to_dict(),
+                "length_controlled": s.get("length_controlled"),
+            }
+        )
     scores = [r["stats"].get("scores") for r in results]
     why = None
     if any(s is None for s in scores):
@@ -70,10 +79,14 @@ def accuracies(results: list[dict]) -> dict:
     for r in results:
         rewards = r["rewards"]
         outcome = rewards.get("correct")
-        estimate = accuracy_estimate(outcome).to_dict() if outcome else {
-            "value": rewards["accuracy"], "interval": rewards["accuracy_interval"], "n": rewards["n"]}
-        per_seed.append({**{k: v for k, v in r.items() if k != "rewards"}, "estimate": estimate,
-                         "ties": rewards.get("ties")})
+        estimate = (
+            accuracy_estimate(outcome).to_dict()
+            if outcome
+            else {"value": rewards["accuracy"], "interval": rewards["accuracy_interval"], "n": rewards["n"]}
+        )
+        per_seed.append(
+            {**{k: v for k, v in r.items() if k != "rewards"}, "estimate": estimate, "ties": rewards.get("ties")}
+        )
         correct.append(outcome)
     why = None
     if any(c is None for c in correct):
@@ -113,9 +126,14 @@ def over_seeds(label: str, ours: tuple[dict, dict], baseline: str, theirs: tuple
     for metric, a, b in zip(METRICS, ours, theirs):
         common = [s for s in a if s in b]
         if len(common) >= 2:
-            return {"arms": [label, baseline], "metric": metric, "pairs": len(common), "seeds": common,
-                    "p_value": paired_permutation_test([a[s] for s in common], [b[s] for s in common]),
-                    "test": "exact sign-flip permutation over seeds"}
+            return {
+                "arms": [label, baseline],
+                "metric": metric,
+                "pairs": len(common),
+                "seeds": common,
+                "p_value": paired_permutation_test([a[s] for s in common], [b[s] for s in common]),
+                "test": "exact sign-flip permutation over seeds",
+            }
     return None
 
 

@@ -31,17 +31,18 @@ def design(factors: dict[str, dict[str, str]], baseline: str) -> dict | None:
     if not factors or baseline not in factors:
         return None
     names = sorted(factors[baseline])
-    levels = [[factors[baseline][n]] + sorted({f[n] for f in factors.values()} - {factors[baseline][n]})
-              for n in names]
+    levels = [[factors[baseline][n]] + sorted({f[n] for f in factors.values()} - {factors[baseline][n]}) for n in names]
     cells = {(levels[0].index(f[names[0]]), levels[1].index(f[names[1]])): arm for arm, f in factors.items()}
     return {"factors": names, "levels": levels, "cells": cells}
 
 
 def _contrasts(y: dict[tuple[int, int], list[float]]) -> dict[str, list[float]]:
     rows = list(zip(y[0, 0], y[1, 0], y[0, 1], y[1, 1]))
-    return {"a": [(c + d - a - b) / 2 for a, c, b, d in rows],
-            "b": [(b + d - a - c) / 2 for a, c, b, d in rows],
-            "ab": [(d - c) - (b - a) for a, c, b, d in rows]}
+    return {
+        "a": [(c + d - a - b) / 2 for a, c, b, d in rows],
+        "b": [(b + d - a - c) / 2 for a, c, b, d in rows],
+        "ab": [(d - c) - (b - a) for a, c, b, d in rows],
+    }
 
 
 def _effects(per_seed: list[dict[tuple[int, int], list[float]]]) -> dict | None:
@@ -54,8 +55,10 @@ def _effects(per_seed: list[dict[tuple[int, int], list[float]]]) -> dict | None:
     # the least standard error: one item of n off by the contrast's largest step (1 for a main effect of
     # 0/1 outcomes, 2 for the interaction), so identical outcomes everywhere get no zero-width interval
     floor = {"a": 1 / n, "b": 1 / n, "ab": 2 / n}
-    return {name: pooled([c[name] for c in by_contrast], null=0.0, floor_se=floor[name]).to_dict()
-            for name in ("a", "b", "ab")}
+    return {
+        name: pooled([c[name] for c in by_contrast], null=0.0, floor_se=floor[name]).to_dict()
+        for name in ("a", "b", "ab")
+    }
 
 
 def read(declaration, factors: dict, baseline: str, help_or_harm: list[dict]) -> dict | None:
@@ -80,8 +83,13 @@ def read(declaration, factors: dict, baseline: str, help_or_harm: list[dict]) ->
                         acc[cell] = [float(c) for c in read_json(spec.done).get("correct") or []] or None
                 base_run = runs.get((baseline, beta, seed))
                 for spec in declaration.by_kind("winrate"):
-                    if run and base_run and spec.model == run.model and spec.baseline == base_run.model \
-                            and spec.done.exists():
+                    if (
+                        run
+                        and base_run
+                        and spec.model == run.model
+                        and spec.baseline == base_run.model
+                        and spec.done.exists()
+                    ):
                         wr[cell] = read_json(spec.done)["stats"].get("scores")
             n = next((len(v) for v in wr.values() if v), 0)
             wr[(0, 0)] = [0.5] * n  # the baseline arm (cell 0, 0) against itself
@@ -104,8 +112,11 @@ def read(declaration, factors: dict, baseline: str, help_or_harm: list[dict]) ->
         if found:
             measures.append({"measure": "KL to the original at step 0", "unit": "nats/token", "seeds": 1, **found})
     measures += _sparsity(help_or_harm, cell_of)
-    return {**{k: v for k, v in shape.items() if k != "cells"},
-            "cells": {f"{i},{j}": arm for (i, j), arm in shape["cells"].items()}, "measures": measures}
+    return {
+        **{k: v for k, v in shape.items() if k != "cells"},
+        "cells": {f"{i},{j}": arm for (i, j), arm in shape["cells"].items()},
+        "measures": measures,
+    }
 
 
 def _independent(values: dict, errors: dict) -> dict:
@@ -113,10 +124,18 @@ def _independent(values: dict, errors: dict) -> dict:
     a, c, b, d = (values[k] for k in ((0, 0), (1, 0), (0, 1), (1, 1)))
     spread = math.sqrt(sum(e * e for e in errors.values()))
     out = {}
-    for name, value, se in (("a", (c + d - a - b) / 2, spread / 2), ("b", (b + d - a - c) / 2, spread / 2),
-                            ("ab", (d - c) - (b - a), spread)):
-        out[name] = {"value": value, "interval": (value - Z95 * se, value + Z95 * se), "standard_error": se,
-                     "p_value": None, "interval_method": "lm-eval standard errors combined as independent"}
+    for name, value, se in (
+        ("a", (c + d - a - b) / 2, spread / 2),
+        ("b", (b + d - a - c) / 2, spread / 2),
+        ("ab", (d - c) - (b - a), spread),
+    ):
+        out[name] = {
+            "value": value,
+            "interval": (value - Z95 * se, value + Z95 * se),
+            "standard_error": se,
+            "p_value": None,
+            "interval_method": "lm-eval standard errors combined as independent",
+        }
     return out
 
 
@@ -125,8 +144,11 @@ def _benchmarks(rows: list[dict], cell_of: dict, beta: float, seeds: list, label
     by = {(r["arm"], r["stage"]): r for r in rows}
     for seed in seeds:
         stage = f"DPO beta={beta:g} seed={seed}"
-        tasks = set.intersection(*[set((by.get((arm, stage)) or {}).get("benchmarks", {})) for arm in cell_of]) \
-            if cell_of else set()
+        tasks = (
+            set.intersection(*[set((by.get((arm, stage)) or {}).get("benchmarks", {})) for arm in cell_of])
+            if cell_of
+            else set()
+        )
         for task in sorted(tasks):
             cells = {cell: by[arm, stage]["benchmarks"][task] for arm, cell in cell_of.items()}
             if any(b["stderr"] is None for b in cells.values()):
@@ -143,28 +165,47 @@ def _sparsity(rows: list[dict], cell_of: dict) -> list[dict]:
         return []
     means = {}
     for arm, cell in cell_of.items():
-        layers = [layer["output_small"] for layer in by[arm]["probe"]["layers"]
-                  if layer.get("output_small") is not None]
+        layers = [
+            layer["output_small"] for layer in by[arm]["probe"]["layers"] if layer.get("output_small") is not None
+        ]
         if not layers:
             return []
         means[cell] = sum(layers) / len(layers)
     a, c, b, d = (means[k] for k in ((0, 0), (1, 0), (0, 1), (1, 1)))
     point = {"a": (c + d - a - b) / 2, "b": (b + d - a - c) / 2, "ab": (d - c) - (b - a)}
-    return [{"measure": "output share abs(y) < 1e-3 at step 0 (mean over layers)", "unit": "points", "seeds": 1,
-             **{k: {"value": v, "interval": None, "interval_method": "no per-item outcome: no interval"}
-                for k, v in point.items()}}]
+    return [
+        {
+            "measure": "output share abs(y) < 1e-3 at step 0 (mean over layers)",
+            "unit": "points",
+            "seeds": 1,
+            **{
+                k: {"value": v, "interval": None, "interval_method": "no per-item outcome: no interval"}
+                for k, v in point.items()
+            },
+        }
+    ]
 
 
 def markdown(result: dict | None) -> list[str]:
     if not result or not result.get("measures"):
         return []
     (fa, fb), (la, lb) = result["factors"], result["levels"]
-    head = [f"main effect of {fa} ({la[1]} - {la[0]})", f"main effect of {fb} ({lb[1]} - {lb[0]})",
-            f"interaction ({fa} x {fb})"]
+    head = [
+        f"main effect of {fa} ({la[1]} - {la[0]})",
+        f"main effect of {fb} ({lb[1]} - {lb[0]})",
+        f"interaction ({fa} x {fb})",
+    ]
     cells = ", ".join(f"{fa}={la[int(k[0])]}, {fb}={lb[int(k[2])]}: {arm}" for k, arm in result["cells"].items())
-    lines = [f"## The 2x2 design: {fa} x {fb}", "", f"Cells: {cells}. Each effect is a contrast of per-item outcomes, "
-             "paired over the items every arm was scored on, pooled over seeds (docs/evaluation.md, reading the 2x2 "
-             "table).", "", "| measure | " + " | ".join(head) + " | seeds |", "|---|---|---|---|---|"]
+    lines = [
+        f"## The 2x2 design: {fa} x {fb}",
+        "",
+        f"Cells: {cells}. Each effect is a contrast of per-item outcomes, "
+        "paired over the items every arm was scored on, pooled over seeds (docs/evaluation.md, reading the 2x2 "
+        "table).",
+        "",
+        "| measure | " + " | ".join(head) + " | seeds |",
+        "|---|---|---|---|---|",
+    ]
 
     def cell(e, unit):
         scale, form = (100, "+.1f") if unit == "points" else (1, "+.3g")
@@ -176,6 +217,9 @@ def markdown(result: dict | None) -> list[str]:
         return f"{value} [{scale * lo:{form}}, {scale * hi:{form}}]{p}"
 
     for m in result["measures"]:
-        lines.append(f"| {m['measure']} ({m['unit']}) | " + " | ".join(cell(m[k], m["unit"]) for k in ("a", "b", "ab"))
-                     + f" | {m['seeds']} |")
+        lines.append(
+            f"| {m['measure']} ({m['unit']}) | "
+            + " | ".join(cell(m[k], m["unit"]) for k in ("a", "b", "ab"))
+            + f" | {m['seeds']} |"
+        )
     return [*lines, ""]

@@ -6,9 +6,14 @@ from pathlib import Path
 
 from crrelu_llm.reporting.runs import Run, objective, seed_label, short
 
-PROBE_PANELS = (("epsilon", "learned eps"), ("least_squares_epsilon", "least-squares eps"),
-                ("excess_kurtosis", "input excess kurtosis"), ("skewness", "input skewness"),
-                ("share_negative", "input share negative"), ("output_small", "output share |y| < 1e-3"))
+PROBE_PANELS = (
+    ("epsilon", "learned eps"),
+    ("least_squares_epsilon", "least-squares eps"),
+    ("excess_kurtosis", "input excess kurtosis"),
+    ("skewness", "input skewness"),
+    ("share_negative", "input share negative"),
+    ("output_small", "output share |y| < 1e-3"),
+)
 
 
 STAGE_STYLES = {"original": ":", "step 0": "-.", "recovered": (0, (5, 1, 1, 1, 1, 1)), "SFT": "--"}
@@ -53,17 +58,34 @@ def probe_figure(rows: list[dict], colours: dict[str, str] | None = None):
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     for ax, (key, title) in zip(axes.flat, PROBE_PANELS):
         for r in probed:
-            points = [(layer["layer"], layer[key]) for layer in r["probe"]["layers"]
-                      if layer[key] is not None and layer["layer"] is not None]
+            points = [
+                (layer["layer"], layer[key])
+                for layer in r["probe"]["layers"]
+                if layer[key] is not None and layer["layer"] is not None
+            ]
             if points:
-                ax.plot(*zip(*points), marker="o", color=colours[r["arm"]], linestyle=line_style(r["stage"]),
-                        label=f"{r['arm']} {r['stage']}")
+                ax.plot(
+                    *zip(*points),
+                    marker="o",
+                    color=colours[r["arm"]],
+                    linestyle=line_style(r["stage"]),
+                    label=f"{r['arm']} {r['stage']}",
+                )
         ax.set_title(title)
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     # the legend from the rows themselves: every line has an entry, whichever panels it appears in
-    handles = [Line2D([], [], color=colours[r["arm"]], linestyle=line_style(r["stage"]), marker="o",
-                      label=f"{r['arm']} {r['stage']}") for r in probed]
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=colours[r["arm"]],
+            linestyle=line_style(r["stage"]),
+            marker="o",
+            label=f"{r['arm']} {r['stage']}",
+        )
+        for r in probed
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize="small")
     fig.tight_layout(rect=(0, 0.04 + 0.025 * ((len(handles) + 3) // 4), 1, 1))
     return fig
@@ -78,8 +100,11 @@ def starting_epsilons(run) -> dict[str, float]:
     if report.get("already_patched"):
         return {k: v for k, v in (report.get("epsilon") or {}).items() if k[8:].isdigit()}
     if report.get("calibrated_epsilons"):
-        return {f"epsilon/{layer_index(path):02d}": v for path, v in report["calibrated_epsilons"].items()
-                if layer_index(path) is not None}
+        return {
+            f"epsilon/{layer_index(path):02d}": v
+            for path, v in report["calibrated_epsilons"].items()
+            if layer_index(path) is not None
+        }
     start = report.get("epsilon_init", (run.recipe or {}).get("epsilon_init"))
     return {} if start is None else {"*": float(start)}
 
@@ -94,23 +119,46 @@ def win_rate_figure(bars: list[tuple[str, str, dict]], colours: dict[str, str]):
     for i, (_, arm, st) in enumerate(bars):
         lo, hi = st["interval"]
         ends += [lo, hi]
-        ax.errorbar(st["win_rate"], i, xerr=[[st["win_rate"] - lo], [hi - st["win_rate"]]], marker="o", capsize=4,
-                    color=colours[arm])
+        ax.errorbar(
+            st["win_rate"],
+            i,
+            xerr=[[st["win_rate"] - lo], [hi - st["win_rate"]]],
+            marker="o",
+            capsize=4,
+            color=colours[arm],
+        )
         lc = st.get("length_controlled") or {}
         if lc.get("value") is not None and lc.get("interval"):  # hollow: the length-controlled rate, just below
             llo, lhi = lc["interval"]
             ends += [llo, lhi]
-            ax.errorbar(lc["value"], i - 0.25, xerr=[[lc["value"] - llo], [lhi - lc["value"]]], marker="o",
-                        mfc="white", capsize=3, color=colours[arm], alpha=0.8)
+            ax.errorbar(
+                lc["value"],
+                i - 0.25,
+                xerr=[[lc["value"] - llo], [lhi - lc["value"]]],
+                marker="o",
+                mfc="white",
+                capsize=3,
+                color=colours[arm],
+                alpha=0.8,
+            )
             hi = max(hi, lhi)
-        ax.annotate(f"{st['wins']} W / {st['ties']} T / {st['losses']} L", (hi, i), xytext=(6, 0),
-                    textcoords="offset points", va="center", fontsize=8)
+        ax.annotate(
+            f"{st['wins']} W / {st['ties']} T / {st['losses']} L",
+            (hi, i),
+            xytext=(6, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+        )
     ax.axvline(0.5, color="grey", linestyle="--")
     ax.set_yticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
     width = max(ends) - min(ends)
     ax.set_xlim(min(ends) - 0.1 * width - 0.01, max(ends) + 0.45 * width + 0.01)  # room for the counts
-    ax.set_xlabel("win rate of the DPO model, ties as 1/2\nfilled: raw, 95% Bonett-Price; hollow: length-controlled, "
-                  "95% bootstrap; W/T/L: wins, ties, losses", fontsize=8)
+    ax.set_xlabel(
+        "win rate of the DPO model, ties as 1/2\nfilled: raw, 95% Bonett-Price; hollow: length-controlled, "
+        "95% bootstrap; W/T/L: wins, ties, losses",
+        fontsize=8,
+    )
     fig.tight_layout()
     return fig
 
@@ -118,11 +166,9 @@ def win_rate_figure(bars: list[tuple[str, str, dict]], colours: dict[str, str]):
 TRAIN_CURVES = ("loss", "rewards/accuracies", "rewards/margins")
 
 
-
 def _series(run: Run, key: str) -> tuple[list[int], list[float]]:
     points = [(e["step"], e[key]) for e in run.log_history if key in e and "step" in e]
     return [p[0] for p in points], [p[1] for p in points]
-
 
 
 def report_plots(arms: dict[str, list[Run]], out: Path, colours: dict[str, str]) -> list[str]:
@@ -139,8 +185,14 @@ def report_plots(arms: dict[str, list[Run]], out: Path, colours: dict[str, str])
                 for i, run in enumerate(runs):
                     x, y = _series(run, key)
                     if x:  # one shade per seed, each named in the legend
-                        ax.plot(x, y, color=colours[run.arm], linestyle=line_style("DPO"),
-                                alpha=max(0.35, 0.95 - 0.25 * i), label=seed_label(label, run, runs))
+                        ax.plot(
+                            x,
+                            y,
+                            color=colours[run.arm],
+                            linestyle=line_style("DPO"),
+                            alpha=max(0.35, 0.95 - 0.25 * i),
+                            label=seed_label(label, run, runs),
+                        )
             ax.set_title(key)
             ax.set_xlabel("training step")
             ax.set_ylabel(key)
@@ -149,8 +201,12 @@ def report_plots(arms: dict[str, list[Run]], out: Path, colours: dict[str, str])
         fig.savefig(out / "training_curves.png", dpi=110)
         plt.close(fig)
         files.append("training_curves.png")
-    eps_arms = {seed_label(label, run, runs): run for label, runs in arms.items() for run in runs
-                if any(k.startswith("epsilon/") and k[8:].isdigit() for e in run.log_history for k in e)}
+    eps_arms = {
+        seed_label(label, run, runs): run
+        for label, runs in arms.items()
+        for run in runs
+        if any(k.startswith("epsilon/") and k[8:].isdigit() for e in run.log_history for k in e)
+    }
     if eps_arms:
         fig, axes = plt.subplots(1, len(eps_arms), figsize=(5 * len(eps_arms), 3.6), squeeze=False)
         for ax, (label, run) in zip(axes[0], eps_arms.items()):
@@ -185,9 +241,17 @@ def report_plots(arms: dict[str, list[Run]], out: Path, colours: dict[str, str])
                 x = [betas.index(p[0]) + spread * (i - (len(slots) - 1) / 2) for p in mine]
                 y = [p[1] for p in mine]
                 err = [[p[1] - p[2][0] for p in mine], [p[2][1] - p[1] for p in mine]]
-                ax.errorbar(x, y, yerr=err, marker="o", linestyle="-" if len(mine) > 1 else "none", capsize=3,
-                            color=colours[arm], alpha=max(0.4, 1 - 0.3 * [s for a, s in slots if a == arm].index(seed)),
-                            label=f"{arm} seed {seed}" if seed is not None else arm)
+                ax.errorbar(
+                    x,
+                    y,
+                    yerr=err,
+                    marker="o",
+                    linestyle="-" if len(mine) > 1 else "none",
+                    capsize=3,
+                    color=colours[arm],
+                    alpha=max(0.4, 1 - 0.3 * [s for a, s in slots if a == arm].index(seed)),
+                    label=f"{arm} seed {seed}" if seed is not None else arm,
+                )
         ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
         ax.set_xlim(-0.6, len(betas) - 0.4)
         ax.set_xlabel("training beta (one point per DPO run: arm and seed)")
@@ -197,8 +261,16 @@ def report_plots(arms: dict[str, list[Run]], out: Path, colours: dict[str, str])
         fig.savefig(out / "reward_accuracy.png", dpi=110)
         plt.close(fig)
         files.append("reward_accuracy.png")
-    bars = [(f"{seed_label(label, run, runs)} ({objective(run).upper()}) vs {short(w.get('baseline'))}", run.arm,
-             _restated(w["stats"])) for label, runs in arms.items() for run in runs for w in run.winrates.values()]
+    bars = [
+        (
+            f"{seed_label(label, run, runs)} ({objective(run).upper()}) vs {short(w.get('baseline'))}",
+            run.arm,
+            _restated(w["stats"]),
+        )
+        for label, runs in arms.items()
+        for run in runs
+        for w in run.winrates.values()
+    ]
     if bars:
         fig = win_rate_figure(bars, colours)
         fig.savefig(out / "win_rates.png", dpi=110)
@@ -207,14 +279,12 @@ def report_plots(arms: dict[str, list[Run]], out: Path, colours: dict[str, str])
     return files
 
 
-
 def _restated(stats: dict) -> dict:
     """A win-rate result's stats with the interval of :func:`crrelu_llm.stats.win_rate_estimate`
     (recomputed from the counts, so a result written before it is plotted the same way)."""
     from crrelu_llm.stats import win_rate_estimate
 
     return {**stats, "interval": win_rate_estimate(stats["wins"], stats["ties"], stats["losses"]).interval}
-
 
 
 def accuracy_by_training_beta(arms: dict[str, list[Run]]) -> dict[str, list]:
@@ -228,6 +298,7 @@ def accuracy_by_training_beta(arms: dict[str, list[Run]]) -> dict[str, list]:
             beta = run.rewards.get("training_beta") or (run.recipe or {}).get("beta")
             if beta is None:
                 continue
-            points.setdefault(run.arm, []).append((beta, run.rewards["accuracy"], run.rewards["accuracy_interval"],
-                                                   run.seed))
+            points.setdefault(run.arm, []).append(
+                (beta, run.rewards["accuracy"], run.rewards["accuracy_interval"], run.seed)
+            )
     return points

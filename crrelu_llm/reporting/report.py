@@ -25,9 +25,16 @@ from crrelu_llm.reporting import estimates, figures, markdown, report_stages
 from crrelu_llm.reporting.runs import Run, check_poolable, load_run, objective, short
 
 
-def compare(specs: list[str], out: Path, step0_drift: dict[str, dict | None] | None = None,
-            stages: dict[str, dict[str, Path]] | None = None, eval_dirs: dict[str, Path] | None = None,
-            baseline: str | None = None, pairs: list[dict] | None = None, factorial: dict | None = None) -> dict:
+def compare(
+    specs: list[str],
+    out: Path,
+    step0_drift: dict[str, dict | None] | None = None,
+    stages: dict[str, dict[str, Path]] | None = None,
+    eval_dirs: dict[str, Path] | None = None,
+    baseline: str | None = None,
+    pairs: list[dict] | None = None,
+    factorial: dict | None = None,
+) -> dict:
     """Write report.md, report.json and plots for the runs; return the report dict.
     ``step0_drift`` maps an arm label to its step-0 drift (``{"stage", "from"}``; None for an
     unpatched arm, whose step 0 is the original): the experiment runner measures the swap's own
@@ -49,16 +56,23 @@ def compare(specs: list[str], out: Path, step0_drift: dict[str, dict | None] | N
     for label, members in arms.items():
         check_poolable(label, members)
     writable_dir(Path(out))
-    report = {"arms": {}, "plots": [], "factorial": factorial,
-              "pairs": [{**p, **report_stages.read_result(Path(p["from"]))} for p in pairs or []]}
+    report = {
+        "arms": {},
+        "plots": [],
+        "factorial": factorial,
+        "pairs": [{**p, **report_stages.read_result(Path(p["from"]))} for p in pairs or []],
+    }
     for label, members in arms.items():
         report["arms"][label] = _arm_entry(label, members, step0_drift)
     baseline = baseline if baseline in arms else next(iter(arms))
     report["baseline"] = baseline
     report["paired_tests"] = _paired_over_seeds(arms, baseline)
     report["reward_accuracy_vs_baseline"] = {
-        label: found for label, members in arms.items() if label != baseline
-        and (found := estimates.paired_accuracies(_rewards_by_seed(members), _rewards_by_seed(arms[baseline])))}
+        label: found
+        for label, members in arms.items()
+        if label != baseline
+        and (found := estimates.paired_accuracies(_rewards_by_seed(members), _rewards_by_seed(arms[baseline])))
+    }
     if stages is None:
         stages = {label: {r.path.name: r.path for r in members} for label, members in arms.items()}
     report["stages"] = report_stages.collect(stages, eval_dirs)
@@ -80,13 +94,22 @@ def _rewards_by_seed(members: list[Run]) -> dict:
 def _paired_over_seeds(arms: dict[str, list[Run]], baseline: str) -> list[dict]:
     """Each arm against the baseline over the seeds both have (:func:`estimates.over_seeds`): our
     reward accuracy where both arms have it, else TRL's, named as such."""
-    def values(members):
-        return ({r.seed: r.rewards["accuracy"] for r in members if r.rewards and "accuracy" in r.rewards},
-                {r.seed: float(r.final["eval_rewards/accuracies"]) for r in members
-                 if "eval_rewards/accuracies" in r.final})
 
-    return [t for label, members in arms.items() if label != baseline
-            and (t := estimates.over_seeds(label, values(members), baseline, values(arms[baseline])))]
+    def values(members):
+        return (
+            {r.seed: r.rewards["accuracy"] for r in members if r.rewards and "accuracy" in r.rewards},
+            {
+                r.seed: float(r.final["eval_rewards/accuracies"])
+                for r in members
+                if "eval_rewards/accuracies" in r.final
+            },
+        )
+
+    return [
+        t
+        for label, members in arms.items()
+        if label != baseline and (t := estimates.over_seeds(label, values(members), baseline, values(arms[baseline])))
+    ]
 
 
 def _comparison_key(name: str) -> str:
@@ -98,59 +121,104 @@ def _comparison_key(name: str) -> str:
 def _arm_entry(label: str, members: list[Run], step0_drift: dict | None) -> dict:
     """What the report says of one arm: every seed's result, and the pooled one; every number
     names the run (stage) and file it came from."""
-    entry = {"runs": [str(r.path) for r in members], "seeds": [r.seed for r in members],
-             "sources": [r.sources for r in members], "objective": objective(members[0])}
+    entry = {
+        "runs": [str(r.path) for r in members],
+        "seeds": [r.seed for r in members],
+        "sources": [r.sources for r in members],
+        "objective": objective(members[0]),
+    }
     accs = [(r, r.final["eval_rewards/accuracies"]) for r in members if "eval_rewards/accuracies" in r.final]
     if accs:  # TRL's own: a mean of batch means in which a tie counts as wrong; kept for reference
         values = [float(a) for _, a in accs]
         entry["trl_eval_reward_accuracy"] = {
-            "values": values, "mean": statistics.fmean(values),
+            "values": values,
+            "mean": statistics.fmean(values),
             "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "stage": [r.name for r, _ in accs], "from": [r.sources.get("final") for r, _ in accs]}
+            "stage": [r.name for r, _ in accs],
+            "from": [r.sources.get("final") for r, _ in accs],
+        }
     ours = [r for r in members if r.rewards and "accuracy" in r.rewards]
     if ours:
-        pooled = estimates.accuracies([{"seed": r.seed, "stage": r.name, "from": r.sources["rewards"],
-                                        "rewards": r.rewards} for r in ours])
+        pooled = estimates.accuracies(
+            [{"seed": r.seed, "stage": r.name, "from": r.sources["rewards"], "rewards": r.rewards} for r in ours]
+        )
         values = [r.rewards["accuracy"] for r in ours]
         entry["reward_accuracy"] = {
-            "values": values, "mean": statistics.fmean(values), "stdev": statistics.stdev(values) if len(values) > 1
-            else 0.0, "n": [r.rewards["n"] for r in ours], **pooled}
-        entry["rewards"] = [{k: r.rewards.get(k) for k in (
-            "n", "accuracy", "accuracy_interval", "ties", "training_beta", "margins_per_evaluation_beta",
-            "preference_accuracy", "objective", "implicit_reward")} | {"seed": r.seed, "stage": r.name,
-                                                                       "from": r.sources["rewards"]} for r in ours]
+            "values": values,
+            "mean": statistics.fmean(values),
+            "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": [r.rewards["n"] for r in ours],
+            **pooled,
+        }
+        entry["rewards"] = [
+            {
+                k: r.rewards.get(k)
+                for k in (
+                    "n",
+                    "accuracy",
+                    "accuracy_interval",
+                    "ties",
+                    "training_beta",
+                    "margins_per_evaluation_beta",
+                    "preference_accuracy",
+                    "objective",
+                    "implicit_reward",
+                )
+            }
+            | {"seed": r.seed, "stage": r.name, "from": r.sources["rewards"]}
+            for r in ours
+        ]
     comparisons: dict[str, list] = {}
     for r in members:
         for name, w in r.winrates.items():
             comparisons.setdefault(_comparison_key(name), []).append(
-                {"seed": r.seed, "stage": r.name, "from": r.sources[name], "judge": w.get("judge"),
-                 "baseline": w.get("baseline"), "stats": w["stats"]})
+                {
+                    "seed": r.seed,
+                    "stage": r.name,
+                    "from": r.sources[name],
+                    "judge": w.get("judge"),
+                    "baseline": w.get("baseline"),
+                    "stats": w["stats"],
+                }
+            )
     if comparisons:
         entry["win_rates"] = {}
         for key, results in comparisons.items():
             group = estimates.win_rates(results)
             for seed_entry, result in zip(group["per_seed"], results):  # the lengths and consistency, per seed
-                seed_entry.update({k: result["stats"].get(k) for k in (
-                    "position_consistency", "length_model", "length_baseline")})
+                seed_entry.update(
+                    {k: result["stats"].get(k) for k in ("position_consistency", "length_model", "length_baseline")}
+                )
             baselines = list(dict.fromkeys(short(r["baseline"]) for r in results))
             shown = baselines[0] if len(baselines) == 1 else f"{_comparison_key(baselines[0])} (each seed's own)"
             entry["win_rates"][key] = {"judge": results[0]["judge"], "baseline": shown, **group}
     if step0_drift is not None:  # the swap's own damage: the arm's step-0 model, never a later stage's
         found = step0_drift.get(label)
         if found:
-            entry["drift"] = [{**report_stages.read_result(Path(found["from"])), "stage": "step 0",
-                               "from": found["from"]}]
+            entry["drift"] = [
+                {**report_stages.read_result(Path(found["from"])), "stage": "step 0", "from": found["from"]}
+            ]
         elif _patched(members[0]):
-            entry["drift_note"] = ("step 0 (the patched original) was not evaluated: add `drift:` to the "
-                                   "recipe's evaluations to measure the swap's own damage")
+            entry["drift_note"] = (
+                "step 0 (the patched original) was not evaluated: add `drift:` to the "
+                "recipe's evaluations to measure the swap's own damage"
+            )
         else:
             entry["drift_note"] = "step 0 is the unpatched original: no swap to measure"
     elif any(r.drift for r in members):
         entry["drift"] = [{**r.drift, "stage": r.name, "from": r.sources["drift"]} for r in members if r.drift]
     counted = [r for r in members if r.data and r.data.get("splits")]
     if counted:
-        entry["data"] = [{"source": r.data.get("source"), "splits": r.data["splits"], "seed": r.seed,
-                          "stage": r.name, "from": r.sources["data"]} for r in counted]
+        entry["data"] = [
+            {
+                "source": r.data.get("source"),
+                "splits": r.data["splits"],
+                "seed": r.seed,
+                "stage": r.name,
+                "from": r.sources["data"],
+            }
+            for r in counted
+        ]
     entry["epsilon"] = [e for e in (_epsilons(r) for r in members) if e]
     return entry
 
@@ -165,12 +233,18 @@ def _epsilons(run: Run) -> dict | None:
     and where it ended (``final_epsilon/*``), per block."""
     if not _patched(run):
         return None
-    final = {k[len("final_"):]: v for k, v in run.final.items() if k.startswith("final_epsilon/")}
+    final = {k[len("final_") :]: v for k, v in run.final.items() if k.startswith("final_epsilon/")}
     start = figures.starting_epsilons(run)
     if not final and not start:
         return None
-    return {"seed": run.seed, "stage": run.name, "from": run.sources.get("final"), "final": final,
-            "start": start, "calibrated_from": _calibrated_at(run)}
+    return {
+        "seed": run.seed,
+        "stage": run.name,
+        "from": run.sources.get("final"),
+        "final": final,
+        "start": start,
+        "calibrated_from": _calibrated_at(run),
+    }
 
 
 def _calibrated_at(run: Run) -> dict | None:
@@ -185,8 +259,10 @@ def _calibrated_at(run: Run) -> dict | None:
     for record in records:
         values = report_stages.read_result(record).get("calibrated_epsilons") if record.exists() else None
         if values:
-            return {"from": str(record), "values": {f"{layer_index(p):02d}": v for p, v in values.items()
-                                                    if layer_index(p) is not None}}
+            return {
+                "from": str(record),
+                "values": {f"{layer_index(p):02d}": v for p, v in values.items() if layer_index(p) is not None},
+            }
     return None
 
 
@@ -203,14 +279,23 @@ def compare_experiment(declaration, baseline_arm: str, factors: dict | None = No
 
     specs = [f"{label(run.arm, run.beta)}={run.model}" for run in declaration.dpo_runs]
     drift = {label(run.arm, run.beta): step0_drift(declaration, run.arm) for run in declaration.dpo_runs}
-    pairs = [{"arm": s.arm, "stage": s.name, "from": str(s.done)} for s in declaration.by_kind("pairs")
-             if s.done.exists()]
+    pairs = [
+        {"arm": s.arm, "stage": s.name, "from": str(s.done)} for s in declaration.by_kind("pairs") if s.done.exists()
+    ]
     two_by_two = None
     if factors:
         from crrelu_llm.reporting import factorial
 
-        two_by_two = factorial.read(declaration, factors, baseline_arm,
-                                    report_stages.collect(declaration.models(), declaration.eval_dirs()))
-    return compare(specs, declaration.layout.report, step0_drift=drift, stages=declaration.models(),
-                   eval_dirs=declaration.eval_dirs(), baseline=label(baseline_arm, declaration.dpo_runs[0].beta),
-                   pairs=pairs, factorial=two_by_two)
+        two_by_two = factorial.read(
+            declaration, factors, baseline_arm, report_stages.collect(declaration.models(), declaration.eval_dirs())
+        )
+    return compare(
+        specs,
+        declaration.layout.report,
+        step0_drift=drift,
+        stages=declaration.models(),
+        eval_dirs=declaration.eval_dirs(),
+        baseline=label(baseline_arm, declaration.dpo_runs[0].beta),
+        pairs=pairs,
+        factorial=two_by_two,
+    )

@@ -22,7 +22,6 @@ from crrelu_llm.training.recipes import BOOKKEEPING_KEYS
 POOLABLE = BOOKKEEPING_KEYS | {"seed", "data_seed"}
 
 
-
 @dataclass
 class Run:
     label: str
@@ -53,13 +52,11 @@ class Run:
         return self.label.split(" beta=")[0]
 
 
-
 def _trainer_state(path: Path) -> Path | None:
     if (path / "trainer_state.json").exists():
         return path / "trainer_state.json"
     checkpoints = sorted(path.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1]))
     return checkpoints[-1] if checkpoints else None
-
 
 
 def load_run(spec: str) -> Run:
@@ -97,12 +94,10 @@ def load_run(spec: str) -> Run:
     return run
 
 
-
 def objective(run) -> str:
     """The preference objective a run trained with (its ``reference.json``; dpo when it does not say)."""
     recorded = Path(run.path) / run_files.REFERENCE
     return (read_json(recorded).get("objective") if recorded.exists() else None) or "dpo"
-
 
 
 def short(path) -> str:
@@ -110,11 +105,9 @@ def short(path) -> str:
     return "/".join(Path(str(path)).parts[-2:]) if path else "?"
 
 
-
 def seed_label(label: str, run: Run, runs: list[Run]) -> str:
     """The arm's label, with the run's seed when the arm pools several."""
     return f"{label} seed {run.seed}" if len(runs) > 1 else label
-
 
 
 def _recorded_label(recipe: dict | None, path: Path) -> str:
@@ -124,16 +117,20 @@ def _recorded_label(recipe: dict | None, path: Path) -> str:
     return f"{label} beta={recipe['beta']:g}" if "beta" in recipe else f"{label} sft"
 
 
-
 def check_poolable(label: str, members: list[Run]) -> None:
     first = members[0]
     for other in members[1:]:
         if first.recipe is None or other.recipe is None:
             continue
-        differ = sorted(k for k in set(first.recipe) | set(other.recipe)
-                        if k not in POOLABLE and first.recipe.get(k) != other.recipe.get(k))
+        differ = sorted(
+            k
+            for k in set(first.recipe) | set(other.recipe)
+            if k not in POOLABLE and first.recipe.get(k) != other.recipe.get(k)
+        )
         if differ:
             shown = ", ".join(f"{k} ({first.recipe.get(k)!r} vs {other.recipe.get(k)!r})" for k in differ[:3])
-            raise ReportError(f"arm {label!r} would pool {first.path} and {other.path}, which differ in {shown}"
-                              + (f" and {len(differ) - 3} more keys" if len(differ) > 3 else "")
-                              + ": only seeds may differ within an arm; give them different LABEL=DIR labels")
+            raise ReportError(
+                f"arm {label!r} would pool {first.path} and {other.path}, which differ in {shown}"
+                + (f" and {len(differ) - 3} more keys" if len(differ) > 3 else "")
+                + ": only seeds may differ within an arm; give them different LABEL=DIR labels"
+            )

@@ -23,10 +23,19 @@ def _winrate_entry(spec) -> dict | None:
         return None
     stats = read_json(file)["stats"]
     estimate = win_rate_estimate(stats["wins"], stats["ties"], stats["losses"])
-    return {"win_rate": estimate.value, "interval": estimate.interval, "wins": stats["wins"],
-            "ties": stats["ties"], "losses": stats["losses"], "n": stats["n"], "sign_test_p": estimate.p_value,
-            "estimate": estimate.to_dict(), "length_controlled": stats.get("length_controlled"),
-            "stage": spec.name, "from": str(file)}
+    return {
+        "win_rate": estimate.value,
+        "interval": estimate.interval,
+        "wins": stats["wins"],
+        "ties": stats["ties"],
+        "losses": stats["losses"],
+        "n": stats["n"],
+        "sign_test_p": estimate.p_value,
+        "estimate": estimate.to_dict(),
+        "length_controlled": stats.get("length_controlled"),
+        "stage": spec.name,
+        "from": str(file),
+    }
 
 
 def step0_drift(declaration, arm: str) -> dict | None:
@@ -48,9 +57,14 @@ def summarise(exp, declaration) -> dict:
             if spec.model == run.model and spec.done.exists():
                 r = read_json(spec.done)
                 if "accuracy" in r:
-                    row["reward_accuracy"] = {"accuracy": r["accuracy"], "interval": r["accuracy_interval"],
-                                              "n": r["n"], "ties": r.get("ties"), "stage": spec.name,
-                                              "from": str(spec.done)}
+                    row["reward_accuracy"] = {
+                        "accuracy": r["accuracy"],
+                        "interval": r["accuracy_interval"],
+                        "n": r["n"],
+                        "ties": r.get("ties"),
+                        "stage": spec.name,
+                        "from": str(spec.done),
+                    }
                     rewards[(run.arm, run.beta, run.seed)] = r
         eps = [v for k, v in final.items() if k.startswith("final_epsilon/") and k[14:].isdigit()]
         row["epsilon_range"] = [min(eps), max(eps)] if eps else None
@@ -62,17 +76,27 @@ def summarise(exp, declaration) -> dict:
                 if entry:
                     row[f"winrate_{name}"] = entry
                     judged.setdefault((run.arm, run.beta, name), []).append(
-                        {"seed": run.seed, "stage": spec.name, "from": str(spec.done),
-                         "stats": read_json(spec.done)["stats"]})
+                        {
+                            "seed": run.seed,
+                            "stage": spec.name,
+                            "from": str(spec.done),
+                            "stats": read_json(spec.done)["stats"],
+                        }
+                    )
         drift = step0_drift(declaration, run.arm)
         if drift:
             row["kl_step0"] = drift["value"]
             row["kl_step0_from"] = {"stage": drift["stage"], "from": drift["from"]}
         rows.append(row)
-    return {"rows": rows, "report": str(declaration.layout.report / "report.md"),
-            "win_rates": [{"arm": arm, "beta": beta, "comparison": name, **estimates.win_rates(results)}
-                          for (arm, beta, name), results in judged.items()],
-            "reward_accuracy": _paired_accuracy(rewards, exp.baseline_arm)}
+    return {
+        "rows": rows,
+        "report": str(declaration.layout.report / "report.md"),
+        "win_rates": [
+            {"arm": arm, "beta": beta, "comparison": name, **estimates.win_rates(results)}
+            for (arm, beta, name), results in judged.items()
+        ],
+        "reward_accuracy": _paired_accuracy(rewards, exp.baseline_arm),
+    }
 
 
 def _paired_accuracy(rewards: dict, baseline: str) -> list[dict]:
@@ -94,9 +118,13 @@ def stage_totals(log: list[dict]) -> dict:
     time is the one it took when it ran)."""
     ran = [s for s in log if s["status"] in ("ran", "reran")]
     reused = [s for s in log if s["status"] == "skipped"]
-    return {"ran": len(ran), "ran_seconds": round(sum(s.get("seconds", 0) for s in ran), 1),
-            "reused": len(reused), "reused_seconds": round(sum(s.get("seconds", 0) for s in reused), 1),
-            "reused_without_timing": sum(1 for s in reused if "seconds" not in s)}
+    return {
+        "ran": len(ran),
+        "ran_seconds": round(sum(s.get("seconds", 0) for s in ran), 1),
+        "reused": len(reused),
+        "reused_seconds": round(sum(s.get("seconds", 0) for s in reused), 1),
+        "reused_without_timing": sum(1 for s in reused if "seconds" not in s),
+    }
 
 
 def format_totals(summary: dict) -> str:
@@ -104,12 +132,14 @@ def format_totals(summary: dict) -> str:
     reused = f"reused {t['reused']} finished stage(s)"
     if t["reused"]:
         reused += f" (they took {t['reused_seconds']:.0f} s when they ran" + (
-            f"; {t['reused_without_timing']} without a recorded time)" if t["reused_without_timing"] else ")")
+            f"; {t['reused_without_timing']} without a recorded time)" if t["reused_without_timing"] else ")"
+        )
     return f"ran {t['ran']} stage(s) now ({t['ran_seconds']:.0f} s), {reused}"
 
 
 def format_table(summary: dict, baseline: str) -> str:
     """The console summary: one row per DPO run, 95% intervals, and the sample sizes under it."""
+
     def interval(value, lo, hi):
         return f"{value:.2f} [{lo:.2f}, {hi:.2f}]"
 
@@ -121,8 +151,14 @@ def format_table(summary: dict, baseline: str) -> str:
         return interval(r["accuracy"], *r["interval"]) if r else "–"
 
     names = [f"{r['arm']}/{Path(r['run']).name}" for r in summary["rows"]]
-    columns = [("run", max([26, *map(len, names)]), "<"), ("DPO vs own SFT", 18, ">"), (f"vs {baseline} DPO", 18, ">"),
-               ("reward accuracy", 18, ">"), ("KL step 0", 9, ">"), ("eps range", 16, ">")]
+    columns = [
+        ("run", max([26, *map(len, names)]), "<"),
+        ("DPO vs own SFT", 18, ">"),
+        (f"vs {baseline} DPO", 18, ">"),
+        ("reward accuracy", 18, ">"),
+        ("KL step 0", 9, ">"),
+        ("eps range", 16, ">"),
+    ]
     lines = ["  ".join(f"{name:{align}{width}}" for name, width, align in columns)]
     sizes = set()
     for name, r in zip(names, summary["rows"]):
@@ -134,9 +170,12 @@ def format_table(summary: dict, baseline: str) -> str:
         if r.get("reward_accuracy"):
             sizes.add(f"reward accuracy over {r['reward_accuracy']['n']} pairs")
     if sizes:
-        lines.append("95% intervals (win rates: Bonett-Price, ties as their own outcome; reward accuracy: Wilson); n: "
-                     + ", ".join(sorted(sizes)) + "; what each comparison can detect, from its own ties and "
-                     "disagreements, is in the reading")
+        lines.append(
+            "95% intervals (win rates: Bonett-Price, ties as their own outcome; reward accuracy: Wilson); n: "
+            + ", ".join(sorted(sizes))
+            + "; what each comparison can detect, from its own ties and "
+            "disagreements, is in the reading"
+        )
     return "\n".join(lines)
 
 
@@ -154,8 +193,11 @@ def _group_line(what: str, group: dict, scale: float = 1.0) -> str:
         return f"{what}: {_seed_text(seeds[0])}: {verdict(seeds[0]['estimate'])}; {estimates.ONE_SEED}"
     shown = "; ".join(f"seed {s['seed']} {_seed_text(s)}: {verdict(s['estimate']).split(' (')[0]}" for s in seeds)
     pooled = group["pooled"]
-    tail = (f"pooled {estimates.interval_text(pooled)} ({pooled['test']}, p = {pooled['p_value']:.2g}): "
-            f"{verdict(pooled)}") if pooled else f"not pooled: {group['pooled_note']}"
+    tail = (
+        (f"pooled {estimates.interval_text(pooled)} ({pooled['test']}, p = {pooled['p_value']:.2g}): {verdict(pooled)}")
+        if pooled
+        else f"not pooled: {group['pooled_note']}"
+    )
     return f"{what}, {len(seeds)} seeds: {shown}; {tail}"
 
 
@@ -184,14 +226,14 @@ def positive_control(summary: dict) -> str | None:
     parts = []
     for g in groups:
         e = g["pooled"] if g["seeds"] > 1 and g["pooled"] else g["per_seed"][0]["estimate"]
-        status = ("detected" if e["value"] > 0.5 else "detected, and DPO is worse") if e["detected"] else \
-            "not detected"
+        status = ("detected" if e["value"] > 0.5 else "detected, and DPO is worse") if e["detected"] else "not detected"
         up = sum(s["estimate"]["detected"] and s["estimate"]["value"] > 0.5 for s in g["per_seed"])
-        seeds = f", detected in {up} of {g['seeds']} seeds" if g["seeds"] > 1 else \
-            f", sign test p = {e['p_value']:.2g}"
+        seeds = f", detected in {up} of {g['seeds']} seeds" if g["seeds"] > 1 else f", sign test p = {e['p_value']:.2g}"
         beta = f" (beta {g['beta']:g})" if several_betas else ""
-        parts.append(f"{g['arm']}{beta} {status} (n = {e['n']}, {estimates.interval_text(e)}{seeds}"
-                     f"{_benchmark_change(summary, g)})")
+        parts.append(
+            f"{g['arm']}{beta} {status} (n = {e['n']}, {estimates.interval_text(e)}{seeds}"
+            f"{_benchmark_change(summary, g)})"
+        )
     return "positive control, DPO vs its own SFT start, per arm: " + "; ".join(parts)
 
 
@@ -208,8 +250,9 @@ def _benchmark_change(summary: dict, group: dict) -> str:
             if a and a["stderr"] is not None and b["stderr"] is not None:
                 diff, half = b["value"] - a["value"], 1.96 * (a["stderr"] ** 2 + b["stderr"] ** 2) ** 0.5
                 seed = f"seed {s['seed']} " if group["seeds"] > 1 else ""
-                shown.append(f"{seed}{task} {100 * diff:+.1f} points [{100 * (diff - half):+.1f}, "
-                             f"{100 * (diff + half):+.1f}]")
+                shown.append(
+                    f"{seed}{task} {100 * diff:+.1f} points [{100 * (diff - half):+.1f}, {100 * (diff + half):+.1f}]"
+                )
     return ("; benchmark after DPO minus after SFT: " + ", ".join(shown)) if shown else ""
 
 
@@ -226,8 +269,9 @@ def _accuracy_line(group: dict) -> str:
         return f"{what}: {points(e)} (McNemar p = {e['p_value']:.2g}): {verdict(e)}; {estimates.ONE_SEED}"
     shown = "; ".join(f"seed {s['seed']} {points(s['estimate'])}" for s in seeds)
     pooled = group["pooled"]
-    return f"{what}, {len(seeds)} seeds: {shown}; pooled {points(pooled)} (p = {pooled['p_value']:.2g}): " \
-        f"{verdict(pooled)}"
+    return (
+        f"{what}, {len(seeds)} seeds: {shown}; pooled {points(pooled)} (p = {pooled['p_value']:.2g}): {verdict(pooled)}"
+    )
 
 
 def help_or_harm(declaration) -> list[dict]:

@@ -31,29 +31,37 @@ class PatchArguments:
 
     activation: str | None = field(
         default="crrelu",
-        metadata={"help": "Activation to put into the MLPs: crrelu; another built-in candidate (swish_beta: learnable "
-                  "beta; relu2: squared ReLU); any transformers name (relu, gelu, ...) for a control arm; or the "
-                  "import path of your own nn.Module class, my_pkg.acts:MyActivation. Null or 'none' keeps the "
-                  "model as it is (the baseline arm)."},
+        metadata={
+            "help": "Activation to put into the MLPs: crrelu; another built-in candidate (swish_beta: learnable "
+            "beta; relu2: squared ReLU); any transformers name (relu, gelu, ...) for a control arm; or the "
+            "import path of your own nn.Module class, my_pkg.acts:MyActivation. Null or 'none' keeps the "
+            "model as it is (the baseline arm)."
+        },
     )
     activation_kwargs: dict | str | None = field(
         default=None,
-        metadata={"help": "Keyword arguments of the activation class (a mapping; on the command line as JSON), "
-                  "e.g. {beta_init: 1.702} for swish_beta. Recorded with the patch and used again at load time."},
+        metadata={
+            "help": "Keyword arguments of the activation class (a mapping; on the command line as JSON), "
+            "e.g. {beta_init: 1.702} for swish_beta. Recorded with the patch and used again at load time."
+        },
     )
     epsilon_init: str = field(
         default=DEFAULT_EPSILON_INIT,
-        metadata={"help": "Initial CRReLU epsilon: a number (the paper: 0.01), or 'calibrate': per layer, the "
-                  "least-squares value that best imitates the replaced activation on the original model's own "
-                  "pre-activations over calibration_samples training rows."},
+        metadata={
+            "help": "Initial CRReLU epsilon: a number (the paper: 0.01), or 'calibrate': per layer, the "
+            "least-squares value that best imitates the replaced activation on the original model's own "
+            "pre-activations over calibration_samples training rows."
+        },
     )
     calibration_samples: int = field(
         default=64, metadata={"help": "Training rows whose text calibrates eps (epsilon_init: calibrate)."}
     )
     swap_steps: int | None = field(
         default=None,
-        metadata={"help": "Gradual swap (sft, distill): blend (1-a)*original + a*new activation, a from 0 to 1 over "
-                  "the first swap_steps steps; later checkpoints hold the pure new activation."},
+        metadata={
+            "help": "Gradual swap (sft, distill): blend (1-a)*original + a*new activation, a from 0 to 1 over "
+            "the first swap_steps steps; later checkpoints hold the pure new activation."
+        },
     )
     patch_layers: list[int] | None = field(
         default=None, metadata={"help": "Block indices to patch (negative from the end); default all blocks."}
@@ -63,8 +71,10 @@ class PatchArguments:
     )
     reference: str = field(
         default="policy",
-        metadata={"help": "DPO reference model: 'policy' (the patched policy as it is when DPO starts: standard DPO), "
-                  "'original' (the unpatched model), or a checkpoint path (e.g. the SFT run)."},
+        metadata={
+            "help": "DPO reference model: 'policy' (the patched policy as it is when DPO starts: standard DPO), "
+            "'original' (the unpatched model), or a checkpoint path (e.g. the SFT run)."
+        },
     )
     tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "Tokenizer to use (default: the model's)."}
@@ -101,8 +111,10 @@ class PatchArguments:
             # unknown name -> closest valid ones; a class that is not an nn.Module or changes the shape: refused
             check_activation(self.activation, self.activation_kwargs, initial)
             if self.epsilon_init == CALIBRATE and not supports_calibration(self.activation, self.activation_kwargs):
-                raise RecipeError(f"epsilon_init: calibrate needs an activation class with a least_squares_init(x, "
-                                  f"target) method (crrelu, swish_beta); {self.activation} has none")
+                raise RecipeError(
+                    f"epsilon_init: calibrate needs an activation class with a least_squares_init(x, "
+                    f"target) method (crrelu, swish_beta); {self.activation} has none"
+                )
         elif self.activation_kwargs:
             raise RecipeError("activation_kwargs needs an activation to build (activation is null)")
         if self.calibration_samples < 1:

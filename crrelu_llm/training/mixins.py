@@ -50,8 +50,11 @@ class ActivationParameterMixin:
         for model in (self.model, self._crrelu_reference):
             shared += fsdp2_share_activation_parameters(plugin, model, self.accelerator.device)
         if shared:
-            logger.info("FSDP2: %d CRReLU epsilons kept unsharded on %s, gradients averaged over ranks",
-                        len(shared), self.accelerator.device)
+            logger.info(
+                "FSDP2: %d CRReLU epsilons kept unsharded on %s, gradients averaged over ranks",
+                len(shared),
+                self.accelerator.device,
+            )
         args = getattr(self, "args", None)
         if getattr(args, "ref_logps_cache_dir", None) and getattr(args, "precompute_ref_log_probs", False):
             # the key of shared reference log-probabilities, hashed before anything is sharded
@@ -107,8 +110,15 @@ class PromptTruncationMixin:
         measured = dataset.map(self.lengths, remove_columns=dataset.column_names, desc=f"Measuring {name} lengths")
         lengths = [{"prompt": p, "response": r} for p, r in zip(measured["prompt"], measured["response"])]
         limit = getattr(args, "max_prompt_length", None)
-        counts = accounting.account(lengths, rows, name, self.unit, max_length=args.max_length,
-                                    max_prompt_length=limit, truncation_mode=args.truncation_mode)
+        counts = accounting.account(
+            lengths,
+            rows,
+            name,
+            self.unit,
+            max_length=args.max_length,
+            max_prompt_length=limit,
+            truncation_mode=args.truncation_mode,
+        )
         if not hasattr(self, "data_accounting"):
             self.data_accounting = {}
         self.data_accounting[name] = counts
@@ -117,8 +127,11 @@ class PromptTruncationMixin:
         accounting.check(counts, name, batch, getattr(self, "data_source", ""))
         if limit:
             kwargs = {"max_length": args.max_length, "max_prompt_length": limit, "mode": args.prompt_truncation_mode}
-            return dataset.map(self._truncate_example, fn_kwargs=kwargs, desc=f"Truncating prompts to {limit} "
-                               f"tokens ({args.prompt_truncation_mode}) within {args.max_length}")
+            return dataset.map(
+                self._truncate_example,
+                fn_kwargs=kwargs,
+                desc=f"Truncating prompts to {limit} tokens ({args.prompt_truncation_mode}) within {args.max_length}",
+            )
         return self._length_rule(dataset, args) if args.max_length is not None else dataset
 
 

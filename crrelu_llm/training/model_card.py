@@ -6,14 +6,22 @@ from crrelu_llm.training.objectives import OBJECTIVES
 
 
 def model_card(command, model_args, crrelu_args, data_summary, patch_report, reference_info, metrics) -> str:
-    patch = ("none (baseline arm)" if patch_report is None else
-             f"{crrelu_args.activation}, {patch_report['count']} modules, kept from the checkpoint (already patched)"
-             if patch_report.get("already_patched") else
-             f"{patch_report['count']} x {patch_report['replaced'][0]['old_type']} -> {crrelu_args.activation}"
-             + (f" {crrelu_args.activation_kwargs}" if crrelu_args.activation_kwargs else "")
-             + (f", epsilon_init {crrelu_args.epsilon_init}" if crrelu_args.activation == "crrelu" else "")
-             + ("" if patch_report.get("already_patched") else
-                f", blocks {patch_report['layers']}" if patch_report["layers"] is not None else ", all blocks"))
+    patch = (
+        "none (baseline arm)"
+        if patch_report is None
+        else f"{crrelu_args.activation}, {patch_report['count']} modules, kept from the checkpoint (already patched)"
+        if patch_report.get("already_patched")
+        else f"{patch_report['count']} x {patch_report['replaced'][0]['old_type']} -> {crrelu_args.activation}"
+        + (f" {crrelu_args.activation_kwargs}" if crrelu_args.activation_kwargs else "")
+        + (f", epsilon_init {crrelu_args.epsilon_init}" if crrelu_args.activation == "crrelu" else "")
+        + (
+            ""
+            if patch_report.get("already_patched")
+            else f", blocks {patch_report['layers']}"
+            if patch_report["layers"] is not None
+            else ", all blocks"
+        )
+    )
     lines = [
         "---",
         "library_name: transformers",
@@ -63,8 +71,10 @@ def _adapter_note(model, continued: bool = False) -> str:
     base = adapter_base(Path(model))[0]
     if continued:
         return f" (a LoRA run: this run trained its adapter further, on its base `{base}`)"
-    return (f" (a LoRA run: this run started from its adapter merged into its base `{base}`, and trained new "
-            "weights from there)")
+    return (
+        f" (a LoRA run: this run started from its adapter merged into its base `{base}`, and trained new "
+        "weights from there)"
+    )
 
 
 LOADING = [

@@ -59,24 +59,50 @@ def apply_recipe_patch(model, crrelu_args, source: str, tokenizer=None, calibrat
         # epsilons it learned, so keep them and say so.
         kept = "its modules and trained parameters" if activation_parameters(model) else "its modules"
         report = kept_patch_report(model, crrelu_args.activation)
-        logger.warning("%s is already patched with %s (%d modules): keeping %s",
-                       source, crrelu_args.activation, report["count"], kept)
+        logger.warning(
+            "%s is already patched with %s (%d modules): keeping %s",
+            source,
+            crrelu_args.activation,
+            report["count"],
+            kept,
+        )
         return report
     if crrelu_args.epsilon_init == CALIBRATE:
         from crrelu_llm.patching.calibration import calibrate
 
-        return calibrate(model, tokenizer, calibration_pairs, lambda: patch_model(
-            model, activation=crrelu_args.activation, layers=crrelu_args.patch_layers,
-            activation_kwargs=crrelu_args.activation_kwargs), crrelu_args.activation).to_dict()
-    return patch_model(model, activation=crrelu_args.activation, epsilon_init=crrelu_args.epsilon_init,
-                       layers=crrelu_args.patch_layers, activation_kwargs=crrelu_args.activation_kwargs).to_dict()
+        return calibrate(
+            model,
+            tokenizer,
+            calibration_pairs,
+            lambda: patch_model(
+                model,
+                activation=crrelu_args.activation,
+                layers=crrelu_args.patch_layers,
+                activation_kwargs=crrelu_args.activation_kwargs,
+            ),
+            crrelu_args.activation,
+        ).to_dict()
+    return patch_model(
+        model,
+        activation=crrelu_args.activation,
+        epsilon_init=crrelu_args.epsilon_init,
+        layers=crrelu_args.patch_layers,
+        activation_kwargs=crrelu_args.activation_kwargs,
+    ).to_dict()
 
 
 def kept_patch_report(model, activation: str, **extra) -> dict:
     """The patch report of a model whose recorded patch the run keeps as it is."""
     record = patch_record(model) or {"modules": {}}
-    return {"already_patched": True, "activation": activation, "count": len(record["modules"]), "layers": None,
-            "modules": record["modules"], "epsilon": activation_logs(model), **extra}
+    return {
+        "already_patched": True,
+        "activation": activation,
+        "count": len(record["modules"]),
+        "layers": None,
+        "modules": record["modules"],
+        "epsilon": activation_logs(model),
+        **extra,
+    }
 
 
 def already_patched(model, activation: str, layers=None) -> bool:
@@ -98,8 +124,10 @@ def apply_epsilon_mode(model, mode: str) -> None:
             p.requires_grad_(False)
     elif mode == "only":
         if not eps:
-            raise RecipeError("epsilon_mode: only trains the activation's parameters alone: it needs an activation "
-                              "that has some (crrelu, swish_beta, or a class with nn.Parameters)")
+            raise RecipeError(
+                "epsilon_mode: only trains the activation's parameters alone: it needs an activation "
+                "that has some (crrelu, swish_beta, or a class with nn.Parameters)"
+            )
         for p in model.parameters():
             p.requires_grad_(False)
         for p in eps.values():
@@ -116,14 +144,19 @@ def load_model(model_args, training_args, path: str | None = None, *, seeded: bo
     recipe's dtype and trust; ``seeded`` builds a ``tiny-*`` model with the run's seed (the
     policy and its copies)."""
     seed = training_args.seed if seeded and training_args is not None else 0
-    return load_causal_lm(path or model_args.model_name_or_path, dtype=model_args.dtype or "auto",
-                          trust_remote_code=trusts_code(training_args), seed=seed)
+    return load_causal_lm(
+        path or model_args.model_name_or_path,
+        dtype=model_args.dtype or "auto",
+        trust_remote_code=trusts_code(training_args),
+        seed=seed,
+    )
 
 
 def load_run_tokenizer(crrelu_args, model_args, training_args):
     """The run's tokenizer: ``tokenizer_name_or_path``, else the model's."""
-    return load_tokenizer(crrelu_args.tokenizer_name_or_path or model_args.model_name_or_path,
-                          trusts_code(training_args))
+    return load_tokenizer(
+        crrelu_args.tokenizer_name_or_path or model_args.model_name_or_path, trusts_code(training_args)
+    )
 
 
 def load_policy(crrelu_args, model_args, training_args):
@@ -132,17 +165,25 @@ def load_policy(crrelu_args, model_args, training_args):
     if not crrelu_args.continue_adapter:
         return load_model(model_args, training_args, seeded=True)
     if not (is_adapter_run(model_args.model_name_or_path) and model_args.use_peft):
-        raise RecipeError("continue_adapter: true trains a LoRA run's adapter further: it needs model_name_or_path "
-                          "to be a LoRA run (a directory with adapter_config.json) and use_peft: true")
-    return load_adapter_run(Path(model_args.model_name_or_path), dtype=model_args.dtype or "auto",
-                            trust_remote_code=trusts_code(training_args), merge=False, trainable=True)
+        raise RecipeError(
+            "continue_adapter: true trains a LoRA run's adapter further: it needs model_name_or_path "
+            "to be a LoRA run (a directory with adapter_config.json) and use_peft: true"
+        )
+    return load_adapter_run(
+        Path(model_args.model_name_or_path),
+        dtype=model_args.dtype or "auto",
+        trust_remote_code=trusts_code(training_args),
+        merge=False,
+        trainable=True,
+    )
 
 
 def unpatched_original(objective, model, crrelu_args, model_args, training_args):
     """The model as loaded, before the patch, where the run needs it (a DPO or KTO reference of
     ``reference: original``, or a distillation teacher that is the original); else None."""
     needed = (objective.reference and crrelu_args.reference == "original") or (
-        objective.name == "distill" and not training_args.teacher_model_name_or_path)
+        objective.name == "distill" and not training_args.teacher_model_name_or_path
+    )
     if not needed:
         return None
     return load_policy(crrelu_args, model_args, training_args) if deepspeed_zero3_enabled() else copy.deepcopy(model)
@@ -155,8 +196,11 @@ def patch_policy(model, crrelu_args, model_args, tokenizer, train_data) -> dict 
     A LoRA run's adapter trained further keeps its base's patch and the adapter's parameters."""
     if crrelu_args.continue_adapter:
         return kept_patch_report(model, crrelu_args.activation, continued_adapter=model_args.model_name_or_path)
-    pairs = calibration_pairs(train_data, crrelu_args.calibration_samples) \
-        if crrelu_args.epsilon_init == CALIBRATE else None
+    pairs = (
+        calibration_pairs(train_data, crrelu_args.calibration_samples)
+        if crrelu_args.epsilon_init == CALIBRATE
+        else None
+    )
     return apply_recipe_patch(model, crrelu_args, model_args.model_name_or_path, tokenizer, pairs)
 
 
@@ -165,8 +209,10 @@ def patch_line(report: dict | None, source: str) -> str:
     if report is None:
         return f"not patched: {source} trains with its own activations (activation: none)"
     if report.get("already_patched"):
-        return (f"not patched again: {source} already has {report['activation']} in {report['count']} modules "
-                "(kept with its trained parameters)")
+        return (
+            f"not patched again: {source} already has {report['activation']} in {report['count']} modules "
+            "(kept with its trained parameters)"
+        )
     kinds = Counter((r["old_type"], r["new_type"]) for r in report.get("replaced", []))
     what = ", ".join(f"{old} -> {new}" + (f" ({n})" if len(kinds) > 1 else "") for (old, new), n in kinds.items())
     init = report.get("epsilon_init")
@@ -197,15 +243,21 @@ def reference_and_teacher(objective, model, original, crrelu_args, model_args, t
         teacher = training_args.teacher_model_name_or_path
         models["teacher"] = original if not teacher else load_model(model_args, training_args, teacher)
         if patch_record(models["teacher"]):
-            raise RecipeError(f"the distillation teacher ({teacher or model_args.model_name_or_path}) is already "
-                              "patched: distil from the original model (set teacher_model_name_or_path)")
+            raise RecipeError(
+                f"the distillation teacher ({teacher or model_args.model_name_or_path}) is already "
+                "patched: distil from the original model (set teacher_model_name_or_path)"
+            )
     if objective.preference and not objective.reference:
         info = reference_free_info(objective.name)
         logger.info("%s: %s", objective.name, info["source"])
     if objective.reference:
-        ref, info = build_reference(crrelu_args.reference, lambda: policy_copy(model, crrelu_args, model_args,
-                                                                                training_args), original,
-                                    model_args, training_args)
+        ref, info = build_reference(
+            crrelu_args.reference,
+            lambda: policy_copy(model, crrelu_args, model_args, training_args),
+            original,
+            model_args,
+            training_args,
+        )
         if training_args.deepspeed_plugin is not None:  # as the policy: (1,)-shaped parameters
             hold_scalars_as_vectors(ref)
         info["precompute_ref_log_probs"] = training_args.precompute_ref_log_probs

@@ -74,28 +74,71 @@ def _load(path: str) -> type:
 
 _T = "crrelu_llm.training.trainers"  # one module per objective: its config beside its trainer
 
-OBJECTIVES = {o.name: o for o in (
-    Objective("sft", "SFT", f"{_T}.sft:CRReLUSFTConfig", f"{_T}.sft:CRReLUSFTTrainer", "SFTTrainer",
-              "supervised fine-tuning (TRL's SFTTrainer).",
-              data="sft", reference=False),
-    Objective("dpo", "DPO", f"{_T}.dpo:CRReLUDPOConfig", f"{_T}.dpo:CRReLUDPOTrainer", "DPOTrainer",
-              "preference tuning (TRL's DPOTrainer).",
-              data="preference", reference=True),
-    Objective("simpo", "SimPO", f"{_T}.simpo:CRReLUSimPOConfig", f"{_T}.simpo:CRReLUSimPOTrainer",
-              "CPOTrainer with loss_type simpo",
-              "SimPO (TRL's CPOTrainer, loss_type simpo; no reference model).",
-              data="preference", reference=False),
-    Objective("orpo", "ORPO", f"{_T}.orpo:CRReLUORPOConfig", f"{_T}.orpo:CRReLUORPOTrainer", "ORPOTrainer",
-              "ORPO (TRL's ORPOTrainer; no reference model).",
-              data="preference", reference=False),
-    Objective("kto", "KTO", f"{_T}.kto:CRReLUKTOConfig", f"{_T}.kto:CRReLUKTOTrainer", "KTOTrainer",
-              "KTO on the pairs unpaired (TRL's KTOTrainer).",
-              data="unpaired", reference=True),
-    Objective("distill", "distillation", f"{_T}.distill:CRReLUDistillConfig", f"{_T}.distill:CRReLUDistillTrainer",
-              "SFTTrainer, distilling the original",
-              "distil the original into it (KL on logits, optional MLP MSE).",
-              data="sft", reference=False),
-)}
+OBJECTIVES = {
+    o.name: o
+    for o in (
+        Objective(
+            "sft",
+            "SFT",
+            f"{_T}.sft:CRReLUSFTConfig",
+            f"{_T}.sft:CRReLUSFTTrainer",
+            "SFTTrainer",
+            "supervised fine-tuning (TRL's SFTTrainer).",
+            data="sft",
+            reference=False,
+        ),
+        Objective(
+            "dpo",
+            "DPO",
+            f"{_T}.dpo:CRReLUDPOConfig",
+            f"{_T}.dpo:CRReLUDPOTrainer",
+            "DPOTrainer",
+            "preference tuning (TRL's DPOTrainer).",
+            data="preference",
+            reference=True,
+        ),
+        Objective(
+            "simpo",
+            "SimPO",
+            f"{_T}.simpo:CRReLUSimPOConfig",
+            f"{_T}.simpo:CRReLUSimPOTrainer",
+            "CPOTrainer with loss_type simpo",
+            "SimPO (TRL's CPOTrainer, loss_type simpo; no reference model).",
+            data="preference",
+            reference=False,
+        ),
+        Objective(
+            "orpo",
+            "ORPO",
+            f"{_T}.orpo:CRReLUORPOConfig",
+            f"{_T}.orpo:CRReLUORPOTrainer",
+            "ORPOTrainer",
+            "ORPO (TRL's ORPOTrainer; no reference model).",
+            data="preference",
+            reference=False,
+        ),
+        Objective(
+            "kto",
+            "KTO",
+            f"{_T}.kto:CRReLUKTOConfig",
+            f"{_T}.kto:CRReLUKTOTrainer",
+            "KTOTrainer",
+            "KTO on the pairs unpaired (TRL's KTOTrainer).",
+            data="unpaired",
+            reference=True,
+        ),
+        Objective(
+            "distill",
+            "distillation",
+            f"{_T}.distill:CRReLUDistillConfig",
+            f"{_T}.distill:CRReLUDistillTrainer",
+            "SFTTrainer, distilling the original",
+            "distil the original into it (KL on logits, optional MLP MSE).",
+            data="sft",
+            reference=False,
+        ),
+    )
+}
 
 # Read off the table, for the checks that ask one question of it.
 PREFERENCE_OBJECTIVES = tuple(n for n, o in OBJECTIVES.items() if o.preference)  # preference stages
@@ -104,8 +147,12 @@ REFERENCE_FREE = {n: o.label for n, o in OBJECTIVES.items() if o.preference and 
 
 def reference_free_info(command: str) -> dict:
     """What ``reference.json`` says of a reference-free objective."""
-    return {"reference": None, "reference_free": True, "objective": command,
-            "source": f"none: {REFERENCE_FREE[command]}'s loss needs no reference model"}
+    return {
+        "reference": None,
+        "reference_free": True,
+        "objective": command,
+        "source": f"none: {REFERENCE_FREE[command]}'s loss needs no reference model",
+    }
 
 
 def unpaired(dataset):

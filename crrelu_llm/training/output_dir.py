@@ -23,8 +23,13 @@ from crrelu_llm.training.recipes import BOOKKEEPING_KEYS, resolve_aliases
 
 logger = logging.getLogger("crrelu_llm.train")
 
-_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin",
-            "pytorch_model.bin.index.json")
+_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "adapter_model.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def is_complete(checkpoint: Path) -> bool:
@@ -58,8 +63,9 @@ def claim_output_dir(output_dir: Path, recipe: dict, overwrite: bool) -> None:
     if recorded_file.exists():
         recorded, _ = resolve_aliases(yaml.safe_load(recorded_file.read_text()) or {}, [], str(recorded_file))
         now = yaml.safe_load(yaml.safe_dump(recipe))  # compare as recorded (YAML types)
-        changed = sorted(k for k in set(recorded) | set(now)
-                         if k not in BOOKKEEPING_KEYS and recorded.get(k) != now.get(k))
+        changed = sorted(
+            k for k in set(recorded) | set(now) if k not in BOOKKEEPING_KEYS and recorded.get(k) != now.get(k)
+        )
         if not changed:
             return
         what = ", ".join(f"{k} {recorded.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
@@ -69,8 +75,10 @@ def claim_output_dir(output_dir: Path, recipe: dict, overwrite: bool) -> None:
     else:
         return
     if not overwrite:
-        raise OutputExistsError(f"{output_dir} holds a different run ({what}): pass --overwrite_output_dir true to "
-                                "replace it, or choose another --output_dir")
+        raise OutputExistsError(
+            f"{output_dir} holds a different run ({what}): pass --overwrite_output_dir true to "
+            "replace it, or choose another --output_dir"
+        )
     from accelerate import PartialState
 
     state = PartialState()
@@ -83,8 +91,10 @@ def claim_output_dir(output_dir: Path, recipe: dict, overwrite: bool) -> None:
 
 def resume_hint(output_dir: Path) -> str:
     """Where an interrupted run stands, in one sentence."""
-    complete = sorted((p for p in Path(output_dir).glob("checkpoint-*") if p.name[11:].isdigit() and is_complete(p)),
-                      key=lambda p: int(p.name[11:]))
+    complete = sorted(
+        (p for p in Path(output_dir).glob("checkpoint-*") if p.name[11:].isdigit() and is_complete(p)),
+        key=lambda p: int(p.name[11:]),
+    )
     if not complete:
         return f"no checkpoint was saved in {output_dir} yet; rerunning starts it again"
     return f"the last checkpoint is {complete[-1]}; rerunning the same command resumes from it"

@@ -57,8 +57,11 @@ def leave_process_group() -> None:
     gc.collect()  # the trainer's reference cycles (accelerator, DDP wrapper) hold the groups too
     left = native_threads("gloo")
     if left:
-        logger.warning("the process group outlived destroy_process_group (%d gloo threads still run: "
-                       "something still references it); Python may abort as it exits", len(left))
+        logger.warning(
+            "the process group outlived destroy_process_group (%d gloo threads still run: "
+            "something still references it); Python may abort as it exits",
+            len(left),
+        )
 
 
 def release_zero3_models() -> int:

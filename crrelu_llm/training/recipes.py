@@ -68,11 +68,16 @@ def resolve_aliases(config: dict, argv: list[str], source: str) -> tuple[dict, l
         if old in config:
             value = config.pop(old)
             if new in config and config[new] != value:
-                raise RecipeError(f"{source}: {old} ({value!r}) is another name for {new} ({config[new]!r}); "
-                                  f"keep one of them")
+                raise RecipeError(
+                    f"{source}: {old} ({value!r}) is another name for {new} ({config[new]!r}); keep one of them"
+                )
             config[new] = value
-    argv = [f"--{ALIASES[a[2:].split('=', 1)[0]]}" + (a[2:].partition("=")[1] + a[2:].partition("=")[2])
-            if a.startswith("--") and a[2:].split("=", 1)[0] in ALIASES else a for a in argv]
+    argv = [
+        f"--{ALIASES[a[2:].split('=', 1)[0]]}" + (a[2:].partition("=")[1] + a[2:].partition("=")[2])
+        if a.startswith("--") and a[2:].split("=", 1)[0] in ALIASES
+        else a
+        for a in argv
+    ]
     return config, argv
 
 
@@ -121,8 +126,12 @@ def check_flag_names(argv: list[str], command: str) -> None:
         if not arg.startswith("--") or len(arg) == 2:
             continue
         name = arg[2:].split("=", 1)[0].replace("-", "_")  # HfArgumentParser also takes --output-dir
-        if name in index or name in ALIASES or name in ("config", "help") or (
-                name.startswith("no_") and name[3:] in index):
+        if (
+            name in index
+            or name in ALIASES
+            or name in ("config", "help")
+            or (name.startswith("no_") and name[3:] in index)
+        ):
             continue
         problems.append(_unknown_key_problem(name, index, flag=True))
     if problems:
@@ -143,10 +152,15 @@ def check_recipe_keys(config: dict, command: str, path: str) -> None:
         expected = _simple_type(index[key])
         if value is None or expected is None or (key in NUMBER_OR_WORD and isinstance(value, (int, float, str))):
             continue  # a number or a word: checked by the dataclass
-        ok = (isinstance(value, bool) if expected is bool else
-              isinstance(value, (int, float)) and not isinstance(value, bool) if expected is float else
-              isinstance(value, int) and not isinstance(value, bool) if expected is int else
-              isinstance(value, str))
+        ok = (
+            isinstance(value, bool)
+            if expected is bool
+            else isinstance(value, (int, float)) and not isinstance(value, bool)
+            if expected is float
+            else isinstance(value, int) and not isinstance(value, bool)
+            if expected is int
+            else isinstance(value, str)
+        )
         if not ok:
             problems.append(f"{key!r} must be a {expected.__name__}, got {value!r}")
     if problems:
@@ -155,14 +169,28 @@ def check_recipe_keys(config: dict, command: str, path: str) -> None:
 
 # Keys that say where a run writes or how it reports, not what it computes: a resumed run may
 # change them, and runs pooled into one arm may differ in them (and in the seed).
-BOOKKEEPING_KEYS = frozenset({"output_dir", "logging_dir", "run_name", "resume_from_checkpoint",
-                              "overwrite_output_dir", "report_to", "hub_token", "push_to_hub", "hub_model_id"})
+BOOKKEEPING_KEYS = frozenset(
+    {
+        "output_dir",
+        "logging_dir",
+        "run_name",
+        "resume_from_checkpoint",
+        "overwrite_output_dir",
+        "report_to",
+        "hub_token",
+        "push_to_hub",
+        "hub_model_id",
+    }
+)
 
 
 # Numeric keys and the values that make sense, checked before anything is loaded. A value
 # outside these is refused with the key named (a negative beta, for one, would invert DPO).
-_POSITIVE, _NON_NEGATIVE, _FRACTION = (lambda v: v > 0, "> 0"), (lambda v: v >= 0, ">= 0"), (lambda v: 0 <= v <= 1,
-                                                                                                "in [0, 1]")
+_POSITIVE, _NON_NEGATIVE, _FRACTION = (
+    (lambda v: v > 0, "> 0"),
+    (lambda v: v >= 0, ">= 0"),
+    (lambda v: 0 <= v <= 1, "in [0, 1]"),
+)
 
 
 RANGES = {
@@ -260,7 +288,7 @@ def _take_option(argv: list[str], name: str) -> str | None:
             if i + 1 >= len(argv):
                 raise RecipeError(f"{name} needs a value")
             value = argv[i + 1]
-            del argv[i:i + 2]
+            del argv[i : i + 2]
             return value
         if arg.startswith(name + "="):
             del argv[i]
@@ -295,12 +323,13 @@ def recipe_parser(command: str):
         f"This project's keys (the first group below, and activation_learning_rate with the trainer's): "
         f"{', '.join(own)}. Then the data keys, then every key of TRL's "
         f"{OBJECTIVES[command].trl_config} and ModelConfig. Unknown keys are refused with the "
-        "closest valid one.", width=100)
+        "closest valid one.",
+        width=100,
+    )
     description = (
         f"Patch a model per a recipe, then train it with TRL's {OBJECTIVES[command].trl_trainer}.\n\n"
         "  --config RECIPE.yaml   the recipe: flat YAML of the keys below (flags override it)\n"
-        "  --arm NAME             for a recipe with arms: the arm whose keys are laid over the shared ones\n\n"
-        + keys
+        "  --arm NAME             for a recipe with arms: the arm whose keys are laid over the shared ones\n\n" + keys
     )
     return TrlParser(
         recipe_types(command),
@@ -346,8 +375,10 @@ def recipe_from_dict(command: str, config: dict, argv: list[str] = (), source: s
     if model_args.model_name_or_path is None:
         raise RecipeError("model_name_or_path is required (a hub id, a local checkpoint or tiny-<model_type>)")
     if command in REFERENCE_FREE and crrelu_args.reference != "policy":
-        raise RecipeError(f"reference: {crrelu_args.reference!r}: {command} has no reference model (its loss needs "
-                          "none); drop the reference key, or train with dpo or kto")
+        raise RecipeError(
+            f"reference: {crrelu_args.reference!r}: {command} has no reference model (its loss needs "
+            "none); drop the reference key, or train with dpo or kto"
+        )
     if command in PREFERENCE_OBJECTIVES and crrelu_args.swap_steps:
         raise RecipeError(
             "swap_steps blends the activation in during sft or distill; DPO starts from a model whose "

@@ -56,7 +56,7 @@ def data_checksum(dataset) -> str:
     table = dataset.with_format("arrow").select_columns([c for c in TOKEN_COLUMNS if c in dataset.column_names])
     digest = hashlib.sha256()
     for start in range(0, len(table), 10_000):
-        chunk = table[start:start + 10_000]
+        chunk = table[start : start + 10_000]
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, chunk.schema) as writer:
             writer.write_table(chunk.combine_chunks())
@@ -65,8 +65,12 @@ def data_checksum(dataset) -> str:
 
 
 def cache_key(model_hash: str, dataset, args) -> tuple[str, dict]:
-    inputs = {"reference_weights": model_hash, "data": data_checksum(dataset), "rows": len(dataset),
-              **{name: getattr(args, name, None) for name in SETTINGS}}
+    inputs = {
+        "reference_weights": model_hash,
+        "data": data_checksum(dataset),
+        "rows": len(dataset),
+        **{name: getattr(args, name, None) for name in SETTINGS},
+    }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:24], inputs
 
 

@@ -67,11 +67,18 @@ def check_template(train_data, tokenizer, crrelu_args, model_args, training_args
     """Conversational rows need a chat template: refused before any model loads if there is none."""
     if not len(train_data) or getattr(training_args, "chat_template_path", None):
         return
-    fix = ("set chat_template_path to a Jinja template file (or to a tokenizer that has one)"
-           if hasattr(training_args, "chat_template_path")
-           else "set tokenizer_name_or_path to a tokenizer that has one")
-    check_chat_template(train_data[0], tokenizer, crrelu_args.tokenizer_name_or_path or model_args.model_name_or_path,
-                        str(data_summary.get("source")), fix)
+    fix = (
+        "set chat_template_path to a Jinja template file (or to a tokenizer that has one)"
+        if hasattr(training_args, "chat_template_path")
+        else "set tokenizer_name_or_path to a tokenizer that has one"
+    )
+    check_chat_template(
+        train_data[0],
+        tokenizer,
+        crrelu_args.tokenizer_name_or_path or model_args.model_name_or_path,
+        str(data_summary.get("source")),
+        fix,
+    )
 
 
 @dataclass
@@ -113,8 +120,9 @@ def prepare(
         hold_scalars_as_vectors(model)
 
     # ---- the reference or teacher, then PEFT
-    extra_models, reference_info = models.reference_and_teacher(objective, model, original, crrelu_args,
-                                                                model_args, training_args)
+    extra_models, reference_info = models.reference_and_teacher(
+        objective, model, original, crrelu_args, model_args, training_args
+    )
     model = models.with_peft(model, crrelu_args, model_args)
 
     # ---- the trainer: TRL's, as the objectives table names it
@@ -156,11 +164,17 @@ def run(
     finished = Path(training_args.output_dir) / run_files.FINAL_METRICS
     if finished.exists() and training_args.resume_from_checkpoint is None:
         # a different recipe is refused (or, asked to, cleared); the same one has nothing left to do
-        claim_output_dir(finished.parent, resolved_recipe(crrelu_args, data_args, training_args, model_args),
-                         crrelu_args.overwrite_output_dir)
+        claim_output_dir(
+            finished.parent,
+            resolved_recipe(crrelu_args, data_args, training_args, model_args),
+            crrelu_args.overwrite_output_dir,
+        )
         if finished.exists():
-            print(f"{command}: {finished.parent} holds this run, finished; nothing to do (its files are kept: "
-                  "choose another --output_dir to train it again)", flush=True)
+            print(
+                f"{command}: {finished.parent} holds this run, finished; nothing to do (its files are kept: "
+                "choose another --output_dir to train it again)",
+                flush=True,
+            )
             return json.loads(finished.read_text())
     prepared = prepare(command, crrelu_args, data_args, training_args, model_args, callbacks)
     trainer, output_dir = prepared.trainer, prepared.output_dir
@@ -195,8 +209,10 @@ def run(
             f"{command} done: {trainer.state.global_step} steps in {time.time() - start:.1f}s"
             + (f", eval reward accuracy {accuracy:.3f}" if accuracy is not None else "")
             + (f", eval loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else "")
-            + "".join(f", {name} in [{eps[name + '/min']:.4g}, {eps[name + '/max']:.4g}]"
-                      for name in sorted({k.split("/")[0] for k in eps}))
+            + "".join(
+                f", {name} in [{eps[name + '/min']:.4g}, {eps[name + '/max']:.4g}]"
+                for name in sorted({k.split("/")[0] for k in eps})
+            )
             + f" -> {output_dir}",
             flush=True,
         )
@@ -222,4 +238,3 @@ def main(command: str, argv: list[str]) -> int:
         raise Interrupted(resume_hint(args[2].output_dir)) from None
     leave_process_group()
     return 0
-

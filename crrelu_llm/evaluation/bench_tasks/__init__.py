@@ -25,5 +25,3 @@ def items() -> list[dict]:
     demo_train = {row["prompt"] for row in generate_task_data("arithmetic", 5500, 0)[:5000]}
     rows = multiple_choice_arithmetic(N_TEST + N_FEWSHOT, seed=0, exclude=demo_train)
     return [{**row, "split": "test" if i < N_TEST else "train"} for i, row in enumerate(rows)]
-
-

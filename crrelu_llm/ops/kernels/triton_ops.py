@@ -27,8 +27,15 @@ def _crrelu_fwd_kernel(x_ptr, eps_ptr, out_ptr, n, BLOCK: tl.constexpr):
 
 @triton.jit
 def _crrelu_bwd_kernel(
-    grad_out_ptr, x_ptr, eps_ptr, grad_x_ptr, partial_ptr, n,
-    BLOCK: tl.constexpr, NEED_X: tl.constexpr, NEED_EPS: tl.constexpr,
+    grad_out_ptr,
+    x_ptr,
+    eps_ptr,
+    grad_x_ptr,
+    partial_ptr,
+    n,
+    BLOCK: tl.constexpr,
+    NEED_X: tl.constexpr,
+    NEED_EPS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offsets = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -77,8 +84,15 @@ def crrelu_backward(
     partial = torch.empty(max(blocks, 1), device=x.device, dtype=torch.float32) if need_eps else x
     if n:
         _crrelu_bwd_kernel[_grid(n)](
-            grad_output, x, eps.detach(), grad_x, partial, n,
-            BLOCK=BLOCK, NEED_X=need_x, NEED_EPS=need_eps,
+            grad_output,
+            x,
+            eps.detach(),
+            grad_x,
+            partial,
+            n,
+            BLOCK=BLOCK,
+            NEED_X=need_x,
+            NEED_EPS=need_eps,
         )
     grad_eps = None
     if need_eps:

@@ -60,8 +60,15 @@ class CRReLUDPOTrainer(ActivationParameterMixin, PromptTruncationMixin, DPOTrain
         compute = super()._precompute_ref_logps
         if not folder:
             return compute(dataset, name, batch_size)
-        return cached_reference_logps(Path(folder), dataset, name, self.reference_checksum, self.args,
-                                      lambda: compute(dataset, name, batch_size), self.accelerator)
+        return cached_reference_logps(
+            Path(folder),
+            dataset,
+            name,
+            self.reference_checksum,
+            self.args,
+            lambda: compute(dataset, name, batch_size),
+            self.accelerator,
+        )
 
     @staticmethod
     def _length_rule(dataset, args):
@@ -69,11 +76,14 @@ class CRReLUDPOTrainer(ActivationParameterMixin, PromptTruncationMixin, DPOTrain
         collator then cuts the rest); pinned against TRL's own in tests/test_accounting.py."""
         if args.truncation_mode != "keep_start":
             return dataset
-        return dataset.filter(lambda example: len(example["prompt_ids"]) < args.max_length,
-                              desc="Dropping pairs whose prompt fills max_length")
+        return dataset.filter(
+            lambda example: len(example["prompt_ids"]) < args.max_length,
+            desc="Dropping pairs whose prompt fills max_length",
+        )
 
     @staticmethod
     def _truncate_example(example, **kwargs):
         prompt, (chosen, rejected) = truncate_like_reference(
-            example["prompt_ids"], [example["chosen_ids"], example["rejected_ids"]], **kwargs)
+            example["prompt_ids"], [example["chosen_ids"], example["rejected_ids"]], **kwargs
+        )
         return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}

@@ -25,8 +25,10 @@ class CRReLUKTOConfig(ActivationParameterArguments, KTOConfig):
 
     def __post_init__(self):
         if self.loss_type == "kto" and self.per_device_train_batch_size < 2:
-            raise RecipeError("KTO estimates its KL term from the other examples of a batch: set "
-                              "per_device_train_batch_size to 2 or more (or loss_type: apo_zero_unpaired)")
+            raise RecipeError(
+                "KTO estimates its KL term from the other examples of a batch: set "
+                "per_device_train_batch_size to 2 or more (or loss_type: apo_zero_unpaired)"
+            )
         super().__post_init__()
 
 

@@ -57,7 +57,7 @@ class CRReLUSFTTrainer(ActivationParameterMixin, PromptTruncationMixin, SFTTrain
         prompt, (completion,) = truncate_like_reference(ids[:start], [ids[start:]], **kwargs)
         out = {"input_ids": prompt + completion}
         if "labels" in example:
-            out["labels"] = [-100] * len(prompt) + example["labels"][start:start + len(completion)]
+            out["labels"] = [-100] * len(prompt) + example["labels"][start : start + len(completion)]
         if "completion_mask" in example:
             out["completion_mask"] = [0] * len(prompt) + [1] * len(completion)
         return out

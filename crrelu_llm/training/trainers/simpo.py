@@ -34,8 +34,10 @@ class CRReLUSimPOConfig(ActivationParameterArguments, CPOConfig):
 
     def __post_init__(self):
         if self.loss_type != "simpo":
-            raise RecipeError(f"crrelu-llm simpo trains SimPO: loss_type must be simpo, got {self.loss_type!r} "
-                              "(CPO's other losses are DPO variants: use crrelu-llm dpo with its loss_type)")
+            raise RecipeError(
+                f"crrelu-llm simpo trains SimPO: loss_type must be simpo, got {self.loss_type!r} "
+                "(CPO's other losses are DPO variants: use crrelu-llm dpo with its loss_type)"
+            )
         super().__post_init__()
 
 
