@@ -18,7 +18,7 @@ def small_recipe(tmp_path: Path, arms: dict, evaluations: dict | None = None, **
     recipe["pretrain"]["config"].update(n_layer=2, n_embd=32, n_inner=64)
     recipe["pretrain"]["train"].update(max_steps=20, per_device_train_batch_size=32, save_steps=20, logging_steps=10)
     recipe["sft"].update(max_steps=4, save_steps=4, logging_steps=2)
-    recipe["dpo"].update(max_steps=4, save_steps=4, logging_steps=2)
+    recipe["preference"].update(max_steps=4, save_steps=4, logging_steps=2)
     recipe["arms"] = arms
     recipe["baseline_arm"] = next(iter(arms))
     recipe["evaluations"] = (
@@ -96,7 +96,7 @@ def reduced_demo(tmp_path: Path, dpo_steps: int = 12, save_steps: int = 6, capab
     recipe["pretrain"]["config"].update(n_layer=2, n_embd=32, n_inner=64)
     recipe["pretrain"]["train"].update(max_steps=40, per_device_train_batch_size=32, save_steps=20, logging_steps=10)
     recipe["sft"].update(max_steps=6, save_steps=3, logging_steps=2)
-    recipe["dpo"].update(max_steps=dpo_steps, save_steps=save_steps, logging_steps=2)
+    recipe["preference"].update(max_steps=dpo_steps, save_steps=save_steps, logging_steps=2)
     recipe["evaluations"]["rewards"].update(max_samples=40)
     recipe["evaluations"]["winrate"].update(num_prompts=40)
     recipe["evaluations"]["drift"].update(max_samples=20)

@@ -293,16 +293,16 @@ def test_calibration_applies_to_any_class_with_a_least_squares_init(tmp_path):
     }
 
 
-def test_epsilon_modes_freeze_or_train_alone_the_parameters_of_any_class(user_module):
-    from crrelu_llm.training.models import apply_epsilon_mode
+def test_activation_parameter_modes_freeze_or_train_alone_the_parameters_of_any_class(user_module):
+    from crrelu_llm.training.models import apply_activation_parameter_mode
 
     model = tiny_causal_lm("gpt2")
     patch_model(model, f"{user_module}:ScaledSquaredReLU")
-    apply_epsilon_mode(model, "only")
+    apply_activation_parameter_mode(model, "only")
     assert {n for n, p in model.named_parameters() if p.requires_grad} == set(activation_parameters(model))
     model = tiny_causal_lm("gpt2")
     patch_model(model, f"{user_module}:ScaledSquaredReLU")
-    apply_epsilon_mode(model, "freeze")
+    apply_activation_parameter_mode(model, "freeze")
     assert not any(p.requires_grad for p in activation_parameters(model).values())
     assert any(p.requires_grad for p in model.parameters())
 

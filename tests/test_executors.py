@@ -38,7 +38,7 @@ def grid_recipe(tmp_path: Path, slurm: dict | None = None, evaluations: dict | N
         evaluations=evaluations or {},
     )
     recipe["task"].update(n_train=200, n_test=20)
-    recipe["dpo"].update(max_steps=8, save_steps=4, logging_steps=2, per_device_train_batch_size=8)
+    recipe["preference"].update(max_steps=8, save_steps=4, logging_steps=2, per_device_train_batch_size=8)
     if slurm:
         recipe["slurm"] = slurm
     path = tmp_path / "grid.yaml"

@@ -161,7 +161,7 @@ def test_killed_experiment_resumes_mid_stage(tmp_path):
         ({"betaz": [0.1]}, "unknown key 'betaz'; did you mean 'betas'"),
         ({"dataset_name": "x"}, "exactly one of 'task'"),
         ({"baseline_arm": "silu"}, "baseline_arm 'silu' is not one of the arms"),
-        ({"dpo": {"max_completion_length": 10}}, "removed from TRL"),
+        ({"preference": {"max_completion_length": 10}}, "removed from TRL"),
     ],
 )
 def test_bad_experiment_recipes_fail_before_anything_runs(tmp_path, change, message):

@@ -116,7 +116,7 @@ def test_an_experiment_declares_objectives_as_arms(tmp_path):
     }
     exp = load_experiment(small_recipe(tmp_path, arms, evaluations={"rewards": {"max_samples": 8}}))
     declaration = declare(exp)
-    runs = {s.arm: s for s in declaration.dpo_runs}
+    runs = {s.arm: s for s in declaration.preference_runs}
     assert {a: s.command for a, s in runs.items()} == {
         "gelu": "dpo",
         "crrelu": "dpo",
@@ -131,9 +131,38 @@ def test_an_experiment_declares_objectives_as_arms(tmp_path):
     assert rewards["crrelu-simpo"].baseline is None and rewards["crrelu-kto"].baseline == sft["crrelu-kto"].model
     parsed = check_stages(exp, declaration)  # each stage's keys parse as its own command's recipe
     assert type(parsed[runs["crrelu-simpo"].name]).__name__ == "CRReLUSimPOConfig"
-    # the shared dpo keys may name the objective too; an unknown one is named with the closest
-    shared = load_experiment(small_recipe(tmp_path, {"gelu": {"activation": None}}, dpo={"objective": "orpo"}))
-    assert shared.objectives == {"gelu": "orpo"} and "objective" not in shared.dpo
+    # each preference stage is named after the objective it runs (DPO's names are what they were)
+    assert {a: (s.name, s.step, s.model.split("/")[-1]) for a, s in runs.items() if a != "gelu"} == {
+        "crrelu": ("crrelu/dpo beta=0.5 seed=0", "DPO beta=0.5 seed=0", "dpo-beta0.5-seed0"),
+        "crrelu-simpo": ("crrelu-simpo/simpo beta=0.5 seed=0", "SimPO beta=0.5 seed=0", "simpo-beta0.5-seed0"),
+        "crrelu-kto": ("crrelu-kto/kto beta=0.5 seed=0", "KTO beta=0.5 seed=0", "kto-beta0.5-seed0"),
+    }
+    assert {s.kind for s in runs.values()} == {"preference"}
+    # the shared preference keys may name the objective too
+    arms = {"gelu": {"activation": None}}
+    shared = load_experiment(small_recipe(tmp_path, arms, preference={"objective": "orpo"}))
+    assert shared.objectives == {"gelu": "orpo"} and "objective" not in shared.preference
+
+
+def test_the_shared_preference_keys_read_under_their_old_name_dpo(tmp_path, capsys):
+    import yaml
+
+    from crrelu_llm.experiments.experiment import load_experiment
+
+    from helpers import small_recipe
+
+    path = small_recipe(tmp_path, {"gelu": {"activation": None}})
+    new = load_experiment(path)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["dpo"] = recipe.pop("preference")
+    path.write_text(yaml.safe_dump(recipe))
+    assert load_experiment(path).preference == new.preference
+    recipe["preference"] = {"beta": 0.1}
+    path.write_text(yaml.safe_dump(recipe))
+    assert cli_main(["experiment", "--config", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'dpo' is the old name of 'preference': keep one of them" in err[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_unknown_objective_is_refused_in_one_line(tmp_path, capsys):
@@ -224,3 +253,19 @@ def test_objective_specific_mistakes_are_one_line_errors(pairs, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "KTO estimates its KL term from the other examples of a batch" in err[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_a_run_kept_under_its_old_dpo_name_is_named_with_the_move_that_keeps_it(tmp_path, capsys):
+    from helpers import small_recipe
+
+    arms = {"gelu": {"activation": None}, "crrelu-simpo": {"activation": "crrelu", "objective": "simpo"}}
+    out = tmp_path / "out"
+    old = out / "crrelu-simpo" / "dpo-beta0.5-seed0"
+    old.mkdir(parents=True)
+    (old / "final_metrics.json").write_text("{}")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert cli_main(["experiment", "--config", str(small_recipe(tmp_path, arms)), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "preference runs are now named after their objective: mv" in err[0]
+    assert f"mv {old} {out / 'crrelu-simpo' / 'simpo-beta0.5-seed0'}," in err[0]
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written

@@ -54,8 +54,8 @@ def test_on_policy_rounds_are_declared_as_a_chain(tmp_path):
     assert by_name["crrelu/pairs"].keys["model"] == str(tmp_path / "out" / "crrelu" / "sft")  # its own SFT model
     assert by_name["crrelu/pairs beta=0.5 seed=0 round 2"].keys["model"] == first.model  # round 1's model
     assert last.keys["model_name_or_path"] == first.model and last.after[1] == "crrelu/pairs beta=0.5 seed=0 round 2"
-    assert [r.name for r in d.dpo_runs] == ["crrelu/dpo beta=0.5 seed=0", "gelu/dpo beta=0.5 seed=0"] or {
-        r.name for r in d.dpo_runs
+    assert [r.name for r in d.preference_runs] == ["crrelu/dpo beta=0.5 seed=0", "gelu/dpo beta=0.5 seed=0"] or {
+        r.name for r in d.preference_runs
     } == {"crrelu/dpo beta=0.5 seed=0", "gelu/dpo beta=0.5 seed=0"}
     assert d.start_of(last) == str(tmp_path / "out" / "crrelu" / "sft")  # the positive control's baseline
     from crrelu_llm.experiments.plan import format_plan, plan

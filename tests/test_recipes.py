@@ -49,18 +49,18 @@ def test_recipe_parses_and_validates(path, arm):
     assert command in ("sft", "dpo", "simpo", "orpo", "kto"), f"{path.name}: recipes are named after their command"
     # bf16 needs a GPU to validate; everything else is checked as shipped
     arm_flags = ["--arm", arm] if arm else []
-    crrelu_args, data_args, training_args, model_args = parse_recipe(
+    patch_args, data_args, training_args, model_args = parse_recipe(
         command, ["--config", str(path), *arm_flags, "--bf16", "false", "--use_cpu", "true"]
     )
     assert model_args.model_name_or_path and data_args.dataset_name and training_args.output_dir.startswith("runs/")
     arm = arm or path.stem.split("_")[1]
-    assert crrelu_args.activation == {"gelu": None, "crrelu": "crrelu", "relu": "relu", "swish": "swish_beta"}[arm]
+    assert patch_args.activation == {"gelu": None, "crrelu": "crrelu", "relu": "relu", "swish": "swish_beta"}[arm]
     assert "{arm}" not in training_args.output_dir + model_args.model_name_or_path
     if "gpt2-large" in str(path):
         assert training_args.output_dir == f"runs/gpt2-large-{path.parent.name}-{command}-{arm}"
     if command in ("dpo", "simpo") and "gpt2-large" in str(path):
         assert model_args.model_name_or_path == f"runs/gpt2-large-{path.parent.name}-sft-{arm}"
-        assert crrelu_args.reference == "policy"
+        assert patch_args.reference == "policy"
     if arm in ("crrelu", "swish"):
         assert training_args.activation_learning_rate == 1e-4  # the eps settings travel in the trainer's args
     if command == "simpo":

@@ -90,7 +90,7 @@ def test_without_the_pin_the_simulated_machines_differ(tmp_path):
     spec = yaml.safe_load(recipe.read_text())
     spec["arms"] = {"gelu": {"activation": None}}
     spec["sft"].update(max_steps=1)
-    spec["dpo"].update(max_steps=1)
+    spec["preference"].update(max_steps=1)
     recipe.write_text(yaml.safe_dump(spec))
     run(recipe, tmp_path / "a", "0,1", {}, reproducible=False)
     run(recipe, tmp_path / "b", "0", MACHINE_B, reproducible=False)

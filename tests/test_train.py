@@ -31,7 +31,7 @@ def parse(command, path, *flags):
         ({"rpo_alpha": 1.0}, "loss_type: [sigmoid, sft]"),
         ({"beta": "high"}, "'beta' must be a float, got 'high'"),
         ({"activation": "crelu"}, "did you mean 'crrelu'"),
-        ({"epsilon_mode": "maybe"}, "epsilon_mode must be one of train, freeze, only"),
+        ({"activation_parameters": "maybe"}, "activation_parameters must be one of train, freeze, only"),
         ({"use_liger_kernel": True}, "silently bypassed"),
     ],
 )
@@ -43,14 +43,28 @@ def test_bad_recipes_stop_before_any_model_is_loaded(tmp_path, pairs_file, bad, 
 
 
 def test_flags_override_the_file_and_keys_are_trl_fields(tmp_path, pairs_file):
-    crrelu_args, data_args, training_args, model_args = parse(
+    patch_args, data_args, training_args, model_args = parse(
         "dpo", recipe(tmp_path, pairs_file, beta=0.1), "--beta", "0.3", "--output_dir", str(tmp_path / "b")
     )
     assert training_args.beta == 0.3 and training_args.output_dir == str(tmp_path / "b")
-    assert model_args.model_name_or_path == "tiny-gpt2" and crrelu_args.activation == "crrelu"
+    assert model_args.model_name_or_path == "tiny-gpt2" and patch_args.activation == "crrelu"
     assert data_args.dataset_name == str(pairs_file)
     with pytest.raises(RecipeError, match="does not exist"):
         parse_recipe("dpo", ["--config", str(tmp_path / "nope.yaml")])
+
+
+def test_old_key_names_arrive_under_their_new_ones_in_a_file_and_as_flags(tmp_path, pairs_file, capsys):
+    """epsilon_mode and epsilon_learning_rate apply to any activation class's parameters: they are
+    activation_parameters and activation_learning_rate now, and recipes written before still read."""
+    patch_args, _, training_args, _ = parse(
+        "dpo", recipe(tmp_path, pairs_file, epsilon_mode="freeze", epsilon_learning_rate=0.02)
+    )
+    assert patch_args.activation_parameters == "freeze" and training_args.activation_learning_rate == 0.02
+    patch_args, *_ = parse("dpo", recipe(tmp_path, pairs_file), "--epsilon-mode", "only")
+    assert patch_args.activation_parameters == "only"
+    both = recipe(tmp_path, pairs_file, epsilon_mode="freeze", activation_parameters="only")
+    assert cli_main(["dpo", "--config", str(both)]) == 2
+    assert "epsilon_mode ('freeze') is another name for activation_parameters ('only')" in capsys.readouterr().err
 
 
 def test_mistyped_flags_are_named_before_other_errors(tmp_path, pairs_file, capsys):
@@ -123,7 +137,7 @@ def test_baseline_arm_is_the_same_recipe_with_the_patch_off(tmp_path, pairs_file
 def test_epsilon_can_be_frozen_or_trained_alone(tmp_path, pairs_file, mode):
     from crrelu_llm.patching.tiny import tiny_causal_lm
 
-    run("sft", *parse("sft", recipe(tmp_path, pairs_file, epsilon_mode=mode, max_steps=2)))
+    run("sft", *parse("sft", recipe(tmp_path, pairs_file, activation_parameters=mode, max_steps=2)))
     trained = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
     start = tiny_causal_lm("gpt2", seed=0)
     eps = list(crrelu_llm.epsilon_values(trained).values())

@@ -13,27 +13,28 @@ from typing import Callable
 
 from crrelu_llm.experiments.layout import RunLayout
 
-TRAINING_KINDS = ("original", "recover", "sft", "dpo")
+TRAINING_KINDS = ("original", "recover", "sft", "preference")
 
 
 @dataclass
 class StageSpec:
     name: str
-    kind: str  # data, init, original, patch, recover, sft, dpo, rewards, winrate, drift, benchmark, probe
+    kind: str  # data, init, original, patch, recover, sft, preference, rewards, winrate, drift, benchmark, probe
     keys: dict  # resolved: what the stage computes from
     done: Path | None  # its completion file (None: an input from outside, never run here)
     action: Callable[[], None] | None
     after: list[str] = field(default_factory=list)
     clear: Path | None = None
     arm: str | None = None
-    step: str | None = None  # place in the pipeline of the model: original, step 0, recovered, SFT, DPO ...
+    step: str | None = None  # place in the pipeline: original, step 0, recovered, SFT, DPO beta=...
+    # (a preference run: preference_step)
     beta: float | None = None
     seed: int | None = None
     model: str | None = None  # the model this stage produces (training, patch) or evaluates
-    command: str | None = None  # training: the crrelu-llm command it runs (a "dpo" stage may run simpo, orpo, kto)
+    command: str | None = None  # training: the crrelu-llm command it runs (a preference stage: dpo, simpo, orpo or kto)
     baseline: str | None = None  # winrate: the other side
     results: list[Path] = field(default_factory=list)
-    final: bool = True  # dpo: the run itself, not an earlier round of iterative DPO
+    final: bool = True  # preference: the run itself, not an earlier round of iterative training
 
     @property
     def external(self) -> bool:
@@ -56,20 +57,28 @@ class Declaration:
         an unpatched arm)."""
         out: dict[str, dict[str, str]] = {arm: {"step 0": str(self.original)} for arm in self.arms}
         for s in self.stages:
-            if s.kind in ("patch", "recover", "sft", "dpo"):
+            if s.kind in ("patch", "recover", "sft", "preference"):
                 out[s.arm][s.step] = s.model
         return out
 
     @property
-    def dpo_runs(self) -> list[StageSpec]:
+    def preference_runs(self) -> list[StageSpec]:
         """The preference runs the experiment compares (the last round of each, with rounds)."""
-        return [s for s in self.by_kind("dpo") if s.final]
+        return [s for s in self.by_kind("preference") if s.final]
 
-    def start_of(self, dpo: StageSpec) -> str:
-        """The model a DPO run's chain started from (the arm's SFT, recovered or step-0 model),
-        through its earlier rounds."""
-        spec = next(s for s in self.stages if s.name == dpo.after[0])
-        return self.start_of(spec) if spec.kind == "dpo" else spec.model
+    def start_of(self, run: StageSpec) -> str:
+        """The model a preference run's chain started from (the arm's SFT, recovered or step-0
+        model), through its earlier rounds."""
+        spec = next(s for s in self.stages if s.name == run.after[0])
+        return self.start_of(spec) if spec.kind == "preference" else spec.model
 
     def eval_dirs(self) -> dict[str, Path]:
         return {str(self.original): self.layout.eval_dir(self.original)}
+
+
+def preference_step(objective: str, beta: float, seed: int, round_: int | None = None) -> str:
+    """A preference run's place in its arm's pipeline, as stages, tables and reports name it: its
+    objective's label, beta and seed (``DPO beta=0.1 seed=0``, ``SimPO beta=2 seed=0``)."""
+    from crrelu_llm.training.objectives import OBJECTIVES
+
+    return f"{OBJECTIVES[objective].label} beta={beta:g} seed={seed}" + (f" round {round_}" if round_ else "")

@@ -9,12 +9,13 @@ An experiment recipe (YAML) says:
 - ``original``: a hub id / path, or ``pretrain`` to build a small GELU model here and train it
   briefly on the task (a competent but imperfect "pretrained original");
 - ``arms``: name -> recipe keys (``activation: null`` is the GELU baseline);
-- ``sft`` and ``dpo``: recipe keys shared by every arm (TRL field names, as in training recipes);
-  ``objective`` (in ``dpo`` or an arm: ``dpo``, ``simpo``, ``orpo`` or ``kto``) picks the trainer of
+- ``sft`` and ``preference`` (old name: ``dpo``): recipe keys shared by every arm (TRL field
+  names, as in training recipes); ``objective`` (in ``preference`` or an arm: ``dpo``,
+  ``simpo``, ``orpo`` or ``kto``) picks the trainer of
   the preference stage, so an experiment can compare objectives as arms;
-- ``betas``, ``seeds``; ``evaluations``: ``rewards``, ``winrate`` (per DPO run), ``drift``,
+- ``betas``, ``seeds``; ``evaluations``: ``rewards``, ``winrate`` (per preference run), ``drift``,
   ``benchmark`` (lm-eval tasks) and ``probe`` (for the original, each arm's patched model at
-  step 0, each SFT and each DPO run); ``launcher`` (e.g.
+  step 0, each SFT and each preference run); ``launcher`` (e.g.
   ``accelerate launch --config_file ...``) to run the training stages under accelerate;
 - ``on_policy`` (optional): each arm's preference stages train on pairs from its own samples (a
   ``pairs`` stage per arm from its SFT model: ``judge``, ``num_samples``, ``temperature``...,
@@ -23,7 +24,8 @@ An experiment recipe (YAML) says:
 
 Stages: data, original, per arm ``patched`` (step 0), ``recover`` (optional: ``recover`` holds
 ``distill`` keys, e.g. ``epsilon_init: calibrate`` and ``swap_steps``, applied to every patched
-arm alike, the ReLU control included) and ``sft``, per arm/beta/seed ``dpo``,
+arm alike, the ReLU control included) and ``sft``, per arm/beta/seed a preference run (``dpo``,
+``simpo``..., named after its objective),
 their evaluations, then the ``compare`` report. Every stage is a library call in this process
 (:func:`crrelu_llm.training.train.run_keys`, :mod:`crrelu_llm.evaluation.evaluate`,
 :func:`crrelu_llm.reporting.report.compare`);
@@ -69,7 +71,8 @@ KEYS = {
     "pretrain",
     "arms",
     "sft",
-    "dpo",
+    "preference",
+    "dpo",  # the old name of preference
     "betas",
     "seeds",
     "evaluations",
@@ -88,7 +91,7 @@ class Experiment:
     output_dir: Path
     arms: dict[str, dict]
     sft: dict | None
-    dpo: dict
+    preference: dict  # recipe keys shared by the preference stages (of whichever objective)
     betas: list[float]
     seeds: list[int]
     evaluations: dict = field(default_factory=dict)
@@ -115,11 +118,12 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
     if not isinstance(raw, dict):
         raise ExperimentError(f"{path} must be a YAML mapping")
     raw.update(overrides or {})
+    _old_preference_name(path, raw)
     unknown = set(raw) - KEYS
     if unknown:
         key = sorted(unknown)[0]
         raise ExperimentError(f"{path}: unknown key {key!r}" + did_you_mean(key, sorted(KEYS)))
-    for key in ("name", "arms", "dpo", "betas", "seeds"):
+    for key in ("name", "arms", "preference", "betas", "seeds"):
         if key not in raw:
             raise ExperimentError(f"{path}: {key!r} is required")
     if bool(raw.get("task")) == bool(raw.get("dataset_name")):
@@ -131,24 +135,24 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
     if baseline not in raw["arms"]:
         raise ExperimentError(f"{path}: baseline_arm {baseline!r} is not one of the arms {sorted(raw['arms'])}")
     stage_keys = {"model_name_or_path": "x", "dataset_name": "x", "output_dir": "x"}
-    dpo_keys = {"beta": 0.1, "seed": 0, "reference": "policy"}
-    if not isinstance(raw["dpo"], dict):
-        raise ExperimentError(f"{path}: 'dpo' must be a mapping of recipe keys shared by the preference stages")
+    run_keys = {"beta": 0.1, "seed": 0, "reference": "policy"}
+    if not isinstance(raw["preference"], dict):
+        raise ExperimentError(f"{path}: 'preference' must be a mapping of recipe keys shared by the preference stages")
     objectives = {}
     for arm, keys in raw["arms"].items():  # every stage's keys, checked before anything runs
         if not isinstance(keys, dict):
             raise ExperimentError(f"{path}: arm {arm!r} must be a mapping of recipe keys (e.g. activation: crrelu)")
-        objectives[arm] = objective = keys.get("objective", raw["dpo"].get("objective", "dpo"))
+        objectives[arm] = objective = keys.get("objective", raw["preference"].get("objective", "dpo"))
         if objective not in PREFERENCE_OBJECTIVES:
             raise ExperimentError(
                 f"{path}: arm {arm!r}: objective must be one of {', '.join(PREFERENCE_OBJECTIVES)}, "
                 f"got {objective!r}" + did_you_mean(str(objective), PREFERENCE_OBJECTIVES)
             )
         keys = {k: v for k, v in keys.items() if k not in ("objective", "factors")}
-        preference = {k: v for k, v in raw["dpo"].items() if k != "objective"}
+        preference = {k: v for k, v in raw["preference"].items() if k != "objective"}
         for command, shared in (("sft", raw.get("sft")), (objective, preference)):
             if shared is not None:
-                extra = dpo_keys if command != "sft" else {}
+                extra = run_keys if command != "sft" else {}
                 check_recipe_keys({**shared, **keys, **stage_keys, **extra}, command, f"{path} ({arm}, {command})")
     if raw.get("recover") is not None:
         if not isinstance(raw["recover"], dict):
@@ -175,7 +179,7 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
         factors=check_factors(path, raw["arms"], baseline),
         objectives=objectives,
         sft=raw.get("sft"),
-        dpo={k: v for k, v in raw["dpo"].items() if k != "objective"},
+        preference={k: v for k, v in raw["preference"].items() if k != "objective"},
         betas=[float(b) for b in raw["betas"]],
         seeds=[int(s) for s in raw["seeds"]],
         evaluations=raw.get("evaluations") or {},
@@ -191,6 +195,14 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
     )
     exp.source = str(path)
     return exp
+
+
+def _old_preference_name(path, raw: dict) -> None:
+    """``dpo``, the key's name from before an arm could train SimPO, ORPO or KTO, read as ``preference``."""
+    if "dpo" in raw:
+        if "preference" in raw:
+            raise ExperimentError(f"{path}: 'dpo' is the old name of 'preference': keep one of them")
+        raw["preference"] = raw.pop("dpo")
 
 
 def check_stages(exp: Experiment, declaration: Declaration, on_this_machine: bool = True) -> dict:
@@ -305,6 +317,20 @@ def refuse_changed(exp: Experiment, assessed: dict[str, dict]) -> None:
         )
 
 
+def refuse_old_run_names(declaration: Declaration) -> None:
+    """A SimPO, ORPO or KTO run that an earlier version kept as ``dpo-beta<B>-seed<S>``: named, with
+    the move that keeps it, rather than trained again beside it."""
+    for run in declaration.by_kind("preference"):
+        new = Path(run.model)
+        old = new.with_name("dpo" + new.name[len(run.command) :])
+        if run.command != "dpo" and old.is_dir() and not new.exists():
+            raise ExperimentError(
+                f"{old}: a {run.command} run under the name earlier versions gave it; preference runs are now "
+                f"named after their objective: mv {old} {new}, then run again with --rerun-changed to "
+                "recompute its evaluations (or choose another --out)"
+            )
+
+
 def run_experiment(exp: Experiment, rerun_changed: bool = False, executor: ExecutorSettings | None = None) -> dict:
     """Run (or skip, when done and unchanged) every stage of ``exp``; the summary also goes to
     ``summary.json``. Stages whose inputs changed since they ran are refused before anything
@@ -317,6 +343,7 @@ def run_experiment(exp: Experiment, rerun_changed: bool = False, executor: Execu
     executor.check(layout.jobs)
     declaration = declare(exp)
     check_stages(exp, declaration)
+    refuse_old_run_names(declaration)
     ledger = Ledger(exp.output_dir, rerun_changed)
     assessed = ledger.assess(declaration.stages)
     if not rerun_changed:

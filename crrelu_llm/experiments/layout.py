@@ -7,8 +7,9 @@
       <arm>/recover/                distillation from the original (recipe key ``recover``)
       <arm>/sft/                    SFT
       <arm>/pairs/                  on-policy pairs from the arm's SFT model (recipe key ``on_policy``)
-      <arm>/dpo-beta<B>-seed<S>/    one DPO run (with rounds: its last round)
-      <arm>/dpo-beta<B>-seed<S>-round<R>/  an earlier round of iterative DPO
+      <arm>/<objective>-beta<B>-seed<S>/  one preference run: dpo-beta0.1-seed0, simpo-beta2-seed0...
+                                    (with rounds: its last round)
+      <arm>/<objective>-beta<B>-seed<S>-round<R>/  an earlier round of iterative training
       <arm>/pairs-beta<B>-seed<S>-round<R>/  the pairs of round R, from round R - 1's model
       <arm>/ref_logps/              the reference log-probabilities the arm's DPO runs share
       MODEL/eval/                   every evaluation of MODEL (a hub original's: original/eval)
@@ -52,16 +53,10 @@ class RunLayout:
     def sft(self, arm: str) -> Path:
         return self.root / arm / "sft"
 
-    @staticmethod
-    def dpo_name(beta: float, seed: int) -> str:
-        return f"dpo-beta{beta:g}-seed{seed}"
-
-    def dpo(self, arm: str, beta: float, seed: int) -> Path:
-        return self.root / arm / self.dpo_name(beta, seed)
-
-    def dpo_round(self, arm: str, beta: float, seed: int, round_: int, rounds: int) -> Path:
-        """Round ``round_`` of ``rounds`` of iterative DPO: the last one is the run itself."""
-        run = self.dpo(arm, beta, seed)
+    def preference(self, arm: str, objective: str, beta: float, seed: int, round_: int = 1, rounds: int = 1) -> Path:
+        """A preference run, named after its objective (``dpo``, ``simpo``, ``orpo``, ``kto``); with
+        ``rounds`` > 1, round ``round_`` of iterative training, the last one being the run itself."""
+        run = self.root / arm / f"{objective}-beta{beta:g}-seed{seed}"
         return run if round_ == rounds else run.with_name(f"{run.name}-round{round_}")
 
     def pairs(self, arm: str, beta: float | None = None, seed: int | None = None, round_: int = 1) -> Path:

@@ -5,7 +5,7 @@ run, nothing written) and estimates each stage's compute from the model's parame
 (built on the meta device from its config: no weights are loaded) and the tokens it processes
 T (sequences x ``max_length``, an upper bound: shorter sequences cost less):
 
-- training: 6 N T (forward and backward); DPO adds the reference's forward, 2 N T, once per
+- training: 6 N T (forward and backward); DPO and KTO add the reference's forward, 2 N T, once per
   reference when runs share its log-probabilities (the runner's default), and each pair is two
   sequences; distillation adds the teacher's forward;
 - forward-only evaluations (rewards, drift, probe): 2 N T per model;
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from crrelu_llm.training.objectives import OBJECTIVES
 
 # Training rows of hub datasets (train split, before any filter), for the estimate only.
 KNOWN_ROWS = {
@@ -145,16 +147,17 @@ def estimate(exp, spec, stage: PlannedStage, params: int | None, gpus: int, cach
         stage.note = f"{n} examples x {length} tokens, {models} model(s)"
     elif kind == "benchmark":
         stage.note = "lm-eval tasks: not estimated"
-    else:  # training: original, recover, sft, dpo
+    else:  # training: original, recover, sft, preference
         sequences, stage.note = _sequences(exp, keys, args, gpus)
         if sequences is None:
             return
         tokens = sequences * args.max_length
-        if kind == "dpo":  # two sequences per pair, and the reference's forward unless a run before cached it
-            cache = keys.get("ref_logps_cache_dir") if args.precompute_ref_log_probs else None
+        if kind == "preference":  # two sequences per pair, and a reference's forward unless a run before cached it
+            cache = keys.get("ref_logps_cache_dir") if getattr(args, "precompute_ref_log_probs", False) else None
             cached = cache is not None and cache in caches
             caches.add(cache)
-            stage.flops = 6 * params * 2 * tokens + (0 if cached else 2 * params * 2 * tokens)
+            reference = 0 if cached or not OBJECTIVES[spec.command].reference else 2 * params * 2 * tokens
+            stage.flops = 6 * params * 2 * tokens + reference
             stage.note += "; reference log-probs from the cache" if cached else ""
         else:  # distillation: the teacher's forward too
             stage.flops = 6 * params * tokens + (2 * params * tokens if kind == "recover" else 0)

@@ -52,7 +52,7 @@ START_MODEL_KEYS = frozenset(
     | {
         f.name
         for f in dataclasses.fields(PatchArguments)
-        if f.name not in ("epsilon_mode", "reference", "overwrite_output_dir", "crrelu_kernel")
+        if f.name not in ("activation_parameters", "reference", "overwrite_output_dir", "crrelu_kernel")
     }
     | {f.name for f in dataclasses.fields(DataArguments)}
 )
@@ -73,11 +73,11 @@ def write_step0(command: str, keys: dict, out: Path) -> dict | None:
     from crrelu_llm.training.train import training_splits
 
     out = Path(out)
-    crrelu_args, data_args, training_args, model_args = recipe_from_dict(command, {**keys, "output_dir": str(out)})
+    patch_args, data_args, training_args, model_args = recipe_from_dict(command, {**keys, "output_dir": str(out)})
     train_data, _, _ = training_splits(OBJECTIVES[command], data_args)
-    tokenizer = models.load_run_tokenizer(crrelu_args, model_args, training_args)
+    tokenizer = models.load_run_tokenizer(patch_args, model_args, training_args)
     model = models.load_model(model_args, training_args, seeded=True)
-    report = models.patch_policy(model, crrelu_args, model_args, tokenizer, train_data)
+    report = models.patch_policy(model, patch_args, model_args, tokenizer, train_data)
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)

@@ -18,7 +18,7 @@ from pathlib import Path
 from crrelu_llm import run_files
 from crrelu_llm.evaluation import evaluate
 from crrelu_llm.evaluation.generation import GenerationSettings
-from crrelu_llm.experiments.declaration import Declaration, StageSpec
+from crrelu_llm.experiments.declaration import Declaration, StageSpec, preference_step
 from crrelu_llm.experiments.evaluations import MODEL_EVALUATIONS, evaluation_settings
 from crrelu_llm.experiments.layout import RunLayout
 from crrelu_llm.experiments.stage_actions import start_keys, train_stage, write_step0
@@ -207,13 +207,13 @@ class _Builder:
             return "distill", {**common, **recover_keys(exp.recover, arm_keys)}
         if exp.sft is not None:
             return "sft", {**common, **exp.sft, **arm_keys}
-        return self.objective(arm), self.dpo_keys(arm, exp.betas[0], exp.seeds[0], self.original)
+        return self.objective(arm), self.preference_keys(arm, exp.betas[0], exp.seeds[0], self.original)
 
     def objective(self, arm: str) -> str:
         """The command of the arm's preference stages: dpo, or simpo, orpo, kto."""
         return self.exp.objectives.get(arm, "dpo")
 
-    def dpo_keys(self, arm: str, beta: float, seed: int, start: str) -> dict:
+    def preference_keys(self, arm: str, beta: float, seed: int, start: str) -> dict:
         # every beta and seed of an arm shares its reference (the arm's SFT model): its log-probabilities are
         # computed once and kept under the arm (crrelu_llm.training.reference_cache), unless the recipe says otherwise
         exp = self.exp
@@ -223,7 +223,7 @@ class _Builder:
         return {
             "dataset_name": self.data,
             **shared_reference,
-            **exp.dpo,
+            **exp.preference,
             **exp.arms[arm],
             "model_name_or_path": start,
             "beta": beta,
@@ -232,7 +232,7 @@ class _Builder:
         }
 
     def arm(self, arm: str, arm_keys: dict) -> tuple[str, str]:
-        """Step 0, recovery and SFT of one arm; returns the model DPO starts from and its stage."""
+        """Step 0, recovery and SFT of one arm; returns the model its preference runs start from and its stage."""
         exp, layout = self.exp, self.layout
         start, start_stage = self.original, "original"
         if not arm_keys.get("activation"):
@@ -287,29 +287,30 @@ class _Builder:
         return Declaration(self.layout, self.data, self.original, list(exp.arms), self.stages)
 
     def chain(self, arm: str, beta: float, seed: int, start: tuple[str, str], pairs: StageSpec | None) -> StageSpec:
-        """One DPO run, or with ``on_policy.rounds`` R > 1 its R rounds: round r starts from round
-        r - 1's model and trains on that model's own pairs. Returns the last round."""
-        rounds = (self.exp.on_policy or {}).get("rounds", 1)
+        """One preference run (of the arm's objective), or with ``on_policy.rounds`` R > 1 its R
+        rounds: round r starts from round r - 1's model and trains on that model's own pairs.
+        Returns the last round."""
+        rounds, objective = (self.exp.on_policy or {}).get("rounds", 1), self.objective(arm)
         (model, stage), run = start, None
         for r in range(1, rounds + 1):
             if r > 1:
                 pairs = self.pairs(arm, model, stage, r, beta, seed)
-            out = self.layout.dpo_round(arm, beta, seed, r, rounds)
+            out = self.layout.preference(arm, objective, beta, seed, r, rounds)
             where = f"beta={beta:g} seed={seed}" + (f" round {r}" if r < rounds else "")
-            keys = self.dpo_keys(arm, beta, seed, model)
+            keys = self.preference_keys(arm, beta, seed, model)
             if pairs is not None:  # the arm's own pairs; evaluation stays on the experiment's data
                 keys["dataset_name"] = pairs.model
             run = self.train(
-                self.objective(arm),
+                objective,
                 keys,
                 out,
-                f"{arm}/dpo {where}",
+                f"{arm}/{objective} {where}",
                 [stage, *([pairs.name] if pairs else []), "data"],
                 arm=arm,
-                step=f"DPO {where}",
+                step=preference_step(objective, beta, seed, r if r < rounds else None),
                 beta=beta,
                 seed=seed,
-                kind="dpo",
+                kind="preference",
                 final=r == rounds,
             )
             model, stage = str(out), run.name

@@ -163,7 +163,7 @@ def load_adapter_run(
         )
         calibrated = report.get("calibrated_epsilons") or {}
         record = patch_record(model)
-        with torch.no_grad():  # eps that did not train (epsilon_mode: freeze) are the calibrated ones
+        with torch.no_grad():  # eps that did not train (activation_parameters: freeze) are the calibrated ones
             for module_path, value in calibrated.items():
                 model.get_submodule(module_path).epsilon.fill_(value)
                 record["modules"][module_path]["epsilon_init"] = value

@@ -69,7 +69,7 @@ def read(declaration, factors: dict, baseline: str, help_or_harm: list[dict]) ->
     if shape is None:
         return None
     cell_of = {arm: cell for cell, arm in shape["cells"].items()}
-    runs = {(r.arm, r.beta, r.seed): r for r in declaration.dpo_runs if r.arm in cell_of}
+    runs = {(r.arm, r.beta, r.seed): r for r in declaration.preference_runs if r.arm in cell_of}
     measures = []
     for beta in sorted({b for _, b, _ in runs}):
         seeds = sorted({s for a, b, s in runs if b == beta})
@@ -100,7 +100,7 @@ def read(declaration, factors: dict, baseline: str, help_or_harm: list[dict]) ->
             found = _effects(per_seed)
             if found:
                 measures.append({"measure": name, "unit": "points", "seeds": len(per_seed), **found})
-        measures += _benchmarks(help_or_harm, cell_of, beta, seeds, label)
+        measures += _benchmarks(help_or_harm, cell_of, runs, beta, seeds, label)
     drift = {}
     for arm, cell in cell_of.items():
         found = step0_drift(declaration, arm)
@@ -139,22 +139,24 @@ def _independent(values: dict, errors: dict) -> dict:
     return out
 
 
-def _benchmarks(rows: list[dict], cell_of: dict, beta: float, seeds: list, label: str) -> list[dict]:
+def _benchmarks(rows: list[dict], cell_of: dict, runs: dict, beta: float, seeds: list, label: str) -> list[dict]:
     out = []
     by = {(r["arm"], r["stage"]): r for r in rows}
     for seed in seeds:
-        stage = f"DPO beta={beta:g} seed={seed}"
-        tasks = (
-            set.intersection(*[set((by.get((arm, stage)) or {}).get("benchmarks", {})) for arm in cell_of])
-            if cell_of
-            else set()
-        )
+        steps = {arm: runs[arm, beta, seed].step for arm in cell_of if (arm, beta, seed) in runs}
+        found_rows = {arm: by.get((arm, step)) or {} for arm, step in steps.items()}
+        tasks = set.intersection(*[set(r.get("benchmarks", {})) for r in found_rows.values()]) if found_rows else set()
+        if len(found_rows) < len(cell_of):
+            tasks = set()
+        # the objective's label, as the steps name it (DPO, SimPO...); one phrase where the cells differ
+        objectives = {step.split(" beta=")[0] for step in steps.values()}
+        after = next(iter(objectives)) if len(objectives) == 1 else "preference tuning"
         for task in sorted(tasks):
-            cells = {cell: by[arm, stage]["benchmarks"][task] for arm, cell in cell_of.items()}
+            cells = {cell: found_rows[arm]["benchmarks"][task] for arm, cell in cell_of.items()}
             if any(b["stderr"] is None for b in cells.values()):
                 continue
             found = _independent({c: b["value"] for c, b in cells.items()}, {c: b["stderr"] for c, b in cells.items()})
-            out.append({"measure": f"{task} after DPO, seed {seed}{label}", "unit": "points", "seeds": 1, **found})
+            out.append({"measure": f"{task} after {after}, seed {seed}{label}", "unit": "points", "seeds": 1, **found})
     return out
 
 

@@ -272,13 +272,13 @@ def compare_experiment(declaration, baseline_arm: str, factors: dict | None = No
     help-or-harm table from every model the declaration names."""
     from crrelu_llm.reporting.summary import step0_drift
 
-    several_betas = len({run.beta for run in declaration.dpo_runs}) > 1
+    several_betas = len({run.beta for run in declaration.preference_runs}) > 1
 
     def label(arm, beta):
         return f"{arm} beta={beta:g}" if several_betas else arm
 
-    specs = [f"{label(run.arm, run.beta)}={run.model}" for run in declaration.dpo_runs]
-    drift = {label(run.arm, run.beta): step0_drift(declaration, run.arm) for run in declaration.dpo_runs}
+    specs = [f"{label(run.arm, run.beta)}={run.model}" for run in declaration.preference_runs]
+    drift = {label(run.arm, run.beta): step0_drift(declaration, run.arm) for run in declaration.preference_runs}
     pairs = [
         {"arm": s.arm, "stage": s.name, "from": str(s.done)} for s in declaration.by_kind("pairs") if s.done.exists()
     ]
@@ -295,7 +295,7 @@ def compare_experiment(declaration, baseline_arm: str, factors: dict | None = No
         step0_drift=drift,
         stages=declaration.models(),
         eval_dirs=declaration.eval_dirs(),
-        baseline=label(baseline_arm, declaration.dpo_runs[0].beta),
+        baseline=label(baseline_arm, declaration.preference_runs[0].beta),
         pairs=pairs,
         factorial=two_by_two,
     )

@@ -49,9 +49,9 @@ def step0_drift(declaration, arm: str) -> dict | None:
 
 def summarise(exp, declaration) -> dict:
     rows, rewards, judged = [], {}, {}
-    for run in declaration.dpo_runs:
+    for run in declaration.preference_runs:
         out = Path(run.model)
-        row = {"arm": run.arm, "run": str(out), "stage": run.name, "seed": run.seed, "beta": run.beta}
+        row = {"arm": run.arm, "run": str(out), "stage": run.name, "step": run.step, "seed": run.seed, "beta": run.beta}
         final = read_json(out / run_files.FINAL_METRICS)
         for spec in declaration.by_kind("rewards"):
             if spec.model == run.model and spec.done.exists():
@@ -241,10 +241,11 @@ def _benchmark_change(summary: dict, group: dict) -> str:
     """``; crrelu_arith_mc +7.8 points [+3.5, +12.1]`` per seed: DPO minus SFT, lm-eval's standard
     errors combined as independent (its per-item outcomes are not kept: the worst case)."""
     rows = {(r["arm"], r["stage"]): r for r in summary.get("help_or_harm") or []}
+    steps = {(r["arm"], r["beta"], r["seed"]): r.get("step") for r in summary.get("rows") or []}
     sft = rows.get((group["arm"], "SFT"))
     shown = []
     for s in group["per_seed"]:
-        dpo = rows.get((group["arm"], f"DPO beta={group['beta']:g} seed={s['seed']}"))
+        dpo = rows.get((group["arm"], steps.get((group["arm"], group["beta"], s["seed"]))))
         for task, b in (dpo or {}).get("benchmarks", {}).items():
             a = (sft or {}).get("benchmarks", {}).get(task)
             if a and a["stderr"] is not None and b["stderr"] is not None:

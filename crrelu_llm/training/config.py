@@ -22,12 +22,12 @@ from crrelu_llm.errors import RecipeError
 from crrelu_llm.ops.activation import CALIBRATE, DEFAULT_EPSILON_INIT, epsilon_init_value
 from crrelu_llm.patching.discovery import activation_kwargs_value
 
-EPSILON_MODES = ("train", "freeze", "only")
+ACTIVATION_PARAMETER_MODES = ("train", "freeze", "only")
 
 
 @dataclass
 class PatchArguments:
-    """This project's recipe keys: the patch, the eps optimisation, the reference."""
+    """This project's recipe keys: the patch, what of its parameters trains, the reference."""
 
     activation: str | None = field(
         default="crrelu",
@@ -66,8 +66,13 @@ class PatchArguments:
     patch_layers: list[int] | None = field(
         default=None, metadata={"help": "Block indices to patch (negative from the end); default all blocks."}
     )
-    epsilon_mode: str = field(
-        default="train", metadata={"help": "train (with the model), freeze (eps fixed), only (train eps alone)."}
+    activation_parameters: str = field(
+        default="train",
+        metadata={
+            "help": "What trains of the patched activations' own parameters (CRReLU's eps, a Swish's beta, your "
+            "class's): train (with the model), freeze (kept fixed), only (they train alone). epsilon_mode is the "
+            "same key under its old name."
+        },
     )
     reference: str = field(
         default="policy",
@@ -121,8 +126,11 @@ class PatchArguments:
             raise RecipeError(f"calibration_samples must be a positive number of rows, got {self.calibration_samples}")
         if self.swap_steps is not None and (self.swap_steps < 1 or self.activation is None):
             raise RecipeError("swap_steps must be a positive number of steps, with an activation to swap in")
-        if self.epsilon_mode not in EPSILON_MODES:
-            raise RecipeError(f"epsilon_mode must be one of {', '.join(EPSILON_MODES)}, got {self.epsilon_mode!r}")
+        if self.activation_parameters not in ACTIVATION_PARAMETER_MODES:
+            raise RecipeError(
+                f"activation_parameters must be one of {', '.join(ACTIVATION_PARAMETER_MODES)}, "
+                f"got {self.activation_parameters!r}"
+            )
         from crrelu_llm.ops.kernels import KERNELS
 
         if self.crrelu_kernel not in KERNELS:

@@ -5,15 +5,15 @@ from __future__ import annotations
 from crrelu_llm.training.objectives import OBJECTIVES
 
 
-def model_card(command, model_args, crrelu_args, data_summary, patch_report, reference_info, metrics) -> str:
+def model_card(command, model_args, patch_args, data_summary, patch_report, reference_info, metrics) -> str:
     patch = (
         "none (baseline arm)"
         if patch_report is None
-        else f"{crrelu_args.activation}, {patch_report['count']} modules, kept from the checkpoint (already patched)"
+        else f"{patch_args.activation}, {patch_report['count']} modules, kept from the checkpoint (already patched)"
         if patch_report.get("already_patched")
-        else f"{patch_report['count']} x {patch_report['replaced'][0]['old_type']} -> {crrelu_args.activation}"
-        + (f" {crrelu_args.activation_kwargs}" if crrelu_args.activation_kwargs else "")
-        + (f", epsilon_init {crrelu_args.epsilon_init}" if crrelu_args.activation == "crrelu" else "")
+        else f"{patch_report['count']} x {patch_report['replaced'][0]['old_type']} -> {patch_args.activation}"
+        + (f" {patch_args.activation_kwargs}" if patch_args.activation_kwargs else "")
+        + (f", epsilon_init {patch_args.epsilon_init}" if patch_args.activation == "crrelu" else "")
         + (
             ""
             if patch_report.get("already_patched")
@@ -31,7 +31,7 @@ def model_card(command, model_args, crrelu_args, data_summary, patch_report, ref
         f"# {command.upper()} run of crrelu-llm",
         "",
         f"- Base model: `{model_args.model_name_or_path}`"
-        + _adapter_note(model_args.model_name_or_path, getattr(crrelu_args, "continue_adapter", False)),
+        + _adapter_note(model_args.model_name_or_path, getattr(patch_args, "continue_adapter", False)),
         f"- Trainer: TRL's {OBJECTIVES[command].trl_trainer}",
         f"- Patch: {patch}",
         f"- Data: {data_summary.get('source')} ({data_summary.get('format')}), "

@@ -49,25 +49,25 @@ def activation_summary(model) -> dict[str, int]:
     return dict(Counter(s.module_type for s in find_activations(model) if s.feed_forward))
 
 
-def apply_recipe_patch(model, crrelu_args, source: str, tokenizer=None, calibration_pairs=None) -> dict | None:
+def apply_recipe_patch(model, patch_args, source: str, tokenizer=None, calibration_pairs=None) -> dict | None:
     """Patch ``model`` as the recipe says; the patch report (None for the unpatched baseline).
     ``epsilon_init: calibrate`` calibrates eps on ``calibration_pairs`` (text) first."""
-    if crrelu_args.activation is None:
+    if patch_args.activation is None:
         return None
-    if already_patched(model, crrelu_args.activation, crrelu_args.patch_layers):
+    if already_patched(model, patch_args.activation, patch_args.patch_layers):
         # e.g. DPO starting from an SFT checkpoint of this project: re-patching would reset the
         # epsilons it learned, so keep them and say so.
         kept = "its modules and trained parameters" if activation_parameters(model) else "its modules"
-        report = kept_patch_report(model, crrelu_args.activation)
+        report = kept_patch_report(model, patch_args.activation)
         logger.warning(
             "%s is already patched with %s (%d modules): keeping %s",
             source,
-            crrelu_args.activation,
+            patch_args.activation,
             report["count"],
             kept,
         )
         return report
-    if crrelu_args.epsilon_init == CALIBRATE:
+    if patch_args.epsilon_init == CALIBRATE:
         from crrelu_llm.patching.calibration import calibrate
 
         return calibrate(
@@ -76,18 +76,18 @@ def apply_recipe_patch(model, crrelu_args, source: str, tokenizer=None, calibrat
             calibration_pairs,
             lambda: patch_model(
                 model,
-                activation=crrelu_args.activation,
-                layers=crrelu_args.patch_layers,
-                activation_kwargs=crrelu_args.activation_kwargs,
+                activation=patch_args.activation,
+                layers=patch_args.patch_layers,
+                activation_kwargs=patch_args.activation_kwargs,
             ),
-            crrelu_args.activation,
+            patch_args.activation,
         ).to_dict()
     return patch_model(
         model,
-        activation=crrelu_args.activation,
-        epsilon_init=crrelu_args.epsilon_init,
-        layers=crrelu_args.patch_layers,
-        activation_kwargs=crrelu_args.activation_kwargs,
+        activation=patch_args.activation,
+        epsilon_init=patch_args.epsilon_init,
+        layers=patch_args.patch_layers,
+        activation_kwargs=patch_args.activation_kwargs,
     ).to_dict()
 
 
@@ -116,7 +116,7 @@ def already_patched(model, activation: str, layers=None) -> bool:
     return bool(recorded) and sites <= recorded
 
 
-def apply_epsilon_mode(model, mode: str) -> None:
+def apply_activation_parameter_mode(model, mode: str) -> None:
     """``freeze``: the activation parameters stay as they are; ``only``: they alone train."""
     eps = active_activation_parameters(model)
     if mode == "freeze":
@@ -125,7 +125,7 @@ def apply_epsilon_mode(model, mode: str) -> None:
     elif mode == "only":
         if not eps:
             raise RecipeError(
-                "epsilon_mode: only trains the activation's parameters alone: it needs an activation "
+                "activation_parameters: only trains the activation's parameters alone: it needs an activation "
                 "that has some (crrelu, swish_beta, or a class with nn.Parameters)"
             )
         for p in model.parameters():
@@ -152,17 +152,17 @@ def load_model(model_args, training_args, path: str | None = None, *, seeded: bo
     )
 
 
-def load_run_tokenizer(crrelu_args, model_args, training_args):
+def load_run_tokenizer(patch_args, model_args, training_args):
     """The run's tokenizer: ``tokenizer_name_or_path``, else the model's."""
     return load_tokenizer(
-        crrelu_args.tokenizer_name_or_path or model_args.model_name_or_path, trusts_code(training_args)
+        patch_args.tokenizer_name_or_path or model_args.model_name_or_path, trusts_code(training_args)
     )
 
 
-def load_policy(crrelu_args, model_args, training_args):
+def load_policy(patch_args, model_args, training_args):
     """The model the run trains, as loaded: the checkpoint, or with ``continue_adapter`` a LoRA
     run's own adapter, trainable, on its patched base."""
-    if not crrelu_args.continue_adapter:
+    if not patch_args.continue_adapter:
         return load_model(model_args, training_args, seeded=True)
     if not (is_adapter_run(model_args.model_name_or_path) and model_args.use_peft):
         raise RecipeError(
@@ -178,30 +178,28 @@ def load_policy(crrelu_args, model_args, training_args):
     )
 
 
-def unpatched_original(objective, model, crrelu_args, model_args, training_args):
+def unpatched_original(objective, model, patch_args, model_args, training_args):
     """The model as loaded, before the patch, where the run needs it (a DPO or KTO reference of
     ``reference: original``, or a distillation teacher that is the original); else None."""
-    needed = (objective.reference and crrelu_args.reference == "original") or (
+    needed = (objective.reference and patch_args.reference == "original") or (
         objective.name == "distill" and not training_args.teacher_model_name_or_path
     )
     if not needed:
         return None
-    return load_policy(crrelu_args, model_args, training_args) if deepspeed_zero3_enabled() else copy.deepcopy(model)
+    return load_policy(patch_args, model_args, training_args) if deepspeed_zero3_enabled() else copy.deepcopy(model)
 
 
-def patch_policy(model, crrelu_args, model_args, tokenizer, train_data) -> dict | None:
+def patch_policy(model, patch_args, model_args, tokenizer, train_data) -> dict | None:
     """Patch ``model`` as a training run of this recipe does (the patch report, or None for the
     baseline); ``epsilon_init: calibrate`` calibrates on the run's own first training rows. The
     one path from a recipe to a patched model: training runs and an experiment's step 0 use it.
     A LoRA run's adapter trained further keeps its base's patch and the adapter's parameters."""
-    if crrelu_args.continue_adapter:
-        return kept_patch_report(model, crrelu_args.activation, continued_adapter=model_args.model_name_or_path)
+    if patch_args.continue_adapter:
+        return kept_patch_report(model, patch_args.activation, continued_adapter=model_args.model_name_or_path)
     pairs = (
-        calibration_pairs(train_data, crrelu_args.calibration_samples)
-        if crrelu_args.epsilon_init == CALIBRATE
-        else None
+        calibration_pairs(train_data, patch_args.calibration_samples) if patch_args.epsilon_init == CALIBRATE else None
     )
-    return apply_recipe_patch(model, crrelu_args, model_args.model_name_or_path, tokenizer, pairs)
+    return apply_recipe_patch(model, patch_args, model_args.model_name_or_path, tokenizer, pairs)
 
 
 def patch_line(report: dict | None, source: str) -> str:
@@ -231,12 +229,12 @@ def gradual_swap(model, originals: dict, patch_report: dict | None, swap_steps: 
     return [SwapScheduleCallback(swap_steps)]
 
 
-def originals_for_swap(model, crrelu_args) -> dict:
+def originals_for_swap(model, patch_args) -> dict:
     """The activations the gradual swap blends from (taken before the patch); {} without one."""
-    return original_activations(model) if crrelu_args.swap_steps else {}
+    return original_activations(model) if patch_args.swap_steps else {}
 
 
-def reference_and_teacher(objective, model, original, crrelu_args, model_args, training_args):
+def reference_and_teacher(objective, model, original, patch_args, model_args, training_args):
     """The trainer's extra models (``ref_model``, ``teacher``) and what ``reference.json`` says."""
     models, info = {}, None
     if objective.name == "distill":
@@ -252,8 +250,8 @@ def reference_and_teacher(objective, model, original, crrelu_args, model_args, t
         logger.info("%s: %s", objective.name, info["source"])
     if objective.reference:
         ref, info = build_reference(
-            crrelu_args.reference,
-            lambda: policy_copy(model, crrelu_args, model_args, training_args),
+            patch_args.reference,
+            lambda: policy_copy(model, patch_args, model_args, training_args),
             original,
             model_args,
             training_args,
@@ -267,14 +265,14 @@ def reference_and_teacher(objective, model, original, crrelu_args, model_args, t
     return models, info
 
 
-def policy_copy(model, crrelu_args, model_args, training_args):
+def policy_copy(model, patch_args, model_args, training_args):
     """The patched policy as it is at the start of training, as a separate model."""
-    if crrelu_args.continue_adapter:  # the policy at the start is the run's adapter merged: a plain model for TRL
+    if patch_args.continue_adapter:  # the policy at the start is the run's adapter merged: a plain model for TRL
         return load_model(model_args, training_args)
     if not deepspeed_zero3_enabled():
         return copy.deepcopy(model)
     fresh = load_model(model_args, training_args, seeded=True)
-    apply_recipe_patch(fresh, crrelu_args, model_args.model_name_or_path)
+    apply_recipe_patch(fresh, patch_args, model_args.model_name_or_path)
     return fresh
 
 
@@ -294,10 +292,10 @@ def build_reference(choice: str, policy_copy, original, model_args, training_arg
     return ref, {"reference": choice, "source": source, "activations": activation_summary(ref)}
 
 
-def with_peft(model, crrelu_args, model_args):
+def with_peft(model, patch_args, model_args):
     """``use_peft``: the model wrapped by PEFT (LoRA per TRL's ``get_peft_config``), the
     activation parameters trained in full beside the adapter unless they are frozen."""
-    if not model_args.use_peft or crrelu_args.continue_adapter:
+    if not model_args.use_peft or patch_args.continue_adapter:
         return model
     from peft import get_peft_model
     from trl import get_peft_config
@@ -308,6 +306,6 @@ def with_peft(model, crrelu_args, model_args):
         # that must match the whole module path: `[c_attn]` would then target nothing.
         model_args.lora_target_modules = [targets]
     peft_config = get_peft_config(model_args)
-    extra = peft_modules_to_save(model) if crrelu_args.epsilon_mode != "freeze" else []
+    extra = peft_modules_to_save(model) if patch_args.activation_parameters != "freeze" else []
     peft_config.modules_to_save = list(peft_config.modules_to_save or []) + extra
     return get_peft_model(model, peft_config)

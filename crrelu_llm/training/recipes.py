@@ -57,7 +57,10 @@ REMOVED_KEYS = {
 
 
 # Old key names still read, and the key each now is.
-ALIASES = {"epsilon_learning_rate": "activation_learning_rate"}
+ALIASES = {
+    "epsilon_learning_rate": "activation_learning_rate",
+    "epsilon_mode": "activation_parameters",
+}  # old name -> key
 
 
 def resolve_aliases(config: dict, argv: list[str], source: str) -> tuple[dict, list[str]]:
@@ -72,13 +75,15 @@ def resolve_aliases(config: dict, argv: list[str], source: str) -> tuple[dict, l
                     f"{source}: {old} ({value!r}) is another name for {new} ({config[new]!r}); keep one of them"
                 )
             config[new] = value
-    argv = [
-        f"--{ALIASES[a[2:].split('=', 1)[0]]}" + (a[2:].partition("=")[1] + a[2:].partition("=")[2])
-        if a.startswith("--") and a[2:].split("=", 1)[0] in ALIASES
-        else a
-        for a in argv
-    ]
+    argv = [_new_flag(a) for a in argv]
     return config, argv
+
+
+def _new_flag(arg: str) -> str:
+    """``--old_name[=v]`` or ``--old-name[=v]`` as ``--new_name[=v]``; any other argument as it is."""
+    name, equals, value = arg[2:].partition("=")
+    new = ALIASES.get(name.replace("-", "_")) if arg.startswith("--") else None
+    return f"--{new}{equals}{value}" if new else arg
 
 
 def recipe_types(command: str):
@@ -363,34 +368,34 @@ def recipe_from_dict(command: str, config: dict, argv: list[str] = (), source: s
     parser = recipe_parser(command)
     parser.set_defaults_with_config(**config)
     try:
-        crrelu_args, data_args, training_args, model_args = parser.parse_args_into_dataclasses(args=argv)
+        patch_args, data_args, training_args, model_args = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:
         where = "" if source == "recipe" else f"{source}: "
         raise RecipeError(f"{where}invalid recipe value: {err}") from None
-    if training_args.use_liger_kernel and crrelu_args.activation is not None:
+    if training_args.use_liger_kernel and patch_args.activation is not None:
         raise RecipeError(
             "use_liger_kernel: true replaces the MLP forward with fused kernels that never call the activation "
             "module, so the patched activation would be silently bypassed. Set use_liger_kernel: false."
         )
     if model_args.model_name_or_path is None:
         raise RecipeError("model_name_or_path is required (a hub id, a local checkpoint or tiny-<model_type>)")
-    if command in REFERENCE_FREE and crrelu_args.reference != "policy":
+    if command in REFERENCE_FREE and patch_args.reference != "policy":
         raise RecipeError(
-            f"reference: {crrelu_args.reference!r}: {command} has no reference model (its loss needs "
+            f"reference: {patch_args.reference!r}: {command} has no reference model (its loss needs "
             "none); drop the reference key, or train with dpo or kto"
         )
-    if command in PREFERENCE_OBJECTIVES and crrelu_args.swap_steps:
+    if command in PREFERENCE_OBJECTIVES and patch_args.swap_steps:
         raise RecipeError(
             "swap_steps blends the activation in during sft or distill; DPO starts from a model whose "
             "swap is done (its reference is that model)"
         )
-    return crrelu_args, data_args, training_args, model_args
+    return patch_args, data_args, training_args, model_args
 
 
-def resolved_recipe(crrelu_args, data_args, training_args, model_args) -> dict:
+def resolved_recipe(patch_args, data_args, training_args, model_args) -> dict:
     """Every key of a parsed recipe with its value (what ``recipe.yaml`` in a run records)."""
     return {
-        **dataclasses.asdict(crrelu_args),
+        **dataclasses.asdict(patch_args),
         **dataclasses.asdict(data_args),
         **dataclasses.asdict(model_args),
         **json.loads(training_args.to_json_string()),

@@ -63,7 +63,7 @@ def training_splits(objective: Objective, data_args: DataArguments):
     return train, evaluation, summary
 
 
-def check_template(train_data, tokenizer, crrelu_args, model_args, training_args, data_summary) -> None:
+def check_template(train_data, tokenizer, patch_args, model_args, training_args, data_summary) -> None:
     """Conversational rows need a chat template: refused before any model loads if there is none."""
     if not len(train_data) or getattr(training_args, "chat_template_path", None):
         return
@@ -75,7 +75,7 @@ def check_template(train_data, tokenizer, crrelu_args, model_args, training_args
     check_chat_template(
         train_data[0],
         tokenizer,
-        crrelu_args.tokenizer_name_or_path or model_args.model_name_or_path,
+        patch_args.tokenizer_name_or_path or model_args.model_name_or_path,
         str(data_summary.get("source")),
         fix,
     )
@@ -92,38 +92,38 @@ class PreparedRun:
 
 
 def prepare(
-    command: str, crrelu_args: PatchArguments, data_args: DataArguments, training_args, model_args, callbacks=None
+    command: str, patch_args: PatchArguments, data_args: DataArguments, training_args, model_args, callbacks=None
 ) -> PreparedRun:
     """Data, tokenizer, model (patched per the recipe), reference or teacher, and trainer: the
     run up to ``trainer.train()``. A refused recipe or row leaves nothing behind."""
     objective = OBJECTIVES[command]
-    kernels.set_kernel(crrelu_args.crrelu_kernel)
+    kernels.set_kernel(patch_args.crrelu_kernel)
     output_dir = check_writable(Path(training_args.output_dir), "output_dir")  # created once the inputs are good
-    recipe = resolved_recipe(crrelu_args, data_args, training_args, model_args)
-    claim_output_dir(output_dir, recipe, crrelu_args.overwrite_output_dir)
+    recipe = resolved_recipe(patch_args, data_args, training_args, model_args)
+    claim_output_dir(output_dir, recipe, patch_args.overwrite_output_dir)
 
     # ---- data first: a bad row stops the run before a model is downloaded
     train_data, eval_data, data_summary = training_splits(objective, data_args)
 
     # ---- tokenizer
-    tokenizer = models.load_run_tokenizer(crrelu_args, model_args, training_args)
-    check_template(train_data, tokenizer, crrelu_args, model_args, training_args, data_summary)
+    tokenizer = models.load_run_tokenizer(patch_args, model_args, training_args)
+    check_template(train_data, tokenizer, patch_args, model_args, training_args, data_summary)
 
     # ---- the policy, patched per the recipe (the original kept first where the run needs it)
-    model = models.load_policy(crrelu_args, model_args, training_args)
-    original = models.unpatched_original(objective, model, crrelu_args, model_args, training_args)
-    originals = models.originals_for_swap(model, crrelu_args)
-    patch_report = models.patch_policy(model, crrelu_args, model_args, tokenizer, train_data)
-    callbacks = [*models.gradual_swap(model, originals, patch_report, crrelu_args.swap_steps), *(callbacks or [])]
-    models.apply_epsilon_mode(model, crrelu_args.epsilon_mode)
+    model = models.load_policy(patch_args, model_args, training_args)
+    original = models.unpatched_original(objective, model, patch_args, model_args, training_args)
+    originals = models.originals_for_swap(model, patch_args)
+    patch_report = models.patch_policy(model, patch_args, model_args, tokenizer, train_data)
+    callbacks = [*models.gradual_swap(model, originals, patch_report, patch_args.swap_steps), *(callbacks or [])]
+    models.apply_activation_parameter_mode(model, patch_args.activation_parameters)
     if training_args.deepspeed_plugin is not None:  # DeepSpeed cannot broadcast 0-dim parameters: (1,)
         hold_scalars_as_vectors(model)
 
     # ---- the reference or teacher, then PEFT
     extra_models, reference_info = models.reference_and_teacher(
-        objective, model, original, crrelu_args, model_args, training_args
+        objective, model, original, patch_args, model_args, training_args
     )
-    model = models.with_peft(model, crrelu_args, model_args)
+    model = models.with_peft(model, patch_args, model_args)
 
     # ---- the trainer: TRL's, as the objectives table names it
     trainer = objective.trainer(
@@ -156,7 +156,7 @@ def prepare(
 
 
 def run(
-    command: str, crrelu_args: PatchArguments, data_args: DataArguments, training_args, model_args, callbacks=None
+    command: str, patch_args: PatchArguments, data_args: DataArguments, training_args, model_args, callbacks=None
 ) -> dict:
     """Prepare, train (resuming from the last checkpoint in output_dir), evaluate, save. A run
     that finished in output_dir (``final_metrics.json``) with the same recipe is left as it is."""
@@ -166,8 +166,8 @@ def run(
         # a different recipe is refused (or, asked to, cleared); the same one has nothing left to do
         claim_output_dir(
             finished.parent,
-            resolved_recipe(crrelu_args, data_args, training_args, model_args),
-            crrelu_args.overwrite_output_dir,
+            resolved_recipe(patch_args, data_args, training_args, model_args),
+            patch_args.overwrite_output_dir,
         )
         if finished.exists():
             print(
@@ -176,7 +176,7 @@ def run(
                 flush=True,
             )
             return json.loads(finished.read_text())
-    prepared = prepare(command, crrelu_args, data_args, training_args, model_args, callbacks)
+    prepared = prepare(command, patch_args, data_args, training_args, model_args, callbacks)
     trainer, output_dir = prepared.trainer, prepared.output_dir
     resume = training_args.resume_from_checkpoint
     if resume is None:
@@ -196,7 +196,7 @@ def run(
         card = model_card(
             command,
             model_args,
-            crrelu_args,
+            patch_args,
             prepared.data_summary,
             prepared.patch_report,
             prepared.reference_info,
