@@ -232,7 +232,7 @@ def test_an_experiment_compares_objectives_as_arms_end_to_end(tmp_path):
     }
     out = tmp_path / "out"
     assert experiment_main(small_recipe(tmp_path, arms, evaluations), str(out)) == 0
-    run = out / "crrelu-simpo" / "dpo-beta0.5-seed0"
+    run = out / "crrelu-simpo" / "simpo-beta0.5-seed0"
     assert json.loads((run / "reference.json").read_text())["reference_free"] is True
     assert (run / "simpo_stage.yaml").exists() and not (run / "dpo_stage.yaml").exists()
     rewards = json.loads((run / "eval" / "rewards.json").read_text())
@@ -241,7 +241,7 @@ def test_an_experiment_compares_objectives_as_arms_end_to_end(tmp_path):
     assert {a: e["objective"] for a, e in report["arms"].items()} == {"gelu": "dpo", "crrelu-simpo": "simpo"}
     text = (out / "report" / "report.md").read_text()
     assert "## crrelu-simpo (SIMPO) vs gelu/dpo-beta0.5-seed0" in text
-    assert "| 0 | crrelu-simpo/dpo-beta0.5-seed0 |" in text
+    assert "| 0 | crrelu-simpo/simpo-beta0.5-seed0 |" in text
     assert "SIMPO run, no reference model: its reward is SimPO's" in text and "length-controlled" in text
 
 
