@@ -51,7 +51,7 @@ class ActivationParameterMixin:
             shared += fsdp2_share_activation_parameters(plugin, model, self.accelerator.device)
         if shared:
             logger.info(
-                "FSDP2: %d CRReLU epsilons kept unsharded on %s, gradients averaged over ranks",
+                "FSDP2: %d activation parameters kept unsharded on %s, gradients averaged over ranks",
                 len(shared),
                 self.accelerator.device,
             )
@@ -62,9 +62,9 @@ class ActivationParameterMixin:
 
     def create_optimizer(self, *args, **kwargs):  # transformers 5.x added a `model` argument along the way
         optimizer = super().create_optimizer(*args, **kwargs)
-        if getattr(self, "_epsilon_group_built", False):
+        if getattr(self, "_activation_group_built", False):
             return optimizer
-        self._epsilon_group_built = True
+        self._activation_group_built = True
         eps = [p for p in active_activation_parameters(self.model).values() if p.requires_grad]
         if not eps:
             return optimizer
@@ -83,7 +83,7 @@ class ActivationParameterMixin:
 
     def _save(self, output_dir=None, state_dict=None):
         # A ZeRO-3 consolidated state dict is built from the parameters themselves, where the
-        # epsilons are (1,)-shaped (see CRReLU): store them 0-dim like every other checkpoint.
+        # activation parameters are (1,)-shaped (see CRReLU): store them 0-dim like every other checkpoint.
         if state_dict:
             state_dict = as_saved(state_dict, activation_parameters(self.model))
         return super()._save(output_dir, state_dict=state_dict)
@@ -136,7 +136,7 @@ class PromptTruncationMixin:
 
 
 class RankConsistencyCallback(TrainerCallback):
-    """At the end of training, compare a checksum of the weights (and the epsilons) across ranks
+    """At the end of training, compare a checksum of the weights (and the activation parameters) across ranks
     and write ``rank_consistency.json``: DDP/FSDP/ZeRO ranks must end identical."""
 
     def __init__(self, output_dir: Path):
@@ -156,7 +156,7 @@ class RankConsistencyCallback(TrainerCallback):
                 r["checksum"] == everyone[0]["checksum"] and r["epsilon"] == everyone[0]["epsilon"] for r in everyone
             )
             if not identical:
-                logger.warning("ranks ended with different weights or epsilons: %s", everyone)
+                logger.warning("ranks ended with different weights or activation parameters: %s", everyone)
             from accelerate.state import PartialState
 
             kind = str(PartialState().distributed_type).split(".")[-1]
