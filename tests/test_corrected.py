@@ -138,6 +138,34 @@ def test_the_contrasts_of_a_2x2():
     assert c["a"] == [1.0, 0.0, 0.5] and c["b"] == [0.0, -1.0, 0.5] and c["ab"] == [0.0, 0.0, 1.0]
 
 
+def test_the_benchmark_contrasts_find_each_arm_s_run_by_its_own_step_whatever_its_objective():
+    """The help-or-harm rows name a preference run by its step ("DPO beta=0.5 seed=0", "SimPO
+    beta=0.5 seed=0"): a 2x2 whose arms train SimPO reads their benchmarks too."""
+    from types import SimpleNamespace
+
+    from crrelu_llm.experiments.declaration import preference_step
+    from crrelu_llm.reporting.factorial import _benchmarks
+
+    cells = {"gelu": (0, 0), "relu": (1, 0), "corrected": (0, 1), "relu_corrected": (1, 1)}
+    values = {"gelu": 0.5, "relu": 0.6, "corrected": 0.55, "relu_corrected": 0.7}
+    for objective, label in (("dpo", "DPO"), ("simpo", "SimPO")):
+        runs = {
+            (arm, 0.5, 0): SimpleNamespace(step=preference_step(objective, 0.5, 0), command=objective) for arm in cells
+        }
+        rows = [
+            {
+                "arm": arm,
+                "stage": preference_step(objective, 0.5, 0),
+                "benchmarks": {"crrelu_arith_mc": {"value": v, "stderr": 0.02}},
+            }
+            for arm, v in values.items()
+        ]
+        (found,) = _benchmarks(rows, cells, runs, 0.5, [0], "")
+        assert found["measure"] == f"crrelu_arith_mc after {label}, seed 0"
+        assert found["a"]["value"] == pytest.approx((0.6 + 0.7 - 0.5 - 0.55) / 2)
+        assert found["ab"]["value"] == pytest.approx((0.7 - 0.6) - (0.55 - 0.5))
+
+
 @pytest.mark.slow
 def test_a_2x2_experiment_runs_every_stage_and_reports_both_main_effects_and_the_interaction(tmp_path):
     path = small_recipe(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from crrelu_llm.experiments.layout import RunLayout
+from crrelu_llm.training.objectives import OBJECTIVES
 
 TRAINING_KINDS = ("original", "recover", "sft", "preference")
 
@@ -79,6 +80,4 @@ class Declaration:
 def preference_step(objective: str, beta: float, seed: int, round_: int | None = None) -> str:
     """A preference run's place in its arm's pipeline, as stages, tables and reports name it: its
     objective's label, beta and seed (``DPO beta=0.1 seed=0``, ``SimPO beta=2 seed=0``)."""
-    from crrelu_llm.training.objectives import OBJECTIVES
-
     return f"{OBJECTIVES[objective].label} beta={beta:g} seed={seed}" + (f" round {round_}" if round_ else "")

@@ -322,8 +322,8 @@ def refuse_old_run_names(declaration: Declaration) -> None:
     the move that keeps it, rather than trained again beside it."""
     for run in declaration.by_kind("preference"):
         new = Path(run.model)
-        old = new.with_name("dpo" + new.name[len(run.command) :])
-        if run.command != "dpo" and old.is_dir() and not new.exists():
+        old = RunLayout.before_objective_names(new, run.command)
+        if old != new and old.is_dir() and not new.exists():
             raise ExperimentError(
                 f"{old}: a {run.command} run under the name earlier versions gave it; preference runs are now "
                 f"named after their objective: mv {old} {new}, then run again with --rerun-changed to "

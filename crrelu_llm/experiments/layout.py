@@ -59,6 +59,12 @@ class RunLayout:
         run = self.root / arm / f"{objective}-beta{beta:g}-seed{seed}"
         return run if round_ == rounds else run.with_name(f"{run.name}-round{round_}")
 
+    @staticmethod
+    def before_objective_names(run: Path, objective: str) -> Path:
+        """Where versions before runs were named after their objective kept a preference run:
+        ``dpo-beta<B>-seed<S>...`` whatever it trained."""
+        return run.with_name("dpo" + run.name.removeprefix(objective))
+
     def pairs(self, arm: str, beta: float | None = None, seed: int | None = None, round_: int = 1) -> Path:
         """On-policy pairs: round 1's from the arm's SFT model, later rounds' per DPO chain."""
         if round_ == 1:

@@ -24,6 +24,7 @@ import math
 
 from crrelu_llm.files import read_json
 from crrelu_llm.stats import Z95, pooled
+from crrelu_llm.training.objectives import OBJECTIVES
 
 
 def design(factors: dict[str, dict[str, str]], baseline: str) -> dict | None:
@@ -143,14 +144,11 @@ def _benchmarks(rows: list[dict], cell_of: dict, runs: dict, beta: float, seeds:
     out = []
     by = {(r["arm"], r["stage"]): r for r in rows}
     for seed in seeds:
-        steps = {arm: runs[arm, beta, seed].step for arm in cell_of if (arm, beta, seed) in runs}
-        found_rows = {arm: by.get((arm, step)) or {} for arm, step in steps.items()}
-        tasks = set.intersection(*[set(r.get("benchmarks", {})) for r in found_rows.values()]) if found_rows else set()
-        if len(found_rows) < len(cell_of):
-            tasks = set()
-        # the objective's label, as the steps name it (DPO, SimPO...); one phrase where the cells differ
-        objectives = {step.split(" beta=")[0] for step in steps.values()}
-        after = next(iter(objectives)) if len(objectives) == 1 else "preference tuning"
+        cell_runs = {arm: runs.get((arm, beta, seed)) for arm in cell_of}
+        found_rows = {arm: (by.get((arm, run.step)) if run else None) or {} for arm, run in cell_runs.items()}
+        tasks = set.intersection(*[set(r.get("benchmarks", {})) for r in found_rows.values()]) if cell_of else set()
+        labels = {OBJECTIVES[run.command].label for run in cell_runs.values() if run}
+        after = labels.pop() if len(labels) == 1 else "preference tuning"  # DPO, SimPO...; one phrase if they differ
         for task in sorted(tasks):
             cells = {cell: found_rows[arm]["benchmarks"][task] for arm, cell in cell_of.items()}
             if any(b["stderr"] is None for b in cells.values()):

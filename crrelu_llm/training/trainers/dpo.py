@@ -34,7 +34,7 @@ class CRReLUDPOConfig(ReferenceCacheArguments, PromptTruncationArguments, Activa
 
 
 class CRReLUDPOTrainer(ActivationParameterMixin, PromptTruncationMixin, DPOTrainer):
-    """TRL's ``DPOTrainer`` with the CRReLU epsilons looked after (see the module docstring), and
+    """TRL's ``DPOTrainer`` with the activation parameters looked after (see the module docstring), and
     precomputed reference log-probabilities shared through ``args.ref_logps_cache_dir``
     (:mod:`crrelu_llm.training.reference_cache`): TRL computes them, this keeps them for the next run.
 
@@ -42,6 +42,7 @@ class CRReLUDPOTrainer(ActivationParameterMixin, PromptTruncationMixin, DPOTrain
 
         >>> from crrelu_llm import patch_model
         >>> from crrelu_llm.patching.tiny import tiny_causal_lm, tiny_tokenizer
+        >>> from crrelu_llm.training.trainers.dpo import CRReLUDPOConfig, CRReLUDPOTrainer
         >>> from datasets import Dataset
         >>> model = tiny_causal_lm("gpt2")
         >>> _ = patch_model(model, "crrelu")
