@@ -16,7 +16,8 @@ launch=${LAUNCH:-crrelu-llm}
 # the output_dir the recipe gives this arm (the same resolution the training command uses)
 base=$(python3 -c "
 import sys
-from crrelu_llm.training.recipes import read_recipe, select_arm
+from crrelu_llm.training.arms import select_arm
+from crrelu_llm.training.recipes import read_recipe
 print(select_arm(read_recipe(sys.argv[1]), sys.argv[2] or None, sys.argv[1])['output_dir'])
 " "$recipe" "${arm[1]:-}")
 for beta in "${betas[@]}"; do

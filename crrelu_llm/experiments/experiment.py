@@ -56,6 +56,8 @@ from crrelu_llm.experiments.layout import RunLayout
 from crrelu_llm.experiments.ledger import Ledger
 from crrelu_llm.experiments.stages import declare, recover_keys
 from crrelu_llm.files import writable_dir, write_json
+from crrelu_llm.trackers import check_trackers
+from crrelu_llm.training.arms import check_kernels
 from crrelu_llm.training.objectives import PREFERENCE_OBJECTIVES
 from crrelu_llm.training.recipes import check_recipe_keys, recipe_from_dict
 
@@ -154,6 +156,11 @@ def load_experiment(path: str | Path, output_dir: str | None = None, overrides: 
             if shared is not None:
                 extra = run_keys if command != "sft" else {}
                 check_recipe_keys({**shared, **keys, **stage_keys, **extra}, command, f"{path} ({arm}, {command})")
+    for stage in ("sft", "preference", "recover"):  # kernel options: every arm alike, and no patched one
+        shared = raw.get(stage) if isinstance(raw.get(stage), dict) else {}
+        check_kernels({arm: {**shared, **keys} for arm, keys in raw["arms"].items()}, f"{path} ({stage})")
+        for keys in raw["arms"].values():  # a tracker missing stops the experiment before its first stage
+            check_trackers({**shared, **keys}.get("report_to"), f"{path} ({stage})")
     if raw.get("recover") is not None:
         if not isinstance(raw["recover"], dict):
             raise ExperimentError(f"{path}: 'recover' must be a mapping of distill recipe keys (e.g. max_steps: 200)")

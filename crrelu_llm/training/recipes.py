@@ -29,6 +29,8 @@ from trl import ModelConfig
 from crrelu_llm.data.preference import DataArguments
 from crrelu_llm.errors import RecipeError, did_you_mean
 from crrelu_llm.help import RawDescriptionDefaultsShown
+from crrelu_llm.trackers import check_trackers
+from crrelu_llm.training.arms import check_arms, check_kernels, kernel_options, select_arm
 from crrelu_llm.training.config import ActivationParameterArguments, PatchArguments
 from crrelu_llm.training.objectives import OBJECTIVES, PREFERENCE_OBJECTIVES, REFERENCE_FREE
 
@@ -261,31 +263,6 @@ def read_recipe(path: str | Path) -> dict:
     return config
 
 
-def _fill_arm(value, arm: str):
-    if isinstance(value, str):
-        return value.replace("{arm}", arm)
-    if isinstance(value, list):
-        return [_fill_arm(v, arm) for v in value]
-    return value
-
-
-def select_arm(config: dict, arm: str | None, path: str) -> dict:
-    """The recipe's shared keys with ``arms[arm]`` laid over them and ``{arm}`` filled in."""
-    arms = config.get("arms")
-    shared = {k: v for k, v in config.items() if k != "arms"}
-    if arms is None:
-        if arm is not None:
-            raise RecipeError(f"--arm {arm}: {path} defines no arms; drop --arm")
-        return shared
-    if not isinstance(arms, dict) or not all(isinstance(v, dict) for v in arms.values()):
-        raise RecipeError(f"{path}: 'arms' must map each arm name to its keys, e.g. crrelu: {{activation: crrelu}}")
-    if arm is None:
-        raise RecipeError(f"{path} defines the arms {', '.join(arms)}: pass --arm NAME to choose one")
-    if arm not in arms:
-        raise RecipeError(f"--arm {arm}: {path} has no such arm (it has {', '.join(arms)})" + did_you_mean(arm, arms))
-    return {k: _fill_arm(v, arm) for k, v in {**shared, **arms[arm]}.items()}
-
-
 def _take_option(argv: list[str], name: str) -> str | None:
     """Remove ``name VALUE`` (or ``name=VALUE``) from ``argv`` and return VALUE."""
     for i, arg in enumerate(argv):
@@ -314,8 +291,11 @@ def parse_recipe(command: str, argv: list[str]):
         if arm is not None:
             raise RecipeError("--arm needs --config RECIPE")
         return recipe_from_dict(command, {}, argv)
-    config = select_arm(read_recipe(path), arm, path)
-    return recipe_from_dict(command, config, argv, source=path + (f" (arm {arm})" if arm else ""))
+    recipe = read_recipe(path)
+    config = select_arm(recipe, arm, path)
+    args = recipe_from_dict(command, config, argv, source=path + (f" (arm {arm})" if arm else ""))
+    check_arms({**recipe, **kernel_options(args[2])}, path)  # a kernel flag applies to every arm alike
+    return args
 
 
 def recipe_parser(command: str):
@@ -372,11 +352,8 @@ def recipe_from_dict(command: str, config: dict, argv: list[str] = (), source: s
     except ValueError as err:
         where = "" if source == "recipe" else f"{source}: "
         raise RecipeError(f"{where}invalid recipe value: {err}") from None
-    if training_args.use_liger_kernel and patch_args.activation is not None:
-        raise RecipeError(
-            "use_liger_kernel: true replaces the MLP forward with fused kernels that never call the activation "
-            "module, so the patched activation would be silently bypassed. Set use_liger_kernel: false."
-        )
+    check_trackers(training_args.report_to, source)  # a tracker missing stops the run before any model loads
+    check_kernels({"": {"activation": patch_args.activation, **kernel_options(training_args)}}, source)
     if model_args.model_name_or_path is None:
         raise RecipeError("model_name_or_path is required (a hub id, a local checkpoint or tiny-<model_type>)")
     if command in REFERENCE_FREE and patch_args.reference != "policy":
