@@ -1,5 +1,6 @@
 """Helpers shared by test modules (the folder is on sys.path through conftest.py)."""
 
+import doctest
 import importlib.util
 import sys
 from pathlib import Path
@@ -131,3 +132,26 @@ ARCHITECTURES = {
     "mixtral": "SiLUActivation",
     "qwen2_moe": "SiLUActivation",
 }
+
+
+# Examples that train or build a trainer print what transformers prints (progress, metrics): the
+# transformers convention, `# doctest: +IGNORE_RESULT`, runs the line and ignores what it prints.
+IGNORE_RESULT = doctest.register_optionflag("IGNORE_RESULT")
+
+
+class ExampleChecker(doctest.OutputChecker):
+    def check_output(self, want, got, optionflags):
+        return bool(optionflags & IGNORE_RESULT) or super().check_output(want, got, optionflags)
+
+
+def run_examples(tests) -> int:
+    """Run doctests (``+ELLIPSIS`` on, ``+IGNORE_RESULT`` understood); fails naming the first that
+    fails; how many examples ran."""
+    runner = doctest.DocTestRunner(checker=ExampleChecker(), optionflags=doctest.ELLIPSIS)
+    ran = 0
+    for test in tests:
+        report = []
+        result = runner.run(test, out=report.append)
+        assert result.failed == 0, f"{test.name}: {result.failed} example(s) failed:\n" + "".join(report)[-3000:]
+        ran += result.attempted
+    return ran

@@ -63,7 +63,7 @@ def preference_logps(
         per_device_train_batch_size=1,
     )
     # TRL's pipeline (tokenization, the length rule), counted: the pairs it drops are not scored
-    # no reference (a reference-free objective): TRL makes its own copy, which is not scored
+    # no reference (a reference-free objective): the trainer makes its own copy, which is not scored
     trainer = CRReLUDPOTrainer(
         model=model,
         ref_model=reference,

@@ -7,7 +7,9 @@ FSDP), their values are logged with the other metrics (``epsilon/<layer>``, ``be
 mean, min, max, so they reach ``trainer_state.json`` and every ``report_to``), FSDP2 keeps them
 whole (:mod:`crrelu_llm.ops.distributed`), and checkpoints hold them 0-dim. A plain TRL config
 trains them at ``learning_rate``. :class:`PromptTruncationMixin`: the length rule applied and
-counted (DPO, SFT). :class:`RankConsistencyCallback`: ranks checked identical at the end. The
+counted (DPO, SFT). :class:`PolicyReferenceMixin`: no ``ref_model`` means the policy's starting copy
+(DPO, KTO). :class:`ProjectCardMixin`: the Hub gets the project's card.
+:class:`RankConsistencyCallback`: ranks checked identical at the end. The
 trainers themselves, each beside its config, are in :mod:`crrelu_llm.training.trainers`.
 """
 
@@ -23,7 +25,7 @@ from transformers import TrainerCallback
 
 from crrelu_llm import run_files
 from crrelu_llm.data import accounting
-from crrelu_llm.files import write_json
+from crrelu_llm.files import write_json, write_text_atomic
 from crrelu_llm.ops.distributed import fsdp2_share_activation_parameters, full_parameter
 from crrelu_llm.ops.scalars import as_saved
 from crrelu_llm.patching.patch import activation_logs, activation_parameters, active_activation_parameters
@@ -87,6 +89,61 @@ class ActivationParameterMixin:
         if state_dict:
             state_dict = as_saved(state_dict, activation_parameters(self.model))
         return super()._save(output_dir, state_dict=state_dict)
+
+
+class ProjectCardMixin:
+    """The model card is the project's: once a run has written its card (``project_card``), the card
+    TRL would draft over it when pushing to the Hub is not written, so the Hub gets the folder's."""
+
+    project_card: str | None = None
+
+    def create_model_card(self, *args, **kwargs):
+        if self.project_card is None:
+            return super().create_model_card(*args, **kwargs)
+        if self.is_world_process_zero():
+            write_text_atomic(Path(self.args.output_dir) / run_files.MODEL_CARD, self.project_card)
+
+
+class PolicyReferenceMixin:
+    """The reference the command line uses, on every route: a trainer given no ``ref_model`` takes a
+    frozen copy of the policy as it is passed in (its patch and its activation parameters included),
+    where TRL would load ``model.config._name_or_path`` again: for a model patched in memory, that is
+    the unpatched original. Asking for another reference is explicit: ``ref_model`` as a model, or
+    as a hub id or path (``ref_model="gpt2"``: the unpatched original, as the CLI's
+    ``reference: original``). With PEFT the reference stays TRL's: the adapter disabled."""
+
+    def __init__(self, model=None, ref_model=None, args=None, *rest, **kwargs):
+        if rest:
+            raise TypeError(f"{type(self).__name__}: pass the arguments after `args` by keyword")
+        ref_model = starting_reference(model, ref_model, args, kwargs.get("peft_config"))
+        super().__init__(model=model, ref_model=ref_model, args=args, **kwargs)
+
+
+def starting_reference(model, ref_model, args, peft_config=None):
+    """The reference a trainer gets for ``model`` (see :class:`PolicyReferenceMixin`)."""
+    if isinstance(ref_model, (str, Path)):  # asked for by name: loaded as every model here is
+        from crrelu_llm.patching.loading import load_causal_lm
+
+        dtype = getattr(model, "dtype", "auto")
+        ref = load_causal_lm(str(ref_model), dtype=dtype, trust_remote_code=bool(getattr(args, "trust_remote_code", 0)))
+        return ref.eval().requires_grad_(False)
+    if ref_model is not None or not isinstance(model, torch.nn.Module) or peft_config is not None:
+        return ref_model  # given; or a model TRL loads by name (unpatched, as its reference); or PEFT's
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return None
+    from crrelu_llm.runtime import deepspeed_zero3_enabled
+
+    if deepspeed_zero3_enabled():
+        from crrelu_llm.errors import RecipeError
+
+        raise RecipeError(
+            "ref_model: under DeepSpeed ZeRO-3 the policy's parameters are partitioned and cannot be copied: "
+            "load a second copy, patch it as the policy, and pass it as ref_model"
+        )
+    logger.info("reference: a frozen copy of the policy as passed (pass ref_model to choose another)")
+    return copy.deepcopy(model).eval().requires_grad_(False)
 
 
 class PromptTruncationMixin:

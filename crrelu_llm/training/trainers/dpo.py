@@ -17,7 +17,12 @@ from trl import DPOConfig, DPOTrainer
 
 from crrelu_llm.data.accounting import truncate_like_reference
 from crrelu_llm.training.config import ActivationParameterArguments, PromptTruncationArguments, ReferenceCacheArguments
-from crrelu_llm.training.mixins import ActivationParameterMixin, PromptTruncationMixin
+from crrelu_llm.training.mixins import (
+    ActivationParameterMixin,
+    PolicyReferenceMixin,
+    ProjectCardMixin,
+    PromptTruncationMixin,
+)
 
 
 @dataclass
@@ -33,10 +38,15 @@ class CRReLUDPOConfig(ReferenceCacheArguments, PromptTruncationArguments, Activa
     """
 
 
-class CRReLUDPOTrainer(ActivationParameterMixin, PromptTruncationMixin, DPOTrainer):
+class CRReLUDPOTrainer(
+    ProjectCardMixin, PolicyReferenceMixin, ActivationParameterMixin, PromptTruncationMixin, DPOTrainer
+):
     """TRL's ``DPOTrainer`` with the activation parameters looked after (see the module docstring), and
     precomputed reference log-probabilities shared through ``args.ref_logps_cache_dir``
     (:mod:`crrelu_llm.training.reference_cache`): TRL computes them, this keeps them for the next run.
+    Without ``ref_model`` the reference is a frozen copy of the policy as passed, patch included, as on
+    the command line (:class:`~crrelu_llm.training.mixins.PolicyReferenceMixin`); ``ref_model="gpt2"``
+    asks for the unpatched original.
 
     Example::
 
@@ -48,10 +58,14 @@ class CRReLUDPOTrainer(ActivationParameterMixin, PromptTruncationMixin, DPOTrain
         >>> _ = patch_model(model, "crrelu")
         >>> pairs = Dataset.from_list([{"prompt": "1+1=", "chosen": "2.", "rejected": "3."}] * 4)
         >>> args = CRReLUDPOConfig(output_dir="runs/doc", max_steps=1, per_device_train_batch_size=2,
-        ...                        activation_learning_rate=1e-2, report_to=[], use_cpu=True)
+        ...                        activation_learning_rate=1e-2, report_to=[], use_cpu=True, bf16=False)
         >>> trainer = CRReLUDPOTrainer(model=model, args=args, train_dataset=pairs,
-        ...                            processing_class=tiny_tokenizer())  # doctest: +SKIP
-        >>> trainer.train()  # eps trains in its own parameter group  # doctest: +SKIP
+        ...                            processing_class=tiny_tokenizer())  # doctest: +IGNORE_RESULT
+        >>> type(trainer.ref_model.transformer.h[0].mlp.act).__name__  # the reference: the patched policy
+        'CRReLU'
+        >>> result = trainer.train()  # eps trains in its own parameter group  # doctest: +IGNORE_RESULT
+        >>> trainer.state.global_step
+        1
     """
 
     def _precompute_ref_logps(self, dataset, name, batch_size):

@@ -16,7 +16,7 @@ from trl import KTOConfig, KTOTrainer
 
 from crrelu_llm.errors import RecipeError
 from crrelu_llm.training.config import ActivationParameterArguments
-from crrelu_llm.training.mixins import ActivationParameterMixin
+from crrelu_llm.training.mixins import ActivationParameterMixin, PolicyReferenceMixin, ProjectCardMixin
 
 
 @dataclass
@@ -32,5 +32,5 @@ class CRReLUKTOConfig(ActivationParameterArguments, KTOConfig):
         super().__post_init__()
 
 
-class CRReLUKTOTrainer(ActivationParameterMixin, KTOTrainer):
+class CRReLUKTOTrainer(ProjectCardMixin, PolicyReferenceMixin, ActivationParameterMixin, KTOTrainer):
     """TRL's ``KTOTrainer`` with the activation parameters looked after."""

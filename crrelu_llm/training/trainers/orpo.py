@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from crrelu_llm.training.config import ActivationParameterArguments
-from crrelu_llm.training.mixins import ActivationParameterMixin
+from crrelu_llm.training.mixins import ActivationParameterMixin, ProjectCardMixin
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # "trl.experimental ... may change or be removed without notice"
@@ -27,5 +27,5 @@ class CRReLUORPOConfig(ActivationParameterArguments, ORPOConfig):
     remove_unused_columns: bool = field(default=False, metadata={"help": "False: what ORPOTrainer's collator needs."})
 
 
-class CRReLUORPOTrainer(ActivationParameterMixin, ORPOTrainer):
+class CRReLUORPOTrainer(ProjectCardMixin, ActivationParameterMixin, ORPOTrainer):
     """TRL's ``ORPOTrainer`` with the activation parameters looked after."""

@@ -12,7 +12,7 @@ from trl import SFTConfig, SFTTrainer
 from crrelu_llm.data import accounting
 from crrelu_llm.data.accounting import truncate_like_reference
 from crrelu_llm.training.config import ActivationParameterArguments, PromptTruncationArguments
-from crrelu_llm.training.mixins import ActivationParameterMixin, PromptTruncationMixin
+from crrelu_llm.training.mixins import ActivationParameterMixin, ProjectCardMixin, PromptTruncationMixin
 
 
 @dataclass
@@ -20,7 +20,7 @@ class CRReLUSFTConfig(PromptTruncationArguments, ActivationParameterArguments, S
     """TRL's ``SFTConfig`` plus what :class:`CRReLUSFTTrainer` reads."""
 
 
-class CRReLUSFTTrainer(ActivationParameterMixin, PromptTruncationMixin, SFTTrainer):
+class CRReLUSFTTrainer(ProjectCardMixin, ActivationParameterMixin, PromptTruncationMixin, SFTTrainer):
     """TRL's ``SFTTrainer`` with the CRReLU epsilons looked after (see the module docstring)."""
 
     lengths = staticmethod(accounting.sft_lengths)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from crrelu_llm.errors import RecipeError
 from crrelu_llm.training.config import ActivationParameterArguments
-from crrelu_llm.training.mixins import ActivationParameterMixin
+from crrelu_llm.training.mixins import ActivationParameterMixin, ProjectCardMixin
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # "trl.experimental ... may change or be removed without notice"
@@ -41,5 +41,5 @@ class CRReLUSimPOConfig(ActivationParameterArguments, CPOConfig):
         super().__post_init__()
 
 
-class CRReLUSimPOTrainer(ActivationParameterMixin, CPOTrainer):
+class CRReLUSimPOTrainer(ProjectCardMixin, ActivationParameterMixin, CPOTrainer):
     """TRL's ``CPOTrainer`` (SimPO loss) with the activation parameters looked after."""
