@@ -107,3 +107,16 @@ def test_deepspeed_zero3_keeps_its_models_where_the_run_end_clears_them():
 
     assert isinstance(offload.FWD_MODULE_STACK, list)
     assert len(method_caches(coordinator.PartitionedParameterCoordinator)) >= 1
+
+
+def test_trainer_save_model_can_save_without_pushing():
+    """training/train.py saves with ``_internal_call=True`` so that the push comes after the card."""
+    assert "_internal_call" in parameters(Trainer.save_model)
+
+
+def test_lm_eval_asks_git_through_the_function_the_benchmark_replaces():
+    """evaluation/benchmark.quiet_git_hash replaces lm-eval's ``get_git_commit_hash`` where the evaluator calls it."""
+    import lm_eval.evaluator
+
+    assert callable(lm_eval.evaluator.get_git_commit_hash)
+    assert "get_git_commit_hash()" in inspect.getsource(lm_eval.evaluator.simple_evaluate)

@@ -189,11 +189,12 @@ def run(
         metrics.update(trainer.evaluate())
     eps = activation_logs(trainer.model)
     metrics.update({f"final_{k}": v for k, v in eps.items()})
-    trainer.save_model(str(output_dir))
+    # saved without transformers' push: with push_to_hub the push comes last, once the card is written
+    trainer.save_model(str(output_dir), _internal_call=True)
     trainer.save_state()  # trainer_state.json (log history, epsilon per step) beside the model
     if trainer.is_world_process_zero():
         prepared.tokenizer.save_pretrained(output_dir)
-        card = model_card(
+        trainer.project_card = model_card(
             command,
             model_args,
             patch_args,
@@ -201,8 +202,10 @@ def run(
             prepared.patch_report,
             prepared.reference_info,
             metrics,
+            name=training_args.hub_model_id or output_dir.name,
+            online=training_args.push_to_hub,
         )
-        write_text_atomic(output_dir / run_files.MODEL_CARD, card)
+        write_text_atomic(output_dir / run_files.MODEL_CARD, trainer.project_card)
         write_json(output_dir / run_files.FINAL_METRICS, metrics)
         accuracy = metrics.get("eval_rewards/accuracies")
         print(
@@ -216,6 +219,8 @@ def run(
             + f" -> {output_dir}",
             flush=True,
         )
+    if training_args.push_to_hub:  # every rank (transformers saves on all), the card and final files written
+        trainer.push_to_hub(commit_message="End of training")
     trainer.accelerator.free_memory()  # drops accelerate's references (a DeepSpeed engine is destroyed)
     return metrics
 
