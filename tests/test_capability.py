@@ -209,3 +209,11 @@ def test_detectable_difference_matches_the_textbook_formula():
     assert detectable_difference(256, two_samples=False) == pytest.approx(2.8016 * math.sqrt(0.25 / 256), rel=1e-4)
     assert detectable_difference(1024) == pytest.approx(detectable_difference(256) / 2)
     assert math.isnan(detectable_difference(0))
+
+
+def test_a_benchmark_outside_a_git_checkout_prints_no_git_error(models, capfd, monkeypatch, tmp_path):
+    """lm-eval asks git for a commit hash; outside a checkout git's "fatal:" line reached every demo."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # no checkout above it either
+    run_benchmark(models / "crrelu", ["crrelu_arith_mc"], limit=8, out=tmp_path / "bench")
+    assert "fatal:" not in capfd.readouterr().err

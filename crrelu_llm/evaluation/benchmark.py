@@ -15,8 +15,10 @@ download their data. Needs the ``bench`` extra: ``pip install 'crrelu-llm[bench]
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import subprocess
 from pathlib import Path
 
 import torch
@@ -30,6 +32,28 @@ from crrelu_llm.patching.patch import epsilon_values
 from crrelu_llm.stats import Z95
 
 logger = logging.getLogger("crrelu_llm.benchmark")
+
+
+@contextlib.contextmanager
+def quiet_git_hash():
+    """lm-eval records the commit of the working directory by running ``git describe`` with its
+    stderr open, so outside a git checkout every benchmark prints ``fatal: not a git repository``.
+    The same question is asked here with stderr kept (the result records None outside a checkout)."""
+    import lm_eval.evaluator
+
+    def git_hash():
+        try:
+            done = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=False)
+        except FileNotFoundError:  # no git on this machine
+            return None
+        return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+    asked = lm_eval.evaluator.get_git_commit_hash
+    lm_eval.evaluator.get_git_commit_hash = git_hash
+    try:
+        yield
+    finally:
+        lm_eval.evaluator.get_git_commit_hash = asked
 
 
 def benchmark_file(model, task: str, out=None) -> Path:
@@ -109,19 +133,20 @@ def run_benchmark(
     lm = HFLM(pretrained=loaded, tokenizer=load_tokenizer(model), batch_size=batch_size)
     if lm.model is not loaded:
         raise EvaluationError("lm-eval did not evaluate the model object it was given")
-    results = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=tasks,
-        num_fewshot=num_fewshot,
-        limit=limit,
-        task_manager=manager,
-        log_samples=False,
-        bootstrap_iters=1000,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-    )
+    with quiet_git_hash():  # lm-eval asks git for a commit hash: outside a checkout git prints "fatal: ..."
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=tasks,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            task_manager=manager,
+            log_samples=False,
+            bootstrap_iters=1000,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
     if epsilon_values(lm.model) != epsilons:
         raise EvaluationError("the model's epsilons changed during the benchmark")
     written = {}
