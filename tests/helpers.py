@@ -155,3 +155,25 @@ def run_examples(tests) -> int:
         assert result.failed == 0, f"{test.name}: {result.failed} example(s) failed:\n" + "".join(report)[-3000:]
         ran += result.attempted
     return ran
+
+
+def wandb_records(path: Path):
+    """The records of an offline W&B run file (``run-<id>.wandb``): a 7-byte W&B header, then
+    LevelDB's log format (32 KiB blocks; each record a CRC, a length, a type: full, or first,
+    middle and last pieces), each record a ``wandb_internal_pb2.Record``."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, pieces, block = Path(path).read_bytes(), 7, b"", 32768
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            continue
+        pieces = chunk if kind in (1, 2) else pieces + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pieces)
+            yield record

@@ -11,7 +11,8 @@ from crrelu_llm.cli import main as cli_main
 from crrelu_llm.data.encoding import encode_pairs
 from crrelu_llm.evaluation import evaluate
 from crrelu_llm.evaluation.bench_tasks import ITEMS, LOCAL_TASKS, items
-from crrelu_llm.evaluation.benchmark import benchmark_file, run_benchmark
+from crrelu_llm.evaluation.benchmark import run_benchmark
+from crrelu_llm.evaluation.results import BENCHMARK
 from crrelu_llm.evaluation.scoring import multiple_choice_accuracy
 from crrelu_llm.evaluation.tasks import generate_task_data, write_task_files
 from crrelu_llm.patching.loading import load_causal_lm
@@ -63,7 +64,7 @@ def test_lm_eval_accuracy_equals_our_own_log_probabilities_on_a_crrelu_checkpoin
     stderr = result["metrics"]["acc"]["stderr"]
     p = ours["accuracy"]
     assert stderr == pytest.approx(math.sqrt(p * (1 - p) / 119), rel=1e-6)  # lm-eval's sample stderr
-    assert json.loads(benchmark_file(models / "crrelu", "crrelu_arith_mc").read_text())["n"] == 120
+    assert json.loads(BENCHMARK.file(models / "crrelu", label="crrelu_arith_mc").read_text())["n"] == 120
 
 
 def test_benchmark_command_and_its_bad_input(models, capsys, monkeypatch):

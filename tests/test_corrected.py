@@ -141,17 +141,13 @@ def test_the_contrasts_of_a_2x2():
 def test_the_benchmark_contrasts_find_each_arm_s_run_by_its_own_step_whatever_its_objective():
     """The help-or-harm rows name a preference run by its step ("DPO beta=0.5 seed=0", "SimPO
     beta=0.5 seed=0"): a 2x2 whose arms train SimPO reads their benchmarks too."""
-    from types import SimpleNamespace
-
     from crrelu_llm.experiments.declaration import preference_step
     from crrelu_llm.reporting.factorial import _benchmarks
 
     cells = {"gelu": (0, 0), "relu": (1, 0), "corrected": (0, 1), "relu_corrected": (1, 1)}
     values = {"gelu": 0.5, "relu": 0.6, "corrected": 0.55, "relu_corrected": 0.7}
     for objective, label in (("dpo", "DPO"), ("simpo", "SimPO")):
-        runs = {
-            (arm, 0.5, 0): SimpleNamespace(step=preference_step(objective, 0.5, 0), command=objective) for arm in cells
-        }
+        steps = [{arm: preference_step(objective, 0.5, 0) for arm in cells}]
         rows = [
             {
                 "arm": arm,
@@ -160,7 +156,7 @@ def test_the_benchmark_contrasts_find_each_arm_s_run_by_its_own_step_whatever_it
             }
             for arm, v in values.items()
         ]
-        (found,) = _benchmarks(rows, cells, runs, 0.5, [0], "")
+        (found,) = _benchmarks(rows, cells, [0], steps, label, "")
         assert found["measure"] == f"crrelu_arith_mc after {label}, seed 0"
         assert found["a"]["value"] == pytest.approx((0.6 + 0.7 - 0.5 - 0.55) / 2)
         assert found["ab"]["value"] == pytest.approx((0.7 - 0.6) - (0.55 - 0.5))

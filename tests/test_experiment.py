@@ -66,7 +66,28 @@ def test_reduced_demo_runs_every_stage_and_reports(demo_run, capsys):
     assert report["arms"]["crrelu"]["drift"][0]["kl_patched_original"] == crrelu_row["kl_step0"]  # not "–"
     assert "position consistency: None" not in md and "± 0.000" not in md
     assert "## Help or harm: each arm at every stage" in md and "| crrelu | SFT |" in md
-    assert "(95% confidence, 80% power" in md and "one seed: the between-seed spread is not measured" in md
+    assert "one seed: the between-seed spread is not measured" in md
+    # benchmark contrasts: every stage against its start and every arm against gelu, paired on the same items
+    contrasts = {(c["kind"], c["arm"], c["stage"], c["against"]["stage"]): c for c in report["benchmark_contrasts"]}
+    dpo = "DPO beta=0.5 seed=0"
+    for arm in ("gelu", "crrelu", "relu"):
+        assert ("stage", arm, "SFT", "step 0") in contrasts and ("stage", arm, dpo, "SFT") in contrasts
+    for arm, stage in [(a, s) for a in ("crrelu", "relu") for s in ("step 0", "SFT", dpo)]:
+        assert ("arm", arm, stage, stage) in contrasts
+    assert len(contrasts) == 12
+    assert {c["estimate"]["test"] for c in contrasts.values()} == {"McNemar's exact test on the discordant items"}
+    one = contrasts[("arm", "crrelu", "step 0", "step 0")]["estimate"]
+    a, b = (
+        json.loads((folder / "benchmark-crrelu_arith_mc.json").read_text())["items"]["acc"]
+        for folder in (out / "crrelu" / "patched" / "eval", out / "original" / "eval")
+    )
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    table = [[sum(x and y for x, y in zip(a, b)), sum(x and not y for x, y in zip(a, b))]]
+    table.append([sum(y and not x for x, y in zip(a, b)), sum(not x and not y for x, y in zip(a, b))])
+    assert one["value"] == pytest.approx(sum(a) / 40 - sum(b) / 40) and one["n"] == 40
+    assert one["p_value"] == pytest.approx(mcnemar(table, exact=True).pvalue if table[0][1] + table[1][0] else 1.0)
+    assert "| crrelu - gelu at step 0 | crrelu_arith_mc |" in md
     assert "## Reward accuracy: crrelu" in md and "| 0 | crrelu/dpo-beta0.5-seed0 |" in md
     assert "| seed | evaluation beta | mean margin |" in md
     assert "## crrelu (DPO) vs crrelu/sft" in md and "![win_rates.png]" in md

@@ -31,8 +31,20 @@ class OneLineParser(argparse.ArgumentParser):
     def add_argument(self, *names, **kwargs):
         """Every ``--two-word`` flag is also ``--two_word``, as the training commands (TRL's
         parser) take both: one rule for every command."""
-        also = ["--" + n[2:].replace("-", "_") for n in names if n.startswith("--") and "-" in n[2:]]
-        return super().add_argument(*names, *[n for n in also if n not in names], **kwargs)
+        return super().add_argument(*both_spellings(names), **kwargs)
+
+    def add_mutually_exclusive_group(self, **kwargs):
+        """A group of flags of which one is given, each with both spellings."""
+        group = super().add_mutually_exclusive_group(**kwargs)
+        plain = group.add_argument
+        group.add_argument = lambda *names, **kw: plain(*both_spellings(names), **kw)
+        return group
+
+
+def both_spellings(names) -> list[str]:
+    """``("--two-word",)`` -> ``["--two-word", "--two_word"]``."""
+    also = ["--" + n[2:].replace("-", "_") for n in names if n.startswith("--") and "-" in n[2:]]
+    return [*names, *[n for n in also if n not in names]]
 
 
 def positive_int(text: str) -> int:
@@ -66,8 +78,17 @@ def trust_flag(sub) -> None:
 
 def data_options(sub) -> None:
     """The data options every evaluation KIND and ``probe`` share."""
-    sub.add_argument("--data", required=True, help="preference data: hub id or local file/directory")
-    sub.add_argument("--data-format", default="auto", help="auto, hh, shp, ultrafeedback or preference")
+    sub.add_argument(
+        "--data",
+        required=True,
+        help="hub id or local file/directory: preference data, or (win rates) a prompt set",
+    )
+    sub.add_argument(
+        "--data-format",
+        default="auto",
+        help="auto, hh, shp, ultrafeedback or preference; for win rates also prompt (TRL's prompt-only), "
+        "alpaca_eval or arena_hard",
+    )
     sub.add_argument("--split", default=None, help="evaluation split (default: test, else a held-out share)")
     sub.add_argument("--out", type=Path, default=None, help="output directory (default: MODEL/eval)")
     sub.add_argument("--batch-size", type=positive_int, default=8, help="examples per forward pass")

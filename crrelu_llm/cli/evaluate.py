@@ -36,7 +36,14 @@ def register(commands) -> None:
         "win rate with its interval, a sign test and what the data can detect.",
     )
     winrate.add_argument("--model", required=True, help="the model under test")
-    winrate.add_argument("--baseline", required=True, help="the model it is compared with")
+    against = winrate.add_mutually_exclusive_group(required=True)
+    against.add_argument("--baseline", help="the model it is compared with (generated here, as the model is)")
+    against.add_argument(
+        "--baseline-outputs",
+        type=Path,
+        help="reference outputs for the same prompts in place of a baseline model: AlpacaEval's "
+        "(instruction, output, generator) or an Arena-Hard answer file",
+    )
     winrate.add_argument(
         "--judge",
         required=True,
@@ -51,6 +58,12 @@ def register(commands) -> None:
     winrate.add_argument("--chat-template", action="store_true", help="apply the tokenizer's chat template")
     winrate.add_argument(
         "--judge-concurrency", type=positive_int, default=8, help="requests an openai: judge keeps in flight"
+    )
+    winrate.add_argument(
+        "--judge-template",
+        default="default",
+        help="an openai: judge's prompt and verdict: default (A or B), alpaca_eval (m or M), arena_hard "
+        "(five levels, [[A>>B]] ... [[B>>A]]) or a YAML file (prompt, verdict, outcomes)",
     )
     data_options(winrate)
 
@@ -90,7 +103,8 @@ def run(args) -> int:
 
 
 def _eval_rewards(args) -> int:
-    from crrelu_llm.evaluation.evaluate import rewards_file, run_rewards
+    from crrelu_llm.evaluation.evaluate import run_rewards
+    from crrelu_llm.evaluation.results import REWARDS
 
     result = run_rewards(
         args.model,
@@ -102,7 +116,7 @@ def _eval_rewards(args) -> int:
         batch_size=args.batch_size,
         **data_kwargs(args),
     )
-    _print_rewards(result, rewards_file(args.model, args.out))
+    _print_rewards(result, REWARDS.file(args.model, args.out))
     return 0
 
 
@@ -124,7 +138,8 @@ def _print_rewards(result: dict, written) -> None:
 
 
 def _eval_drift(args) -> int:
-    from crrelu_llm.evaluation.evaluate import drift_file, run_drift
+    from crrelu_llm.evaluation.evaluate import run_drift
+    from crrelu_llm.evaluation.results import DRIFT
 
     result = run_drift(
         args.model,
@@ -138,13 +153,14 @@ def _eval_drift(args) -> int:
     print(
         f"perplexity {result['perplexity_patched']:.3f} (original {result['perplexity_original']:.3f}), "
         f"KL(patched || original) {result['kl_patched_original']:.4f}/token over {result['tokens']} completion "
-        f"tokens of {result['data']['eval_rows']} examples -> {drift_file(args.model, args.out)}"
+        f"tokens of {result['data']['eval_rows']} examples -> {DRIFT.file(args.model, args.out)}"
     )
     return 0
 
 
 def _eval_winrate(args) -> int:
-    from crrelu_llm.evaluation.evaluate import run_winrate, winrate_file
+    from crrelu_llm.evaluation.evaluate import run_winrate
+    from crrelu_llm.evaluation.results import WINRATE
 
     result = run_winrate(
         args.model,
@@ -154,9 +170,14 @@ def _eval_winrate(args) -> int:
         num_prompts=args.num_prompts,
         settings=_generation_settings(args),
         judge_concurrency=args.judge_concurrency,
+        baseline_outputs=args.baseline_outputs,
+        judge_template=args.judge_template,
         **data_kwargs(args),
     )
-    _print_winrate(args, result, winrate_file(args.model, args.judge, args.baseline, args.out))
+    label = WINRATE.label_of(
+        judge=args.judge, baseline=args.baseline or args.baseline_outputs, template=args.judge_template
+    )
+    _print_winrate(args, result, WINRATE.file(args.model, args.out, label))
     return 0
 
 
@@ -189,7 +210,8 @@ def _print_winrate(args, result: dict, written) -> None:
 
 
 def _eval_benchmark(args) -> int:
-    from crrelu_llm.evaluation.benchmark import benchmark_file, headline, run_benchmark
+    from crrelu_llm.evaluation.benchmark import headline, run_benchmark
+    from crrelu_llm.evaluation.results import BENCHMARK
 
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     results = run_benchmark(
@@ -202,7 +224,7 @@ def _eval_benchmark(args) -> int:
             spread = f" +- {metric['stderr']:.3f} (stderr)" if metric["stderr"] is not None else ""
             print(
                 f"{task}: {name} {metric['value']:.3f}{spread}, n={result['n']} "
-                f"-> {benchmark_file(args.model, task, args.out)}"
+                f"-> {BENCHMARK.file(args.model, args.out, BENCHMARK.label_of(task=task))}"
             )
     return 0
 

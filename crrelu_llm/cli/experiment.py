@@ -64,7 +64,7 @@ def register(commands) -> None:
 
 def run(args) -> int:
     from crrelu_llm.experiments.experiment import DEMO_RECIPE, load_experiment, run_experiment
-    from crrelu_llm.reporting.summary import format_stages, format_table, format_totals
+    from crrelu_llm.reporting.summary import format_stages, format_table, format_totals, opening
     from crrelu_llm.runtime import set_cpu_threads
 
     set_cpu_threads()
@@ -78,9 +78,10 @@ def run(args) -> int:
         f"{format_totals(summary)} ({exp.output_dir})"
     )
     print(format_table(summary, exp.baseline_arm))
-    if summary["reading"]:
-        reading = "\n".join(f"- {line}" for line in summary["reading"])
-        print(f"\nreading (generated from the intervals above):\n{reading}")
+    first = opening(summary, exp.baseline_arm)
+    if first:
+        reading = "\n".join(f"- {line}" for line in first)
+        print(f"\nreading (from the estimates above; every line, interval and test in the report):\n{reading}")
     stages = format_stages(summary)
     if stages:
         print(f"\nhelp or harm: each arm at every stage\n{stages}")

@@ -22,7 +22,8 @@ def register(commands) -> None:
 
 
 def run(args) -> int:
-    from crrelu_llm.evaluation.evaluate import probe_file, run_probe
+    from crrelu_llm.evaluation.evaluate import run_probe
+    from crrelu_llm.evaluation.results import PROBE
 
     result = run_probe(
         args.model,
@@ -33,7 +34,7 @@ def run(args) -> int:
         batch_size=args.batch_size,
         **data_kwargs(args),
     )
-    _print_probe(result, probe_file(args.model, args.out))
+    _print_probe(result, PROBE.file(args.model, args.out))
     return 0
 
 

@@ -1,15 +1,16 @@
 """Capability benchmarks through lm-evaluation-harness, on models loaded by crrelu-llm.
 
-    from crrelu_llm.benchmark import run_benchmark
+    from crrelu_llm.evaluation.benchmark import run_benchmark
     run_benchmark("runs/demo/crrelu/sft", ["crrelu_arith_mc"], limit=200)
     run_benchmark("runs/x/crrelu/dpo", ["hellaswag", "arc_easy"], num_fewshot=0)   # needs the hub
 
 The model is loaded by :func:`crrelu_llm.patching.loading.load_causal_lm` (so a CRReLU checkpoint comes
 back with its trained epsilons, checked bit for bit against the safetensors files) and handed
 to lm-eval as a model object (``HFLM(pretrained=model)``); lm-eval does the prompting, scoring
-and standard errors. One file per task, ``MODEL/eval/benchmark-<task>.json``, records the
-settings, the sample size, every metric with its standard error and the epsilons the model ran
-with. The tasks shipped in :mod:`crrelu_llm.evaluation.bench_tasks` run offline; lm-eval's own tasks
+and standard errors. One file per task (:data:`crrelu_llm.evaluation.results.BENCHMARK`) records the
+settings, the sample size, every metric with its standard error, each item's outcome (lm-eval's
+logged samples, so that two models are compared on the same items, paired) and the epsilons the
+model ran with. The tasks shipped in :mod:`crrelu_llm.evaluation.bench_tasks` run offline; lm-eval's own tasks
 download their data. Needs the ``bench`` extra: ``pip install 'crrelu-llm[bench]'``.
 """
 
@@ -19,13 +20,13 @@ import contextlib
 import logging
 import math
 import subprocess
-from pathlib import Path
 
 import torch
 
 from crrelu_llm.errors import EvaluationError, UsageError
 from crrelu_llm.evaluation.bench_tasks import LOCAL_TASKS, TASK_DIR
-from crrelu_llm.evaluation.evaluate import eval_dir, slug, weights_stamp
+from crrelu_llm.evaluation.evaluate import weights_stamp
+from crrelu_llm.evaluation.results import BENCHMARK, eval_dir
 from crrelu_llm.files import writable_dir, write_json
 from crrelu_llm.patching.loading import load_causal_lm, load_tokenizer
 from crrelu_llm.patching.patch import epsilon_values
@@ -54,10 +55,6 @@ def quiet_git_hash():
         yield
     finally:
         lm_eval.evaluator.get_git_commit_hash = asked
-
-
-def benchmark_file(model, task: str, out=None) -> Path:
-    return eval_dir(model, out) / f"benchmark-{slug(task, 1)}.json"
 
 
 def _lm_eval():
@@ -140,7 +137,7 @@ def run_benchmark(
             num_fewshot=num_fewshot,
             limit=limit,
             task_manager=manager,
-            log_samples=False,
+            log_samples=True,  # per-item outcomes: models compared on the same items, paired
             bootstrap_iters=1000,
             random_seed=seed,
             numpy_random_seed=seed,
@@ -160,12 +157,36 @@ def run_benchmark(
             "limit": limit,
             "n": samples.get(task, {}).get("effective"),
             "metrics": _metrics(entry),
+            "items": per_item(results.get("samples", {}).get(task, []), _metrics(entry)),
             "epsilons": epsilons,
             "lm_eval": lm_eval.__version__ if hasattr(lm_eval, "__version__") else None,
         }
-        write_json(benchmark_file(model, task, out), result)
+        write_json(BENCHMARK.file(model, out, BENCHMARK.label_of(task=task)), result)
         written[task] = result
     return written
+
+
+def per_item(samples: list[dict], metrics: dict) -> dict | None:
+    """Each item's outcome on every metric lm-eval scores per item, in ``doc_id`` order:
+    ``{"doc_id": [...], "acc": [...]}`` (None when lm-eval logged no samples)."""
+    if not samples:
+        return None
+    ordered = sorted(samples, key=lambda s: s["doc_id"])
+    items = {"doc_id": [s["doc_id"] for s in ordered]}
+    for name in metrics:
+        values = [s.get(name) for s in ordered]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            items[name] = [float(v) for v in values]
+    return items
+
+
+def paired_items(a: dict, b: dict, metric: str) -> tuple[list[float], list[float]] | None:
+    """Two benchmark results' per-item outcomes on ``metric``, item by item, when both were
+    scored on the same items; None otherwise (an older result without items, another limit)."""
+    first, second = a.get("items") or {}, b.get("items") or {}
+    if metric not in first or metric not in second or first["doc_id"] != second["doc_id"]:
+        return None
+    return first[metric], second[metric]
 
 
 def headline(result: dict) -> tuple[str, dict] | None:

@@ -1,14 +1,14 @@
 """Evaluation stages as functions: load what they need, compute, write one result file, return it.
 
-    from crrelu_llm import evaluate
+    from crrelu_llm.evaluation import evaluate
     evaluate.run_rewards("runs/crrelu/dpo", "runs/crrelu/sft", data="Anthropic/hh-rlhf", betas=[0.1])
     evaluate.run_winrate("runs/crrelu/dpo", "runs/gelu/dpo", data=..., judge="rule:arithmetic")
     evaluate.run_drift("runs/crrelu/patched", "gpt2", data=...)
 
-Each function owns its model loading, its caching (generations are reused when the model,
-the settings and the prompts are the same) and the name of its result file, which the
-``*_file`` functions compute for anyone who needs to find it (``crrelu-llm eval``, the
-experiment runner, ``compare``). Results go to ``MODEL/eval/`` unless ``out`` is given.
+Each function owns its model loading and its caching (generations are reused when the model,
+the settings and the prompts are the same); its result file is named by
+:mod:`crrelu_llm.evaluation.results`, which everyone who needs to find it reads (``crrelu-llm eval``,
+the experiment runner, ``compare``). Results go to ``MODEL/eval/`` unless ``out`` is given.
 The arithmetic lives in :mod:`crrelu_llm.evaluation.scoring`, generation in :mod:`crrelu_llm.evaluation.generation`.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from pathlib import Path
 
 from crrelu_llm import run_files
@@ -24,55 +23,25 @@ from crrelu_llm.data.encoding import check_chat_template
 from crrelu_llm.data.preference import DataArguments, load_preference_splits
 from crrelu_llm.errors import EvaluationError
 from crrelu_llm.evaluation.generation import GenerationSettings, generate
-from crrelu_llm.evaluation.judges import judge_name, make_judge
+from crrelu_llm.evaluation.judges import make_judge
 from crrelu_llm.evaluation.length_control import length_controlled_win_rate, token_lengths
+from crrelu_llm.evaluation.results import (
+    DRIFT,
+    GENERATIONS,
+    JUDGMENTS,
+    MODEL_OUTPUTS,
+    PROBE,
+    REWARDS,
+    WINRATE,
+    eval_dir,
+    slug,
+)
 from crrelu_llm.evaluation.scoring import drift, implicit_reward_metrics, preference_logps, reward_metrics
 from crrelu_llm.evaluation.win_rates import win_rate
 from crrelu_llm.files import check_writable, read_json, read_jsonl, writable_dir, write_json, write_jsonl
 from crrelu_llm.patching.loading import load_causal_lm, load_tokenizer
 
 logger = logging.getLogger("crrelu_llm.evaluate")
-
-
-def slug(name: str, parts: int = 2) -> str:
-    """A file-name-safe label for a model: the last ``parts`` components of its path or hub id."""
-    tail = "/".join(Path(str(name).rstrip("/")).parts[-parts:])
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", tail)[-80:]
-
-
-# --------------------------------------------------------------------------- where results go
-
-
-def eval_dir(model: str | Path, out: str | Path | None = None) -> Path:
-    """``out``, else ``MODEL/eval`` for a local model, else ``./eval``."""
-    if out is not None:
-        return Path(out)
-    return Path(model) / "eval" if Path(model).is_dir() else Path("eval")
-
-
-def rewards_file(model, out=None) -> Path:
-    return eval_dir(model, out) / "rewards.json"
-
-
-def drift_file(model, out=None) -> Path:
-    return eval_dir(model, out) / "drift.json"
-
-
-def winrate_file(model, judge: str, baseline, out=None) -> Path:
-    """The win-rate result of ``model`` against ``baseline`` judged by the judge spec ``judge``."""
-    return eval_dir(model, out) / f"winrate-{_winrate_label(judge, baseline)}.json"
-
-
-def _winrate_label(judge: str, baseline) -> str:
-    return f"{slug(judge_name(judge), 1)}-vs-{slug(str(baseline))}"
-
-
-def probe_file(model, out=None) -> Path:
-    return eval_dir(model, out) / "probe.json"
-
-
-def generations_file(model, name, out=None) -> Path:
-    return eval_dir(model, out) / f"generations-{slug(str(name))}.jsonl"
 
 
 # --------------------------------------------------------------------------- shared steps
@@ -110,7 +79,7 @@ def run_rewards(
     out=None,
 ) -> dict:
     """DPO implicit-reward accuracy and margins of ``model`` against ``reference``, per beta;
-    written to :func:`rewards_file`. With ``reference`` None, ``model`` is a run of a
+    written to :data:`~crrelu_llm.evaluation.results.REWARDS`. With ``reference`` None, ``model`` is a run of a
     reference-free objective (SimPO, ORPO: its ``reference.json`` says which) and the reward is
     the one that objective defines (:data:`~crrelu_llm.evaluation.scoring.IMPLICIT_REWARDS`)."""
     model = str(model)
@@ -143,7 +112,7 @@ def run_rewards(
         **metrics,
     }
     result["warnings"] = _warnings("reward accuracy", result["accuracy_interval"], result["n"], "pairs", max_samples)
-    write_json(rewards_file(model, out), result)
+    write_json(REWARDS.file(model, out), result)
     return result
 
 
@@ -205,7 +174,8 @@ def run_drift(
     out=None,
 ) -> dict:
     """Perplexity of both models and the per-token KL(model || original) on the chosen responses
-    of ``data`` (each after its prompt; prompt tokens are not scored); written to :func:`drift_file`."""
+    of ``data`` (each after its prompt; prompt tokens are not scored); written to
+    :data:`~crrelu_llm.evaluation.results.DRIFT`."""
     model, original = str(model), str(original)
     tokenizer = _shared_tokenizer(
         model, original, "drift compares a model with its original, which must share one tokenizer"
@@ -221,7 +191,7 @@ def run_drift(
         "data": summary,
         **drift(load_causal_lm(model), load_causal_lm(original), tokenizer, pairs, max_length, batch_size),
     }
-    write_json(drift_file(model, out), result)
+    write_json(DRIFT.file(model, out), result)
     return result
 
 
@@ -238,7 +208,8 @@ def run_probe(
     out=None,
 ) -> dict:
     """Activation statistics per feed-forward layer of ``model`` on the prompts and chosen
-    responses of ``data`` (:mod:`crrelu_llm.patching.probe`); written to :func:`probe_file`."""
+    responses of ``data`` (:mod:`crrelu_llm.patching.probe`); written to
+    :data:`~crrelu_llm.evaluation.results.PROBE`."""
     from crrelu_llm.patching.probe import activation_statistics, reference_activations
 
     model = str(model)
@@ -258,7 +229,7 @@ def run_probe(
         "data": summary,
         "layers": layers,
     }
-    write_json(probe_file(model, out), result)
+    write_json(PROBE.file(model, out), result)
     return result
 
 
@@ -307,6 +278,23 @@ def _completions(model: str, prompts: list, settings: GenerationSettings, file: 
     return texts
 
 
+def prompt_set(data: str, data_format: str = "auto", split: str | None = None, limit: int | None = None):
+    """``(rows, summary)`` of the prompts to generate for: a prompt set (TRL's prompt-only,
+    AlpacaEval's, Arena-Hard's; :mod:`crrelu_llm.data.prompts`), or the prompts of preference data.
+    Each row: ``{"id", "prompt", "dataset", ...}``."""
+    from crrelu_llm.data.prompts import PROMPT_FORMATS, detect_format, load_prompts, read_rows
+
+    named = data_format in PROMPT_FORMATS
+    if data_format == "auto" and Path(data).is_file():
+        first = read_rows(data, split)[:1]
+        named = bool(first) and detect_format(first[0]) in PROMPT_FORMATS
+    if named:
+        return load_prompts(data, data_format, split, limit)
+    evaluation, summary = _data(data, data_format, split, limit)
+    rows = [{"id": str(i), "prompt": p, "dataset": str(data)} for i, p in enumerate(evaluation["prompt"])]
+    return rows, summary
+
+
 def run_winrate(
     model,
     baseline,
@@ -319,17 +307,29 @@ def run_winrate(
     settings: GenerationSettings | None = None,
     out=None,
     judge_concurrency: int = 8,
+    baseline_outputs=None,
+    judge_template: str = "default",
 ) -> dict:
-    """Generate with ``model`` and ``baseline`` from the same prompts, judge the pairs with the
-    judge spec ``judge`` and write the win rate to :func:`winrate_file` (judgments beside it)."""
-    model, baseline = str(model), str(baseline)
+    """Generate with ``model`` (and ``baseline``) from the same prompts, judge the pairs with the
+    judge spec ``judge`` and write the win rate to :data:`~crrelu_llm.evaluation.results.WINRATE`
+    (judgments beside it). ``baseline_outputs``, in place of ``baseline``: a file of reference
+    outputs (AlpacaEval's or Arena-Hard's) for the same prompts. Each side's outputs are also
+    written in AlpacaEval's ``model_outputs`` format."""
+    from crrelu_llm.data.prompts import baseline_outputs as reference_outputs
+    from crrelu_llm.data.prompts import write_model_outputs
+
+    if (baseline is None) == (baseline_outputs is None):
+        raise EvaluationError("give the baseline as a model (--baseline) or as reference outputs (--baseline-outputs)")
+    model = str(model)
+    baseline = str(baseline) if baseline is not None else None
     settings = settings or GenerationSettings()
     folder = check_writable(eval_dir(model, out))  # created once the inputs are known to be usable
     # a bad judge spec fails before data or generation
-    judged_by = make_judge(judge, cache_dir=folder, max_concurrency=judge_concurrency)
-    evaluation, summary = _data(data, data_format, split, num_prompts)
-    prompts = list(evaluation["prompt"])
-    for side in (model, baseline):
+    judged_by = make_judge(judge, cache_dir=folder, max_concurrency=judge_concurrency, template=judge_template)
+    rows, summary = prompt_set(data, data_format, split, num_prompts)
+    prompts = [r["prompt"] for r in rows]
+    theirs, generator = reference_outputs(rows, baseline_outputs) if baseline_outputs else (None, baseline)
+    for side in [model] + ([baseline] if baseline else []):
         tokenizer = load_tokenizer(side)
         if settings.chat_template and getattr(tokenizer, "chat_template", None) is None:
             raise EvaluationError(
@@ -342,16 +342,30 @@ def run_winrate(
                 "(with a tokenizer that has one) or give plain-text prompts"
             )
     writable_dir(folder)
-    ours = _completions(model, prompts, settings, generations_file(model, model, out), "model")
-    theirs = _completions(baseline, prompts, settings, generations_file(model, baseline, out), "baseline")
+    cache = {side: GENERATIONS.file(model, out, GENERATIONS.label_of(model=side)) for side in (model, baseline) if side}
+    ours = _completions(model, prompts, settings, cache[model], "model")
+    if theirs is None:
+        theirs = _completions(baseline, prompts, settings, cache[baseline], "baseline")
+    for side, outputs, name in ((model, ours, slug(model)), (baseline or baseline_outputs, theirs, generator)):
+        write_model_outputs(MODEL_OUTPUTS.file(model, out, MODEL_OUTPUTS.label_of(model=side)), rows, outputs, name)
+    baseline = baseline or str(baseline_outputs)
     outcomes = judged_by.judge(prompts, list(zip(ours, theirs)))
-    stats = win_rate([o.winner for o in outcomes], ours, theirs, [o.consistent for o in outcomes])
+    # a prompt whose verdict could not be read in either order is counted apart, never guessed
+    read = [i for i, o in enumerate(outcomes) if not (o.detail or {}).get("unreadable")]
+    if not read:
+        raise EvaluationError(
+            f"the judge's verdict could not be read for any of {len(outcomes)} prompts: check --judge-template "
+            "against what the judge answers (the judgments file keeps every answer)"
+        )
+    kept = [outcomes[i] for i in read]
+    a, b = [ours[i] for i in read], [theirs[i] for i in read]
+    stats = win_rate([o.winner for o in kept], a, b, [o.consistent for o in kept])
     policy_tokenizer = load_tokenizer(model)  # both sides measured in the policy's tokens
     stats.length_controlled = length_controlled_win_rate(
-        [o.winner for o in outcomes], token_lengths(policy_tokenizer, ours), token_lengths(policy_tokenizer, theirs)
+        [o.winner for o in kept], token_lengths(policy_tokenizer, a), token_lengths(policy_tokenizer, b)
     )
     write_jsonl(
-        folder / f"judgments-{_winrate_label(judge, baseline)}.jsonl",
+        JUDGMENTS.in_folder(folder, JUDGMENTS.label_of(judge=judge, baseline=baseline, template=judge_template)),
         [
             {"prompt": p, "model": a, "baseline": b, "winner": o.winner, "consistent": o.consistent, "detail": o.detail}
             for p, a, b, o in zip(prompts, ours, theirs, outcomes)
@@ -360,11 +374,20 @@ def run_winrate(
     result = {
         "model": model,
         "baseline": baseline,
+        "baseline_generator": generator,
         "judge": judged_by.name,
         "data": summary,
         "settings": dataclasses.asdict(settings),
         "stats": stats.to_dict(),
     }
+    result["stats"]["unreadable"] = len(outcomes) - len(read)
     result["warnings"] = _warnings("win rate", stats.interval, stats.n, "prompts", num_prompts)
-    write_json(winrate_file(model, judge, baseline, out), result)
+    if len(read) < len(outcomes):
+        result["warnings"].append(
+            f"{len(outcomes) - len(read)} of {len(outcomes)} prompts had no readable verdict: left out of the win "
+            "rate (their answers are in the judgments file)"
+        )
+    write_json(
+        WINRATE.file(model, out, WINRATE.label_of(judge=judge, baseline=baseline, template=judge_template)), result
+    )
     return result

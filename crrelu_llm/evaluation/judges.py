@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import torch
 
 from crrelu_llm.data.encoding import ensure_pad_token
 from crrelu_llm.errors import JudgeError, UsageError
+from crrelu_llm.evaluation.judge_templates import TEMPLATES, JudgeTemplate, load_template
 
 logger = logging.getLogger(__name__)
 
@@ -133,21 +133,6 @@ class RewardModelJudge:
 
 # --------------------------------------------------------------------------- pairwise LLM
 
-JUDGE_PROMPT = """You compare two assistant responses to the same user prompt and decide which one is better:
-more helpful, correct and harmless. Answer with exactly one letter: A or B.
-
-[Prompt]
-{prompt}
-
-[Response A]
-{a}
-
-[Response B]
-{b}
-
-Which response is better? Answer A or B."""
-_VERDICT = re.compile(r"^\W*([AB])\b", re.I)
-
 
 class _Permanent(Exception):
     """An answer that retrying cannot change (401, 403, 404, other 4xx)."""
@@ -188,6 +173,7 @@ class PairwiseLLMJudge:
         temperature: float = 0.0,
         name: str | None = None,
         max_concurrency: int = 8,
+        template: JudgeTemplate | None = None,
     ):
         if max_concurrency < 1:
             raise UsageError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -197,6 +183,7 @@ class PairwiseLLMJudge:
         self.max_retries, self.backoff, self.timeout, self.temperature = max_retries, backoff, timeout, temperature
         self.max_concurrency = max_concurrency
         self.name = name or f"pairwise:{model}"
+        self.template = template or TEMPLATES["default"]
         self.cache_path = Path(cache_path) if cache_path else None
         self.cache: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -209,7 +196,7 @@ class PairwiseLLMJudge:
                     self.cache[entry["key"]] = entry["verdict"]
 
     def _key(self, prompt: str, a: str, b: str) -> str:
-        payload = json.dumps([self.base_url, self.model, JUDGE_PROMPT, prompt, a, b], ensure_ascii=False)
+        payload = json.dumps([self.base_url, self.model, self.template.prompt, prompt, a, b], ensure_ascii=False)
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def _http(self):
@@ -225,7 +212,7 @@ class PairwiseLLMJudge:
         return self._client
 
     def _ask(self, content: str) -> str:
-        """One verdict ('A' or 'B'), retried as the class docstring says."""
+        """One answer (the judge's text), retried as the class docstring says."""
         import httpx
 
         last_error = None
@@ -239,7 +226,7 @@ class PairwiseLLMJudge:
                     json={
                         "model": self.model,
                         "temperature": self.temperature,
-                        "max_tokens": 4,
+                        "max_tokens": self.template.max_tokens,
                         "messages": [{"role": "user", "content": content}],
                     },
                 )
@@ -249,11 +236,7 @@ class PairwiseLLMJudge:
                 if 400 <= response.status_code < 500 and response.status_code != 408:
                     raise _Permanent(f"HTTP {response.status_code}: {response.text[:200]}")
                 response.raise_for_status()
-                answer = response.json()["choices"][0]["message"]["content"]
-                match = _VERDICT.match(answer or "")
-                if not match:
-                    raise ValueError(f"unparseable verdict {str(answer)[:60]!r}")
-                return match.group(1).upper()
+                return response.json()["choices"][0]["message"]["content"] or ""
             except _Permanent as err:
                 self._failure = JudgeError(
                     f"judge {self.model} at {self.base_url} refused the request ({err}); "
@@ -272,12 +255,13 @@ class PairwiseLLMJudge:
         )
 
     def verdict(self, prompt: str, a: str, b: str) -> str:
-        """'A' or 'B' for one ordering, from the cache or the endpoint."""
+        """The judge's answer for one ordering (its verdict read by the template), from the cache
+        or the endpoint. An answer without a readable verdict is kept as it is: counted, not guessed."""
         key = self._key(prompt, a, b)
         with self._lock:
             if key in self.cache:
                 return self.cache[key]
-        verdict = self._ask(JUDGE_PROMPT.format(prompt=prompt, a=a, b=b))
+        verdict = self.template.verdict_text(self._ask(self.template.render(prompt, a, b)))
         with self._lock:
             self.cache[key] = verdict
             if self.cache_path:
@@ -294,20 +278,31 @@ class PairwiseLLMJudge:
         orders = [q for p, a, b in questions for q in ((p, a, b), (p, b, a))]  # a shown as A, then as B
         unique = list(dict.fromkeys(orders))  # an identical question is asked once
         pool = ThreadPoolExecutor(max_workers=self.max_concurrency)
-        futures = {q: pool.submit(self.verdict, *q) for q in unique}
+        futures = {pool.submit(self.verdict, *q): q for q in unique}
+        answers = {}
         try:
-            answers = {q: future.result() for q, future in futures.items()}
+            from concurrent.futures import as_completed
+
+            from tqdm.auto import tqdm
+
+            for future in tqdm(as_completed(futures), total=len(futures), desc=f"Judging ({self.name})", leave=False):
+                answers[futures[future]] = future.result()
         finally:  # after a failure, questions not yet asked are not asked
             pool.shutdown(wait=True, cancel_futures=True)
-        outcomes = []
-        for p, a, b in questions:
-            forward, backward = answers[(p, a, b)], answers[(p, b, a)]
-            first_wins_forward = forward == "A"
-            first_wins_backward = backward == "B"
-            consistent = first_wins_forward == first_wins_backward
-            winner = (0 if first_wins_forward else 1) if consistent else None
-            outcomes.append(Outcome(winner, consistent, {"verdicts": [forward, backward]}))
-        return outcomes
+        return [self._outcome(answers[(p, a, b)], answers[(p, b, a)]) for p, a, b in questions]
+
+    def _outcome(self, forward: str, backward: str) -> Outcome:
+        """Both orders read: the first completion wins if it is preferred shown as A and as B; a
+        tie in either order, or a verdict that flips with the order, is a tie; an unreadable
+        verdict in either order makes the prompt unreadable (counted apart, never guessed)."""
+        (side_f, strength_f), (side_b, strength_b) = self.template.read(forward), self.template.read(backward)
+        detail = {"verdicts": [forward, backward], "strengths": [strength_f, strength_b]}
+        if side_f is None or side_b is None:
+            return Outcome(None, None, {**detail, "unreadable": True})
+        first_f, first_b = {"A": 0, "B": 1}.get(side_f), {"A": 1, "B": 0}.get(side_b)  # None: a tie
+        consistent = first_f == first_b
+        winner = first_f if consistent else None
+        return Outcome(winner, consistent, detail)
 
 
 JUDGE_SPECS = "reward-model:<model id or path>, openai:<model>@<base url> (key from $OPENAI_API_KEY) or rule:<task>"
@@ -334,16 +329,25 @@ def judge_name(spec: str) -> str:
     return {"openai": f"pairwise:{model}"}.get(kind, f"{kind}:{model}")
 
 
-def make_judge(spec: str, cache_dir: Path | None = None, max_concurrency: int = 8) -> Judge:
+def make_judge(
+    spec: str, cache_dir: Path | None = None, max_concurrency: int = 8, template: str | None = None
+) -> Judge:
     """``reward-model:<path or id>``, ``openai:<model>@<base_url>`` or ``rule:<task>``;
-    ``max_concurrency`` is how many requests an ``openai:`` judge keeps in flight."""
+    ``max_concurrency`` is how many requests an ``openai:`` judge keeps in flight; ``template``
+    its prompt and verdict (:mod:`crrelu_llm.evaluation.judge_templates`: a shipped name or a file)."""
     kind, model, url = _parse_spec(spec)
+    if template not in (None, "default") and kind != "openai":
+        raise UsageError(f"--judge-template applies to openai: judges, not to {kind}:")
     if kind == "reward-model":
         return RewardModelJudge(model)
     if kind == "openai":
+        chosen = load_template(template)
         digest = hashlib.sha256(spec.encode()).hexdigest()[:12]
         cache = (cache_dir / f"judge-cache-{digest}.jsonl") if cache_dir else None
-        return PairwiseLLMJudge(url, model, cache_path=cache, name=judge_name(spec), max_concurrency=max_concurrency)
+        name = judge_name(spec) + ("" if chosen.name == "default" else f"+{chosen.name}")
+        return PairwiseLLMJudge(
+            url, model, cache_path=cache, name=name, max_concurrency=max_concurrency, template=chosen
+        )
     from crrelu_llm.evaluation.tasks import scorer
 
     return RuleBasedJudge(scorer(model), name=judge_name(spec))

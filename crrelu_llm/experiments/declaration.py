@@ -73,6 +73,20 @@ class Declaration:
         spec = next(s for s in self.stages if s.name == run.after[0])
         return self.start_of(spec) if spec.kind == "preference" else spec.model
 
+    def starts(self) -> dict[tuple[str, str], str]:
+        """``(arm, step) -> the step it started from``: each model of :meth:`models` after the first
+        against the one before it, a preference run against its chain's start (its SFT)."""
+        out = {}
+        for arm, steps in self.models().items():
+            names = list(steps)
+            at = {model: step for step, model in steps.items()}
+            for earlier, later in zip(names, names[1:]):
+                out[(arm, later)] = earlier
+            for run in self.by_kind("preference"):
+                if run.arm == arm and run.step in steps:
+                    out[(arm, run.step)] = at.get(self.start_of(run), out.get((arm, run.step)))
+        return out
+
     def eval_dirs(self) -> dict[str, Path]:
         return {str(self.original): self.layout.eval_dir(self.original)}
 

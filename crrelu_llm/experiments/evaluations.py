@@ -23,10 +23,12 @@ def _defaults(function, *names) -> dict:
 EVALUATION_DEFAULTS = {
     "rewards": _defaults(evaluate.run_rewards, "max_samples", "max_length"),
     "winrate": {
-        **_defaults(evaluate.run_winrate, "num_prompts", "judge_concurrency"),
+        **_defaults(evaluate.run_winrate, "num_prompts", "judge_concurrency", "baseline_outputs", "judge_template"),
         "max_new_tokens": GenerationSettings.max_new_tokens,
         "batch_size": GenerationSettings.batch_size,
         "against_sft": True,
+        "prompts": None,  # a prompt set (AlpacaEval's, Arena-Hard's, TRL's prompt-only); default: the data's prompts
+        "prompts_format": "auto",
     },
     "drift": _defaults(evaluate.run_drift, "max_samples", "max_length"),
     "benchmark": _defaults(run_benchmark, "limit", "num_fewshot", "batch_size"),

@@ -56,7 +56,7 @@ from crrelu_llm.experiments.layout import RunLayout
 from crrelu_llm.experiments.ledger import Ledger
 from crrelu_llm.experiments.stages import declare, recover_keys
 from crrelu_llm.files import writable_dir, write_json
-from crrelu_llm.trackers import check_trackers
+from crrelu_llm.trackers import EVIDENCE_TRACKERS, check_trackers, tracker_names
 from crrelu_llm.training.arms import check_kernels
 from crrelu_llm.training.objectives import PREFERENCE_OBJECTIVES
 from crrelu_llm.training.recipes import check_recipe_keys, recipe_from_dict
@@ -110,6 +110,15 @@ class Experiment:
     factors: dict[str, dict[str, str]] = field(default_factory=dict)  # arm -> {factor: level}: a 2x2 design
     stage_log: list[dict] = field(default_factory=list)  # what ran and what was skipped, for summary.json
     source: str = "experiment recipe"
+
+    def trackers(self, arm: str | None = None) -> list[str]:
+        """The trackers an arm's recipe keys name (its SFT and preference keys; every arm's without
+        one) that also receive the evaluations' estimates."""
+        names = set()
+        for keys in [self.arms[arm]] if arm in self.arms else list(self.arms.values()):
+            for shared in (self.sft, self.preference):
+                names |= set(tracker_names({**(shared or {}), **keys}.get("report_to")))
+        return sorted(names & set(EVIDENCE_TRACKERS))
 
 
 def load_experiment(path: str | Path, output_dir: str | None = None, overrides: dict | None = None) -> Experiment:
@@ -358,19 +367,12 @@ def run_experiment(exp: Experiment, rerun_changed: bool = False, executor: Execu
     writable_dir(exp.output_dir)
     run_stages(ledger.pending(declaration.stages, assessed), ledger.finish, executor, layout.jobs)
     exp.stage_log = ledger.log
-    from crrelu_llm.reporting.report import compare_experiment
-    from crrelu_llm.reporting.summary import help_or_harm, readings, stage_totals, summarise
-
-    report = compare_experiment(declaration, exp.baseline_arm, exp.factors)
-    summary = {
-        **summarise(exp, declaration),
-        "seconds": round(time.time() - start, 1),
-        "stage_totals": stage_totals(exp.stage_log),
-        "help_or_harm": help_or_harm(declaration),
-        "factorial": report.get("factorial"),
-    }
-    summary["reading"] = readings(summary, exp.baseline_arm)
     from crrelu_llm.environment import environment
+    from crrelu_llm.experiments.evidence import record
+    from crrelu_llm.reporting.summary import readings, summary_view
 
+    evidence = record(exp, declaration, time.time() - start, exp.stage_log)  # report.json: computed once
+    summary = summary_view(evidence)
+    summary["reading"] = readings(summary, exp.baseline_arm)
     write_json(layout.summary, {"stages": exp.stage_log, "environment": environment(), **summary})
     return summary

@@ -75,11 +75,19 @@ class RunLayout:
         return self.root / arm / "ref_logps"
 
     def eval_dir(self, model) -> Path:
-        """Where a model's evaluations go, known before the model exists: ``MODEL/eval`` for a
-        model of this experiment or a local directory, ``original/eval`` for a hub model."""
+        """Where a model's evaluations go, known before the model exists (the rule of
+        :func:`crrelu_llm.evaluation.results.eval_dir`): beside a model of this experiment or a
+        local directory, and beside the original for a hub model."""
+        from crrelu_llm.evaluation.results import eval_dir
+
         if str(model).startswith(str(self.root)) or Path(model).is_dir():
-            return Path(model) / "eval"  # evaluate.eval_dir's rule, before the model exists
-        return self.original / "eval"
+            return eval_dir(model, local=True)
+        return eval_dir(self.original, local=True)
+
+    @property
+    def tracking(self) -> Path:
+        """Where the evaluation stages' tracker runs go (``tensorboard/<experiment>/<stage>``, W&B's ``wandb/``)."""
+        return self.root / "tracking"
 
     @property
     def report(self) -> Path:

@@ -21,10 +21,42 @@ from crrelu_llm.training.config import PatchArguments
 logger = logging.getLogger("crrelu_llm.experiment")
 
 
-def train_stage(command: str, keys: dict, output_dir: Path, launcher: str | None = None) -> None:
+class TrackedStage:
+    """An evaluation stage, then what it wrote sent to the stage's trackers: its estimates (value,
+    interval ends, n; :func:`crrelu_llm.evaluation.results.estimates`) in a tracker run of its own
+    (:func:`crrelu_llm.trackers.log_stage`). Picklable, as every stage action is."""
+
+    def __init__(self, action, kind: str, files: list[Path], report_to: list[str], identity: dict, log_dir: Path):
+        self.action, self.kind, self.files, self.report_to = action, kind, files, report_to
+        self.identity, self.log_dir = identity, log_dir
+
+    def __call__(self):
+        from crrelu_llm.evaluation import results
+        from crrelu_llm.trackers import log_stage
+
+        done = self.action()
+        values = {}
+        for file in self.files:
+            if Path(file).exists():
+                values.update(results.estimates(self.kind, results.read(file)))
+        name = f"{self.identity['experiment']}/{self.identity['name']}"  # the stage's own, unique name
+        log_stage(self.report_to, name, self.identity["experiment"], self.identity, values, self.log_dir)
+        return done
+
+
+def train_stage(
+    command: str, keys: dict, output_dir: Path, launcher: str | None = None, identity: dict | None = None
+) -> None:
     """One training stage: in this process (:func:`crrelu_llm.training.train.run_keys`), or as a command
-    under ``launcher``; resumes by itself. The stage's keys are kept beside its outputs."""
+    under ``launcher``; resumes by itself. The stage's keys are kept beside its outputs. ``identity``
+    names its tracker run (``run_name``: experiment/arm/stage) and groups it (W&B's group: the
+    experiment); a run left open is finished, so that the next stage starts its own."""
     keys = {**keys, "output_dir": str(output_dir)}
+    if identity:
+        keys.setdefault(
+            "run_name", "/".join(str(identity[k]) for k in ("experiment", "arm", "stage") if identity.get(k))
+        )
+        os.environ["WANDB_RUN_GROUP"] = str(identity["experiment"])
     recipe = Path(output_dir) / f"{command}_stage.yaml"
     write_text_atomic(recipe, yaml.safe_dump(keys, sort_keys=True))
     if launcher:
@@ -39,9 +71,13 @@ def train_stage(command: str, keys: dict, output_dir: Path, launcher: str | None
                 f"{result.returncode}); its output is above, and rerunning resumes it"
             )
         return
+    from crrelu_llm.trackers import finish_training_run
     from crrelu_llm.training.train import run_keys
 
-    run_keys(command, keys, source=str(recipe))
+    try:
+        run_keys(command, keys, source=str(recipe))
+    finally:
+        finish_training_run()
 
 
 # What the model a run starts training from depends on (what write_step0 reads): the model and

@@ -18,10 +18,11 @@ from pathlib import Path
 from crrelu_llm import run_files
 from crrelu_llm.evaluation import evaluate
 from crrelu_llm.evaluation.generation import GenerationSettings
+from crrelu_llm.evaluation.results import BENCHMARK, DRIFT, PROBE, REWARDS, WINRATE
 from crrelu_llm.experiments.declaration import Declaration, StageSpec, preference_step
 from crrelu_llm.experiments.evaluations import MODEL_EVALUATIONS, evaluation_settings
 from crrelu_llm.experiments.layout import RunLayout
-from crrelu_llm.experiments.stage_actions import start_keys, train_stage, write_step0
+from crrelu_llm.experiments.stage_actions import TrackedStage, start_keys, train_stage, write_step0
 from crrelu_llm.patching.discovery import is_import_path, supports_calibration
 from crrelu_llm.patching.trust import TrustedCall
 from crrelu_llm.training.objectives import REFERENCE_FREE
@@ -56,6 +57,12 @@ def recover_keys(recover: dict, arm_keys: dict) -> dict:
     return keys
 
 
+# the evaluation stages whose estimates go to the trackers
+TRACKED = ("rewards", "winrate", "drift", "benchmark", "probe")
+# win-rate options that came later: at their defaults they leave a stage's keys as they were
+OPTIONAL_WINRATE_KEYS = ("baseline_outputs", "judge_template", "prompts", "prompts_format")
+
+
 class _Builder:
     def __init__(self, exp):
         self.exp, self.layout, self.stages = exp, RunLayout(exp.output_dir), []
@@ -63,21 +70,46 @@ class _Builder:
         self.trusted = {keys["activation"] for keys in exp.arms.values() if is_import_path(keys.get("activation"))}
 
     def add(self, **kwargs) -> StageSpec:
+        report_to = self.exp.trackers(kwargs.get("arm"))
+        if kwargs.get("action") is not None and kwargs["kind"] in TRACKED and report_to:
+            kwargs["action"] = TrackedStage(
+                kwargs["action"],
+                kwargs["kind"],
+                [kwargs["done"], *kwargs.get("results", [])],
+                report_to,
+                self.identity(kwargs),
+                self.layout.tracking,
+            )
         if kwargs.get("action") is not None and self.trusted:
             kwargs["action"] = TrustedCall(kwargs["action"], self.trusted)
         spec = StageSpec(**kwargs)
         self.stages.append(spec)
         return spec
 
+    def identity(self, stage: dict) -> dict:
+        """What names and groups a stage's tracker run: experiment, arm, objective, seed, stage."""
+        arm = stage.get("arm")
+        return {
+            "experiment": self.exp.name,
+            "name": stage["name"],
+            "arm": arm or "original",
+            "objective": self.exp.objectives.get(arm, "dpo") if stage.get("beta") is not None else None,
+            "seed": stage.get("seed"),
+            "beta": stage.get("beta"),
+            "stage": stage.get("step") or stage["name"],
+            "kind": stage["kind"],
+        }
+
     def train(self, command: str, keys: dict, out: Path, name: str, after: list[str], **where) -> StageSpec:
         exp = self.exp
+        identity = self.identity({"name": name, "kind": command, **where})
         return self.add(
             name=name,
             kind="recover" if command == "distill" else where.pop("kind", command),
             keys=keys,
             done=out / run_files.FINAL_METRICS,
             command=command,
-            action=lambda: train_stage(command, keys, out, exp.launcher),
+            action=lambda: train_stage(command, keys, out, exp.launcher, identity),
             after=after,
             clear=out,
             model=str(out),
@@ -95,7 +127,7 @@ class _Builder:
                 name=f"{step_stage} drift",
                 kind="drift",
                 keys=d,
-                done=evaluate.drift_file(model, out),
+                done=DRIFT.file(model, out),
                 action=lambda: evaluate.run_drift(
                     model, original, data, max_samples=d["max_samples"], max_length=d["max_length"], out=out
                 ),
@@ -103,7 +135,7 @@ class _Builder:
                 **where,
             )
         if "benchmark" in exp.evaluations:
-            from crrelu_llm.evaluation.benchmark import benchmark_file, parse_tasks, run_benchmark
+            from crrelu_llm.evaluation.benchmark import parse_tasks, run_benchmark
 
             b = evaluation_settings(exp, "benchmark")
             tasks = parse_tasks(b["tasks"])
@@ -111,12 +143,12 @@ class _Builder:
                 name=f"{step_stage} benchmark",
                 kind="benchmark",
                 keys=b,
-                done=benchmark_file(model, tasks[-1], out),
+                done=BENCHMARK.file(model, out, BENCHMARK.label_of(task=tasks[-1])),
                 action=lambda: run_benchmark(
                     model, tasks, limit=b["limit"], num_fewshot=b["num_fewshot"], batch_size=b["batch_size"], out=out
                 ),
                 after=[step_stage],
-                results=[benchmark_file(model, t, out) for t in tasks],
+                results=[BENCHMARK.file(model, out, BENCHMARK.label_of(task=t)) for t in tasks],
                 **where,
             )
         if "probe" in exp.evaluations:
@@ -125,7 +157,7 @@ class _Builder:
                 name=f"{step_stage} probe",
                 kind="probe",
                 keys=p,
-                done=evaluate.probe_file(model, out),
+                done=PROBE.file(model, out),
                 action=lambda: evaluate.run_probe(
                     model,
                     data,
@@ -353,7 +385,7 @@ class _Builder:
                 name=f"{run.arm}/rewards beta={run.beta:g} seed={run.seed}",
                 kind="rewards",
                 keys=r,
-                done=evaluate.rewards_file(out, folder),
+                done=REWARDS.file(out, folder),
                 after=[run.name, start[1]],
                 baseline=reference,
                 action=lambda: evaluate.run_rewards(
@@ -368,22 +400,39 @@ class _Builder:
         baselines = [start] if w["against_sft"] else []
         if run.arm != exp.baseline_arm and baseline_run is not None:
             baselines.append((baseline_run.model, baseline_run.name))
+        if w["baseline_outputs"]:  # reference outputs someone else generated, as AlpacaEval and Arena-Hard compare
+            baselines.append((w["baseline_outputs"], None))
+        prompts, prompts_format = (w["prompts"], w["prompts_format"]) if w["prompts"] else (data, "auto")
+        # what the stage computes from: options at their defaults are left out, so that a stage
+        # computed before they existed is still current
+        keys = {k: v for k, v in w.items() if not (k in OPTIONAL_WINRATE_KEYS and v in (None, "auto", "default"))}
         for baseline, baseline_stage in baselines:
+            model_side = baseline_stage is not None
+            against = (
+                f"{Path(baseline).parent.name}/{Path(baseline).name}"
+                if model_side
+                else f"outputs {Path(baseline).name}"
+            )
             self.add(
-                name=f"{run.arm}/winrate {Path(out).name} vs {Path(baseline).parent.name}/{Path(baseline).name}",
+                name=f"{run.arm}/winrate {Path(out).name} vs {against}",
                 kind="winrate",
-                keys=w,
-                done=evaluate.winrate_file(out, w["judge"], baseline, folder),
-                after=[run.name, baseline_stage],
+                keys=keys,
+                done=WINRATE.file(
+                    out, folder, WINRATE.label_of(judge=w["judge"], baseline=baseline, template=w["judge_template"])
+                ),
+                after=[run.name] + ([baseline_stage] if model_side else []),
                 baseline=baseline,
-                action=lambda b=baseline: evaluate.run_winrate(
+                action=lambda b=baseline, m=model_side: evaluate.run_winrate(
                     out,
-                    b,
-                    data,
+                    b if m else None,
+                    prompts,
                     w["judge"],
+                    data_format=prompts_format,
                     num_prompts=w["num_prompts"],
                     settings=settings,
                     judge_concurrency=w["judge_concurrency"],
+                    baseline_outputs=None if m else b,
+                    judge_template=w["judge_template"],
                 ),
                 **where,
             )

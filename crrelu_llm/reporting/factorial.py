@@ -13,16 +13,16 @@ second, 0 the reference level), per item:
 Each contrast is a per-item value, estimated with :func:`crrelu_llm.stats.pooled` (seeds and
 items crossed; with one seed, items alone), so its interval is paired over the items every arm
 was scored on. Measures: reward accuracy (per pair), the win rate against the baseline arm (per
-prompt; the baseline against itself is 1/2), the KL at step 0 (per example), and benchmarks and
-output sparsity, which keep no per-item outcome here: their effects combine the arms' own
-standard errors as independent (benchmarks) or come without an interval (sparsity, a mean over layers).
+prompt; the baseline against itself is 1/2), the KL at step 0 (per example), benchmarks (per item,
+from lm-eval's logged samples; a result without them combines the arms' standard errors as
+independent), and output sparsity, which keeps no per-item outcome and comes without an interval
+(a mean over layers).
 """
 
 from __future__ import annotations
 
 import math
 
-from crrelu_llm.files import read_json
 from crrelu_llm.stats import Z95, pooled
 from crrelu_llm.training.objectives import OBJECTIVES
 
@@ -62,50 +62,31 @@ def _effects(per_seed: list[dict[tuple[int, int], list[float]]]) -> dict | None:
     }
 
 
-def read(declaration, factors: dict, baseline: str, help_or_harm: list[dict]) -> dict | None:
-    """Every measure's effects for the experiment's 2x2 arms (per beta)."""
-    from crrelu_llm.reporting.summary import step0_drift
-
-    shape = design(factors, baseline)
-    if shape is None:
-        return None
+def read(inputs: dict, baseline: str, help_or_harm: list[dict]) -> dict | None:
+    """Every measure's effects for the experiment's 2x2 arms (per beta). ``inputs``: the cells'
+    per-item outcomes (:func:`crrelu_llm.experiments.evidence.factorial_inputs`); ``help_or_harm``:
+    every model's drift, benchmark and probe rows."""
+    shape = inputs["shape"]
     cell_of = {arm: cell for cell, arm in shape["cells"].items()}
-    runs = {(r.arm, r.beta, r.seed): r for r in declaration.preference_runs if r.arm in cell_of}
     measures = []
-    for beta in sorted({b for _, b, _ in runs}):
-        seeds = sorted({s for a, b, s in runs if b == beta})
-        accuracy, winrate = [], []
-        for seed in seeds:
-            acc, wr = {}, {}
-            for arm, cell in cell_of.items():
-                run = runs.get((arm, beta, seed))
-                for spec in declaration.by_kind("rewards"):
-                    if run and spec.model == run.model and spec.done.exists():
-                        acc[cell] = [float(c) for c in read_json(spec.done).get("correct") or []] or None
-                base_run = runs.get((baseline, beta, seed))
-                for spec in declaration.by_kind("winrate"):
-                    if (
-                        run
-                        and base_run
-                        and spec.model == run.model
-                        and spec.baseline == base_run.model
-                        and spec.done.exists()
-                    ):
-                        wr[cell] = read_json(spec.done)["stats"].get("scores")
+    several = len(inputs["per_beta"]) > 1
+    for part in inputs["per_beta"]:
+        winrate = []
+        for wr in part["winrate"]:
             n = next((len(v) for v in wr.values() if v), 0)
-            wr[(0, 0)] = [0.5] * n  # the baseline arm (cell 0, 0) against itself
-            accuracy.append({c: v for c, v in acc.items() if v})
-            winrate.append({c: v for c, v in wr.items() if v})
-        label = f" (beta {beta:g})" if len({b for _, b, _ in runs}) > 1 else ""
-        for name, per_seed in ((f"reward accuracy{label}", accuracy), (f"win rate vs {baseline}{label}", winrate)):
+            winrate.append({**wr, (0, 0): [0.5] * n} if n else wr)  # the baseline arm (cell 0, 0) against itself
+        label = f" (beta {part['beta']:g})" if several else ""
+        for name, per_seed in (
+            (f"reward accuracy{label}", part["accuracy"]),
+            (f"win rate vs {baseline}{label}", winrate),
+        ):
             found = _effects(per_seed)
             if found:
                 measures.append({"measure": name, "unit": "points", "seeds": len(per_seed), **found})
-        measures += _benchmarks(help_or_harm, cell_of, runs, beta, seeds, label)
-    drift = {}
-    for arm, cell in cell_of.items():
-        found = step0_drift(declaration, arm)
-        drift[cell] = read_json(found["from"]).get("per_example_kl") if found else None
+        labels = {OBJECTIVES[c].label for c in part["objectives"] if c in OBJECTIVES}
+        after = labels.pop() if len(labels) == 1 else "preference tuning"  # DPO, SimPO...; one phrase if they differ
+        measures += _benchmarks(help_or_harm, cell_of, part["seeds"], part["steps"], after, label)
+    drift = inputs["drift"]
     if all(drift.get(c) for c in drift if c != (0, 0)) and any(drift.values()):
         n = next(len(v) for v in drift.values() if v)
         drift = {c: v if v else [0.0] * n for c, v in drift.items()}  # an unpatched arm's step 0 is the original
@@ -140,22 +121,37 @@ def _independent(values: dict, errors: dict) -> dict:
     return out
 
 
-def _benchmarks(rows: list[dict], cell_of: dict, runs: dict, beta: float, seeds: list, label: str) -> list[dict]:
+def _benchmarks(rows: list[dict], cell_of: dict, seeds: list, steps: list[dict], after: str, label: str) -> list[dict]:
+    """Each task's effects after preference tuning, per seed: ``steps`` holds, per seed, each arm's
+    preference stage."""
     out = []
     by = {(r["arm"], r["stage"]): r for r in rows}
-    for seed in seeds:
-        cell_runs = {arm: runs.get((arm, beta, seed)) for arm in cell_of}
-        found_rows = {arm: (by.get((arm, run.step)) if run else None) or {} for arm, run in cell_runs.items()}
+    for seed, step_of in zip(seeds, steps):
+        found_rows = {arm: by.get((arm, step_of.get(arm))) or {} for arm in cell_of}
         tasks = set.intersection(*[set(r.get("benchmarks", {})) for r in found_rows.values()]) if cell_of else set()
-        labels = {OBJECTIVES[run.command].label for run in cell_runs.values() if run}
-        after = labels.pop() if len(labels) == 1 else "preference tuning"  # DPO, SimPO...; one phrase if they differ
         for task in sorted(tasks):
             cells = {cell: found_rows[arm]["benchmarks"][task] for arm, cell in cell_of.items()}
-            if any(b["stderr"] is None for b in cells.values()):
+            found = _effects([paired]) if (paired := _items(cells)) else None  # per item, on the same items
+            if found is None and any(b["stderr"] is None for b in cells.values()):
                 continue
-            found = _independent({c: b["value"] for c, b in cells.items()}, {c: b["stderr"] for c, b in cells.items()})
+            found = found or _independent(
+                {c: b["value"] for c, b in cells.items()}, {c: b["stderr"] for c, b in cells.items()}
+            )
             out.append({"measure": f"{task} after {after}, seed {seed}{label}", "unit": "points", "seeds": 1, **found})
     return out
+
+
+def _items(cells: dict) -> dict | None:
+    """Each cell's per-item outcomes on its headline metric, when all four answered the same items."""
+    first = next(iter(cells.values()))
+    metric, ids = first.get("metric"), (first.get("items") or {}).get("doc_id")
+    outcomes = {}
+    for cell, b in cells.items():
+        items = b.get("items") or {}
+        if ids is None or b.get("metric") != metric or items.get("doc_id") != ids or metric not in items:
+            return None
+        outcomes[cell] = items[metric]
+    return outcomes
 
 
 def _sparsity(rows: list[dict], cell_of: dict) -> list[dict]:

@@ -171,7 +171,9 @@ def _series(run: Run, key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def report_plots(arms: dict[str, list[Run]], out: Path, colours: dict[str, str]) -> list[str]:
+def report_plots(arms: dict[str, list[Run]], out: Path, colours: dict[str, str], report_arms: dict) -> list[str]:
+    """The report's plots: training curves and eps from the runs' logs, reward accuracy and win
+    rates from the report's estimates (``report_arms``: the report's ``arms``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -261,15 +263,17 @@ def report_plots(arms: dict[str, list[Run]], out: Path, colours: dict[str, str])
         fig.savefig(out / "reward_accuracy.png", dpi=110)
         plt.close(fig)
         files.append("reward_accuracy.png")
-    bars = [
+    bars = [  # the report's estimates, each computed once (estimates.win_rates)
         (
-            f"{seed_label(label, run, runs)} ({objective(run).upper()}) vs {short(w.get('baseline'))}",
+            f"{seed_label(label, run, runs)} ({objective(run).upper()}) vs {short(entry.get('baseline'))}",
             run.arm,
-            _restated(w["stats"]),
+            _bar(entry),
         )
         for label, runs in arms.items()
+        for group in (report_arms.get(label, {}).get("win_rates") or {}).values()
         for run in runs
-        for w in run.winrates.values()
+        for entry in group["per_seed"]
+        if entry["from"] in run.sources.values()
     ]
     if bars:
         fig = win_rate_figure(bars, colours)
@@ -279,12 +283,14 @@ def report_plots(arms: dict[str, list[Run]], out: Path, colours: dict[str, str])
     return files
 
 
-def _restated(stats: dict) -> dict:
-    """A win-rate result's stats with the interval of :func:`crrelu_llm.stats.win_rate_estimate`
-    (recomputed from the counts, so a result written before it is plotted the same way)."""
-    from crrelu_llm.stats import win_rate_estimate
-
-    return {**stats, "interval": win_rate_estimate(stats["wins"], stats["ties"], stats["losses"]).interval}
+def _bar(entry: dict) -> dict:
+    """A report's per-seed win-rate entry as one bar: its estimate, counts and length control."""
+    keys = ("wins", "ties", "losses", "length_controlled", "position_consistency")
+    return {
+        **{k: entry.get(k) for k in keys},
+        "win_rate": entry["estimate"]["value"],
+        "interval": entry["estimate"]["interval"],
+    }
 
 
 def accuracy_by_training_beta(arms: dict[str, list[Run]]) -> dict[str, list]:

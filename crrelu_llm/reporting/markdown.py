@@ -240,8 +240,22 @@ def _pairs(report: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _reading(record: dict) -> list[str]:
+    if "runs" not in record:  # a plain `compare` of run directories: no experiment to read
+        return []
+    from crrelu_llm.reporting.summary import opening, readings, summary_view
+
+    view, baseline = summary_view(record), record["runs"]["baseline_arm"]
+    lines = ["## Reading", "", *(f"**{line}**  " for line in opening(view, baseline)), ""]
+    lines += [f"- {line}" for line in readings(view, baseline)]
+    return [*lines, ""]
+
+
 def render(report: dict) -> str:
-    lines = ["# crrelu-llm comparison", "", *_summary_table(report), *_pairs(report)]
+    """report.md from the report (``compare``) or an experiment's evidence record: for an
+    experiment, the reading first (its three opening lines, then every line with its interval and
+    test, and the multiplicity adjustment), then the tables."""
+    lines = ["# crrelu-llm comparison", "", *_reading(report), *_summary_table(report), *_pairs(report)]
     counted = [(label, arm["data"]) for label, arm in report["arms"].items() if "data" in arm]
     if counted:
         from crrelu_llm.data.accounting import line
@@ -265,7 +279,7 @@ def render(report: dict) -> str:
             lines += _epsilon(label, arm)
     lines += _vs_baseline(report)
     lines += factorial.markdown(report.get("factorial"))
-    lines += report_stages.markdown(report.get("stages", []))
+    lines += report_stages.markdown(report.get("stages", []), report.get("benchmark_contrasts") or [])
     for plot in report["plots"]:
         lines.append(f"![{plot}]({plot})")
     return "\n".join(lines) + "\n"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from crrelu_llm import run_files
 from crrelu_llm.errors import ReportError
+from crrelu_llm.evaluation.results import read
 from crrelu_llm.files import writable_dir, write_json, write_text_atomic
 from crrelu_llm.reporting import estimates, figures, markdown, report_stages
 from crrelu_llm.reporting.runs import Run, check_poolable, load_run, objective, short
@@ -34,6 +35,9 @@ def compare(
     baseline: str | None = None,
     pairs: list[dict] | None = None,
     factorial: dict | None = None,
+    starts: dict | None = None,
+    stage_rows: list[dict] | None = None,
+    write: bool = True,
 ) -> dict:
     """Write report.md, report.json and plots for the runs; return the report dict.
     ``step0_drift`` maps an arm label to its step-0 drift (``{"stage", "from"}``; None for an
@@ -43,6 +47,9 @@ def compare(
     of drift, benchmarks and probes; by default, each run given is a stage of its arm.
     ``baseline``: the arm every other is compared with (default: the first). ``pairs``: the
     on-policy pairs stages' records (``{"arm", "stage", "from"}``), shown with their counts.
+    ``starts``: ``(arm, stage) -> the stage it started from``, for the benchmark contrasts within an
+    arm; ``stage_rows``: the help-or-harm rows when the caller has read them already. ``write``:
+    False leaves report.json and report.md to the caller (an experiment adds its own parts first).
 
     Example:
         >>> compare(["gelu=runs/gelu/dpo", "crrelu=runs/crrelu/dpo"], Path("report"))  # doctest: +SKIP
@@ -60,7 +67,7 @@ def compare(
         "arms": {},
         "plots": [],
         "factorial": factorial,
-        "pairs": [{**p, **report_stages.read_result(Path(p["from"]))} for p in pairs or []],
+        "pairs": [{**p, **read(Path(p["from"]))} for p in pairs or []],
     }
     for label, members in arms.items():
         report["arms"][label] = _arm_entry(label, members, step0_drift)
@@ -70,21 +77,33 @@ def compare(
     report["reward_accuracy_vs_baseline"] = {
         label: found
         for label, members in arms.items()
-        if label != baseline
-        and (found := estimates.paired_accuracies(_rewards_by_seed(members), _rewards_by_seed(arms[baseline])))
+        if (other := _baseline_for(label, baseline, arms)) != label
+        and (found := estimates.paired_accuracies(_rewards_by_seed(members), _rewards_by_seed(arms[other])))
     }
     if stages is None:
         stages = {label: {r.path.name: r.path for r in members} for label, members in arms.items()}
-    report["stages"] = report_stages.collect(stages, eval_dirs)
+    report["stages"] = stage_rows if stage_rows is not None else report_stages.collect(stages, eval_dirs)
+    report["benchmark_contrasts"] = report_stages.benchmark_contrasts(
+        report["stages"], baseline.split(" beta=")[0], starts
+    )
     colours = figures.arm_colours([r.arm for r in runs] + list(stages))
     report["colours"] = colours
-    report["plots"] = figures.report_plots(arms, out, colours)
+    report["plots"] = figures.report_plots(arms, out, colours, report["arms"])
     probe = figures.probe_plot(report["stages"], out, colours)
     if probe:
         report["plots"].append(probe)
-    write_json(out / "report.json", report)
-    write_text_atomic(out / "report.md", markdown.render(report))
+    if write:
+        write_json(out / "report.json", report)
+        write_text_atomic(out / "report.md", markdown.render(report))
     return report
+
+
+def _baseline_for(label: str, baseline: str, arms: dict) -> str:
+    """The baseline arm's runs at this label's beta (``gelu beta=0.5`` for ``crrelu beta=0.5``) where
+    the labels carry a beta, else ``baseline``."""
+    _, sep, beta = label.partition(" beta=")
+    same_beta = f"{baseline.split(' beta=')[0]} beta={beta}"
+    return same_beta if sep and same_beta in arms else baseline
 
 
 def _rewards_by_seed(members: list[Run]) -> dict:
@@ -178,6 +197,7 @@ def _arm_entry(label: str, members: list[Run], step0_drift: dict | None) -> dict
                     "from": r.sources[name],
                     "judge": w.get("judge"),
                     "baseline": w.get("baseline"),
+                    "generator": w.get("baseline_generator"),  # reference outputs: who generated them
                     "stats": w["stats"],
                 }
             )
@@ -191,13 +211,14 @@ def _arm_entry(label: str, members: list[Run], step0_drift: dict | None) -> dict
                 )
             baselines = list(dict.fromkeys(short(r["baseline"]) for r in results))
             shown = baselines[0] if len(baselines) == 1 else f"{_comparison_key(baselines[0])} (each seed's own)"
+            generator = results[0].get("generator")
+            if generator and generator != results[0]["baseline"]:  # reference outputs, named by their generator
+                shown = f"{shown} (outputs of {generator})"
             entry["win_rates"][key] = {"judge": results[0]["judge"], "baseline": shown, **group}
     if step0_drift is not None:  # the swap's own damage: the arm's step-0 model, never a later stage's
         found = step0_drift.get(label)
         if found:
-            entry["drift"] = [
-                {**report_stages.read_result(Path(found["from"])), "stage": "step 0", "from": found["from"]}
-            ]
+            entry["drift"] = [{**read(Path(found["from"])), "stage": "step 0", "from": found["from"]}]
         elif _patched(members[0]):
             entry["drift_note"] = (
                 "step 0 (the patched original) was not evaluated: add `drift:` to the "
@@ -257,45 +278,10 @@ def _calibrated_at(run: Run) -> dict | None:
     if (run.patch_report or {}).get("already_patched") and start:
         records.append(Path(str(start)) / run_files.PATCH_REPORT)
     for record in records:
-        values = report_stages.read_result(record).get("calibrated_epsilons") if record.exists() else None
+        values = read(record).get("calibrated_epsilons") if record.exists() else None
         if values:
             return {
                 "from": str(record),
                 "values": {f"{layer_index(p):02d}": v for p, v in values.items() if layer_index(p) is not None},
             }
     return None
-
-
-def compare_experiment(declaration, baseline_arm: str, factors: dict | None = None) -> dict:
-    """The report of an experiment: every DPO run under its arm (``arm beta=B`` when the
-    experiment trains several betas), the KL column from each arm's step-0 model, and the
-    help-or-harm table from every model the declaration names."""
-    from crrelu_llm.reporting.summary import step0_drift
-
-    several_betas = len({run.beta for run in declaration.preference_runs}) > 1
-
-    def label(arm, beta):
-        return f"{arm} beta={beta:g}" if several_betas else arm
-
-    specs = [f"{label(run.arm, run.beta)}={run.model}" for run in declaration.preference_runs]
-    drift = {label(run.arm, run.beta): step0_drift(declaration, run.arm) for run in declaration.preference_runs}
-    pairs = [
-        {"arm": s.arm, "stage": s.name, "from": str(s.done)} for s in declaration.by_kind("pairs") if s.done.exists()
-    ]
-    two_by_two = None
-    if factors:
-        from crrelu_llm.reporting import factorial
-
-        two_by_two = factorial.read(
-            declaration, factors, baseline_arm, report_stages.collect(declaration.models(), declaration.eval_dirs())
-        )
-    return compare(
-        specs,
-        declaration.layout.report,
-        step0_drift=drift,
-        stages=declaration.models(),
-        eval_dirs=declaration.eval_dirs(),
-        baseline=label(baseline_arm, declaration.preference_runs[0].beta),
-        pairs=pairs,
-        factorial=two_by_two,
-    )

@@ -8,44 +8,34 @@ runner passes every stage of every arm; ``crrelu-llm compare`` passes the runs i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from crrelu_llm.errors import ReportError
+from crrelu_llm.evaluation.results import BENCHMARK, DRIFT, PROBE, eval_dir, read
 from crrelu_llm.stats import detectable_difference
 
 
-def read_result(path: Path):
-    """A result file's JSON; a damaged file is a :class:`ReportError` naming it."""
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ReportError(f"{path} is not valid JSON ({err})") from None
-
-
 def _read(path: Path):
-    return read_result(path) if path.exists() else None
+    return read(path) if path.exists() else None
 
 
 def collect(stages: dict[str, dict[str, Path]], eval_dirs: dict[str, Path] | None = None) -> list[dict]:
     """One row per (arm, stage, model) with what its ``eval/`` holds. ``eval_dirs`` maps a model
     to the directory its results went to when that is not ``MODEL/eval`` (a hub model)."""
     from crrelu_llm.evaluation.benchmark import headline
-    from crrelu_llm.evaluation.evaluate import eval_dir
 
     rows = []
     for arm, by_stage in stages.items():
         for stage, model in by_stage.items():
             folder = Path((eval_dirs or {}).get(str(model)) or eval_dir(model))
             row = {"arm": arm, "stage": stage, "model": str(model), "benchmarks": {}}
-            drift = _read(folder / "drift.json")
+            drift = _read(DRIFT.in_folder(folder))
             if drift:
                 row["kl_to_original"] = {
                     "value": drift["kl_patched_original"],
                     "tokens": drift["tokens"],
-                    "from": str(folder / "drift.json"),
+                    "from": str(DRIFT.in_folder(folder)),
                 }
-            for file in sorted(folder.glob("benchmark-*.json")):
+            for file in BENCHMARK.files(folder):
                 result = _read(file)
                 shown = headline(result)
                 if shown:
@@ -55,14 +45,88 @@ def collect(stages: dict[str, dict[str, Path]], eval_dirs: dict[str, Path] | Non
                         **metric,
                         "n": result["n"],
                         "num_fewshot": result["num_fewshot"],
+                        "items": result.get("items"),
                         "from": str(file),
                     }
-            probe = _read(folder / "probe.json")
+            probe = _read(PROBE.in_folder(folder))
             if probe:
-                row["probe"] = {"layers": probe["layers"], "from": str(folder / "probe.json")}
+                row["probe"] = {"layers": probe["layers"], "from": str(PROBE.in_folder(folder))}
             if drift or row["benchmarks"] or probe:
                 rows.append(row)
     return rows
+
+
+def benchmark_contrasts(rows: list[dict], baseline: str | None = None, starts: dict | None = None) -> list[dict]:
+    """Every benchmark contrast the help-or-harm table implies, each with its own interval, test and
+    detectable difference: within an arm, each stage against the stage it started from (``starts``:
+    ``(arm, stage) -> stage``, an experiment's lineage; none without it); across arms, each arm
+    against ``baseline`` at the same stage. Paired over the items both models answered (McNemar's
+    exact test, :func:`crrelu_llm.stats.paired_difference`) where both results keep per-item
+    outcomes; else the two standard errors combined as independent, and said so."""
+    out = []
+    at = {(r["arm"], r["stage"]): r for r in rows}
+    pairs = [
+        (row, at[(row["arm"], start)], "stage")
+        for row in rows
+        if (start := (starts or {}).get((row["arm"], row["stage"]))) and (row["arm"], start) in at
+    ]
+    pairs += [
+        (row, at[(baseline, row["stage"])], "arm")
+        for row in rows
+        if row["arm"] != baseline and (baseline, row["stage"]) in at
+    ]
+    for row, other, kind in pairs:
+        for task in sorted(set(row["benchmarks"]) & set(other["benchmarks"])):
+            estimate = benchmark_difference(row["benchmarks"][task], other["benchmarks"][task])
+            if estimate:
+                out.append(
+                    {
+                        "task": task,
+                        "kind": kind,
+                        "arm": row["arm"],
+                        "stage": row["stage"],
+                        "against": {"arm": other["arm"], "stage": other["stage"]},
+                        "estimate": estimate,
+                    }
+                )
+    return out
+
+
+def contrast_name(c: dict) -> str:
+    """``crrelu - gelu at SFT`` (across arms) or ``crrelu: SFT - step 0`` (within an arm)."""
+    if c["kind"] == "arm":
+        return f"{c['arm']} - {c['against']['arm']} at {c['stage']}"
+    return f"{c['arm']}: {c['stage']} - {c['against']['stage']}"
+
+
+def benchmark_difference(a: dict, b: dict) -> dict | None:
+    """``a - b`` for two models' results on one task (help-or-harm entries): paired where both
+    keep per-item 0/1 outcomes on the same items, else independent; None without standard errors."""
+    from scipy.stats import norm
+
+    from crrelu_llm.evaluation.benchmark import paired_items
+    from crrelu_llm.stats import Z95, Estimate, paired_difference
+
+    if a["metric"] == b["metric"]:
+        items = paired_items(a, b, a["metric"])
+        if items and all(v in (0.0, 1.0) for side in items for v in side):
+            return paired_difference(*items).to_dict()
+    if a.get("stderr") is None or b.get("stderr") is None:
+        return None
+    value, se = a["value"] - b["value"], (a["stderr"] ** 2 + b["stderr"] ** 2) ** 0.5
+    n = min(a["n"], b["n"])
+    return Estimate(
+        value=value,
+        interval=(value - Z95 * se, value + Z95 * se),
+        standard_error=se,
+        n=n,
+        p_value=float(2 * norm.sf(abs(value) / se)) if se else 1.0,
+        test="z test, independent samples",
+        interval_method="lm-eval standard errors combined as independent (no per-item outcomes kept)",
+        null=0.0,
+        detectable=detectable_difference(n),
+        detectable_basis="independent samples, p = 1/2: the worst case",
+    ).to_dict()
 
 
 def _mean(values):
@@ -70,7 +134,7 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
-def markdown(rows: list[dict]) -> list[str]:
+def markdown(rows: list[dict], contrasts: list[dict] = ()) -> list[str]:
     if not rows:
         return []
     tasks = sorted({t for r in rows for t in r["benchmarks"]})
@@ -114,16 +178,24 @@ def markdown(rows: list[dict]) -> list[str]:
             + (f"{fitted:.4f}" if fitted is not None else "–")
             + " |"
         )
-    sizes = sorted({b["n"] for r in rows for b in r["benchmarks"].values() if b["n"]})
-    if sizes:
+    if contrasts:
         lines += [
             "",
-            "Smallest benchmark difference between two models that these sample sizes detect (95% "
-            "confidence, 80% power; the worst case, p = 1/2 and independent samples, since lm-eval keeps no "
-            "per-item outcomes here): "
-            + ", ".join(f"{100 * detectable_difference(n):.1f} points at n={n}" for n in sizes)
-            + ".",
+            "Benchmark contrasts, each on the same items: within an arm, a stage against the one it started "
+            "from; across arms, an arm against the baseline at the same stage. `detects`: the difference this "
+            "contrast would see with 80% power at the 5% level, from its own share of disagreeing items.",
+            "",
+            "| contrast | task | difference (points) | p | test | detects (points) |",
+            "|---|---|---|---|---|---|",
         ]
+        for c in contrasts:
+            e, (lo, hi) = c["estimate"], c["estimate"]["interval"]
+            name = contrast_name(c)
+            detects = f"{100 * e['detectable']:.1f}" if e.get("detectable") is not None else "–"
+            lines.append(
+                f"| {name} | {c['task']} | {100 * e['value']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
+                f"{e['p_value']:.2g} | {e['test']} | {detects} |"
+            )
     sources = sorted(
         {f"`{b['from']}`" for r in rows for b in r["benchmarks"].values()}
         | {f"`{r['probe']['from']}`" for r in rows if "probe" in r}

@@ -13,9 +13,8 @@ import yaml
 
 from crrelu_llm import run_files
 from crrelu_llm.errors import ReportError
-from crrelu_llm.evaluation.evaluate import eval_dir
+from crrelu_llm.evaluation.results import DRIFT, REWARDS, WINRATE, eval_dir, read
 from crrelu_llm.files import read_json
-from crrelu_llm.reporting import report_stages
 from crrelu_llm.training.recipes import BOOKKEEPING_KEYS
 
 # Keys a pooled run may differ in: the seed, and where it wrote or reported.
@@ -68,26 +67,26 @@ def load_run(spec: str) -> Run:
     run = Run(label or _recorded_label(recipe, path), path, recipe)
     state = _trainer_state(path)
     if state:
-        run.log_history = report_stages.read_result(state).get("log_history", [])
+        run.log_history = read(state).get("log_history", [])
         run.sources["log_history"] = str(state)
     if (path / run_files.FINAL_METRICS).exists():
-        run.final = report_stages.read_result(path / run_files.FINAL_METRICS)
+        run.final = read(path / run_files.FINAL_METRICS)
         run.sources["final"] = str(path / run_files.FINAL_METRICS)
     evaluation = eval_dir(path)
-    if (evaluation / "rewards.json").exists():
-        run.rewards = report_stages.read_result(evaluation / "rewards.json")
-        run.sources["rewards"] = str(evaluation / "rewards.json")
+    if REWARDS.in_folder(evaluation).exists():
+        run.rewards = read(REWARDS.in_folder(evaluation))
+        run.sources["rewards"] = str(REWARDS.in_folder(evaluation))
     # against the run's own start (SFT) first, then the other arms: the same order in every arm
-    for file in sorted(evaluation.glob("winrate*.json"), key=lambda f: (not f.stem.endswith("_sft"), f.name)):
-        run.winrates[file.stem] = report_stages.read_result(file)
+    for file in sorted(WINRATE.files(evaluation), key=lambda f: (not f.stem.endswith("_sft"), f.name)):
+        run.winrates[file.stem] = read(file)
         run.sources[file.stem] = str(file)
-    if (evaluation / "drift.json").exists():
-        run.drift = report_stages.read_result(evaluation / "drift.json")
-        run.sources["drift"] = str(evaluation / "drift.json")
+    if DRIFT.in_folder(evaluation).exists():
+        run.drift = read(DRIFT.in_folder(evaluation))
+        run.sources["drift"] = str(DRIFT.in_folder(evaluation))
     if (path / run_files.PATCH_REPORT).exists():
-        run.patch_report = report_stages.read_result(path / run_files.PATCH_REPORT)
+        run.patch_report = read(path / run_files.PATCH_REPORT)
     if (path / run_files.DATA_SUMMARY).exists():
-        run.data = report_stages.read_result(path / run_files.DATA_SUMMARY)
+        run.data = read(path / run_files.DATA_SUMMARY)
         run.sources["data"] = str(path / run_files.DATA_SUMMARY)
     if not (run.log_history or run.final or run.rewards or run.winrates or run.drift):
         raise ReportError(f"{path}: nothing to report (no trainer_state.json, final_metrics.json or eval/ outputs)")

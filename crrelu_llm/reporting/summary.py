@@ -1,116 +1,130 @@
-"""What an experiment prints and keeps in ``summary.json``: one row per DPO run (win rates,
-reward accuracy, KL at step 0, eps range) and the help-or-harm rows (each arm at every stage:
-KL to the original, benchmarks, eps learned and least-squares), with their sample sizes and
-the differences those sizes can detect.
-
-Every number is found through the experiment's stage declaration (:mod:`crrelu_llm.experiments.stages`)
-and carries the stage that computed it and the file it was read from.
+"""Views of an experiment's evidence record (``report/report.json``, built by
+:mod:`crrelu_llm.experiments.evidence`): ``summary.json`` and the console (one row per preference
+run, the reading, the help-or-harm table and the benchmark contrasts), each number with its
+sample size and what that size can detect. Every estimate is read from the record, where
+:func:`crrelu_llm.reporting.report.compare` computed it once; :func:`multiplicity` adds Holm's
+adjustment of the record's own p-values.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from crrelu_llm import run_files
-from crrelu_llm.files import read_json
 from crrelu_llm.reporting import estimates
-from crrelu_llm.stats import detectable_difference, verdict, win_rate_estimate
+from crrelu_llm.reporting.report_stages import contrast_name
+from crrelu_llm.stats import holm, verdict
 
 
-def _winrate_entry(spec) -> dict | None:
-    file = spec.done
-    if not file.exists():
-        return None
-    stats = read_json(file)["stats"]
-    estimate = win_rate_estimate(stats["wins"], stats["ties"], stats["losses"])
+def estimates_by_file(report: dict) -> dict:
+    """Where each result file's estimate sits in the report: ``{"label", "key", "seed", "from"}``
+    (``key``: the comparison of a win rate, or ``reward_accuracy``)."""
+    found = {}
+    for label, arm in report["arms"].items():
+        for key, group in (arm.get("win_rates") or {}).items():
+            for entry in group["per_seed"]:
+                found[entry["from"]] = {"label": label, "key": key, "seed": entry["seed"], "from": entry["from"]}
+        for entry in (arm.get("reward_accuracy") or {}).get("per_seed", []):
+            found[entry["from"]] = {
+                "label": label,
+                "key": "reward_accuracy",
+                "seed": entry["seed"],
+                "from": entry["from"],
+            }
+    return found
+
+
+def _group(record: dict, ref: dict) -> dict:
+    """The record's group of estimates (every seed, pooled) that ``ref`` points into."""
+    arm = record["arms"][ref["label"]]
+    return arm["reward_accuracy"] if ref["key"] == "reward_accuracy" else arm["win_rates"][ref["key"]]
+
+
+def _entry(record: dict, ref: dict) -> dict:
+    return next(e for e in _group(record, ref)["per_seed"] if e["from"] == ref["from"])
+
+
+def _winrate_cell(record: dict, ref: dict) -> dict:
+    entry = _entry(record, ref)
+    e = entry["estimate"]
     return {
-        "win_rate": estimate.value,
-        "interval": estimate.interval,
-        "wins": stats["wins"],
-        "ties": stats["ties"],
-        "losses": stats["losses"],
-        "n": stats["n"],
-        "sign_test_p": estimate.p_value,
-        "estimate": estimate.to_dict(),
-        "length_controlled": stats.get("length_controlled"),
-        "stage": spec.name,
-        "from": str(file),
+        "win_rate": e["value"],
+        "interval": e["interval"],
+        **{k: entry[k] for k in ("wins", "ties", "losses", "n")},
+        "sign_test_p": e["p_value"],
+        "estimate": e,
+        "length_controlled": entry.get("length_controlled"),
+        "stage": ref["stage"],
+        "from": ref["from"],
     }
 
 
-def step0_drift(declaration, arm: str) -> dict | None:
-    """The KL of the arm's step-0 model to the original, with its stage and file (None for an
-    unpatched arm, whose step 0 is the original itself, or when drift was not evaluated)."""
-    for spec in declaration.by_kind("drift"):
-        if spec.arm == arm and spec.step == "step 0" and spec.done.exists():
-            return {"value": read_json(spec.done)["kl_patched_original"], "stage": spec.name, "from": str(spec.done)}
-    return None
-
-
-def summarise(exp, declaration) -> dict:
-    rows, rewards, judged = [], {}, {}
-    for run in declaration.preference_runs:
-        out = Path(run.model)
-        row = {"arm": run.arm, "run": str(out), "stage": run.name, "step": run.step, "seed": run.seed, "beta": run.beta}
-        final = read_json(out / run_files.FINAL_METRICS)
-        for spec in declaration.by_kind("rewards"):
-            if spec.model == run.model and spec.done.exists():
-                r = read_json(spec.done)
-                if "accuracy" in r:
-                    row["reward_accuracy"] = {
-                        "accuracy": r["accuracy"],
-                        "interval": r["accuracy_interval"],
-                        "n": r["n"],
-                        "ties": r.get("ties"),
-                        "stage": spec.name,
-                        "from": str(spec.done),
-                    }
-                    rewards[(run.arm, run.beta, run.seed)] = r
-        eps = [v for k, v in final.items() if k.startswith("final_epsilon/") and k[14:].isdigit()]
-        row["epsilon_range"] = [min(eps), max(eps)] if eps else None
-        start = declaration.start_of(run)
-        for spec in declaration.by_kind("winrate"):
-            if spec.model == run.model:
-                name = "vs-sft" if spec.baseline == start else f"vs-{exp.baseline_arm}"
-                entry = _winrate_entry(spec)
-                if entry:
-                    row[f"winrate_{name}"] = entry
-                    judged.setdefault((run.arm, run.beta, name), []).append(
-                        {
-                            "seed": run.seed,
-                            "stage": spec.name,
-                            "from": str(spec.done),
-                            "stats": read_json(spec.done)["stats"],
-                        }
-                    )
-        drift = step0_drift(declaration, run.arm)
-        if drift:
-            row["kl_step0"] = drift["value"]
-            row["kl_step0_from"] = {"stage": drift["stage"], "from": drift["from"]}
+def summary_view(record: dict) -> dict:
+    """What ``summary.json`` holds and the console prints: the record's estimates, laid out per
+    preference run and per comparison (nothing recomputed)."""
+    runs = record["runs"]
+    rows = []
+    for r in runs["rows"]:
+        row = {k: r[k] for k in ("arm", "run", "stage", "step", "seed", "beta", "epsilon_range")}
+        if "reward_accuracy" in r:
+            ref, entry = r["reward_accuracy"], _entry(record, r["reward_accuracy"])
+            e = entry["estimate"]
+            row["reward_accuracy"] = {
+                "accuracy": e["value"],
+                "interval": e["interval"],
+                "n": e["n"],
+                "ties": entry.get("ties"),
+                "stage": ref["stage"],
+                "from": ref["from"],
+            }
+        for key in [k for k in r if k.startswith("winrate_")]:
+            row[key] = _winrate_cell(record, r[key])
+        if r.get("kl_step0"):
+            row["kl_step0"] = r["kl_step0"]["value"]
+            row["kl_step0_from"] = {k: r["kl_step0"][k] for k in ("stage", "from")}
         rows.append(row)
     return {
         "rows": rows,
-        "report": str(declaration.layout.report / "report.md"),
-        "win_rates": [
-            {"arm": arm, "beta": beta, "comparison": name, **estimates.win_rates(results)}
-            for (arm, beta, name), results in judged.items()
+        "report": record["experiment"]["report"],
+        "seconds": record["experiment"]["seconds"],
+        "stage_totals": record["experiment"]["stage_totals"],
+        "win_rates": [{k: g[k] for k in ("arm", "beta", "comparison")} | _group(record, g) for g in runs["win_rates"]],
+        "reward_accuracy": [
+            {k: g[k] for k in ("arm", "baseline", "beta")} | record["reward_accuracy_vs_baseline"][g["label"]]
+            for g in runs["reward_accuracy"]
         ],
-        "reward_accuracy": _paired_accuracy(rewards, exp.baseline_arm),
+        "help_or_harm": record.get("help_or_harm") or [],
+        "benchmark_contrasts": record.get("benchmark_contrasts") or [],
+        "factorial": record.get("factorial"),
+        "multiplicity": record.get("multiplicity"),
     }
 
 
-def _paired_accuracy(rewards: dict, baseline: str) -> list[dict]:
-    """Each arm against the baseline arm at the same beta: reward accuracy paired on the same pairs."""
-    out = []
-    for arm, beta in dict.fromkeys((a, b) for a, b, _ in rewards):
-        if arm == baseline:
-            continue
-        ours = {s: r for (a, b, s), r in rewards.items() if (a, b) == (arm, beta)}
-        theirs = {s: r for (a, b, s), r in rewards.items() if (a, b) == (baseline, beta)}
-        entry = estimates.paired_accuracies(ours, theirs)
-        if entry:
-            out.append({"arm": arm, "baseline": baseline, "beta": beta, **entry})
-    return out
+def headline(group: dict) -> dict:
+    """The estimate a reading line stands on: pooled over seeds where there are several, else the seed's."""
+    return group["pooled"] if group.get("seeds", 1) > 1 and group.get("pooled") else group["per_seed"][0]["estimate"]
+
+
+def multiplicity(record: dict) -> dict:
+    """Holm's adjustment over the family of tests the reading reports: every win-rate comparison,
+    every paired reward-accuracy difference and every benchmark contrast. Both p-values are kept."""
+    view = summary_view({**record, "multiplicity": None})
+    family = [{"test": test_name(g), "kind": "win rate", "p": headline(g)["p_value"]} for g in view["win_rates"]]
+    family += [
+        {"test": f"{g['arm']} - {g['baseline']}", "kind": "reward accuracy", "p": headline(g)["p_value"]}
+        for g in view["reward_accuracy"]
+    ]
+    family += [
+        {"test": f"{contrast_name(c)} ({c['task']})", "kind": "benchmark", "p": c["estimate"]["p_value"]}
+        for c in view["benchmark_contrasts"]
+    ]
+    family = [t for t in family if t["p"] is not None]
+    adjusted = holm([t["p"] for t in family])
+    return {
+        "method": "Holm (statsmodels multipletests) over every test the reading reports, family-wise 5%",
+        "tests": [
+            {**t, "p_holm": a, "detected": t["p"] < 0.05, "detected_holm": a < 0.05} for t, a in zip(family, adjusted)
+        ],
+    }
 
 
 def stage_totals(log: list[dict]) -> dict:
@@ -201,17 +215,102 @@ def _group_line(what: str, group: dict, scale: float = 1.0) -> str:
     return f"{what}, {len(seeds)} seeds: {shown}; {tail}"
 
 
+def opening(summary: dict, baseline: str) -> list[str]:
+    """The reading in three lines a person reads first (each under about 120 characters): the
+    positive control, the activation comparison, help or harm; every verdict after Holm's
+    adjustment over the family (:func:`multiplicity`). The details are in report.md."""
+    holm_of = {t["test"]: t for t in (summary.get("multiplicity") or {}).get("tests", [])}
+
+    def seen(test: str) -> bool:
+        return bool(holm_of.get(test, {}).get("detected_holm"))
+
+    lines = []
+    control = [g for g in summary.get("win_rates", []) if g["comparison"] == "vs-sft"]
+    if control:
+        up = [g["arm"] for g in control if seen(test_name(g)) and headline(g)["value"] > 0.5]
+        lines.append(
+            f"positive control: DPO beats its own SFT start in {len(up)} of {len(control)} arms"
+            + (f" ({', '.join(up)})" if up else "")
+            + ("" if len(up) == len(control) else "; where it does not, the instrument cannot see DPO's effect")
+        )
+    others = [g for g in summary.get("win_rates", []) if g["comparison"] == f"vs-{baseline}"]
+    finals = {r["arm"]: r["step"] for r in summary.get("rows", [])}
+    if others or summary.get("reward_accuracy"):
+        arms = list(dict.fromkeys(g["arm"] for g in [*others, *summary.get("reward_accuracy", [])]))
+        tests = {arm: [test_name(g) for g in others if g["arm"] == arm] + [f"{arm} - {baseline}"] for arm in arms}
+        for c in summary.get("benchmark_contrasts", []):
+            if c["kind"] == "arm" and c["arm"] in tests and c["stage"] == finals.get(c["arm"]):
+                tests[c["arm"]].append(f"{contrast_name(c)} ({c['task']})")
+        differ = [arm for arm in arms if any(seen(t) for t in tests[arm])]
+        same = [a for a in arms if a not in differ]
+        after = _objective_of(finals)
+        lines.append(
+            f"activation vs {baseline} after {after}: "
+            + (f"{', '.join(differ)} differ" if differ else "")
+            + ("; " if differ and same else "")
+            + (f"no difference detected for {', '.join(same)}" if same else "")
+            + " (win rate, reward accuracy, benchmark; Holm)"
+        )
+    harm = _harm_line(summary, baseline, seen, finals)
+    if harm:
+        lines.append(harm)
+    return lines
+
+
+def test_name(group: dict) -> str:
+    return f"{group['arm']} {group['comparison']}" + (f" (beta {group['beta']:g})" if group.get("beta") else "")
+
+
+def _harm_line(summary: dict, baseline: str, seen, finals: dict) -> str | None:
+    """``help or harm (task, points vs gelu): step 0 crrelu -7.8*, ...; after DPO ...`` (* after Holm)."""
+    arm_contrasts = [c for c in summary.get("benchmark_contrasts", []) if c["kind"] == "arm"]
+    if not arm_contrasts:
+        return None
+    task = arm_contrasts[0]["task"]
+    parts = []
+    for stage, shown in (("step 0", "step 0"), ("final", f"after {_objective_of(finals)}")):
+        cells = [
+            f"{c['arm']} {100 * c['estimate']['value']:+.1f}" + ("*" if seen(f"{contrast_name(c)} ({task})") else "")
+            for c in arm_contrasts
+            if c["task"] == task and (c["stage"] == stage or (stage == "final" and c["stage"] == finals.get(c["arm"])))
+        ]
+        if cells:
+            parts.append(f"{shown} {', '.join(cells)}")
+    return f"help or harm ({task} vs {baseline}, points; * Holm): " + "; ".join(parts)
+
+
+def _objective_of(finals: dict) -> str:
+    """``DPO`` (the first word of the preference stages' names), or a phrase when arms differ."""
+    labels = {step.split(" ")[0] for step in finals.values() if step}
+    return labels.pop() if len(labels) == 1 else "preference tuning"
+
+
 def readings(summary: dict, baseline: str) -> list[str]:
     """Sentences generated from the estimates of the summary (:mod:`crrelu_llm.reporting.estimates`),
     one per arm and comparison, each seed's and the pooled one: what these runs can and cannot say."""
     lines = [positive] if (positive := positive_control(summary)) else []
     several_betas = len({g["beta"] for g in summary.get("win_rates", [])}) > 1
-    for key, what in (("vs-sft", "DPO model vs its own SFT start"), (f"vs-{baseline}", f"vs the {baseline} arm")):
+    comparisons = (
+        ("vs-sft", "DPO model vs its own SFT start"),
+        (f"vs-{baseline}", f"vs the {baseline} arm"),
+        ("vs-reference", "vs the reference outputs"),
+    )
+    for key, what in comparisons:
         for group in summary.get("win_rates", []):
             if group["comparison"] == key:
                 beta = f" (beta {group['beta']:g})" if several_betas else ""
                 lines.append(_group_line(f"{group['arm']} {what}{beta}", group))
     lines += [_accuracy_line(group) for group in summary.get("reward_accuracy", [])]
+    family = (summary.get("multiplicity") or {}).get("tests", [])
+    if family:
+        kept = [t["test"] for t in family if t["detected_holm"]]
+        lost = [t["test"] for t in family if t["detected"] and not t["detected_holm"]]
+        lines.append(
+            f"multiplicity: Holm over the {len(family)} tests of this reading and the benchmark contrasts "
+            f"(family-wise 5%): {len(kept)} stay detected"
+            + (f" ({'; '.join(kept)})" if kept else "")
+            + (f"; {len(lost)} detected alone are not after the adjustment ({'; '.join(lost)})" if lost else "")
+        )
     return lines
 
 
@@ -238,32 +337,21 @@ def positive_control(summary: dict) -> str | None:
 
 
 def _benchmark_change(summary: dict, group: dict) -> str:
-    """``; crrelu_arith_mc +7.8 points [+3.5, +12.1]`` per seed: DPO minus SFT, lm-eval's standard
-    errors combined as independent (its per-item outcomes are not kept: the worst case)."""
-    rows = {(r["arm"], r["stage"]): r for r in summary.get("help_or_harm") or []}
+    """``; crrelu_arith_mc +7.8 points [+3.5, +12.1]`` per seed: the preference run minus the start it
+    was tuned from, on the same items (the benchmark contrast within the arm)."""
     steps = {(r["arm"], r["beta"], r["seed"]): r.get("step") for r in summary.get("rows") or []}
-    sft = rows.get((group["arm"], "SFT"))
     shown = []
     for s in group["per_seed"]:
-        dpo = rows.get((group["arm"], steps.get((group["arm"], group["beta"], s["seed"]))))
-        for task, b in (dpo or {}).get("benchmarks", {}).items():
-            a = (sft or {}).get("benchmarks", {}).get(task)
-            if a and a["stderr"] is not None and b["stderr"] is not None:
-                diff, half = b["value"] - a["value"], 1.96 * (a["stderr"] ** 2 + b["stderr"] ** 2) ** 0.5
+        step = steps.get((group["arm"], group["beta"], s["seed"]))
+        for c in summary.get("benchmark_contrasts") or []:
+            if c["kind"] == "stage" and c["arm"] == group["arm"] and c["stage"] == step:
                 seed = f"seed {s['seed']} " if group["seeds"] > 1 else ""
-                shown.append(
-                    f"{seed}{task} {100 * diff:+.1f} points [{100 * (diff - half):+.1f}, {100 * (diff + half):+.1f}]"
-                )
-    return ("; benchmark after DPO minus after SFT: " + ", ".join(shown)) if shown else ""
+                shown.append(f"{seed}{c['task']} {points(c['estimate'])}")
+    return ("; benchmark after DPO minus its start: " + ", ".join(shown)) if shown else ""
 
 
 def _accuracy_line(group: dict) -> str:
     what = f"{group['arm']} vs {group['baseline']}, reward accuracy (paired on the same pairs)"
-
-    def points(e):
-        lo, hi = e["interval"]
-        return f"{100 * e['value']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-
     seeds = group["per_seed"]
     if len(seeds) == 1:
         e = seeds[0]["estimate"]
@@ -275,12 +363,11 @@ def _accuracy_line(group: dict) -> str:
     )
 
 
-def help_or_harm(declaration) -> list[dict]:
-    """Per arm and stage: KL to the original, benchmark results, mean learned and least-squares eps."""
-    from crrelu_llm.reporting.report_stages import collect
-
+def help_or_harm(stage_rows: list[dict]) -> list[dict]:
+    """Per arm and stage (the report's rows, :func:`crrelu_llm.reporting.report_stages.collect`): KL
+    to the original, benchmark results, mean learned and least-squares eps."""
     rows = []
-    for r in collect(declaration.models(), declaration.eval_dirs()):
+    for r in stage_rows:
         layers = r.get("probe", {}).get("layers", [])
         learned = [layer["epsilon"] for layer in layers if layer["epsilon"] is not None]
         fitted = [layer["least_squares_epsilon"] for layer in layers if layer["least_squares_epsilon"] is not None]
@@ -329,11 +416,32 @@ def format_stages(summary: dict) -> str:
     if sizes:
         lines.append(
             "benchmarks: lm-eval accuracy ± standard error over "
-            + ", ".join(
-                f"n={n} items (two models must differ by {100 * detectable_difference(n):.1f} points to be told apart "
-                "in the worst case: independent samples, p = 1/2)"
-                for n in sizes
-            )
+            + ", ".join(f"n={n} items" for n in sizes)
             + "; eps: means over layers"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + format_contrasts(summary.get("benchmark_contrasts") or []))
+
+
+def points(e: dict) -> str:
+    lo, hi = e["interval"]
+    return f"{100 * e['value']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def format_contrasts(contrasts: list[dict]) -> list[str]:
+    """The benchmark contrasts, one line each: difference, interval, p, what this n detects."""
+    if not contrasts:
+        return []
+    width = max(len(contrast_name(c)) for c in contrasts) + 2
+    tasks = sorted({c["task"] for c in contrasts})
+    lines = ["", "benchmark contrasts" + (f" ({tasks[0]})" if len(tasks) == 1 else "")]
+    for c in contrasts:
+        e = c["estimate"]
+        task = f" {c['task']}" if len(tasks) > 1 else ""
+        detectable = f"  detects {100 * e['detectable']:.1f}" if e.get("detectable") is not None else ""
+        lines.append(f"  {contrast_name(c):<{width}}{task}{points(e):>28}  p = {e['p_value']:.2g}{detectable}")
+    methods = sorted({c["estimate"]["test"] for c in contrasts})
+    lines.append(
+        "  each on the same items: " + "; ".join(methods) + " (detects: the difference 80% power would see, from each "
+        "contrast's own disagreements)"
+    )
+    return lines
