@@ -32,7 +32,12 @@ def register(commands) -> None:
     sub.add_argument("--out", type=Path, required=True, help="the dataset directory to write (new or empty)")
     sub.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     sub.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling share")
-    sub.add_argument("--seed", type=int, default=0, help="sampling seed: sample k uses seed + k")
+    sub.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="sampling seed (all K samples of a batch of prompts are drawn in one call from it)",
+    )
     sub.add_argument("--max-new-tokens", type=positive_int, default=128, help="tokens per sample")
     sub.add_argument("--batch-size", type=positive_int, default=8, help="prompts per generation batch")
     sub.add_argument("--num-prompts", type=positive_int, default=None, help="the first N prompts (default: all)")

@@ -38,9 +38,17 @@ def _render(tokenizer, prompt, chat_template: bool) -> str:
     return prompt
 
 
-@torch.no_grad()
 def generate(model, tokenizer, prompts: list, settings: GenerationSettings, desc: str = "Generating") -> list[str]:
     """Completions for ``prompts``, batched, left-padded, reproducible for a given seed."""
+    return [texts[0] for texts in generate_samples(model, tokenizer, prompts, settings, 1, desc)]
+
+
+@torch.no_grad()
+def generate_samples(
+    model, tokenizer, prompts: list, settings: GenerationSettings, samples: int, desc: str = "Generating"
+) -> list[list[str]]:
+    """``samples`` completions for each prompt, drawn in one ``generate`` call per batch of prompts
+    (``num_return_sequences``): ``[[prompt 0's samples], ...]``, reproducible for a given seed."""
     if not prompts:
         raise EvaluationError("no prompts to generate from")
     tokenizer.padding_side = "left"
@@ -66,7 +74,10 @@ def generate(model, tokenizer, prompts: list, settings: GenerationSettings, desc
         )
         if settings.do_sample:
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+        if samples > 1:
+            kwargs["num_return_sequences"] = samples
         generated = model.generate(**batch, **kwargs)
         new_tokens = generated[:, batch["input_ids"].shape[1] :]
-        outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        texts_out = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)  # prompt by prompt, samples together
+        outputs += [texts_out[i : i + samples] for i in range(0, len(texts_out), samples)]
     return outputs

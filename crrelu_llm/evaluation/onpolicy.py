@@ -6,7 +6,8 @@ per prompt from the SFT model, scored by a reward model).
     run_pairs("runs/gelu/sft", "data/", "rule:arithmetic", "runs/gelu/pairs", PairSettings(num_samples=4))
 
 Samples come from the same generation code as ``eval winrate``
-(:func:`crrelu_llm.evaluation.generation.generate`), sample k with seed ``seed + k``. Scoring:
+(:func:`crrelu_llm.evaluation.generation.generate_samples`): a prompt's K samples in one
+``generate`` call (``num_return_sequences``), seeded per batch of prompts. Scoring:
 
 - pointwise judges (``rule:<task>``, ``reward-model:<id>``) score each sample alone;
 - a pairwise judge (``openai:<model>@<url>``) compares every two samples of a prompt, in both
@@ -79,6 +80,7 @@ def _inputs(model: str, data: str, judge: str, settings: PairSettings, split: st
         "split": split,
         "judge": judge,
         "settings": dataclasses.asdict(settings),
+        "sampling": "K per prompt in one generate call (num_return_sequences)",  # how the samples were drawn
     }
 
 
@@ -191,7 +193,7 @@ def run_pairs(
     Example:
         >>> run_pairs("runs/gelu/sft", "data/", "rule:arithmetic", "pairs/")  # doctest: +SKIP
     """
-    from crrelu_llm.evaluation.generation import GenerationSettings, generate
+    from crrelu_llm.evaluation.generation import GenerationSettings, generate_samples
     from crrelu_llm.evaluation.judges import make_judge
     from crrelu_llm.patching.loading import load_causal_lm, load_tokenizer
 
@@ -209,20 +211,18 @@ def run_pairs(
     if not prompts:
         raise EvaluationError(f"{data}: no prompts to sample for")
     loaded, tokenizer = load_causal_lm(model), load_tokenizer(model)
-    samples_by_k = []
-    for k in range(settings.num_samples):
-        drawn = GenerationSettings(
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=True,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            seed=settings.seed + k,
-            batch_size=settings.batch_size,
-            chat_template=settings.chat_template,
-        )
-        desc = f"Sampling {k + 1}/{settings.num_samples}"
-        samples_by_k.append(generate(loaded, tokenizer, prompts, drawn, desc=desc))
-    samples = [list(row) for row in zip(*samples_by_k)]
+    drawn = GenerationSettings(
+        max_new_tokens=settings.max_new_tokens,
+        do_sample=True,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+        chat_template=settings.chat_template,
+    )
+    # all K samples of a prompt in one generate call (num_return_sequences), not K passes over the prompts
+    desc = f"Sampling {settings.num_samples} per prompt"
+    samples = generate_samples(loaded, tokenizer, prompts, drawn, settings.num_samples, desc=desc)
     scores = score_samples(scorer, prompts, samples)
     rows, counts = select_pairs(prompts, samples, scores)
     if not rows:
