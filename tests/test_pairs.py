@@ -132,3 +132,30 @@ def test_a_directory_that_is_not_a_pairs_run_is_refused(tmp_path, task, capsys):
     (tmp_path / "pairs" / "notes.txt").write_text("mine")
     code, _ = _pairs(tmp_path, task, "rule:arithmetic")
     assert code == 2 and "is not empty and holds no _pairs.json" in capsys.readouterr().err
+
+
+def test_the_k_samples_of_a_prompt_are_drawn_in_one_generate_call():
+    """Batched sampling: one generate call per batch of prompts returns every prompt's K samples."""
+    from crrelu_llm.evaluation.generation import GenerationSettings, generate_samples
+    from crrelu_llm.patching.tiny import tiny_causal_lm, tiny_tokenizer
+
+    model, calls = tiny_causal_lm("gpt2"), []
+    plain = model.generate
+    model.generate = lambda **kw: calls.append(kw.get("num_return_sequences")) or plain(**kw)
+    settings = GenerationSettings(max_new_tokens=3, do_sample=True, batch_size=8, seed=1)
+    samples = generate_samples(model, tiny_tokenizer(), [f"{a}+1=" for a in range(5)], settings, 4)
+    assert calls == [4] and [len(s) for s in samples] == [4] * 5
+    again = generate_samples(model, tiny_tokenizer(), [f"{a}+1=" for a in range(5)], settings, 4)
+    assert again == samples  # reproducible for a seed
+
+
+def test_generation_stops_at_the_models_last_position_whatever_max_new_tokens_asks():
+    """A GPT-2-style model fails past its last learned position; a sample that never ends was a
+    crash (IndexError in the position embedding), now it ends there."""
+    from crrelu_llm.evaluation.generation import GenerationSettings, generate_samples
+    from crrelu_llm.patching.tiny import tiny_causal_lm, tiny_tokenizer
+
+    model, tokenizer = tiny_causal_lm("gpt2", n_positions=16), tiny_tokenizer()
+    settings = GenerationSettings(max_new_tokens=64, do_sample=True, seed=0)
+    samples = generate_samples(model, tokenizer, ["1+1=", "12+30="], settings, 3)
+    assert all(len(tokenizer(s)["input_ids"]) <= 16 for group in samples for s in group)
