@@ -180,6 +180,25 @@ def test_reward_model_judge_scores_each_response_alone():
     assert forward[2].winner is None
 
 
+def test_a_reward_model_with_a_chat_template_reads_the_conversation_rendered_by_it():
+    """Modern reward models are trained on chat-formatted conversations: the judge renders the
+    prompt and the response with the reward model's own template, not as a plain text pair."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    config = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=128, n_positions=128, num_labels=1, pad_token_id=0)
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+    model, seen = GPT2ForSequenceClassification(config), []
+    plain = model.forward
+    model.forward = lambda input_ids=None, **kw: seen.append(input_ids) or plain(input_ids=input_ids, **kw)
+    judge = RewardModelJudge(model=model, tokenizer=tokenizer, batch_size=2)
+    judge.scores(["1+1="], ["2."])
+    assert tokenizer.decode(seen[0][0], skip_special_tokens=True) == "<user>1+1=\n<assistant>2.\n"
+    assert judge.texts(["1+1="], ["2."]) == (["<user>1+1=\n<assistant>2.\n"], None)
+    tokenizer.chat_template = None
+    assert judge.texts(["1+1="], ["2."]) == (["1+1="], ["2."])  # no template: the plain text pair
+
+
 def test_pairwise_judge_asks_both_orders_caches_and_never_stores_the_key(server, tmp_path, monkeypatch):
     monkeypatch.setenv("JUDGE_KEY", "sk-secret-123")
     s = server(_prefers_longer)

@@ -179,3 +179,15 @@ def test_an_experiment_takes_a_prompt_set_and_reference_outputs_as_recipe_keys(t
     (written,) = (out / "crrelu" / "dpo-beta0.5-seed0" / "eval").glob("model_outputs-*crrelu_dpo*.json")
     assert len(json.loads(written.read_text())) == 10
     assert yaml.safe_load(path.read_text())["evaluations"]["winrate"]["baseline_outputs"] == str(prompts)
+
+
+def test_pairs_samples_for_an_alpaca_eval_or_arena_hard_prompt_set(tiny_models, tmp_path):
+    from crrelu_llm.evaluation.onpolicy import _prompts_and_test
+
+    prompts = _alpaca_eval_files(tmp_path)
+    assert _prompts_and_test(str(prompts), "auto", None, 3) == (INSTRUCTIONS[:3], None)
+    questions = tmp_path / "question.jsonl"
+    questions.write_text(
+        "".join(json.dumps({"uid": f"q{i}", "turns": [{"content": t}]}) + "\n" for i, t in enumerate(INSTRUCTIONS))
+    )
+    assert _prompts_and_test(str(questions), "auto", None, None) == (INSTRUCTIONS, None)

@@ -7,7 +7,8 @@ Each outcome says which side won: ``winner`` 0 (first), 1 (second) or ``None`` (
 ``judge`` method (and a ``name``):
 
 - :class:`RewardModelJudge`: any ``AutoModelForSequenceClassification`` reward model scores
-  each response alone; the higher score wins (order cannot matter).
+  each response alone, through its tokenizer's chat template where it has one; the higher score
+  wins (order cannot matter).
 - :class:`PairwiseLLMJudge`: an OpenAI-compatible chat endpoint compares the two responses in
   both orders; a verdict that flips with the order is a tie (MT-Bench practice). Several
   requests in flight (``max_concurrency``), ``Retry-After`` honoured, no retry of errors that
@@ -108,18 +109,35 @@ class RewardModelJudge:
         self.model.to(self.device)
         self.name = f"reward-model:{model_name_or_path or type(model).__name__}"
 
+    def texts(self, prompts: list, completions: list[str]) -> tuple[list, list | None]:
+        """What the reward model reads: with a chat template (as modern reward models are trained),
+        the conversation rendered by it, user prompt then assistant response; without one, the
+        plain (prompt, response) text pair."""
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            return list(prompts), list(completions)
+        rendered = []
+        for prompt, completion in zip(prompts, completions):
+            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            conversation = [*messages, {"role": "assistant", "content": completion}]
+            rendered.append(self.tokenizer.apply_chat_template(conversation, tokenize=False))
+        return rendered, None
+
     @torch.no_grad()
     def scores(self, prompts: list[str], completions: list[str]) -> list[float]:
         out = []
         ensure_pad_token(self.tokenizer)
+        first, second = self.texts(prompts, completions)
         for start in range(0, len(prompts), self.batch_size):
+            pair = (first[start : start + self.batch_size],)
+            if second is not None:
+                pair += (second[start : start + self.batch_size],)
             batch = self.tokenizer(
-                prompts[start : start + self.batch_size],
-                completions[start : start + self.batch_size],
+                *pair,
                 return_tensors="pt",
                 padding=True,
                 truncation=True,
                 max_length=self.max_length,
+                add_special_tokens=second is not None,  # a rendered template carries its own
             )
             logits = self.model(**batch.to(self.device)).logits
             out.extend(logits[:, 0].float().cpu().tolist())

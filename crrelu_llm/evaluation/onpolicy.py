@@ -88,9 +88,14 @@ def _prompts_and_test(data: str, data_format: str, split: str | None, limit: int
     """The prompts to sample for (the training split, or ``split``), and the held-out pairs to
     copy beside them (None when the source has none: a file of prompts alone)."""
     from crrelu_llm.data.preference import DataArguments, load_preference_splits, load_raw
+    from crrelu_llm.data.prompts import PROMPT_FORMATS, detect_format, load_prompts
 
     raw, source = load_raw(data)
     columns = next(iter(raw.values())).column_names
+    named = data_format if data_format in PROMPT_FORMATS else detect_format(dict.fromkeys(columns))
+    if named in ("alpaca_eval", "arena_hard"):  # the field's prompt sets: their instructions or first turns
+        rows, _ = load_prompts(data, named, split, limit)
+        return [r["prompt"] for r in rows], None
     if "prompt" in columns and not {"chosen", "rejected"} & set(columns):  # a file of prompts
         rows = raw[split or "train"] if (split or "train") in raw else next(iter(raw.values()))
         prompts = list(rows["prompt"])

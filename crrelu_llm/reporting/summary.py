@@ -427,6 +427,9 @@ def points(e: dict) -> str:
     return f"{100 * e['value']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
+PAIRED = "McNemar's exact test on the discordant items"
+
+
 def format_contrasts(contrasts: list[dict]) -> list[str]:
     """The benchmark contrasts, one line each: difference, interval, p, what this n detects."""
     if not contrasts:
@@ -439,9 +442,9 @@ def format_contrasts(contrasts: list[dict]) -> list[str]:
         task = f" {c['task']}" if len(tasks) > 1 else ""
         detectable = f"  detects {100 * e['detectable']:.1f}" if e.get("detectable") is not None else ""
         lines.append(f"  {contrast_name(c):<{width}}{task}{points(e):>28}  p = {e['p_value']:.2g}{detectable}")
-    methods = sorted({c["estimate"]["test"] for c in contrasts})
-    lines.append(
-        "  each on the same items: " + "; ".join(methods) + " (detects: the difference 80% power would see, from each "
-        "contrast's own disagreements)"
-    )
+    methods = {c["estimate"]["test"] for c in contrasts}
+    said = ["paired on the same items, McNemar's exact test"] if PAIRED in methods else []
+    if methods - {PAIRED}:
+        said.append("results without per-item outcomes: z tests on independent samples (rerun them to pair)")
+    lines.append("  " + "; ".join(said) + "; detects: the difference 80% power would see")
     return lines
