@@ -191,3 +191,85 @@ def test_pairs_samples_for_an_alpaca_eval_or_arena_hard_prompt_set(tiny_models, 
         "".join(json.dumps({"uid": f"q{i}", "turns": [{"content": t}]}) + "\n" for i, t in enumerate(INSTRUCTIONS))
     )
     assert _prompts_and_test(str(questions), "auto", None, None) == (INSTRUCTIONS, None)
+
+
+# ------------------------------------------------------------------ served generation, checked
+
+SUMS = [f"{a}+{a + 1}=" for a in range(6)]
+
+
+def _sums_file(tmp_path):
+    path = tmp_path / "sums.json"
+    path.write_text(json.dumps([{"instruction": p, "output": "0.", "generator": "zero"} for p in SUMS]))
+    return path
+
+
+def test_served_generation_passes_its_fidelity_check_and_equals_local_greedy_generation(tiny_models, tmp_path):
+    from vllm_server import CompletionServer
+
+    from crrelu_llm.evaluation.generation import GenerationSettings, generate
+    from crrelu_llm.patching.loading import load_causal_lm, load_tokenizer
+
+    policy = str(tiny_models / "policy")
+    server = CompletionServer(load_causal_lm(policy), load_tokenizer(policy))
+    try:
+        prompts = _sums_file(tmp_path)
+        out = tmp_path / "eval"
+        argv = ["eval", "winrate", "--model", policy, "--baseline-outputs", str(prompts), "--data", str(prompts)]
+        argv += ["--judge", "rule:arithmetic", "--generate-with", f"openai:policy@{server.url}", "--out", str(out)]
+        assert main([*argv, "--max-new-tokens", "6"]) == 0
+    finally:
+        server.close()
+    result = json.loads(next(out.glob("winrate-*.json")).read_text())
+    assert result["served"]["max_difference"] < 1e-4 and result["served"]["tokens"] > 40
+    echoed = [r for r in server.requests if r.get("echo")]
+    assert len(echoed) == 4 and all(r["logprobs"] == 1 for r in echoed)
+    (generations,) = out.glob("generations-*policy*.jsonl")
+    rows = [json.loads(line) for line in generations.read_text().splitlines()]
+    assert rows[0]["served"] == f"openai:policy@{server.url}"
+    local = generate(load_causal_lm(policy), load_tokenizer(policy), SUMS, GenerationSettings(max_new_tokens=6))
+    assert [r["completion"] for r in rows[1:]] == local
+
+
+def test_a_server_with_other_weights_is_refused_in_one_line_before_anything_is_written(tiny_models, tmp_path, capsys):
+    from vllm_server import CompletionServer
+
+    from crrelu_llm.patching.loading import load_causal_lm, load_tokenizer
+
+    other = str(tiny_models / "other")
+    server = CompletionServer(load_causal_lm(other), load_tokenizer(other))  # serves other weights
+    try:
+        prompts = _sums_file(tmp_path)
+        out = tmp_path / "eval"
+        argv = ["eval", "winrate", "--model", str(tiny_models / "policy"), "--baseline-outputs", str(prompts)]
+        argv += ["--data", str(prompts), "--judge", "rule:arithmetic", "--generate-with", f"openai:m@{server.url}"]
+        assert main([*argv, "--out", str(out)]) == 2
+    finally:
+        server.close()
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("crrelu-llm")]
+    assert len(errors) == 1 and "does not serve this model: its log-probabilities differ" in errors[0]
+    assert not out.exists()
+    assert all(r.get("echo") for r in server.requests)  # nothing was generated
+
+
+def test_pairs_sample_k_per_prompt_from_a_checked_server_in_one_request_each(tiny_models, tmp_path, capsys):
+    """An untrained model's sums are all wrong, so every prompt's samples tie and no pair is left:
+    what this checks is how the samples were asked for."""
+    from vllm_server import CompletionServer
+
+    from crrelu_llm.patching.loading import load_causal_lm, load_tokenizer
+
+    policy = str(tiny_models / "policy")
+    server = CompletionServer(load_causal_lm(policy), load_tokenizer(policy))
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in SUMS))
+    try:
+        argv = ["pairs", policy, "--data", str(data), "--judge", "rule:arithmetic", "--num-samples", "3"]
+        code = main([*argv, "--generate-with", f"openai:policy@{server.url}", "--out", str(tmp_path / "pairs")])
+    finally:
+        server.close()
+    assert code == 2 and "no pair left from 6 prompts" in capsys.readouterr().err
+    echoed, sampled = [r for r in server.requests if r.get("echo")], [r for r in server.requests if not r.get("echo")]
+    assert len(echoed) == 4  # the fidelity check first
+    assert len(sampled) == len(SUMS) and all(r["n"] == 3 and r["temperature"] == 1.0 for r in sampled)
+    assert all(r["max_tokens"] <= 128 - len(r["prompt"]) for r in sampled)  # within the model's 128 positions

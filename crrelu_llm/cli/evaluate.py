@@ -60,6 +60,12 @@ def register(commands) -> None:
         "--judge-concurrency", type=positive_int, default=8, help="requests an openai: judge keeps in flight"
     )
     winrate.add_argument(
+        "--generate-with",
+        default=None,
+        help="openai:<model>@<base url>: the model's completions from an OpenAI-compatible server (vllm serve on "
+        "its exported checkpoint), once its log-probabilities match the model's",
+    )
+    winrate.add_argument(
         "--judge-template",
         default="default",
         help="an openai: judge's prompt and verdict: default (A or B), alpaca_eval (m or M), arena_hard "
@@ -172,6 +178,7 @@ def _eval_winrate(args) -> int:
         judge_concurrency=args.judge_concurrency,
         baseline_outputs=args.baseline_outputs,
         judge_template=args.judge_template,
+        generate_with=args.generate_with,
         **data_kwargs(args),
     )
     label = WINRATE.label_of(

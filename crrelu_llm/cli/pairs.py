@@ -45,24 +45,23 @@ def register(commands) -> None:
     sub.add_argument("--data-format", default="auto", help="auto, hh, shp, ultrafeedback or preference")
     sub.add_argument("--chat-template", action="store_true", help="apply the tokenizer's chat template")
     sub.add_argument(
+        "--generate-with",
+        default=None,
+        help="openai:<model>@<base url>: sample from an OpenAI-compatible server (K per prompt in one request), "
+        "once its log-probabilities match the model's",
+    )
+    sub.add_argument(
         "--judge-concurrency", type=positive_int, default=8, help="requests an openai: judge keeps in flight"
     )
     trust_flag(sub)
 
 
 def run(args) -> int:
+    import dataclasses
+
     from crrelu_llm.evaluation.onpolicy import PairSettings, run_pairs
 
-    settings = PairSettings(
-        num_samples=args.num_samples,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        num_prompts=args.num_prompts,
-        chat_template=args.chat_template,
-    )
+    settings = PairSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PairSettings)})
     record = run_pairs(
         args.model,
         args.data,
@@ -72,6 +71,7 @@ def run(args) -> int:
         data_format=args.data_format,
         split=args.split,
         judge_concurrency=args.judge_concurrency,
+        generate_with=args.generate_with,
     )
     print(describe(record, args.out))
     return 0

@@ -265,15 +265,22 @@ def weights_stamp(model: str) -> list | None:
     return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(path.glob("*.safetensors"))]
 
 
-def _completions(model: str, prompts: list, settings: GenerationSettings, file: Path, side: str) -> list[str]:
-    """Generations of ``model``, reused from ``file`` when the model (and its weights), the
-    settings and the prompts are the same."""
+def _completions(
+    model: str, prompts: list, settings: GenerationSettings, file: Path, side: str, served=None
+) -> list[str]:
+    """Generations of ``model`` (by ``served``, a checked server, where given), reused from
+    ``file`` when the model (and its weights), the settings and the prompts are the same."""
     record = {"model": model, "weights": weights_stamp(model), "settings": dataclasses.asdict(settings)}
+    if served is not None:
+        record["served"] = served.spec
     cached = read_jsonl(file) if file.exists() else []
     if cached and cached[0] == record and [r["prompt"] for r in cached[1:]] == prompts:
         logger.info("%s: reusing %s", side, file)
         return [r["completion"] for r in cached[1:]]
-    texts = generate(load_causal_lm(model), load_tokenizer(model), prompts, settings, desc=f"Generating ({side})")
+    if served is not None:
+        texts = [samples[0] for samples in served.generate(prompts, settings, desc=f"Generating ({side}, served)")]
+    else:
+        texts = generate(load_causal_lm(model), load_tokenizer(model), prompts, settings, desc=f"Generating ({side})")
     write_jsonl(file, [record] + [{"prompt": p, "completion": c} for p, c in zip(prompts, texts)])
     return texts
 
@@ -309,11 +316,14 @@ def run_winrate(
     judge_concurrency: int = 8,
     baseline_outputs=None,
     judge_template: str = "default",
+    generate_with: str | None = None,
 ) -> dict:
     """Generate with ``model`` (and ``baseline``) from the same prompts, judge the pairs with the
     judge spec ``judge`` and write the win rate to :data:`~crrelu_llm.evaluation.results.WINRATE`
     (judgments beside it). ``baseline_outputs``, in place of ``baseline``: a file of reference
-    outputs (AlpacaEval's or Arena-Hard's) for the same prompts. Each side's outputs are also
+    outputs (AlpacaEval's or Arena-Hard's) for the same prompts. ``generate_with``
+    (``openai:<model>@<base url>``): the model's completions come from that server, once it has
+    passed :func:`crrelu_llm.evaluation.served.check_fidelity`. Each side's outputs are also
     written in AlpacaEval's ``model_outputs`` format."""
     from crrelu_llm.data.prompts import baseline_outputs as reference_outputs
     from crrelu_llm.data.prompts import write_model_outputs
@@ -341,9 +351,15 @@ def run_winrate(
                 f"{data} holds conversational prompts (lists of messages): pass --chat-template "
                 "(with a tokenizer that has one) or give plain-text prompts"
             )
+    served, fidelity = None, None
+    if generate_with:  # the server must be this model: checked before anything is written
+        from crrelu_llm.evaluation.served import ServedModel, check_fidelity
+
+        served = ServedModel(generate_with, max_concurrency=judge_concurrency)
+        fidelity = check_fidelity(served, load_causal_lm(model), load_tokenizer(model))
     writable_dir(folder)
     cache = {side: GENERATIONS.file(model, out, GENERATIONS.label_of(model=side)) for side in (model, baseline) if side}
-    ours = _completions(model, prompts, settings, cache[model], "model")
+    ours = _completions(model, prompts, settings, cache[model], "model", served)
     if theirs is None:
         theirs = _completions(baseline, prompts, settings, cache[baseline], "baseline")
     for side, outputs, name in ((model, ours, slug(model)), (baseline or baseline_outputs, theirs, generator)):
@@ -375,6 +391,7 @@ def run_winrate(
         "model": model,
         "baseline": baseline,
         "baseline_generator": generator,
+        "served": fidelity,  # the model's generations came from this server, checked against the model
         "judge": judged_by.name,
         "data": summary,
         "settings": dataclasses.asdict(settings),

@@ -43,7 +43,7 @@ def generate(model, tokenizer, prompts: list, settings: GenerationSettings, desc
     return [texts[0] for texts in generate_samples(model, tokenizer, prompts, settings, 1, desc)]
 
 
-def _room(model, prompt_tokens: int, wanted: int) -> int:
+def room(model, prompt_tokens: int, wanted: int) -> int:
     """New tokens that fit the model's positions after the batch's (padded) prompts: a model with
     learned position embeddings (GPT-2's 1024) fails past its last one, whichever sample runs on."""
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -77,7 +77,7 @@ def generate_samples(
             add_special_tokens=not settings.chat_template,
         ).to(device)
         kwargs = dict(
-            max_new_tokens=_room(model, batch["input_ids"].shape[1], settings.max_new_tokens),
+            max_new_tokens=room(model, batch["input_ids"].shape[1], settings.max_new_tokens),
             do_sample=settings.do_sample,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,

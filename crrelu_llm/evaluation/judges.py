@@ -156,7 +156,7 @@ class _Permanent(Exception):
     """An answer that retrying cannot change (401, 403, 404, other 4xx)."""
 
 
-def _retry_after(response, default: float) -> float:
+def retry_after(response, default: float) -> float:
     """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), else ``default``."""
     value = response.headers.get("retry-after")
     if not value:
@@ -249,7 +249,7 @@ class PairwiseLLMJudge:
                     },
                 )
                 if response.status_code in (429, 503):
-                    wait = _retry_after(response, wait)
+                    wait = retry_after(response, wait)
                     raise ValueError(f"HTTP {response.status_code}")
                 if 400 <= response.status_code < 500 and response.status_code != 408:
                     raise _Permanent(f"HTTP {response.status_code}: {response.text[:200]}")

@@ -192,8 +192,11 @@ def run_pairs(
     data_format: str = "auto",
     split: str | None = None,
     judge_concurrency: int = 8,
+    generate_with: str | None = None,
 ) -> dict:
     """Sample, score and pair (the module docstring); returns the record written to ``_pairs.json``.
+    ``generate_with`` (``openai:<model>@<base url>``): the samples come from that server (K per
+    prompt in one request), once it has passed :func:`crrelu_llm.evaluation.served.check_fidelity`.
 
     Example:
         >>> run_pairs("runs/gelu/sft", "data/", "rule:arithmetic", "pairs/")  # doctest: +SKIP
@@ -205,6 +208,8 @@ def run_pairs(
     model, out, settings = str(model), Path(out), settings or PairSettings()
     settings.check()
     inputs = _inputs(model, str(data), judge, settings, split)
+    if generate_with:
+        inputs["served"] = generate_with
     finished = _check_out(out, inputs)
     if finished is not None:
         logger.info("%s: these pairs are made already; nothing to do", out)
@@ -225,9 +230,16 @@ def run_pairs(
         batch_size=settings.batch_size,
         chat_template=settings.chat_template,
     )
-    # all K samples of a prompt in one generate call (num_return_sequences), not K passes over the prompts
+    # all K samples of a prompt in one generate call (num_return_sequences) or request (n), not K passes
     desc = f"Sampling {settings.num_samples} per prompt"
-    samples = generate_samples(loaded, tokenizer, prompts, drawn, settings.num_samples, desc=desc)
+    if generate_with:
+        from crrelu_llm.evaluation.served import ServedModel, check_fidelity
+
+        served = ServedModel(generate_with, max_concurrency=judge_concurrency)
+        check_fidelity(served, loaded, tokenizer)  # before anything is written
+        samples = served.generate(prompts, drawn, settings.num_samples, desc=desc + " (served)")
+    else:
+        samples = generate_samples(loaded, tokenizer, prompts, drawn, settings.num_samples, desc=desc)
     scores = score_samples(scorer, prompts, samples)
     rows, counts = select_pairs(prompts, samples, scores)
     if not rows:
