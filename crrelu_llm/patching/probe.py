@@ -35,6 +35,7 @@ from crrelu_llm.data.encoding import check_tokenizers, encode_pairs, ensure_pad_
 from crrelu_llm.errors import EvaluationError
 from crrelu_llm.ops.activation import CRReLU, is_patched_activation
 from crrelu_llm.ops.candidates import CorrectedActivation
+from crrelu_llm.ops.entropy import entropy_change
 from crrelu_llm.patching.discovery import find_activations
 from crrelu_llm.patching.patch import epsilon_tensor, parameter_value
 from crrelu_llm.patching.record import patch_record
@@ -51,8 +52,13 @@ class _Accumulator:
         self.sums = torch.zeros(4, dtype=torch.float64)  # x, x^2, x^3, x^4
         self.negative = self.zero = self.small = 0
         self.gd = self.gg = 0.0
+        self.entropy, self.covered = None, 0  # Σ log-ratio of derivatives above the base's s*, and how many
 
-    def add(self, x: torch.Tensor, y: torch.Tensor, reference) -> None:
+    def add(self, x: torch.Tensor, y: torch.Tensor, reference, module=None) -> None:
+        change = entropy_change(module, x) if module is not None else None
+        if change is not None:
+            self.entropy = (self.entropy or 0.0) + change[0]
+            self.covered += change[1]
         x, y = x.detach().double(), y.detach().double()
         self.n += x.numel()
         powers = torch.stack([x.sum(), (x**2).sum(), (x**3).sum(), (x**4).sum()])
@@ -89,6 +95,10 @@ class _Accumulator:
             "output_zero": self.zero / n,
             "output_small": self.small / n,
             "least_squares_epsilon": self.least_squares_epsilon(),
+            # the paper's mechanism: the output entropy the correction adds to its base's, exactly, in
+            # nats, over the inputs where both are one-to-one (that share beside it; ops/entropy.py)
+            "entropy_change": self.entropy / self.covered if self.entropy is not None and self.covered else None,
+            "entropy_change_share": self.covered / n if self.entropy is not None else None,
         }
 
 
@@ -149,7 +159,7 @@ def activation_statistics(
     def hook(path):
         def record(module, inputs, output):
             keep = mask["tokens"].to(output.device)
-            accumulators[path].add(inputs[0][keep], output[keep], references[path])
+            accumulators[path].add(inputs[0][keep], output[keep], references[path], module)
 
         return record
 

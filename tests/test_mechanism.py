@@ -1,0 +1,69 @@
+"""The paper's mechanism, measured: the output entropy a correction adds to its base, per layer,
+checked against an independent computation (numpy, finite differences, written out here)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from crrelu_llm.ops.activation import CRReLU
+from crrelu_llm.ops.candidates import CorrectedActivation
+from crrelu_llm.ops.entropy import entropy_change
+
+
+def _gelu_tanh(s):
+    return 0.5 * s * (1 + np.tanh(math.sqrt(2 / math.pi) * (s + 0.044715 * s**3)))
+
+
+def _independent(arm, base, s, threshold):
+    """Mean of log|f_arm'| - log|f_base'| over s > threshold, central differences in float64."""
+    s = s[s > threshold]
+    h = 1e-5
+    d_arm = (arm(s + h) - arm(s - h)) / (2 * h)
+    d_base = (base(s + h) - base(s - h)) / (2 * h)
+    return float(np.mean(np.log(np.abs(d_arm)) - np.log(np.abs(d_base)))), s.size
+
+
+@pytest.mark.parametrize("mu, sigma", [(0.0, 1.0), (-1.5, 0.7)])
+@pytest.mark.parametrize("eps", [0.01, -0.01, 0.3])
+def test_entropy_change_matches_an_independent_computation_and_its_sign(mu, sigma, eps):
+    s = np.random.default_rng(0).normal(mu, sigma, 200_000)
+    x = torch.from_numpy(s)
+
+    def bump(v):
+        return eps * v * np.exp(-v * v / 2)
+
+    # CRReLU against ReLU, on s > 0 (ReLU's outputs below are exactly zero: left out, share apart)
+    total, covered = entropy_change(CRReLU(epsilon_init=eps), x)
+    expected, n = _independent(lambda v: np.maximum(v, 0) + bump(v), lambda v: np.maximum(v, 0), s, 0.0)
+    assert covered == n and total / covered == pytest.approx(expected, rel=1e-5, abs=1e-9)
+    # corrected GELU (tanh form) against GELU, above GELU's turning point
+    module = CorrectedActivation("gelu_new", epsilon_init=eps)
+    total, covered = entropy_change(module, x)
+    expected, n = _independent(lambda v: _gelu_tanh(v) + bump(v), _gelu_tanh, s, -0.7525)
+    assert covered == n and total / covered == pytest.approx(expected, rel=1e-4, abs=1e-8)
+    # the sign for CRReLU under N(0, 1): dH/deps = E[(1 - S^2) exp(-S^2/2) | S > 0] > 0, so eps > 0 raises it
+    if (mu, sigma) == (0.0, 1.0) and abs(eps) == 0.01:
+        crrelu = entropy_change(CRReLU(epsilon_init=eps), x)
+        assert math.copysign(1, crrelu[0]) == math.copysign(1, eps)
+        slope = 2 * np.mean(np.where(s > 0, (1 - s * s) * np.exp(-s * s / 2), 0.0))  # conditional on S > 0
+        assert crrelu[0] / crrelu[1] == pytest.approx(eps * slope, rel=0.02)  # first order: eps * 1/(2*sqrt(2))
+
+
+def test_the_probe_reports_entropy_change_per_layer_and_leaves_a_model_as_it_was():
+    from crrelu_llm import patch_model
+    from crrelu_llm.patching.probe import activation_statistics, reference_activations
+    from crrelu_llm.patching.tiny import tiny_causal_lm, tiny_tokenizer
+
+    model = tiny_causal_lm("gpt2")
+    references = reference_activations(model)  # taken before the patch: GELU
+    patch_model(model, "crrelu", epsilon_init=-0.05)
+    layers = activation_statistics(model, tiny_tokenizer(), [("1+1=", "2."), ("3+4=", "7.")], references)
+    for layer in layers:
+        assert layer["entropy_change"] < 0  # eps < 0 lowers it
+        assert layer["entropy_change_share"] == pytest.approx(1 - layer["share_negative"], abs=1e-9)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    plain = tiny_causal_lm("gpt2")
+    layers = activation_statistics(plain, tiny_tokenizer(), [("1+1=", "2.")], reference_activations(plain))
+    assert all(layer["entropy_change"] is None and layer["entropy_change_share"] is None for layer in layers)
