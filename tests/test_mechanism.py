@@ -67,3 +67,19 @@ def test_the_probe_reports_entropy_change_per_layer_and_leaves_a_model_as_it_was
     plain = tiny_causal_lm("gpt2")
     layers = activation_statistics(plain, tiny_tokenizer(), [("1+1=", "2.")], reference_activations(plain))
     assert all(layer["entropy_change"] is None and layer["entropy_change_share"] is None for layer in layers)
+
+
+@pytest.mark.slow
+def test_the_report_has_a_mechanism_section_for_the_corrected_arms(demo_run):
+    import json
+
+    _, out = demo_run
+    md = (out / "report" / "report.md").read_text()
+    section = md[md.index("## Mechanism") :]
+    assert "| crrelu | step 0 |" in section and "| crrelu | SFT |" in section
+    assert "| gelu |" not in section and "| relu |" not in section  # no correction: nothing to measure
+    stages = {(r["arm"], r["stage"]): r for r in json.loads((out / "report" / "report.json").read_text())["stages"]}
+    layer = stages[("crrelu", "step 0")]["probe"]["layers"][0]
+    assert layer["entropy_change"] > 0 and layer["epsilon"] == pytest.approx(0.01)  # eps > 0 raises it
+    assert f"{layer['entropy_change']:+.4f} [{layer['entropy_change_share']:.2f}]" in section
+    assert "- crrelu: from step 0 to DPO beta=0.5 seed=0 training moved the correction toward" in section

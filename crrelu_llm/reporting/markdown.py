@@ -251,6 +251,16 @@ def _reading(record: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _outcomes(report: dict) -> dict[str, str]:
+    """Each arm's reward accuracy (pooled), as the mechanism section sets it beside the entropy change."""
+    out = {}
+    for label, arm in report["arms"].items():
+        acc = (arm.get("reward_accuracy") or {}).get("pooled")
+        if acc:
+            out[label.split(" beta=")[0]] = f"reward accuracy {interval_text(acc)}"
+    return out
+
+
 def render(report: dict) -> str:
     """report.md from the report (``compare``) or an experiment's evidence record: for an
     experiment, the reading first (its three opening lines, then every line with its interval and
@@ -280,6 +290,7 @@ def render(report: dict) -> str:
     lines += _vs_baseline(report)
     lines += factorial.markdown(report.get("factorial"))
     lines += report_stages.markdown(report.get("stages", []), report.get("benchmark_contrasts") or [])
+    lines += report_stages.mechanism(report.get("stages", []), _outcomes(report))
     for plot in report["plots"]:
         lines.append(f"![{plot}]({plot})")
     return "\n".join(lines) + "\n"

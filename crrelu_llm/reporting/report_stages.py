@@ -204,3 +204,45 @@ def markdown(rows: list[dict], contrasts: list[dict] = ()) -> list[str]:
     if sources:
         lines += ["", "Sources: " + ", ".join(sources)]
     return [*lines, ""]
+
+
+def mechanism(rows: list[dict], outcomes: dict[str, str] | None = None) -> list[str]:
+    """report.md's "Mechanism" section: per arm and stage, the output entropy each layer's
+    correction adds to its base (exact, nats; probe's ``entropy_change``) and the sign of its
+    learned parameter; then whether training moved it toward lower or higher entropy, beside each
+    arm's outcome (``outcomes``: arm -> a short text of its estimates)."""
+    probed = [
+        r
+        for r in rows
+        if any(layer.get("entropy_change") is not None for layer in r.get("probe", {}).get("layers", []))
+    ]
+    if not probed:
+        return []
+    lines = [
+        "## Mechanism: the output entropy each correction adds to its base",
+        "",
+        "Per layer, on the layer's own inputs where the base is one-to-one (share in brackets), in nats: "
+        "negative is the paper's claim (a correction that lowers output entropy). eps: the learned parameter.",
+        "",
+        "| arm | stage | entropy change per layer [share] | mean | eps per layer |",
+        "|---|---|---|---|---|",
+    ]
+    means = {}
+    for r in probed:
+        layers = [layer for layer in r["probe"]["layers"] if layer.get("entropy_change") is not None]
+        values = [layer["entropy_change"] for layer in layers]
+        means[(r["arm"], r["stage"])] = sum(values) / len(values)
+        cells = ", ".join(f"{layer['entropy_change']:+.4f} [{layer['entropy_change_share']:.2f}]" for layer in layers)
+        eps = ", ".join(f"{layer['epsilon']:+.3f}" for layer in layers if layer.get("epsilon") is not None)
+        lines.append(f"| {r['arm']} | {r['stage']} | {cells} | {means[(r['arm'], r['stage'])]:+.4f} | {eps or '–'} |")
+    lines.append("")
+    for arm in dict.fromkeys(a for a, _ in means):
+        stages = [(s, m) for (a, s), m in means.items() if a == arm]
+        (first, start), (last, end) = stages[0], stages[-1]
+        moved = "lower" if end < start else "higher" if end > start else "no"
+        outcome = f"; outcome: {outcomes[arm]}" if outcomes and arm in outcomes else ""
+        lines.append(
+            f"- {arm}: from {first} to {last} training moved the correction toward {moved} entropy "
+            f"({start:+.4f} -> {end:+.4f} nats, mean over layers){outcome}"
+        )
+    return [*lines, ""]
