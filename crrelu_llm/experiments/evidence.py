@@ -172,7 +172,7 @@ def record(exp, declaration, seconds: float, stage_log: list[dict]) -> dict:
         "report": str(declaration.layout.report / "report.md"),
     }
     evidence["runs"] = run_index(exp, declaration, evidence)
-    evidence["help_or_harm"] = summary.help_or_harm(rows)
+    evidence["help_or_harm"] = report_stages.help_or_harm(rows)
     evidence["multiplicity"] = summary.multiplicity(evidence)
     write(evidence, declaration.layout.report)
     send_table(exp, evidence, declaration.layout.tracking)
@@ -187,19 +187,10 @@ def send_table(exp, evidence: dict, log_dir: Path) -> None:
     names = exp.trackers()
     if not names:
         return
-    view = summary.summary_view(evidence)
-    groups = {summary.test_name(g): g for g in view["win_rates"]}
-    groups |= {f"{g['arm']} - {g['baseline']}": g for g in view["reward_accuracy"]}
-    for c in view["benchmark_contrasts"]:
-        groups[f"{summary.contrast_name(c)} ({c['task']})"] = {"per_seed": [c], "seeds": 1}
-    rows = []
-    for t in evidence["multiplicity"]["tests"]:
-        group = groups[t["test"]]
-        e = summary.headline(group)  # pooled over seeds where there are several
-        rows.append(
-            [t["kind"], t["test"], t["p"], t["p_holm"], e["value"], *e["interval"], e["n"], group.get("seeds", 1)]
-        )
-    columns = ["kind", "comparison", "p", "p (Holm)", "value", "low", "high", "n", "seeds"]
+    tests = evidence["multiplicity"]["tests"]  # each test with its estimate (pooled over seeds where several)
+    keys = ("kind", "test", "p", "p_holm", "value", "low", "high", "n", "seeds")
+    rows = [[t[k] for k in keys] for t in tests]
+    columns = ["kind", "comparison", "p", "p (Holm)", "value", "low", "high", "n", "seeds"]  # as keys, named
     log_table(names, f"{exp.name}/report", exp.name, columns, rows, log_dir)
 
 

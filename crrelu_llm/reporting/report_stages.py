@@ -246,3 +246,27 @@ def mechanism(rows: list[dict], outcomes: dict[str, str] | None = None) -> list[
             f"({start:+.4f} -> {end:+.4f} nats, mean over layers){outcome}"
         )
     return [*lines, ""]
+
+
+def help_or_harm(stage_rows: list[dict]) -> list[dict]:
+    """Per arm and stage (the report's rows, :func:`crrelu_llm.reporting.report_stages.collect`): KL
+    to the original, benchmark results, mean learned and least-squares eps."""
+    rows = []
+    for r in stage_rows:
+        layers = r.get("probe", {}).get("layers", [])
+        learned = [layer["epsilon"] for layer in layers if layer["epsilon"] is not None]
+        fitted = [layer["least_squares_epsilon"] for layer in layers if layer["least_squares_epsilon"] is not None]
+        rows.append(
+            {
+                "arm": r["arm"],
+                "stage": r["stage"],
+                "model": r["model"],
+                "kl_to_original": r.get("kl_to_original", {}).get("value"),
+                "benchmarks": {
+                    t: {k: b[k] for k in ("metric", "value", "stderr", "n")} for t, b in r["benchmarks"].items()
+                },
+                "epsilon_learned_mean": sum(learned) / len(learned) if learned else None,
+                "epsilon_least_squares_mean": sum(fitted) / len(fitted) if fitted else None,
+            }
+        )
+    return rows

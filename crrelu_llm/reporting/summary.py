@@ -106,15 +106,27 @@ def headline(group: dict) -> dict:
 
 def multiplicity(record: dict) -> dict:
     """Holm's adjustment over the family of tests the reading reports: every win-rate comparison,
-    every paired reward-accuracy difference and every benchmark contrast. Both p-values are kept."""
+    every paired reward-accuracy difference and every benchmark contrast. Each test keeps what it
+    is (kind, arm, comparison or contrast), its estimate and both p-values: the opening lines and
+    the trackers' table read them from here."""
     view = summary_view({**record, "multiplicity": None})
-    family = [{"test": test_name(g), "kind": "win rate", "p": headline(g)["p_value"]} for g in view["win_rates"]]
+
+    def entry(test, kind, estimate, seeds=1, **what):
+        lo, hi = estimate["interval"]
+        value = {"value": estimate["value"], "low": lo, "high": hi, "n": estimate["n"], "seeds": seeds}
+        return {"test": test, "kind": kind, **what, **value, "p": estimate["p_value"]}
+
+    family = [
+        entry(test_name(g), "win rate", headline(g), g["seeds"], arm=g["arm"], comparison=g["comparison"])
+        for g in view["win_rates"]
+    ]
     family += [
-        {"test": f"{g['arm']} - {g['baseline']}", "kind": "reward accuracy", "p": headline(g)["p_value"]}
+        entry(f"{g['arm']} - {g['baseline']}", "reward accuracy", headline(g), g["seeds"], arm=g["arm"])
         for g in view["reward_accuracy"]
     ]
     family += [
-        {"test": f"{contrast_name(c)} ({c['task']})", "kind": "benchmark", "p": c["estimate"]["p_value"]}
+        entry(f"{contrast_name(c)} ({c['task']})", "benchmark", c["estimate"], arm=c["arm"], contrast=c["kind"])
+        | {"stage": c["stage"], "task": c["task"]}
         for c in view["benchmark_contrasts"]
     ]
     family = [t for t in family if t["p"] is not None]
@@ -218,65 +230,57 @@ def _group_line(what: str, group: dict, scale: float = 1.0) -> str:
 def opening(summary: dict, baseline: str) -> list[str]:
     """The reading in three lines a person reads first (each under about 120 characters): the
     positive control, the activation comparison, help or harm; every verdict after Holm's
-    adjustment over the family (:func:`multiplicity`). The details are in report.md."""
-    holm_of = {t["test"]: t for t in (summary.get("multiplicity") or {}).get("tests", [])}
-
-    def seen(test: str) -> bool:
-        return bool(holm_of.get(test, {}).get("detected_holm"))
-
+    adjustment over the family (:func:`multiplicity`, whose tests say what each one is). The
+    details are in report.md."""
+    tests = (summary.get("multiplicity") or {}).get("tests", [])
+    finals = {r["arm"]: r["step"] for r in summary.get("rows", [])}
     lines = []
-    control = [g for g in summary.get("win_rates", []) if g["comparison"] == "vs-sft"]
+    control = [t for t in tests if t["kind"] == "win rate" and t["comparison"] == "vs-sft"]
     if control:
-        up = [g["arm"] for g in control if seen(test_name(g)) and headline(g)["value"] > 0.5]
+        up = [t["arm"] for t in control if t["detected_holm"] and t["value"] > 0.5]
         lines.append(
             f"positive control: DPO beats its own SFT start in {len(up)} of {len(control)} arms"
             + (f" ({', '.join(up)})" if up else "")
             + ("" if len(up) == len(control) else "; where it does not, the instrument cannot see DPO's effect")
         )
-    others = [g for g in summary.get("win_rates", []) if g["comparison"] == f"vs-{baseline}"]
-    finals = {r["arm"]: r["step"] for r in summary.get("rows", [])}
-    if others or summary.get("reward_accuracy"):
-        arms = list(dict.fromkeys(g["arm"] for g in [*others, *summary.get("reward_accuracy", [])]))
-        tests = {arm: [test_name(g) for g in others if g["arm"] == arm] + [f"{arm} - {baseline}"] for arm in arms}
-        for c in summary.get("benchmark_contrasts", []):
-            if c["kind"] == "arm" and c["arm"] in tests and c["stage"] == finals.get(c["arm"]):
-                tests[c["arm"]].append(f"{contrast_name(c)} ({c['task']})")
-        differ = [arm for arm in arms if any(seen(t) for t in tests[arm])]
+
+    def against_baseline(t) -> bool:  # after preference tuning, against the baseline arm
+        return (
+            (t["kind"] == "win rate" and t["comparison"] == f"vs-{baseline}")
+            or t["kind"] == "reward accuracy"
+            or (t["kind"] == "benchmark" and t["contrast"] == "arm" and t["stage"] == finals.get(t["arm"]))
+        )
+
+    compared = [t for t in tests if against_baseline(t)]
+    arms = list(dict.fromkeys(t["arm"] for t in compared if t["kind"] != "benchmark"))
+    if arms:
+        differ = [arm for arm in arms if any(t["detected_holm"] for t in compared if t["arm"] == arm)]
         same = [a for a in arms if a not in differ]
-        after = _objective_of(finals)
         lines.append(
-            f"activation vs {baseline} after {after}: "
+            f"activation vs {baseline} after {_objective_of(finals)}: "
             + (f"{', '.join(differ)} differ" if differ else "")
             + ("; " if differ and same else "")
             + (f"no difference detected for {', '.join(same)}" if same else "")
             + " (win rate, reward accuracy, benchmark; Holm)"
         )
-    harm = _harm_line(summary, baseline, seen, finals)
-    if harm:
-        lines.append(harm)
+    arm_contrasts = [t for t in tests if t["kind"] == "benchmark" and t["contrast"] == "arm"]
+    if arm_contrasts:
+        task, parts = arm_contrasts[0]["task"], []
+        for shown, at in (("step 0", lambda t: t["stage"] == "step 0"), (f"after {_objective_of(finals)}", None)):
+            at = at or (lambda t: t["stage"] == finals.get(t["arm"]))
+            cells = [
+                f"{t['arm']} {100 * t['value']:+.1f}" + ("*" if t["detected_holm"] else "")
+                for t in arm_contrasts
+                if t["task"] == task and at(t)
+            ]
+            if cells:
+                parts.append(f"{shown} {', '.join(cells)}")
+        lines.append(f"help or harm ({task} vs {baseline}, points; * Holm): " + "; ".join(parts))
     return lines
 
 
 def test_name(group: dict) -> str:
     return f"{group['arm']} {group['comparison']}" + (f" (beta {group['beta']:g})" if group.get("beta") else "")
-
-
-def _harm_line(summary: dict, baseline: str, seen, finals: dict) -> str | None:
-    """``help or harm (task, points vs gelu): step 0 crrelu -7.8*, ...; after DPO ...`` (* after Holm)."""
-    arm_contrasts = [c for c in summary.get("benchmark_contrasts", []) if c["kind"] == "arm"]
-    if not arm_contrasts:
-        return None
-    task = arm_contrasts[0]["task"]
-    parts = []
-    for stage, shown in (("step 0", "step 0"), ("final", f"after {_objective_of(finals)}")):
-        cells = [
-            f"{c['arm']} {100 * c['estimate']['value']:+.1f}" + ("*" if seen(f"{contrast_name(c)} ({task})") else "")
-            for c in arm_contrasts
-            if c["task"] == task and (c["stage"] == stage or (stage == "final" and c["stage"] == finals.get(c["arm"])))
-        ]
-        if cells:
-            parts.append(f"{shown} {', '.join(cells)}")
-    return f"help or harm ({task} vs {baseline}, points; * Holm): " + "; ".join(parts)
 
 
 def _objective_of(finals: dict) -> str:
@@ -361,30 +365,6 @@ def _accuracy_line(group: dict) -> str:
     return (
         f"{what}, {len(seeds)} seeds: {shown}; pooled {points(pooled)} (p = {pooled['p_value']:.2g}): {verdict(pooled)}"
     )
-
-
-def help_or_harm(stage_rows: list[dict]) -> list[dict]:
-    """Per arm and stage (the report's rows, :func:`crrelu_llm.reporting.report_stages.collect`): KL
-    to the original, benchmark results, mean learned and least-squares eps."""
-    rows = []
-    for r in stage_rows:
-        layers = r.get("probe", {}).get("layers", [])
-        learned = [layer["epsilon"] for layer in layers if layer["epsilon"] is not None]
-        fitted = [layer["least_squares_epsilon"] for layer in layers if layer["least_squares_epsilon"] is not None]
-        rows.append(
-            {
-                "arm": r["arm"],
-                "stage": r["stage"],
-                "model": r["model"],
-                "kl_to_original": r.get("kl_to_original", {}).get("value"),
-                "benchmarks": {
-                    t: {k: b[k] for k in ("metric", "value", "stderr", "n")} for t, b in r["benchmarks"].items()
-                },
-                "epsilon_learned_mean": sum(learned) / len(learned) if learned else None,
-                "epsilon_least_squares_mean": sum(fitted) / len(fitted) if fitted else None,
-            }
-        )
-    return rows
 
 
 def format_stages(summary: dict) -> str:
