@@ -81,7 +81,6 @@ JUDGMENTS = ResultKind("judgments", "judgments-{label}.jsonl")
 BENCHMARK = ResultKind("benchmark", "benchmark-{label}.json")
 GENERATIONS = ResultKind("generations", "generations-{label}.jsonl")
 MODEL_OUTPUTS = ResultKind("model_outputs", "model_outputs-{label}.json")  # AlpacaEval's format
-KINDS = {k.name: k for k in (REWARDS, DRIFT, PROBE, WINRATE, JUDGMENTS, BENCHMARK, GENERATIONS, MODEL_OUTPUTS)}
 
 
 def read(path) -> dict:
