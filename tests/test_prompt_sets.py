@@ -204,6 +204,50 @@ def _sums_file(tmp_path):
     return path
 
 
+@pytest.mark.slow
+def test_an_experiment_generates_through_a_served_model_per_stage_from_the_recipe_key(tmp_path, capsys):
+    """`winrate: {generate_with: "openai:{model}@URL"}`: each win-rate stage's model generates on the
+    server under its own directory's name, after the fidelity check, and the judged outputs are
+    those of local greedy generation."""
+    from vllm_server import RouterServer
+
+    from helpers import experiment_main, small_recipe
+
+    router = RouterServer()
+    winrate = {"judge": "rule:arithmetic", "num_prompts": 10, "max_new_tokens": 4}
+    try:
+        served = {**winrate, "generate_with": f"openai:{{model}}@{router.url}"}
+        path = small_recipe(tmp_path, {"gelu": {"activation": None}}, evaluations={"winrate": served})
+        out = tmp_path / "out"
+        assert experiment_main(path, str(out)) == 0
+    finally:
+        router.close()
+    dpo = out / "gelu" / "dpo-beta0.5-seed0"
+    assert {r["model"] for r in router.requests} == {str(dpo)}
+    assert sum(1 for r in router.requests if r.get("echo")) == 4  # the fidelity check, before generating
+    (result,) = (dpo / "eval").glob("winrate-*.json")
+    assert json.loads(result.read_text())["served"]["max_difference"] < 1e-4
+    (generations,) = (dpo / "eval").glob("generations-*dpo*.jsonl")
+    rows = [json.loads(line) for line in generations.read_text().splitlines()]
+    assert rows[0]["served"] == f"openai:{dpo}@{router.url}"
+    local = tmp_path / "local"
+    assert main(["eval", "winrate", "--model", str(dpo), "--baseline", str(out / "gelu" / "sft"), "--data",
+                 str(out / "data"), "--judge", "rule:arithmetic", "--num-prompts", "10", "--max-new-tokens", "4",
+                 "--out", str(local)]) == 0  # fmt: skip
+    (local_generations,) = local.glob("generations-*dpo*.jsonl")
+    assert [json.loads(line)["completion"] for line in local_generations.read_text().splitlines()[1:]] == [
+        r["completion"] for r in rows[1:]
+    ]
+    bad = {"winrate": {**winrate, "generate_with": "vllm"}}  # refused before anything runs
+    assert (
+        experiment_main(small_recipe(tmp_path, {"gelu": {"activation": None}}, evaluations=bad), str(tmp_path / "bad"))
+        == 2
+    )
+    message = "evaluations.winrate.generate_with: --generate-with 'vllm': write openai:<model>@<base url>"
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_served_generation_passes_its_fidelity_check_and_equals_local_greedy_generation(tiny_models, tmp_path):
     from vllm_server import CompletionServer
 

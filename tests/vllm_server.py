@@ -12,7 +12,9 @@ import torch
 
 class CompletionServer:
     def __init__(self, model, tokenizer):
-        self.model, self.tokenizer, self.requests, self.lock = model.eval(), tokenizer, [], threading.Lock()
+        self.model, self.tokenizer, self.requests, self.lock = model, tokenizer, [], threading.Lock()
+        if model is not None:
+            model.eval()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -64,3 +66,20 @@ class CompletionServer:
 
     def close(self):
         self.server.shutdown()
+
+
+class RouterServer(CompletionServer):
+    """Several models behind one endpoint, chosen by the request's ``model`` (as a router in front of
+    several ``vllm serve <directory>`` processes does): here, the checkpoint at that path."""
+
+    def __init__(self):
+        from crrelu_llm.patching.loading import load_causal_lm, load_tokenizer
+
+        self.loaded, self.load = {}, lambda path: (load_causal_lm(path).eval(), load_tokenizer(path))
+        super().__init__(None, None)
+
+    def answer(self, body: dict) -> dict:
+        if body["model"] not in self.loaded:
+            self.loaded[body["model"]] = self.load(body["model"])
+        self.model, self.tokenizer = self.loaded[body["model"]]
+        return super().answer(body)

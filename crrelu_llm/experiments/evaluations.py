@@ -29,6 +29,9 @@ EVALUATION_DEFAULTS = {
         "against_sft": True,
         "prompts": None,  # a prompt set (AlpacaEval's, Arena-Hard's, TRL's prompt-only); default: the data's prompts
         "prompts_format": "auto",
+        # served generation (openai:<model>@<base url>); "{model}" in it becomes the directory of
+        # the model the stage generates with, the name `vllm serve <directory>` serves it under
+        "generate_with": None,
     },
     "drift": _defaults(evaluate.run_drift, "max_samples", "max_length"),
     "benchmark": _defaults(run_benchmark, "limit", "num_fewshot", "batch_size"),
@@ -38,6 +41,11 @@ EVALUATION_REQUIRED = {"winrate": {"judge"}, "benchmark": {"tasks"}, "rewards": 
 EVALUATION_KEYS = {
     kind: set(defaults) | EVALUATION_REQUIRED.get(kind, set()) for kind, defaults in EVALUATION_DEFAULTS.items()
 }
+
+
+def served_spec(template: str | None, model) -> str | None:
+    """The ``generate_with`` of one model: ``{model}`` in the recipe's template replaced by its directory."""
+    return template.replace("{model}", str(model)) if template else None
 
 
 def evaluation_settings(exp, kind: str) -> dict:

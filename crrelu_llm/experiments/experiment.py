@@ -318,6 +318,14 @@ def _check_evaluations(path, evaluations) -> None:
             )
     if "winrate" in evaluations and "judge" not in evaluations["winrate"]:
         raise ExperimentError(f"{path}: evaluations.winrate needs a 'judge' (e.g. rule:arithmetic)")
+    served = (evaluations.get("winrate") or {}).get("generate_with")
+    if served is not None:
+        from crrelu_llm.evaluation.served import parse_served
+
+        try:
+            parse_served(served)
+        except UsageError as err:
+            raise ExperimentError(f"{path}: evaluations.winrate.generate_with: {err}") from None
     if "benchmark" in evaluations and not evaluations["benchmark"].get("tasks"):
         raise ExperimentError(f"{path}: evaluations.benchmark needs 'tasks' (e.g. [crrelu_arith_mc])")
 

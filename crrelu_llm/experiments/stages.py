@@ -20,7 +20,7 @@ from crrelu_llm.evaluation import evaluate
 from crrelu_llm.evaluation.generation import GenerationSettings
 from crrelu_llm.evaluation.results import BENCHMARK, DRIFT, PROBE, REWARDS, WINRATE
 from crrelu_llm.experiments.declaration import Declaration, StageSpec, preference_step
-from crrelu_llm.experiments.evaluations import MODEL_EVALUATIONS, evaluation_settings
+from crrelu_llm.experiments.evaluations import MODEL_EVALUATIONS, evaluation_settings, served_spec
 from crrelu_llm.experiments.layout import RunLayout
 from crrelu_llm.experiments.stage_actions import TrackedStage, start_keys, train_stage, write_step0
 from crrelu_llm.patching.discovery import is_import_path, supports_calibration
@@ -60,7 +60,7 @@ def recover_keys(recover: dict, arm_keys: dict) -> dict:
 # the evaluation stages whose estimates go to the trackers
 TRACKED = ("rewards", "winrate", "drift", "benchmark", "probe")
 # win-rate options that came later: at their defaults they leave a stage's keys as they were
-OPTIONAL_WINRATE_KEYS = ("baseline_outputs", "judge_template", "prompts", "prompts_format")
+OPTIONAL_WINRATE_KEYS = ("baseline_outputs", "judge_template", "prompts", "prompts_format", "generate_with")
 
 
 class _Builder:
@@ -433,6 +433,7 @@ class _Builder:
                     judge_concurrency=w["judge_concurrency"],
                     baseline_outputs=None if m else b,
                     judge_template=w["judge_template"],
+                    generate_with=served_spec(w["generate_with"], out),
                 ),
                 **where,
             )
