@@ -35,12 +35,12 @@ def test_entropy_change_matches_an_independent_computation_and_its_sign(mu, sigm
         return eps * v * np.exp(-v * v / 2)
 
     # CRReLU against ReLU, on s > 0 (ReLU's outputs below are exactly zero: left out, share apart)
-    total, covered = entropy_change(CRReLU(epsilon_init=eps), x)
+    total, covered, _ = entropy_change(CRReLU(epsilon_init=eps), x)
     expected, n = _independent(lambda v: np.maximum(v, 0) + bump(v), lambda v: np.maximum(v, 0), s, 0.0)
     assert covered == n and total / covered == pytest.approx(expected, rel=1e-5, abs=1e-9)
     # corrected GELU (tanh form) against GELU, above GELU's turning point
     module = CorrectedActivation("gelu_new", epsilon_init=eps)
-    total, covered = entropy_change(module, x)
+    total, covered, _ = entropy_change(module, x)
     expected, n = _independent(lambda v: _gelu_tanh(v) + bump(v), _gelu_tanh, s, -0.7525)
     assert covered == n and total / covered == pytest.approx(expected, rel=1e-4, abs=1e-8)
     # the sign for CRReLU under N(0, 1): dH/deps = E[(1 - S^2) exp(-S^2/2) | S > 0] > 0, so eps > 0 raises it

@@ -23,7 +23,7 @@ from crrelu_llm.experiments.declaration import Declaration, StageSpec, preferenc
 from crrelu_llm.experiments.evaluations import MODEL_EVALUATIONS, evaluation_settings, served_spec
 from crrelu_llm.experiments.layout import RunLayout
 from crrelu_llm.experiments.stage_actions import TrackedStage, start_keys, train_stage, write_step0
-from crrelu_llm.patching.discovery import is_import_path, supports_calibration
+from crrelu_llm.patching.discovery import is_import_path, is_matched, supports_calibration
 from crrelu_llm.patching.trust import TrustedCall
 from crrelu_llm.training.objectives import REFERENCE_FREE
 from crrelu_llm.training.recipes import resolve_aliases
@@ -48,10 +48,13 @@ def data_identity(exp) -> dict:
 def recover_keys(recover: dict, arm_keys: dict) -> dict:
     """The distill keys of an arm's recovery: the arm's keys, then the shared recovery keys; the
     activation-parameter keys apply to an arm whose activation calibrates (CRReLU, Swish-beta,
-    a class with ``least_squares_init``), not to the ReLU control, which has none to set."""
+    a class with ``least_squares_init``) or is measured (``matched_<base>``), not to the ReLU
+    control, which has none to set."""
     keys, _ = resolve_aliases({**arm_keys, **recover}, [], "recover")
     activation = arm_keys.get("activation")
-    if activation is None or not supports_calibration(activation, arm_keys.get("activation_kwargs")):
+    if activation is None or not (
+        supports_calibration(activation, arm_keys.get("activation_kwargs")) or is_matched(activation)
+    ):
         for key in ("epsilon_init", "calibration_samples", "activation_learning_rate"):
             keys.pop(key, None)
     return keys

@@ -149,6 +149,11 @@ class CRReLU(nn.Module):
         with torch.no_grad():
             self.epsilon.fill_(self.epsilon_init)
 
+    @staticmethod
+    def correction(x: torch.Tensor) -> torch.Tensor:
+        """The term eps multiplies: ``x exp(-x^2 / 2)``."""
+        return x * torch.exp(-x * x / 2)
+
     @torch.no_grad()
     def least_squares_init(self, x: torch.Tensor, target: torch.Tensor) -> None:
         """Set ``epsilon`` (and ``epsilon_init``) to the closed-form least-squares value that

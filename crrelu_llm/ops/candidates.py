@@ -11,6 +11,12 @@ import path (``activation: my_pkg.acts:MyActivation``).
   base, ``base(x) + eps * x * exp(-x^2 / 2)`` with ``base`` a transformers activation name
   (``corrected_gelu_new``, ``corrected_silu``...). CRReLU is the correction on ReLU; on the
   model's own base with ``eps = 0`` it is the original, exactly: the correction apart from the swap.
+- ``matched_<base>`` (:class:`MatchedActivation`): the same correction on the *standardised* input,
+  ``base(x) + eps * z * exp(-z^2 / 2)`` with ``z = (x - mu) / sigma``, where mu and sigma are the
+  layer's own pre-activation location and scale, measured before training
+  (:func:`crrelu_llm.patching.calibration.calibrate`). EAFO's correction for a ReLU base under
+  N(mu, sigma^2) has this shape (``../shared/eafo/NOTES.md`` §1.1); CRReLU is mu = 0, sigma = 1.
+  eps starts at 0: the original, bit for bit.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from crrelu_llm.errors import PatchError
 from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT, epsilon_init_value, least_squares_epsilon
 from crrelu_llm.ops.scalars import keep_scalars_in_state_dict
 from crrelu_llm.runtime import deepspeed_zero3_enabled
 
 SWISH_BETA_INIT = 1.0
 CORRECTED_PREFIX = "corrected_"
+MATCHED_PREFIX = "matched_"
 
 
 class SwishBeta(nn.Module):
@@ -93,6 +101,11 @@ class CorrectedActivation(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.epsilon.to(x.dtype) * x * torch.exp(-x * x / 2)
 
+    @staticmethod
+    def correction(x: torch.Tensor) -> torch.Tensor:
+        """The term eps multiplies: ``x exp(-x^2 / 2)``."""
+        return x * torch.exp(-x * x / 2)
+
     def reset_parameters(self) -> None:
         with torch.no_grad():
             self.epsilon.fill_(self.epsilon_init)
@@ -110,3 +123,90 @@ class CorrectedActivation(nn.Module):
     def extra_repr(self) -> str:
         shown = f"eps={self.epsilon.item():.6g}" if self.epsilon.numel() == 1 and not self.epsilon.is_meta else ""
         return f"base={self.base_name}" + (f", {shown}" if shown else "")
+
+
+def robust_location_scale(x: torch.Tensor) -> tuple[float, float]:
+    """``(median, IQR / 1.349)`` of ``x`` after its 0.01% largest ``|x|`` are left out: a Gaussian's
+    mean and sd where the inputs are Gaussian, and not set by a few massive activations where they
+    are not (``../shared/eafo/NOTES.md`` §2-3)."""
+    x = x.detach().double().flatten()
+    x = x[torch.isfinite(x)]
+    if x.numel() > 10_000:
+        x = x[x.abs() <= torch.quantile(x.abs(), 0.9999)]
+    q25, q50, q75 = torch.quantile(x, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+    return q50, (q75 - q25) / 1.3489795003921634
+
+
+class MatchedActivation(nn.Module):
+    """``base(x) + eps * z * exp(-z**2 / 2)`` with ``z = (x - mu) / sigma``: the correction term
+    placed where the layer's inputs are, with a learnable 0-dim ``epsilon`` that starts at 0 (the
+    original activation, bit for bit) and ``mu``, ``sigma`` held as buffers (saved in checkpoints,
+    not trained).
+
+    mu and sigma are the layer's measured pre-activation location and scale
+    (:func:`robust_location_scale`, over the unpatched model's inputs on calibration text without
+    each sequence's first position): ``crrelu-llm patch MODEL --activation matched_gelu_new
+    --calibration-data DATA``, or a recipe's ``activation: matched_gelu_new`` (measured on its
+    first ``calibration_samples`` training rows).
+
+    Args:
+        base: a transformers activation name (``gelu_new``, ``silu``, ``relu``...).
+        mu: the inputs' location.
+        sigma: the inputs' scale (positive).
+
+    Example:
+        >>> act = MatchedActivation("gelu", mu=-1.5, sigma=0.7)
+        >>> x = torch.linspace(-3, 3, 7)
+        >>> bool(torch.equal(act(x), torch.nn.functional.gelu(x)))  # eps = 0: the base itself
+        True
+        >>> _ = act.epsilon.data.fill_(1.0)
+        >>> round(float(act(torch.tensor([-0.8])) - torch.nn.functional.gelu(torch.tensor([-0.8]))), 4)  # z = 1
+        0.6065
+    """
+
+    def __init__(self, base: str = "gelu", mu: float = 0.0, sigma: float = 1.0):
+        super().__init__()
+        from transformers.activations import ACT2FN
+
+        mu, sigma = float(mu), float(sigma)
+        if not (mu == mu and abs(mu) != float("inf") and sigma > 0 and sigma != float("inf")):
+            raise PatchError(f"matched_{base}: mu must be finite and sigma positive, got mu={mu}, sigma={sigma}")
+        self.base_name = base
+        self.base = ACT2FN[base]
+        self.epsilon_init = 0.0
+        self.epsilon = nn.Parameter(torch.zeros((1,) if deepspeed_zero3_enabled() else ()))
+        keep_scalars_in_state_dict(self, ["epsilon"])
+        self.register_buffer("mu", torch.tensor(mu))
+        self.register_buffer("sigma", torch.tensor(sigma))
+
+    def correction(self, x: torch.Tensor) -> torch.Tensor:
+        """The term eps multiplies: ``z exp(-z^2 / 2)``, ``z = (x - mu) / sigma``."""
+        z = (x - self.mu.to(x.dtype)) / self.sigma.to(x.dtype)
+        return z * torch.exp(-z * z / 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.epsilon.to(x.dtype) * self.correction(x)
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.epsilon.fill_(self.epsilon_init)
+
+    @torch.no_grad()
+    def measure(self, x: torch.Tensor) -> dict[str, float]:
+        """Set ``mu`` and ``sigma`` from a sample ``x`` of the layer's inputs
+        (:func:`robust_location_scale`); returns them."""
+        mu, sigma = robust_location_scale(x)
+        if not sigma > 0:
+            raise PatchError(
+                f"matched_{self.base_name}: the calibration text gives this layer inputs with no spread (IQR 0): "
+                "cannot measure sigma; calibrate on more or other text"
+            )
+        self.mu.fill_(mu)
+        self.sigma.fill_(sigma)
+        return {"mu": mu, "sigma": sigma}
+
+    def extra_repr(self) -> str:
+        shown = f", eps={self.epsilon.item():.6g}" if self.epsilon.numel() == 1 and not self.epsilon.is_meta else ""
+        if self.mu.is_meta:
+            return f"base={self.base_name}{shown}"
+        return f"base={self.base_name}, mu={self.mu.item():.4g}, sigma={self.sigma.item():.4g}{shown}"

@@ -5,8 +5,13 @@ model's own pre-activations over calibration text.
 CRReLU's eps has a closed form, accumulated over every token
 (:func:`crrelu_llm.patching.probe.calibrated_epsilons`). Any other class takes part by defining
 ``least_squares_init(self, x, target)``, which sets its parameters from a sample of the layer's
-pre-activations ``x`` (up to :data:`SAMPLE` values per layer) and the original activation's
-outputs ``target`` on them (:class:`~crrelu_llm.ops.candidates.SwishBeta` does, by a line search)."""
+pre-activations ``x`` (a uniform sample of up to 65 536 values per layer, each sequence's first
+position left out) and the original activation's outputs ``target`` on them
+(:class:`~crrelu_llm.ops.candidates.SwishBeta` does, by a line search).
+
+``matched_<base>`` (:class:`~crrelu_llm.ops.candidates.MatchedActivation`) is measured the same
+way: each layer's mu and sigma are the robust location and scale of that sample, and its eps
+starts at 0."""
 
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ from torch import nn
 
 from crrelu_llm.errors import RecipeError
 from crrelu_llm.ops.activation import CRReLU
-from crrelu_llm.patching.probe import calibrated_epsilons
+from crrelu_llm.ops.candidates import MatchedActivation
+from crrelu_llm.patching.discovery import UNMEASURED, base_model, needs_measurement
+from crrelu_llm.patching.probe import Reservoir, calibrated_epsilons, without_first_position
 from crrelu_llm.patching.record import PATCH_CONFIG_KEY, patch_record
 
 logger = logging.getLogger("crrelu_llm.recovery")
@@ -39,27 +46,22 @@ def calibration_pairs(dataset, n: int) -> list[tuple[str, str]]:
     return pairs
 
 
-SAMPLE = 1 << 16
-
-
 @torch.no_grad()
-def _preactivation_samples(model: nn.Module, tokenizer, pairs, limit: int = SAMPLE) -> dict[str, tuple]:
-    """Per feed-forward activation of the unpatched ``model``: (inputs, outputs), the first
-    ``limit`` values over the non-padding tokens of ``pairs``."""
+def _preactivation_samples(model: nn.Module, tokenizer, pairs) -> dict[str, tuple]:
+    """Per feed-forward activation of the unpatched ``model``: (inputs, outputs), a uniform sample
+    of up to :data:`~crrelu_llm.patching.probe.SAMPLE` values over the non-padding tokens of
+    ``pairs`` other than each sequence's first (where massive activations sit)."""
     from crrelu_llm.data.encoding import encode_pairs, ensure_pad_token, model_device
     from crrelu_llm.patching.discovery import find_activations
 
     ensure_pad_token(tokenizer)
     paths = [s.path for s in find_activations(model) if s.feed_forward]
-    samples, mask = {p: ([], []) for p in paths}, {}
+    samples, mask = {p: Reservoir() for p in paths}, {}
 
     def keep(path):
         def hook(module, inputs, output):
-            xs, ys = samples[path]
-            if sum(t.numel() for t in xs) < limit:
-                tokens = mask["tokens"].to(output.device)
-                xs.append(inputs[0][tokens].detach().float().flatten().cpu())
-                ys.append(output[tokens].detach().float().flatten().cpu())
+            tokens = mask["tokens"].to(output.device)
+            samples[path].add(inputs[0][tokens], output[tokens])
 
         return hook
 
@@ -67,21 +69,28 @@ def _preactivation_samples(model: nn.Module, tokenizer, pairs, limit: int = SAMP
     try:
         for start in range(0, len(pairs), 8):
             ids, attention, _ = encode_pairs(tokenizer, pairs[start : start + 8], 1024)
-            mask["tokens"] = attention.bool()
+            mask["tokens"] = without_first_position(attention)
             model(input_ids=ids.to(model_device(model)), attention_mask=attention.to(model_device(model)))
     finally:
         for handle in handles:
             handle.remove()
-    return {p: (torch.cat(xs)[:limit], torch.cat(ys)[:limit]) for p, (xs, ys) in samples.items() if xs}
+    return {p: tuple(r.values) for p, r in samples.items() if r.values}
 
 
 def calibrate(model: nn.Module, tokenizer, pairs, patch, activation: str = "crrelu"):
-    """Calibrate the ``activation`` that ``patch()`` puts into ``model`` (see the module
-    docstring): CRReLU by its closed form over every token (:func:`calibrate_crrelu`), any class
+    """Calibrate the ``activation`` that ``patch(activation_kwargs=...)`` puts into ``model`` (see
+    the module docstring): CRReLU by its closed form over every token (:func:`calibrate_crrelu`);
+    ``matched_<base>`` by measuring each layer's mu and sigma (:func:`set_measured`); any class
     with ``least_squares_init`` on samples."""
     if activation == "crrelu":
         return calibrate_crrelu(model, tokenizer, pairs, patch)
     samples = _preactivation_samples(model, tokenizer, pairs)
+    if needs_measurement(activation):
+        report = patch(UNMEASURED)
+        report.activation_kwargs = None  # per layer, below
+        report.calibrated = set_measured(model, {path: x for path, (x, _) in samples.items()})
+        logger.info("measured %s: %s", report.activation, report.calibrated)
+        return report
     report = patch()
     calibrated = {}
     for path, (x, target) in samples.items():
@@ -95,6 +104,28 @@ def calibrate(model: nn.Module, tokenizer, pairs, patch, activation: str = "crre
     report.calibrated = calibrated
     logger.info("calibrated %s: %s", report.activation, calibrated)
     return report
+
+
+def set_measured(model: nn.Module, measured: dict) -> dict[str, dict[str, float]]:
+    """Give each ``matched_<base>`` module of ``model`` its layer's mu and sigma, and record them
+    in the patch record (so that a checkpoint rebuilds the same function). ``measured``: module
+    path -> a sample of its inputs, or the ``{"mu", "sigma"}`` already measured (a LoRA run's
+    base, rebuilt from its ``patch_report.json``). Returns path -> ``{"mu", "sigma"}``."""
+    record, fits = patch_record(model), {}
+    for path, value in measured.items():
+        module = model.get_submodule(path)
+        if not isinstance(module, MatchedActivation):
+            continue
+        if isinstance(value, dict):
+            with torch.no_grad():
+                module.mu.fill_(value["mu"])
+                module.sigma.fill_(value["sigma"])
+            fits[path] = {"mu": float(value["mu"]), "sigma": float(value["sigma"])}
+        else:
+            fits[path] = module.measure(value)
+        record["modules"][path]["activation_kwargs"] = dict(fits[path])
+    setattr(base_model(model).config, PATCH_CONFIG_KEY, record)
+    return fits
 
 
 def calibrate_crrelu(model: nn.Module, tokenizer, pairs, patch):

@@ -11,7 +11,13 @@ from crrelu_llm import run_files
 from crrelu_llm.errors import ModelLoadError, UsageError
 from crrelu_llm.files import refuse_existing, writable_dir, write_directory_atomic, write_json
 from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT
-from crrelu_llm.patching.discovery import canonical_activation, check_activation, find_activations, supports_calibration
+from crrelu_llm.patching.discovery import (
+    canonical_activation,
+    check_activation,
+    find_activations,
+    needs_measurement,
+    supports_calibration,
+)
 from crrelu_llm.patching.loading import load_causal_lm, load_config, load_tokenizer
 from crrelu_llm.patching.patch import patch_model
 from crrelu_llm.patching.record import PatchReport, patch_record
@@ -51,12 +57,20 @@ def patch_checkpoint(
     """Load ``model``, patch it, and write it with its tokenizer and ``patch_report.json`` to
     ``out``, which appears only once complete. An existing ``out`` is replaced only with
     ``overwrite``. ``epsilon_init="calibrate"`` sets each eps to its least-squares value on the
-    prompts and chosen responses of ``calibration_samples`` rows of ``calibration_data``."""
-    calibrating = epsilon_init == "calibrate"
+    prompts and chosen responses of ``calibration_samples`` rows of ``calibration_data``; a
+    ``matched_<base>`` activation measures each layer's mu and sigma on them."""
     activation = canonical_activation(activation)
+    measuring = needs_measurement(activation, activation_kwargs)
+    calibrating = epsilon_init == "calibrate" or measuring
     # a bad name, class or shape fails before any download
     check_activation(activation, activation_kwargs, DEFAULT_EPSILON_INIT if calibrating else epsilon_init)
-    if calibrating and (not supports_calibration(activation, activation_kwargs) or not calibration_data):
+    if measuring and not calibration_data:
+        raise UsageError(
+            f"--activation {activation} measures each layer's inputs (mu, sigma) on text: give "
+            "--calibration-data DATA (e.g. the training data), or --activation-kwargs with mu and sigma"
+        )
+    least_squares = supports_calibration(activation, activation_kwargs)
+    if epsilon_init == "calibrate" and (not least_squares or not calibration_data):
         raise UsageError(
             "--epsilon-init calibrate needs an activation with least_squares_init (crrelu, swish_beta) "
             "and --calibration-data DATA (text to calibrate on, e.g. the training data)"
@@ -85,7 +99,9 @@ def patch_checkpoint(
             loaded,
             tokenizer,
             pairs,
-            lambda: patch_model(loaded, activation=activation, layers=layers, activation_kwargs=activation_kwargs),
+            lambda kwargs=activation_kwargs: patch_model(
+                loaded, activation=activation, layers=layers, activation_kwargs=kwargs
+            ),
             activation,
         )
     else:

@@ -21,7 +21,13 @@ from transformers.modeling_utils import PreTrainedModel
 
 from crrelu_llm.errors import PatchError, did_you_mean
 from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT, CRReLU, is_patched_activation
-from crrelu_llm.ops.candidates import CORRECTED_PREFIX, CorrectedActivation, SwishBeta
+from crrelu_llm.ops.candidates import (
+    CORRECTED_PREFIX,
+    MATCHED_PREFIX,
+    CorrectedActivation,
+    MatchedActivation,
+    SwishBeta,
+)
 
 BUILT_IN = {
     "crrelu": "CRReLU (Sun et al. 2024), learnable eps",
@@ -70,9 +76,35 @@ def _import_class(path: str) -> type:
     return cls
 
 
+def is_matched(name) -> bool:
+    """``matched_<a transformers name>``: the correction placed at the layer's measured inputs."""
+    return isinstance(name, str) and name.startswith(MATCHED_PREFIX) and name[len(MATCHED_PREFIX) :] in ACT2CLS
+
+
+def needs_measurement(name, kwargs: dict | None = None) -> bool:
+    """A ``matched_<base>`` patch without its ``mu`` and ``sigma``: they are measured on the model's
+    own pre-activations over calibration text (:func:`crrelu_llm.patching.calibration.calibrate`)."""
+    return is_matched(canonical_activation(name) if isinstance(name, str) else name) and not (
+        kwargs and "mu" in kwargs and "sigma" in kwargs
+    )
+
+
+def measurement_needed_error(name: str) -> PatchError:
+    return PatchError(
+        f"activation {name!r} is placed at each layer's own inputs, measured on text: give calibration "
+        "data (crrelu-llm patch --calibration-data DATA; a recipe measures on its training rows), or "
+        "activation_kwargs with mu and sigma"
+    )
+
+
+# what a matched module is built with until its layer's mu and sigma are measured (never kept)
+UNMEASURED = {"mu": 0.0, "sigma": 1.0}
+
+
 def make_activation(name: str, epsilon_init: float = DEFAULT_EPSILON_INIT, kwargs: dict | None = None) -> nn.Module:
     """A fresh activation module for ``name`` (a built-in or transformers name, or an import path
-    ``module:Class``), built with ``kwargs``; ``epsilon_init`` is used by CRReLU only."""
+    ``module:Class``), built with ``kwargs``; ``epsilon_init`` is used by CRReLU and
+    ``corrected_<base>`` only (``matched_<base>`` starts at 0)."""
     if not isinstance(name, str):
         raise TypeError(f"activation must be a string name, got {type(name).__name__}")
     name, kwargs = canonical_activation(name), dict(kwargs or {})
@@ -85,6 +117,8 @@ def make_activation(name: str, epsilon_init: float = DEFAULT_EPSILON_INIT, kwarg
             CorrectedActivation,
             {"base": name[len(CORRECTED_PREFIX) :], "epsilon_init": epsilon_init, **kwargs},
         )
+    elif is_matched(name):
+        cls, kwargs = MatchedActivation, {"base": name[len(MATCHED_PREFIX) :], **UNMEASURED, **kwargs}
     elif is_import_path(name):
         cls = _import_class(name)
     elif name in ACT2CLS:
@@ -95,7 +129,8 @@ def make_activation(name: str, epsilon_init: float = DEFAULT_EPSILON_INIT, kwarg
         raise PatchError(
             f"unknown activation {name!r}{did_you_mean(name, available_activations(), n=3)} "
             f"Valid names: {', '.join(available_activations())}, corrected_<a transformers name> "
-            "(the correction term on that base), or an import path module:Class."
+            "(the correction term on that base), matched_<a transformers name> (the correction at the "
+            "layer's measured inputs), or an import path module:Class."
         )
     try:  # kwargs are data: bound to the class's signature first, never evaluated
         inspect.signature(cls).bind(**kwargs)

@@ -14,7 +14,7 @@ import inspect
 import textwrap
 
 from crrelu_llm.errors import PatchError
-from crrelu_llm.ops.candidates import CORRECTED_PREFIX
+from crrelu_llm.ops.candidates import CORRECTED_PREFIX, MATCHED_PREFIX
 from crrelu_llm.patching.discovery import is_import_path, make_activation
 
 # What the modeling file imports; a class may use these and nothing else from its module.
@@ -104,12 +104,37 @@ CORRECTED_SOURCE = '''class CorrectedActivation(nn.Module):
 '''
 
 
+# matched_<base>: the correction at the layer's measured inputs (mu, sigma from the record and buffers)
+MATCHED_SOURCE = '''class MatchedActivation(nn.Module):
+    """base(x) + eps * z * exp(-z**2 / 2), z = (x - mu) / sigma: the correction at the layer's inputs."""
+
+    def __init__(self, base="gelu", mu=0.0, sigma=1.0):
+        super().__init__()
+        self.base_name = base
+        self.base = ACT2FN[base]
+        self.epsilon_init = 0.0
+        self.epsilon = nn.Parameter(torch.tensor(0.0))
+        self.register_buffer("mu", torch.tensor(float(mu)))
+        self.register_buffer("sigma", torch.tensor(float(sigma)))
+
+    def forward(self, x):
+        z = (x - self.mu.to(x.dtype)) / self.sigma.to(x.dtype)
+        return self.base(x) + self.epsilon.to(x.dtype) * z * torch.exp(-z * z / 2)
+
+    def reset_parameters(self):
+        with torch.no_grad():
+            self.epsilon.fill_(self.epsilon_init)
+'''
+
+
 def exported_classes(record: dict) -> tuple[str, dict[str, str]]:
     """The sources of every activation class the patch ``record`` uses other than CRReLU and
     transformers' own, and ``{recorded name: class name}`` for the modeling file's table."""
     sources, table = [], {}
     if any(e["activation"].startswith(CORRECTED_PREFIX) for e in record.get("modules", {}).values()):
         sources.append(CORRECTED_SOURCE)  # built by the modeling file's _rebuild from the name's base
+    if any(e["activation"].startswith(MATCHED_PREFIX) for e in record.get("modules", {}).values()):
+        sources.append(MATCHED_SOURCE)
     for entry in record.get("modules", {}).values():
         name = entry["activation"]
         if name in table or name == "crrelu" or not (is_import_path(name) or name == "swish_beta"):

@@ -141,7 +141,7 @@ def load_adapter_run(
 
     from peft import PeftModel
 
-    from crrelu_llm.patching.discovery import is_import_path
+    from crrelu_llm.patching.discovery import UNMEASURED, is_import_path, needs_measurement
     from crrelu_llm.patching.patch import patch_model
     from crrelu_llm.patching.record import PATCH_CONFIG_KEY, patch_record
     from crrelu_llm.patching.trust import require
@@ -154,13 +154,18 @@ def load_adapter_run(
         if is_import_path(report["activation"]):  # a class the run names: imported only if trusted
             with trusting(trust_remote_code):
                 require(report["activation"], f"the adapter run {path}")
+        measured = needs_measurement(report["activation"], report.get("activation_kwargs"))
         patch_model(
             model,
             activation=report["activation"],
             epsilon_init=report.get("epsilon_init") or DEFAULT_EPSILON_INIT,
             layers=report.get("layers"),
-            activation_kwargs=report.get("activation_kwargs"),
+            activation_kwargs=UNMEASURED if measured else report.get("activation_kwargs"),
         )
+        if measured:  # matched_<base>: each layer's mu and sigma, as measured when the run patched it
+            from crrelu_llm.patching.calibration import set_measured
+
+            set_measured(model, report.get("calibrated") or {})
         calibrated = report.get("calibrated_epsilons") or {}
         record = patch_record(model)
         with torch.no_grad():  # eps that did not train (activation_parameters: freeze) are the calibrated ones

@@ -26,6 +26,8 @@ from crrelu_llm.patching.discovery import (
     find_activations,
     layer_index,
     make_activation,
+    measurement_needed_error,
+    needs_measurement,
     placement,
     set_submodule,
 )
@@ -76,7 +78,9 @@ def patch_model(
 
     Args:
         model: a transformers model (or a PEFT model wrapping one), or any ``nn.Module``.
-        activation: ``"crrelu"``, another built-in candidate (``"swish_beta"``, ``"relu2"``), any
+        activation: ``"crrelu"``, another built-in candidate (``"swish_beta"``, ``"relu2"``,
+            ``"corrected_<base>"``; ``"matched_<base>"`` with ``mu`` and ``sigma`` in
+            ``activation_kwargs``, or measured by :func:`crrelu_llm.patching.calibration.calibrate`), any
             transformers activation name (``"gelu"``, ``"relu"``...; control arms), or the import
             path of an ``nn.Module`` class, ``"my_pkg.acts:MyActivation"``.
         epsilon_init: initial ``epsilon`` of each CRReLU module.
@@ -104,6 +108,8 @@ def patch_model(
         )
     activation = canonical_activation(activation)
     check_activation(activation, activation_kwargs, epsilon_init)  # name, class, shape: before touching anything
+    if needs_measurement(activation, activation_kwargs):
+        raise measurement_needed_error(activation)
     root = base_model(model)
     sites = find_activations(root)
     candidates = [s for s in sites if s.feed_forward]

@@ -10,13 +10,22 @@ non-padding tokens of real text, the probe records:
   inputs; with n in the millions any departure is "significant", so compare its size across
   layers and arms rather than reading a P-value);
 - the output's sparsity: the share of exact zeros and of ``|y| < 1e-3``;
-- the learned ``epsilon`` (CRReLU modules), and every learned parameter of any patched class
+- the learned ``epsilon`` (CRReLU, corrected and matched modules), and every learned parameter of any patched class
   (``parameters``: scalars as values, tensors as norms);
 - the least-squares ``epsilon``: the value that brings CRReLU closest, in squared error, to the
   original activation on these very inputs, ``sum(g d) / sum(g^2)`` with
   ``d = original(x) - relu(x)`` and ``g = x exp(-x^2/2)``. The original activation is the module
   itself for an unpatched model, the module at the same path of ``--original``, or the class
   the patch record names.
+
+- the paper's mechanism (:mod:`crrelu_llm.ops.entropy`), for an activation with a base (CRReLU,
+  ``corrected_<base>``, ``matched_<base>``): ``entropy_change``, the exact output-entropy change
+  against the base over the inputs above its turning point (``entropy_change_share`` of them);
+  ``entropy_change_binned`` over the rest (``entropy_change_binned_share``); and
+  ``correction_cosine``, the correction's shape against EAFO's entropy-lowering direction for the
+  inputs' Gaussian fit (``input_median``, ``input_scale``: median and IQR/1.349). These three
+  use a uniform sample of up to 65 536 inputs per layer without each sequence's first position;
+  ``buffers`` holds a matched activation's mu and sigma.
 
 The same accumulation, run on the original model, is ``epsilon_init: calibrate``
 (:func:`calibrated_epsilons`).
@@ -34,14 +43,54 @@ from tqdm.auto import tqdm
 from crrelu_llm.data.encoding import check_tokenizers, encode_pairs, ensure_pad_token, model_device
 from crrelu_llm.errors import EvaluationError
 from crrelu_llm.ops.activation import CRReLU, is_patched_activation
-from crrelu_llm.ops.candidates import CorrectedActivation
-from crrelu_llm.ops.entropy import entropy_change
+from crrelu_llm.ops.candidates import CorrectedActivation, MatchedActivation, robust_location_scale
+from crrelu_llm.ops.entropy import base_of, binned_entropy_change, correction_cosine, entropy_change
 from crrelu_llm.patching.discovery import find_activations
 from crrelu_llm.patching.patch import epsilon_tensor, parameter_value
 from crrelu_llm.patching.record import patch_record
 
 logger = logging.getLogger("crrelu_llm.probe")
 SMALL = 1e-3
+SAMPLE = 1 << 16  # values per layer kept for the measures that need a sample (calibration, cosine, binned)
+
+
+class Reservoir:
+    """A uniform sample without replacement of up to ``size`` values seen over many batches (with
+    aligned companions: a layer's outputs beside its inputs). Every value draws a key from a seeded
+    generator and the smallest ``size`` keys are kept, so the sample is the same on every run and
+    does not depend on how the text was batched into calls.
+
+    Example::
+
+        >>> import torch
+        >>> r = Reservoir(size=3)
+        >>> r.add(torch.arange(10.0), torch.arange(10.0) * 2)
+        >>> x, y = r.values
+        >>> len(x), bool(torch.equal(y, 2 * x))
+        (3, True)
+    """
+
+    def __init__(self, size: int = SAMPLE, seed: int = 0):
+        self.size, self.generator = size, torch.Generator().manual_seed(seed)
+        self.keys, self.values = None, []
+
+    def add(self, *tensors: torch.Tensor) -> None:
+        flat = [t.detach().float().flatten().cpu() for t in tensors]
+        keys = torch.rand(flat[0].numel(), generator=self.generator)
+        if self.keys is not None:
+            keys, flat = torch.cat([self.keys, keys]), [torch.cat([old, new]) for old, new in zip(self.values, flat)]
+        if keys.numel() > self.size:
+            kept = torch.topk(keys, self.size, largest=False).indices
+            keys, flat = keys[kept], [f[kept] for f in flat]
+        self.keys, self.values = keys, flat
+
+
+def without_first_position(attention: torch.Tensor) -> torch.Tensor:
+    """The non-padding tokens of right-padded rows other than each row's first: position 0 is the
+    attention sink, where massive activations live (``../shared/eafo/NOTES.md`` §2.3)."""
+    keep = attention.bool().clone()
+    keep[:, 0] = False
+    return keep
 
 
 class _Accumulator:
@@ -52,13 +101,17 @@ class _Accumulator:
         self.sums = torch.zeros(4, dtype=torch.float64)  # x, x^2, x^3, x^4
         self.negative = self.zero = self.small = 0
         self.gd = self.gg = 0.0
-        self.entropy, self.covered = None, 0  # Σ log-ratio of derivatives above the base's s*, and how many
+        self.entropy, self.covered, self.folded = None, 0, 0  # Σ log-ratio above the base's s*, how many, folded
+        self.sample = Reservoir()  # inputs, each sequence's first position left out
 
-    def add(self, x: torch.Tensor, y: torch.Tensor, reference, module=None) -> None:
+    def add(self, x: torch.Tensor, y: torch.Tensor, reference, module=None, sample=None) -> None:
+        if sample is not None:
+            self.sample.add(sample)
         change = entropy_change(module, x) if module is not None else None
         if change is not None:
             self.entropy = (self.entropy or 0.0) + change[0]
             self.covered += change[1]
+            self.folded += change[2]
         x, y = x.detach().double(), y.detach().double()
         self.n += x.numel()
         powers = torch.stack([x.sum(), (x**2).sum(), (x**3).sum(), (x**4).sum()])
@@ -99,7 +152,25 @@ class _Accumulator:
             # nats, over the inputs where both are one-to-one (that share beside it; ops/entropy.py)
             "entropy_change": self.entropy / self.covered if self.entropy is not None and self.covered else None,
             "entropy_change_share": self.covered / n if self.entropy is not None else None,
+            # of those, the share where the arm is not one-to-one (its derivative turned): not exact there
+            "entropy_change_folded": self.folded / self.covered if self.entropy is not None and self.covered else None,
         }
+
+    def against_theory(self, module) -> dict:
+        """On the sample: the inputs' robust Gaussian fit, the binned entropy change below the
+        base's turning point, and the cosine of the correction's shape with EAFO's direction
+        (:mod:`crrelu_llm.ops.entropy`)."""
+        if not self.sample.values or self.sample.values[0].numel() < 2:
+            return {}
+        x = self.sample.values[0].double()
+        median, scale = robust_location_scale(x)
+        out = {"input_median": median, "input_scale": scale}
+        binned = binned_entropy_change(module, x) if module is not None else None
+        if binned is not None or (module is not None and base_of(module) is not None):
+            out["entropy_change_binned"] = binned[0] if binned else None
+            out["entropy_change_binned_share"] = binned[1] / x.numel() if binned else 0.0
+            out["correction_cosine"] = correction_cosine(module, x, median, scale)
+        return out
 
 
 def _recorded_original(class_name: str):
@@ -159,7 +230,8 @@ def activation_statistics(
     def hook(path):
         def record(module, inputs, output):
             keep = mask["tokens"].to(output.device)
-            accumulators[path].add(inputs[0][keep], output[keep], references[path], module)
+            sample = inputs[0][mask["sample"].to(output.device)]
+            accumulators[path].add(inputs[0][keep], output[keep], references[path], module, sample)
 
         return record
 
@@ -168,7 +240,7 @@ def activation_statistics(
         device = model_device(model)
         for start in tqdm(range(0, len(pairs), batch_size), desc="Probing activations", leave=False):
             ids, attention, _ = encode_pairs(tokenizer, pairs[start : start + batch_size], max_length)
-            mask["tokens"] = attention.bool()
+            mask["tokens"], mask["sample"] = attention.bool(), without_first_position(attention)
             model(input_ids=ids.to(device), attention_mask=attention.to(device))
     finally:
         for handle in handles:
@@ -178,9 +250,8 @@ def activation_statistics(
     layers = []
     for path, acc in accumulators.items():
         module = model.get_submodule(path)
-        learned = (
-            float(epsilon_tensor(module.epsilon).float()) if isinstance(module, (CRReLU, CorrectedActivation)) else None
-        )
+        corrected = isinstance(module, (CRReLU, CorrectedActivation, MatchedActivation))
+        learned = float(epsilon_tensor(module.epsilon).float()) if corrected else None
         reference = references[path]
         layers.append(
             {
@@ -190,7 +261,10 @@ def activation_statistics(
                 "original_type": type(reference).__name__ if reference is not None else None,
                 "epsilon": learned,
                 "parameters": {n: parameter_value(p) for n, p in module.named_parameters(recurse=False)},
+                # fixed values the activation holds (matched_<base>: its measured mu and sigma)
+                "buffers": {n: float(b.float()) for n, b in module.named_buffers(recurse=False) if b.numel() == 1},
                 **acc.summary(),
+                **acc.against_theory(module),
             }
         )
     return layers

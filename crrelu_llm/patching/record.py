@@ -90,6 +90,12 @@ class PatchReport:
         if self.calibrated_epsilons:
             lines.append("Calibrated eps (least squares against the replaced activation):")
             lines += [f"  {path}: {value:.6g}" for path, value in self.calibrated_epsilons.items()]
+        if self.calibrated:
+            lines.append("Set per layer from the original's inputs (calibration text):")
+            lines += [
+                f"  {path}: " + ", ".join(f"{name}={value:.6g}" for name, value in values.items())
+                for path, values in self.calibrated.items()
+            ]
         if self.skipped:
             lines.append(f"Left alone ({len(self.skipped)}):")
             lines += [f"  {s.path}: {s.module_type} ({s.reason})" for s in self.skipped]

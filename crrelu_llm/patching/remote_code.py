@@ -92,6 +92,8 @@ def _rebuild(root, record):
         elif entry["activation"].startswith("corrected_"):
             new = CorrectedActivation(entry["activation"][len("corrected_"):],
                                       entry.get("epsilon_init", {default_epsilon}))
+        elif entry["activation"].startswith("matched_"):
+            new = MatchedActivation(entry["activation"][len("matched_"):], **entry.get("activation_kwargs", {{}}))
         elif entry["activation"] in _CLASSES:
             new = _CLASSES[entry["activation"]](**entry.get("activation_kwargs", {{}}))
         else:
@@ -116,7 +118,7 @@ class {name}({base}):
                 with torch.no_grad():
                     module.epsilon.fill_(module.epsilon_init)
             return
-        if type(module) in _CLASSES.values() or type(module).__name__ == "CorrectedActivation":
+        if type(module) in _CLASSES.values() or type(module).__name__ in ("CorrectedActivation", "MatchedActivation"):
             if hasattr(module, "reset_parameters") and not any(p.is_meta for p in module.parameters()):
                 module.reset_parameters()
             return

@@ -206,11 +206,25 @@ def markdown(rows: list[dict], contrasts: list[dict] = ()) -> list[str]:
     return [*lines, ""]
 
 
+def _cells(layers: list[dict], value: str, share: str | None = None, form: str = "+.4f") -> str:
+    """One cell of per-layer values (with their share in brackets), '–' where none was measured;
+    † after an exact entropy change where the arm folds some of the inputs (not exact there)."""
+    cells = [
+        f"{layer[value]:{form}}"
+        + (f" [{layer[share]:.2f}]" if share and layer.get(share) is not None else "")
+        + ("†" if value == "entropy_change" and (layer.get("entropy_change_folded") or 0) > 0 else "")
+        for layer in layers
+        if layer.get(value) is not None
+    ]
+    return ", ".join(cells) or "–"
+
+
 def mechanism(rows: list[dict], outcomes: dict[str, str] | None = None) -> list[str]:
     """report.md's "Mechanism" section: per arm and stage, the output entropy each layer's
-    correction adds to its base (exact, nats; probe's ``entropy_change``) and the sign of its
-    learned parameter; then whether training moved it toward lower or higher entropy, beside each
-    arm's outcome (``outcomes``: arm -> a short text of its estimates)."""
+    correction adds to its base (exact, nats, above the base's turning point; binned below it),
+    the cosine of its shape with EAFO's entropy-lowering direction, and the sign of its learned
+    parameter; then whether training moved it toward lower or higher entropy, beside each arm's
+    outcome (``outcomes``: arm -> a short text of its estimates). See :mod:`crrelu_llm.ops.entropy`."""
     probed = [
         r
         for r in rows
@@ -221,41 +235,58 @@ def mechanism(rows: list[dict], outcomes: dict[str, str] | None = None) -> list[
     lines = [
         "## Mechanism: the output entropy each correction adds to its base",
         "",
-        "Per layer, on the layer's own inputs where the base is one-to-one (share in brackets), in nats: "
-        "negative is the paper's claim (a correction that lowers output entropy). eps: the learned parameter.",
+        "Per layer, on the layer's own inputs, in nats: exactly where the base is one-to-one (above its turning "
+        "point; share of inputs in brackets), binned at one common width below it. Negative is the paper's claim "
+        "(a correction that lowers output entropy). cosine: the correction's shape against EAFO's entropy-lowering "
+        "direction for the layer's inputs (Gaussian fit); eps x cosine > 0 points toward lower entropy, to first "
+        "order. eps: the learned parameter. †: the arm's derivative turns on some of those inputs (a large "
+        "correction folds the map), so the exact figure does not hold there (probe: entropy_change_folded).",
         "",
-        "| arm | stage | entropy change per layer [share] | mean | eps per layer |",
-        "|---|---|---|---|---|",
+        "| arm | stage | entropy change per layer [share] | mean | binned, below the turning point [share] "
+        "| cosine per layer | eps per layer |",
+        "|---|---|---|---|---|---|---|",
     ]
-    means = {}
+    means, lowering = {}, {}
     for r in probed:
         layers = [layer for layer in r["probe"]["layers"] if layer.get("entropy_change") is not None]
         values = [layer["entropy_change"] for layer in layers]
-        means[(r["arm"], r["stage"])] = sum(values) / len(values)
-        cells = ", ".join(f"{layer['entropy_change']:+.4f} [{layer['entropy_change_share']:.2f}]" for layer in layers)
-        eps = ", ".join(f"{layer['epsilon']:+.3f}" for layer in layers if layer.get("epsilon") is not None)
-        lines.append(f"| {r['arm']} | {r['stage']} | {cells} | {means[(r['arm'], r['stage'])]:+.4f} | {eps or '–'} |")
+        key = (r["arm"], r["stage"])
+        means[key] = sum(values) / len(values)
+        signed = [
+            layer["epsilon"] * layer["correction_cosine"]
+            for layer in layers
+            if layer.get("epsilon") is not None and layer.get("correction_cosine") is not None
+        ]
+        lowering[key] = (sum(v > 0 for v in signed), len(signed))
+        lines.append(
+            f"| {r['arm']} | {r['stage']} | {_cells(layers, 'entropy_change', 'entropy_change_share')} "
+            f"| {means[key]:+.4f} | {_cells(layers, 'entropy_change_binned', 'entropy_change_binned_share')} "
+            f"| {_cells(layers, 'correction_cosine', form='+.2f')} | {_cells(layers, 'epsilon', form='+.3f')} |"
+        )
     lines.append("")
     for arm in dict.fromkeys(a for a, _ in means):
         stages = [(s, m) for (a, s), m in means.items() if a == arm]
         (first, start), (last, end) = stages[0], stages[-1]
         moved = "lower" if end < start else "higher" if end > start else "no"
+        toward, of = lowering[(arm, last)]
+        direction = f"; at {last}, eps x cosine points toward lower entropy in {toward} of {of} layers" if of else ""
         outcome = f"; outcome: {outcomes[arm]}" if outcomes and arm in outcomes else ""
         lines.append(
             f"- {arm}: from {first} to {last} training moved the correction toward {moved} entropy "
-            f"({start:+.4f} -> {end:+.4f} nats, mean over layers){outcome}"
+            f"({start:+.4f} -> {end:+.4f} nats, mean over layers){direction}{outcome}"
         )
     return [*lines, ""]
 
 
 def help_or_harm(stage_rows: list[dict]) -> list[dict]:
     """Per arm and stage (the report's rows, :func:`crrelu_llm.reporting.report_stages.collect`): KL
-    to the original, benchmark results, mean learned and least-squares eps."""
+    to the original, benchmark results, mean learned and least-squares eps, mean entropy change."""
     rows = []
     for r in stage_rows:
         layers = r.get("probe", {}).get("layers", [])
         learned = [layer["epsilon"] for layer in layers if layer["epsilon"] is not None]
         fitted = [layer["least_squares_epsilon"] for layer in layers if layer["least_squares_epsilon"] is not None]
+        changes = [layer["entropy_change"] for layer in layers if layer.get("entropy_change") is not None]
         rows.append(
             {
                 "arm": r["arm"],
@@ -267,6 +298,31 @@ def help_or_harm(stage_rows: list[dict]) -> list[dict]:
                 },
                 "epsilon_learned_mean": sum(learned) / len(learned) if learned else None,
                 "epsilon_least_squares_mean": sum(fitted) / len(fitted) if fitted else None,
+                # the mechanism: exact output-entropy change against the base, mean over layers (nats)
+                "entropy_change_mean": sum(changes) / len(changes) if changes else None,
             }
         )
     return rows
+
+
+def mechanism_reading(stage_rows: list[dict], tests: list[dict], baseline: str) -> str | None:
+    """The reading's line on the paper's mechanism beside the outcome: per corrected arm, which way
+    training moved its output entropy against its base (first to last stage, mean over layers), and
+    its reward accuracy against ``baseline`` after preference tuning (``tests``: the multiplicity
+    family, Holm). None without such a measurement."""
+    measured: dict[str, list[tuple[str, float]]] = {}
+    for r in stage_rows:
+        if r.get("entropy_change_mean") is not None:
+            measured.setdefault(r["arm"], []).append((r["stage"], r["entropy_change_mean"]))
+    if not measured:
+        return None
+    parts = []
+    for arm, stages in measured.items():
+        start, end = stages[0][1], stages[-1][1]
+        moved = "lower" if end < start else "higher" if end > start else "unchanged"
+        text = f"{arm} {moved} ({start:+.4f} -> {end:+.4f})"
+        accuracy = next((t for t in tests if t["kind"] == "reward accuracy" and t["arm"] == arm), None)
+        if accuracy:
+            text += f", reward acc. {100 * accuracy['value']:+.1f}" + ("*" if accuracy["detected_holm"] else "")
+        parts.append(text)
+    return f"mechanism (output entropy vs own base, nats; outcome vs {baseline}, points, * Holm): " + "; ".join(parts)

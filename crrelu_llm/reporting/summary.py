@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from crrelu_llm.reporting import estimates
-from crrelu_llm.reporting.report_stages import contrast_name
+from crrelu_llm.reporting.report_stages import contrast_name, mechanism_reading
 from crrelu_llm.stats import holm, verdict
 
 
@@ -229,7 +229,8 @@ def _group_line(what: str, group: dict, scale: float = 1.0) -> str:
 
 def opening(summary: dict, baseline: str) -> list[str]:
     """The reading in three lines a person reads first (each under about 120 characters): the
-    positive control, the activation comparison, help or harm; every verdict after Holm's
+    positive control, the activation comparison, help or harm (and, where probes measured it, the
+    mechanism beside the outcome); every verdict after Holm's
     adjustment over the family (:func:`multiplicity`, whose tests say what each one is). The
     details are in report.md."""
     tests = (summary.get("multiplicity") or {}).get("tests", [])
@@ -276,7 +277,8 @@ def opening(summary: dict, baseline: str) -> list[str]:
             if cells:
                 parts.append(f"{shown} {', '.join(cells)}")
         lines.append(f"help or harm ({task} vs {baseline}, points; * Holm): " + "; ".join(parts))
-    return lines
+    mechanism = mechanism_reading(summary.get("help_or_harm") or [], tests, baseline)
+    return [*lines, mechanism] if mechanism else lines
 
 
 def test_name(group: dict) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from crrelu_llm.errors import RecipeError
 from crrelu_llm.ops.distributed import hold_scalars_as_vectors
 from crrelu_llm.patching.calibration import calibration_pairs
-from crrelu_llm.patching.discovery import find_activations
+from crrelu_llm.patching.discovery import base_model, find_activations, needs_measurement
 from crrelu_llm.patching.loading import is_adapter_run, load_adapter_run, load_causal_lm, load_tokenizer
 from crrelu_llm.patching.patch import (
     activation_logs,
@@ -36,7 +36,7 @@ from crrelu_llm.patching.patch import (
     patch_sites,
     peft_modules_to_save,
 )
-from crrelu_llm.patching.record import patch_record
+from crrelu_llm.patching.record import PATCH_CONFIG_KEY, patch_record, restore_patch
 from crrelu_llm.runtime import deepspeed_zero3_enabled
 from crrelu_llm.training.config import CALIBRATE
 from crrelu_llm.training.objectives import reference_free_info
@@ -49,9 +49,18 @@ def activation_summary(model) -> dict[str, int]:
     return dict(Counter(s.module_type for s in find_activations(model) if s.feed_forward))
 
 
+def calibrates(patch_args) -> bool:
+    """Whether the recipe's patch reads text: ``epsilon_init: calibrate``, or a ``matched_<base>``
+    activation, whose mu and sigma are measured."""
+    return patch_args.epsilon_init == CALIBRATE or needs_measurement(
+        patch_args.activation, patch_args.activation_kwargs
+    )
+
+
 def apply_recipe_patch(model, patch_args, source: str, tokenizer=None, calibration_pairs=None) -> dict | None:
     """Patch ``model`` as the recipe says; the patch report (None for the unpatched baseline).
-    ``epsilon_init: calibrate`` calibrates eps on ``calibration_pairs`` (text) first."""
+    ``epsilon_init: calibrate`` calibrates eps on ``calibration_pairs`` (text) first; a
+    ``matched_<base>`` activation measures its mu and sigma on them."""
     if patch_args.activation is None:
         return None
     if already_patched(model, patch_args.activation, patch_args.patch_layers):
@@ -67,18 +76,18 @@ def apply_recipe_patch(model, patch_args, source: str, tokenizer=None, calibrati
             kept,
         )
         return report
-    if patch_args.epsilon_init == CALIBRATE:
+    if calibrates(patch_args):
         from crrelu_llm.patching.calibration import calibrate
 
         return calibrate(
             model,
             tokenizer,
             calibration_pairs,
-            lambda: patch_model(
+            lambda kwargs=patch_args.activation_kwargs: patch_model(
                 model,
                 activation=patch_args.activation,
                 layers=patch_args.patch_layers,
-                activation_kwargs=patch_args.activation_kwargs,
+                activation_kwargs=kwargs,
             ),
             patch_args.activation,
         ).to_dict()
@@ -196,9 +205,7 @@ def patch_policy(model, patch_args, model_args, tokenizer, train_data) -> dict |
     A LoRA run's adapter trained further keeps its base's patch and the adapter's parameters."""
     if patch_args.continue_adapter:
         return kept_patch_report(model, patch_args.activation, continued_adapter=model_args.model_name_or_path)
-    pairs = (
-        calibration_pairs(train_data, patch_args.calibration_samples) if patch_args.epsilon_init == CALIBRATE else None
-    )
+    pairs = calibration_pairs(train_data, patch_args.calibration_samples) if calibrates(patch_args) else None
     return apply_recipe_patch(model, patch_args, model_args.model_name_or_path, tokenizer, pairs)
 
 
@@ -272,7 +279,10 @@ def policy_copy(model, patch_args, model_args, training_args):
     if not deepspeed_zero3_enabled():
         return copy.deepcopy(model)
     fresh = load_model(model_args, training_args, seeded=True)
-    apply_recipe_patch(fresh, patch_args, model_args.model_name_or_path)
+    record = patch_record(model)
+    if record:  # the policy's patch as recorded: calibrated eps and measured mu, sigma included
+        restore_patch(base_model(fresh), record)
+        setattr(base_model(fresh).config, PATCH_CONFIG_KEY, copy.deepcopy(record))
     return fresh
 
 
