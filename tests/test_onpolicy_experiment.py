@@ -5,6 +5,7 @@ import json
 import pytest
 import yaml
 
+from crrelu_llm.errors import ExperimentError
 from crrelu_llm.experiments.experiment import load_experiment
 from crrelu_llm.experiments.stages import declare
 
@@ -62,6 +63,23 @@ def test_on_policy_rounds_are_declared_as_a_chain(tmp_path):
 
     text = format_plan(plan(exp))
     assert "24 prompts x 3 samples x 4 new tokens" in text
+
+
+def test_on_policy_pairs_take_a_served_model_per_stage_from_the_recipe_key(tmp_path):
+    """`on_policy: {generate_with: "openai:{model}@URL"}`: each pairs stage samples from the server under
+    its own model's directory name (the sampling itself: tests/test_prompt_sets.py); a bad spec is refused."""
+    url = "http://127.0.0.1:8000/v1"
+    exp = load_experiment(
+        _recipe(tmp_path, "rule:arithmetic", generate_with=f"openai:{{model}}@{url}"), str(tmp_path / "o")
+    )
+    by_name = {s.name: s for s in declare(exp).stages}
+    first, second = by_name["crrelu/pairs"], by_name["crrelu/pairs beta=0.5 seed=0 round 2"]
+    assert first.keys["served"] == f"openai:{first.keys['model']}@{url}"
+    assert second.keys["served"] == f"openai:{by_name['crrelu/dpo beta=0.5 seed=0 round 1'].model}@{url}"
+    plain = load_experiment(_recipe(tmp_path, "rule:arithmetic"), str(tmp_path / "p"))
+    assert "served" not in {s.name: s for s in declare(plain).stages}["crrelu/pairs"].keys  # unset: keys as before
+    with pytest.raises(ExperimentError, match="on_policy: --generate-with 'vllm': write openai:<model>@<base url>"):
+        load_experiment(_recipe(tmp_path, "rule:arithmetic", generate_with="vllm"), str(tmp_path / "b"))
 
 
 @pytest.mark.parametrize(

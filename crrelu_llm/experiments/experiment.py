@@ -279,7 +279,7 @@ def check_on_policy(path, spec) -> None:
     from crrelu_llm.evaluation.judges import judge_name
     from crrelu_llm.evaluation.onpolicy import PairSettings
 
-    known = {f.name for f in dataclasses.fields(PairSettings)} | {"judge", "rounds"}
+    known = {f.name for f in dataclasses.fields(PairSettings)} | {"judge", "rounds", "generate_with"}
     if not isinstance(spec, dict) or "judge" not in spec:
         raise ExperimentError(
             f"{path}: 'on_policy' must be a mapping with a 'judge' (e.g. {{judge: rule:arithmetic, num_samples: 4}}}})"
@@ -294,7 +294,11 @@ def check_on_policy(path, spec) -> None:
         raise ExperimentError(f"{path}: on_policy.rounds must be a whole number of at least 1, got {rounds!r}")
     try:
         judge_name(spec["judge"])
-        PairSettings(**{k: v for k, v in spec.items() if k not in ("judge", "rounds")}).check()
+        PairSettings(**{k: v for k, v in spec.items() if k not in ("judge", "rounds", "generate_with")}).check()
+        if spec.get("generate_with") is not None:
+            from crrelu_llm.evaluation.served import parse_served
+
+            parse_served(spec["generate_with"])
     except (UsageError, TypeError) as err:
         raise ExperimentError(f"{path}: on_policy: {err}") from None
 

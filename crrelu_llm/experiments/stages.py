@@ -359,10 +359,10 @@ class _Builder:
         from crrelu_llm.evaluation.onpolicy import PairSettings, record_file, run_pairs
 
         spec = {k: v for k, v in self.exp.on_policy.items() if k != "rounds"}
-        judge = spec.pop("judge")
+        judge, served = spec.pop("judge"), served_spec(spec.pop("generate_with", None), model)
         settings, out, data = PairSettings(**spec), self.layout.pairs(arm, beta, seed, round_), self.data
         where = "" if round_ == 1 else f" beta={beta:g} seed={seed} round {round_}"
-        keys = {"judge": judge, "model": model, **dataclasses.asdict(settings)}
+        keys = {"judge": judge, "model": model, **dataclasses.asdict(settings)} | ({"served": served} if served else {})
         return self.add(
             name=f"{arm}/pairs{where}",
             kind="pairs",
@@ -373,7 +373,7 @@ class _Builder:
             arm=arm,
             model=str(out),
             step=f"pairs{where}",
-            action=lambda: run_pairs(model, data, judge, out, settings),
+            action=lambda: run_pairs(model, data, judge, out, settings, generate_with=served),
         )
 
     def pairwise(self, run: StageSpec, start: tuple[str, str], baseline_run: StageSpec | None) -> None:
