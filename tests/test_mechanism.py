@@ -83,3 +83,26 @@ def test_the_report_has_a_mechanism_section_for_the_corrected_arms(demo_run):
     assert layer["entropy_change"] > 0 and layer["epsilon"] == pytest.approx(0.01)  # eps > 0 raises it
     assert f"{layer['entropy_change']:+.4f} [{layer['entropy_change_share']:.2f}]" in section
     assert "- crrelu: from step 0 to DPO beta=0.5 seed=0 training moved the correction toward" in section
+    reading = md[md.index("## Reading") : md.index("## Mechanism")].split("\n\n")[1]
+    assert "mechanism (entropy vs own base, nats; reward acc. vs gelu, points): crrelu " in reading
+
+
+def test_the_reading_sets_each_arm_s_entropy_change_beside_its_outcome():
+    from crrelu_llm.reporting.report_stages import mechanism_reading
+
+    rows = [
+        {"arm": "gelu", "stage": "step 0", "entropy_change_mean": None},
+        {"arm": "crrelu", "stage": "step 0", "entropy_change_mean": 0.02},
+        {"arm": "crrelu", "stage": "DPO beta=0.5 seed=0", "entropy_change_mean": -0.01},
+        {"arm": "matched", "stage": "step 0", "entropy_change_mean": 0.0},
+        {"arm": "matched", "stage": "DPO beta=0.5 seed=0", "entropy_change_mean": 0.25},
+    ]
+    tests = [
+        {"kind": "reward accuracy", "arm": "crrelu", "value": 0.012, "detected_holm": False},
+        {"kind": "reward accuracy", "arm": "matched", "value": -0.05, "detected_holm": True},
+    ]
+    assert mechanism_reading(rows, tests, "gelu") == (
+        "mechanism (entropy vs own base, nats; reward acc. vs gelu, points): "
+        "crrelu lower -0.030, acc. +1.2; matched higher +0.250, acc. -5.0*"
+    )
+    assert mechanism_reading(rows[:1], tests, "gelu") is None

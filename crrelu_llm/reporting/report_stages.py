@@ -320,9 +320,9 @@ def mechanism_reading(stage_rows: list[dict], tests: list[dict], baseline: str) 
     for arm, stages in measured.items():
         start, end = stages[0][1], stages[-1][1]
         moved = "lower" if end < start else "higher" if end > start else "unchanged"
-        text = f"{arm} {moved} ({start:+.4f} -> {end:+.4f})"
+        text = f"{arm} {moved} {end - start:+.3f}"
         accuracy = next((t for t in tests if t["kind"] == "reward accuracy" and t["arm"] == arm), None)
         if accuracy:
-            text += f", reward acc. {100 * accuracy['value']:+.1f}" + ("*" if accuracy["detected_holm"] else "")
+            text += f", acc. {100 * accuracy['value']:+.1f}" + ("*" if accuracy["detected_holm"] else "")
         parts.append(text)
-    return f"mechanism (output entropy vs own base, nats; outcome vs {baseline}, points, * Holm): " + "; ".join(parts)
+    return f"mechanism (entropy vs own base, nats; reward acc. vs {baseline}, points): " + "; ".join(parts)
