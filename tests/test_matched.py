@@ -126,7 +126,8 @@ def test_its_eps_trains_from_0_with_lora_and_the_adapter_run_loads_with_the_meas
 def test_the_export_carries_it_and_deepspeed_gets_a_1_element_eps(setup, monkeypatch):
     tmp, original, data, _ = setup
     model = tiny_causal_lm("gpt2")
-    patch_model(model, "matched_gelu_new", activation_kwargs={"mu": -0.5, "sigma": 0.25})
+    folded = [[0.3, 0.1, 0.5]]  # an earlier correction, folded by a refit
+    patch_model(model, "matched_gelu_new", activation_kwargs={"mu": -0.5, "sigma": 0.25, "folded": folded})
     with torch.no_grad():
         model.transformer.h[1].mlp.act.epsilon.fill_(0.25)
     model.save_pretrained(tmp / "ckpt")
@@ -137,20 +138,23 @@ def test_the_export_carries_it_and_deepspeed_gets_a_1_element_eps(setup, monkeyp
         "import sys, torch; sys.modules['crrelu_llm'] = None\n"
         "from transformers import AutoModelForCausalLM\n"
         f"m = AutoModelForCausalLM.from_pretrained({str(tmp / 'shared')!r}, trust_remote_code=True)\n"
-        "a = m.transformer.h[1].mlp.act\nprint(type(a).__name__, float(a.mu), float(a.sigma), float(a.epsilon))\n"
+        "a = m.transformer.h[1].mlp.act\n"
+        "print(type(a).__name__, float(a.mu), float(a.sigma), float(a.epsilon), a.folded.tolist())\n"
         f"print(m(torch.tensor({ids})).logits.sum().item())\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
-    assert lines[-2].split() == ["MatchedActivation", "-0.5", "0.25", "0.25"]
+    assert lines[-2].split()[:4] == ["MatchedActivation", "-0.5", "0.25", "0.25"]
+    (row,) = json.loads(lines[-2].split(" ", 4)[4])
+    assert row == pytest.approx(folded[0], rel=1e-6)
     assert float(lines[-1]) == pytest.approx(model(torch.tensor(ids)).logits.sum().item(), rel=1e-5)
     from crrelu_llm.ops import candidates
 
     monkeypatch.setattr(candidates, "deepspeed_zero3_enabled", lambda: True)
     built = MatchedActivation("gelu_new", mu=-1.0, sigma=0.5)
     assert built.epsilon.shape == (1,) and built.state_dict()["epsilon"].shape == ()
-    assert set(built.state_dict()) == {"epsilon", "mu", "sigma"}
+    assert set(built.state_dict()) == {"epsilon", "mu", "sigma", "folded"}
 
 
 def test_the_probe_reports_its_mechanism_and_the_cosine_s_sign_agrees_with_the_exact_change_away_from_s_star():
@@ -236,3 +240,51 @@ def test_the_reservoir_sample_is_uniform_and_does_not_depend_on_batching():
     from scipy import stats
 
     assert stats.kstest(kept.numpy() / 100_000, "uniform").pvalue > 0.01
+
+
+def test_refit_between_stages_folds_the_correction_keeps_the_function_and_measures_again(setup, capsys):
+    """The paper's dynamic variant: a run that starts from a trained matched checkpoint with `refit: true`
+    starts from the same function, its eps at 0, the learned terms folded, mu and sigma measured anew."""
+    from crrelu_llm.data.preference import DataArguments, load_preference_splits
+    from crrelu_llm.experiments.stage_actions import write_step0
+
+    tmp, original, data, _ = setup
+    trained = tmp / "trained"
+    assert cli_main(["patch", str(original), "--activation", "matched_gelu_new", "--out", str(trained),
+                     "--calibration-data", str(data), "--calibration-samples", "30"]) == 0  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(trained)
+    learned = {"transformer.h.0.mlp.act": -0.3, "transformer.h.1.mlp.act": 0.2}  # as if training had moved them
+    with torch.no_grad():
+        for path, eps in learned.items():
+            model.get_submodule(path).epsilon.fill_(eps)
+    model.save_pretrained(trained)
+    before = {p: (float(model.get_submodule(p).mu), float(model.get_submodule(p).sigma)) for p in learned}
+    keys = {"model_name_or_path": str(trained), "dataset_name": str(data), "activation": "matched_gelu_new"}
+    report = write_step0("dpo", {**keys, "refit": True, "calibration_samples": 30}, tmp / "refit")
+    assert set(report["refit"]) == set(learned)
+    refitted = AutoModelForCausalLM.from_pretrained(tmp / "refit")
+    ids = torch.randint(0, 100, (3, 12), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(refitted(ids).logits, model(ids).logits)  # the same function, bit for bit
+    train, _, _ = load_preference_splits(DataArguments(dataset_name=str(data)))
+    expected = _independent_fit(model, tiny_tokenizer(), list(train))  # the trained model's inputs now
+    for path, eps in learned.items():
+        act = refitted.get_submodule(path)
+        assert float(act.epsilon.detach()) == 0.0
+        (row,) = act.folded.tolist()
+        assert row == pytest.approx([eps, *before[path]])
+        assert (float(act.mu), float(act.sigma)) == pytest.approx(expected[path], rel=1e-4)
+        assert refitted.config.crrelu_llm_patch["modules"][path]["activation_kwargs"]["folded"] == act.folded.tolist()
+    # the probe measures the whole correction (folded and current) against the base
+    from crrelu_llm.ops.entropy import entropy_change as change
+
+    x = torch.randn(20_000, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert change(refitted.transformer.h[0].mlp.act, x)[0] == pytest.approx(
+        change(model.transformer.h[0].mlp.act, x)[0]
+    )
+    # refused where it cannot hold: another activation; a LoRA run (the adapter does not rebuild buffers)
+    argv = ["dpo", "--model_name_or_path", str(trained), "--dataset_name", str(data), "--refit", "true"]
+    assert cli_main([*argv, "--activation", "crrelu", "--output_dir", str(tmp / "x")]) == 2
+    assert "refit: true folds and re-measures a matched_<base> correction" in capsys.readouterr().err
+    argv += ["--activation", "matched_gelu_new", "--use_peft", "true", "--output_dir", str(tmp / "y")]
+    assert cli_main(argv) == 2 and "which a LoRA adapter run does not rebuild" in capsys.readouterr().err
+    assert not (tmp / "x").exists() and not (tmp / "y").exists()

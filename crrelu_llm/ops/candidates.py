@@ -164,13 +164,16 @@ class MatchedActivation(nn.Module):
         0.6065
     """
 
-    def __init__(self, base: str = "gelu", mu: float = 0.0, sigma: float = 1.0):
+    def __init__(self, base: str = "gelu", mu: float = 0.0, sigma: float = 1.0, folded=None):
         super().__init__()
         from transformers.activations import ACT2FN
 
         mu, sigma = float(mu), float(sigma)
         if not (mu == mu and abs(mu) != float("inf") and sigma > 0 and sigma != float("inf")):
             raise PatchError(f"matched_{base}: mu must be finite and sigma positive, got mu={mu}, sigma={sigma}")
+        folded = [[float(v) for v in row] for row in (folded or [])]
+        if any(len(row) != 3 or not row[2] > 0 for row in folded):
+            raise PatchError(f"matched_{base}: folded must be [eps, mu, sigma] rows with sigma > 0, got {folded}")
         self.base_name = base
         self.base = ACT2FN[base]
         self.epsilon_init = 0.0
@@ -178,14 +181,22 @@ class MatchedActivation(nn.Module):
         keep_scalars_in_state_dict(self, ["epsilon"])
         self.register_buffer("mu", torch.tensor(mu))
         self.register_buffer("sigma", torch.tensor(sigma))
+        # earlier corrections, frozen by refit() (the paper's "dynamic" variant): [eps, mu, sigma] rows
+        self.register_buffer("folded", torch.tensor(folded, dtype=torch.float32).reshape(-1, 3))
 
     def correction(self, x: torch.Tensor) -> torch.Tensor:
         """The term eps multiplies: ``z exp(-z^2 / 2)``, ``z = (x - mu) / sigma``."""
-        z = (x - self.mu.to(x.dtype)) / self.sigma.to(x.dtype)
-        return z * torch.exp(-z * z / 2)
+        return _bump(x, self.mu, self.sigma)
+
+    def refitted_base(self, x: torch.Tensor) -> torch.Tensor:
+        """The base with every folded correction added: the activation as it was at the last refit."""
+        y = self.base(x)
+        for eps, mu, sigma in self.folded:
+            y = y + eps.to(x.dtype) * _bump(x, mu, sigma)
+        return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.epsilon.to(x.dtype) * self.correction(x)
+        return self.refitted_base(x) + self.epsilon.to(x.dtype) * self.correction(x)
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
@@ -205,8 +216,27 @@ class MatchedActivation(nn.Module):
         self.sigma.fill_(sigma)
         return {"mu": mu, "sigma": sigma}
 
+    @torch.no_grad()
+    def refit(self, x: torch.Tensor) -> dict:
+        """The paper's "dynamic" step: fold the learned correction into the base (a frozen
+        ``[eps, mu, sigma]`` row), measure mu and sigma again on ``x`` (this layer's inputs now) and
+        reset eps to 0. The function is unchanged; returns the new ``mu``, ``sigma`` and ``folded``."""
+        eps = self.epsilon.detach().reshape(())
+        if float(eps) != 0.0:
+            row = torch.stack([eps, self.mu.detach(), self.sigma.detach()]).to(self.folded)[None]
+            self.folded = torch.cat([self.folded, row])
+        self.epsilon.zero_()
+        return {**self.measure(x), "folded": self.folded.tolist()}
+
     def extra_repr(self) -> str:
         shown = f", eps={self.epsilon.item():.6g}" if self.epsilon.numel() == 1 and not self.epsilon.is_meta else ""
         if self.mu.is_meta:
             return f"base={self.base_name}{shown}"
-        return f"base={self.base_name}, mu={self.mu.item():.4g}, sigma={self.sigma.item():.4g}{shown}"
+        folded = f", folded={len(self.folded)}" if len(self.folded) else ""
+        return f"base={self.base_name}, mu={self.mu.item():.4g}, sigma={self.sigma.item():.4g}{folded}{shown}"
+
+
+def _bump(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``z exp(-z^2 / 2)``, ``z = (x - mu) / sigma``, in ``x``'s dtype."""
+    z = (x - mu.to(x.dtype)) / sigma.to(x.dtype)
+    return z * torch.exp(-z * z / 2)

@@ -120,11 +120,32 @@ def set_measured(model: nn.Module, measured: dict) -> dict[str, dict[str, float]
             with torch.no_grad():
                 module.mu.fill_(value["mu"])
                 module.sigma.fill_(value["sigma"])
+                if value.get("folded"):
+                    module.folded = torch.tensor(value["folded"]).to(module.folded).reshape(-1, 3)
             fits[path] = {"mu": float(value["mu"]), "sigma": float(value["sigma"])}
+            fits[path].update({"folded": value["folded"]} if value.get("folded") else {})
         else:
             fits[path] = module.measure(value)
         record["modules"][path]["activation_kwargs"] = dict(fits[path])
     setattr(base_model(model).config, PATCH_CONFIG_KEY, record)
+    return fits
+
+
+def refit(model: nn.Module, tokenizer, pairs) -> dict[str, dict]:
+    """The paper's "dynamic" variant, between stages: each ``matched_<base>`` module of an already
+    patched ``model`` folds its learned correction into its base, has its mu and sigma measured
+    again on its inputs now (over ``pairs``, as :func:`calibrate` measures) and its eps reset to 0
+    (:meth:`~crrelu_llm.ops.candidates.MatchedActivation.refit`). The model computes the same
+    function before and after; the patch record follows. Returns path -> the new mu, sigma, folded."""
+    samples = _preactivation_samples(model, tokenizer, pairs)
+    record, fits = patch_record(model), {}
+    for path, (x, _) in samples.items():
+        module = model.get_submodule(path)
+        if isinstance(module, MatchedActivation):
+            fits[path] = module.refit(x)
+            record["modules"][path]["activation_kwargs"] = dict(fits[path])
+    setattr(base_model(model).config, PATCH_CONFIG_KEY, record)
+    logger.info("refit: %s", fits)
     return fits
 
 

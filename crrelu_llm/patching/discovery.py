@@ -283,7 +283,7 @@ LAYER_INDEX = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 def is_activation_module(module: nn.Module) -> bool:
     """True for a module that is an element-wise activation, judged by its type."""
     if is_patched_activation(module) or isinstance(
-        module, (SwishBeta, CorrectedActivation, *_TRANSFORMERS_ACTIVATIONS, *_TORCH_ACTIVATIONS)
+        module, (SwishBeta, CorrectedActivation, MatchedActivation, *_TRANSFORMERS_ACTIVATIONS, *_TORCH_ACTIVATIONS)
     ):
         return True
     if next(module.children(), None) is not None or next(module.parameters(recurse=False), None) is not None:

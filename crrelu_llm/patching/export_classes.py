@@ -106,9 +106,10 @@ CORRECTED_SOURCE = '''class CorrectedActivation(nn.Module):
 
 # matched_<base>: the correction at the layer's measured inputs (mu, sigma from the record and buffers)
 MATCHED_SOURCE = '''class MatchedActivation(nn.Module):
-    """base(x) + eps * z * exp(-z**2 / 2), z = (x - mu) / sigma: the correction at the layer's inputs."""
+    """base(x) + eps * z * exp(-z**2 / 2), z = (x - mu) / sigma: the correction at the layer's inputs
+    (with earlier corrections, folded by refits, as [eps, mu, sigma] rows)."""
 
-    def __init__(self, base="gelu", mu=0.0, sigma=1.0):
+    def __init__(self, base="gelu", mu=0.0, sigma=1.0, folded=None):
         super().__init__()
         self.base_name = base
         self.base = ACT2FN[base]
@@ -116,10 +117,18 @@ MATCHED_SOURCE = '''class MatchedActivation(nn.Module):
         self.epsilon = nn.Parameter(torch.tensor(0.0))
         self.register_buffer("mu", torch.tensor(float(mu)))
         self.register_buffer("sigma", torch.tensor(float(sigma)))
+        self.register_buffer("folded", torch.tensor(folded or [], dtype=torch.float32).reshape(-1, 3))
+
+    @staticmethod
+    def _bump(x, mu, sigma):
+        z = (x - mu.to(x.dtype)) / sigma.to(x.dtype)
+        return z * torch.exp(-z * z / 2)
 
     def forward(self, x):
-        z = (x - self.mu.to(x.dtype)) / self.sigma.to(x.dtype)
-        return self.base(x) + self.epsilon.to(x.dtype) * z * torch.exp(-z * z / 2)
+        y = self.base(x)
+        for eps, mu, sigma in self.folded:
+            y = y + eps.to(x.dtype) * self._bump(x, mu, sigma)
+        return y + self.epsilon.to(x.dtype) * self._bump(x, self.mu, self.sigma)
 
     def reset_parameters(self):
         with torch.no_grad():

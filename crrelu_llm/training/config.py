@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from crrelu_llm.errors import RecipeError
 from crrelu_llm.ops.activation import CALIBRATE, DEFAULT_EPSILON_INIT, epsilon_init_value
-from crrelu_llm.patching.discovery import activation_kwargs_value
+from crrelu_llm.patching.discovery import activation_kwargs_value, is_matched
 
 ACTIVATION_PARAMETER_MODES = ("train", "freeze", "only")
 
@@ -55,6 +55,15 @@ class PatchArguments:
     )
     calibration_samples: int = field(
         default=64, metadata={"help": "Training rows whose text calibrates eps (epsilon_init: calibrate)."}
+    )
+    refit: bool = field(
+        default=False,
+        metadata={
+            "help": "The paper's dynamic variant, between stages: when the model this run starts from is already "
+            "patched with matched_<base> (a preference run from its SFT run), fold each layer's learned correction "
+            "into its base, measure mu and sigma again on calibration_samples training rows, and reset eps to 0. "
+            "The run starts from the same function."
+        },
     )
     swap_steps: int | None = field(
         default=None,
@@ -122,6 +131,10 @@ class PatchArguments:
                 )
         elif self.activation_kwargs:
             raise RecipeError("activation_kwargs needs an activation to build (activation is null)")
+        if self.refit and not (self.activation and is_matched(self.activation)):
+            raise RecipeError(
+                f"refit: true folds and re-measures a matched_<base> correction; activation is {self.activation}"
+            )
         if self.calibration_samples < 1:
             raise RecipeError(f"calibration_samples must be a positive number of rows, got {self.calibration_samples}")
         if self.swap_steps is not None and (self.swap_steps < 1 or self.activation is None):

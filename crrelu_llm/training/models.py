@@ -50,10 +50,12 @@ def activation_summary(model) -> dict[str, int]:
 
 
 def calibrates(patch_args) -> bool:
-    """Whether the recipe's patch reads text: ``epsilon_init: calibrate``, or a ``matched_<base>``
-    activation, whose mu and sigma are measured."""
-    return patch_args.epsilon_init == CALIBRATE or needs_measurement(
-        patch_args.activation, patch_args.activation_kwargs
+    """Whether the recipe's patch reads text: ``epsilon_init: calibrate``, a ``matched_<base>``
+    activation, whose mu and sigma are measured, or its ``refit`` between stages."""
+    return (
+        patch_args.epsilon_init == CALIBRATE
+        or patch_args.refit
+        or needs_measurement(patch_args.activation, patch_args.activation_kwargs)
     )
 
 
@@ -67,7 +69,13 @@ def apply_recipe_patch(model, patch_args, source: str, tokenizer=None, calibrati
         # e.g. DPO starting from an SFT checkpoint of this project: re-patching would reset the
         # epsilons it learned, so keep them and say so.
         kept = "its modules and trained parameters" if activation_parameters(model) else "its modules"
-        report = kept_patch_report(model, patch_args.activation)
+        refitted = None
+        if patch_args.refit:  # the dynamic variant: fold, re-measure, eps back to 0 (the same function)
+            from crrelu_llm.patching.calibration import refit
+
+            refitted = refit(model, tokenizer, calibration_pairs)
+            kept += ", its corrections folded into the base and mu, sigma measured again (refit)"
+        report = kept_patch_report(model, patch_args.activation, **({"refit": refitted} if refitted else {}))
         logger.warning(
             "%s is already patched with %s (%d modules): keeping %s",
             source,
@@ -171,6 +179,11 @@ def load_run_tokenizer(patch_args, model_args, training_args):
 def load_policy(patch_args, model_args, training_args):
     """The model the run trains, as loaded: the checkpoint, or with ``continue_adapter`` a LoRA
     run's own adapter, trainable, on its patched base."""
+    if patch_args.refit and model_args.use_peft:
+        raise RecipeError(
+            "refit: true changes the activations' buffers (mu, sigma, the folded corrections), which a LoRA "
+            "adapter run does not rebuild on its base: refit in a full fine-tuning run, or leave refit out"
+        )
     if not patch_args.continue_adapter:
         return load_model(model_args, training_args, seeded=True)
     if not (is_adapter_run(model_args.model_name_or_path) and model_args.use_peft):
