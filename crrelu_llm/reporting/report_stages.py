@@ -207,12 +207,16 @@ def markdown(rows: list[dict], contrasts: list[dict] = ()) -> list[str]:
 
 
 def _cells(layers: list[dict], value: str, share: str | None = None, form: str = "+.4f") -> str:
-    """One cell of per-layer values (with their share in brackets), '–' where none was measured;
-    † after an exact entropy change where the arm folds some of the inputs (not exact there)."""
+    """One cell of per-layer values (with their share in brackets), '–' where none was measured; an
+    exact entropy change also gives the share of its inputs the arm folds (not exact there)."""
+
+    def folded(layer) -> str:
+        share = layer.get("entropy_change_folded") or 0
+        return f", {100 * share:.1f}% folded" if value == "entropy_change" and share >= 0.0005 else ""
+
     cells = [
         f"{layer[value]:{form}}"
-        + (f" [{layer[share]:.2f}]" if share and layer.get(share) is not None else "")
-        + ("†" if value == "entropy_change" and (layer.get("entropy_change_folded") or 0) > 0 else "")
+        + (f" [{layer[share]:.2f}{folded(layer)}]" if share and layer.get(share) is not None else "")
         for layer in layers
         if layer.get(value) is not None
     ]
@@ -239,8 +243,8 @@ def mechanism(rows: list[dict], outcomes: dict[str, str] | None = None) -> list[
         "point; share of inputs in brackets), binned at one common width below it. Negative is the paper's claim "
         "(a correction that lowers output entropy). cosine: the correction's shape against EAFO's entropy-lowering "
         "direction for the layer's inputs (Gaussian fit); eps x cosine > 0 points toward lower entropy, to first "
-        "order. eps: the learned parameter. †: the arm's derivative turns on some of those inputs (a large "
-        "correction folds the map), so the exact figure does not hold there (probe: entropy_change_folded).",
+        "order. eps: the learned parameter. folded: the share of those inputs where the arm's derivative has turned "
+        "(the correction moved the turning point or folds the map), where the exact figure does not hold.",
         "",
         "| arm | stage | entropy change per layer [share] | mean | binned, below the turning point [share] "
         "| cosine per layer | eps per layer |",
