@@ -123,6 +123,7 @@ def test_its_eps_trains_from_0_with_lora_and_the_adapter_run_loads_with_the_meas
         assert float(act.epsilon) == pytest.approx(final[f"final_epsilon/{path.split('.')[2].zfill(2)}"], abs=1e-6)
 
 
+@pytest.mark.slow  # a subprocess without crrelu-llm: 5 s, kept out of the fast tier
 def test_the_export_carries_it_and_deepspeed_gets_a_1_element_eps(setup, monkeypatch):
     tmp, original, data, _ = setup
     model = tiny_causal_lm("gpt2")

@@ -103,6 +103,8 @@ def test_the_reading_sets_each_arm_s_entropy_change_beside_its_outcome():
     ]
     assert mechanism_reading(rows, tests, "gelu") == (
         "mechanism (entropy vs own base, nats; reward acc. vs gelu, points): "
-        "crrelu lower -0.030, acc. +1.2; matched higher +0.250, acc. -5.0*"
+        "crrelu +0.020 -> -0.010 (lower), acc. +1.2; matched +0.000 -> +0.250 (higher), acc. -5.0*"
     )
+    rows[2] = {**rows[2], "entropy_change_mean": 0.0201}  # below what three decimals show: unchanged
+    assert "crrelu +0.020 -> +0.020 (unchanged)" in mechanism_reading(rows, tests, "gelu")
     assert mechanism_reading(rows[:1], tests, "gelu") is None

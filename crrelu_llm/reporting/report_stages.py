@@ -323,8 +323,8 @@ def mechanism_reading(stage_rows: list[dict], tests: list[dict], baseline: str) 
     parts = []
     for arm, stages in measured.items():
         start, end = stages[0][1], stages[-1][1]
-        moved = "lower" if end < start else "higher" if end > start else "unchanged"
-        text = f"{arm} {moved} {end - start:+.3f}"
+        moved = "unchanged" if abs(end - start) < 5e-4 else "lower" if end < start else "higher"
+        text = f"{arm} {start:+.3f} -> {end:+.3f} ({moved})"
         accuracy = next((t for t in tests if t["kind"] == "reward accuracy" and t["arm"] == arm), None)
         if accuracy:
             text += f", acc. {100 * accuracy['value']:+.1f}" + ("*" if accuracy["detected_holm"] else "")
