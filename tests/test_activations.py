@@ -183,6 +183,7 @@ def test_scalars_of_any_class_survive_deepspeeds_vector_shape(user_module):
     assert act.alpha.shape == (1,) and act.alpha.item() == 0.75
 
 
+@pytest.mark.slow  # subprocesses without crrelu-llm: 11 s
 def test_export_carries_a_self_contained_class_and_refuses_one_that_is_not(user_module, tmp_path, capsys):
     import subprocess
 

@@ -122,7 +122,9 @@ def test_every_subcommand_s_help_says_what_it_does_and_every_option_has_text(wor
     assert flags and not undocumented, undocumented
 
 
-@pytest.mark.parametrize("command", ["sft", "dpo", "distill"])
+@pytest.mark.parametrize(
+    "command", ["sft", pytest.param("dpo", marks=pytest.mark.slow), pytest.param("distill", marks=pytest.mark.slow)]
+)  # each one a subprocess of 7-8 s: one in the fast tier
 def test_training_help_shows_this_project_s_options_first_and_no_gpu_warning(command):
     result = subprocess.run(
         [sys.executable, "-m", "crrelu_llm.cli", command, "--help"], capture_output=True, text=True, timeout=300

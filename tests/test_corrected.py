@@ -82,6 +82,7 @@ def test_calibration_is_zero_on_the_original_base_and_the_closed_form_elsewhere(
     assert on_relu.epsilon_init == pytest.approx(float((g * (gelu - torch.relu(x))).sum() / (g * g).sum()))
 
 
+@pytest.mark.slow  # a subprocess without crrelu-llm: 7 s
 def test_the_export_carries_it(tmp_path):
     import subprocess
     import sys

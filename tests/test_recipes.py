@@ -91,6 +91,7 @@ def test_accelerate_profile_loads(path):
         assert config.deepspeed_config["zero3_save_16bit_model"] is True
 
 
+@pytest.mark.slow  # the sweep script end to end in subprocesses: 14 s
 def test_sweep_script_runs_each_beta_once(tmp_path):
     recipe = tmp_path / "dpo.yaml"
     recipe.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out")}))

@@ -38,7 +38,8 @@ def register(commands) -> None:
     patch.add_argument(
         "--activation",
         default="crrelu",
-        help="crrelu, swish_beta, relu2, any transformers name (relu, gelu, ...), or your class as module:Class",
+        help="crrelu, swish_beta, relu2, any transformers name (relu, gelu, ...), corrected_<name>, "
+        "matched_<name> (measured on --calibration-data), or your class as module:Class",
     )
     patch.add_argument("--activation-kwargs", default=None, help="the class's keyword arguments, as JSON")
     patch.add_argument(
@@ -50,7 +51,8 @@ def register(commands) -> None:
     patch.add_argument(
         "--calibration-data",
         default=None,
-        help="text to calibrate eps on: preference data (hub id or local file/directory)",
+        help="text to calibrate eps (or measure matched_<name>'s mu and sigma) on: preference data "
+        "(hub id or local file/directory)",
     )
     patch.add_argument("--calibration-samples", type=positive_int, default=64, help="rows of it to use")
     patch.add_argument(

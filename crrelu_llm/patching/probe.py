@@ -10,20 +10,20 @@ non-padding tokens of real text, the probe records:
   inputs; with n in the millions any departure is "significant", so compare its size across
   layers and arms rather than reading a P-value);
 - the output's sparsity: the share of exact zeros and of ``|y| < 1e-3``;
-- the learned ``epsilon`` (CRReLU, corrected and matched modules), and every learned parameter of any patched class
-  (``parameters``: scalars as values, tensors as norms);
+- the learned ``epsilon`` (CRReLU, corrected and matched modules), and every learned parameter of
+  any patched class (``parameters``: scalars as values, tensors as norms);
 - the least-squares ``epsilon``: the value that brings CRReLU closest, in squared error, to the
   original activation on these very inputs, ``sum(g d) / sum(g^2)`` with
   ``d = original(x) - relu(x)`` and ``g = x exp(-x^2/2)``. The original activation is the module
   itself for an unpatched model, the module at the same path of ``--original``, or the class
-  the patch record names.
-
+  the patch record names;
 - the paper's mechanism (:mod:`crrelu_llm.ops.entropy`), for an activation with a base (CRReLU,
   ``corrected_<base>``, ``matched_<base>``): ``entropy_change``, the exact output-entropy change
-  against the base over the inputs above its turning point (``entropy_change_share`` of them);
-  ``entropy_change_binned`` over the rest (``entropy_change_binned_share``); and
-  ``correction_cosine``, the correction's shape against EAFO's entropy-lowering direction for the
-  inputs' Gaussian fit (``input_median``, ``input_scale``: median and IQR/1.349). These three
+  against the base over the inputs above its turning point (``entropy_change_share`` of them,
+  ``entropy_change_folded`` of those where the arm turns back); ``entropy_change_binned`` over
+  the rest (``entropy_change_binned_share``); and ``correction_cosine``, the correction's shape
+  against EAFO's entropy-lowering direction for the inputs' Gaussian fit (``input_median``,
+  ``input_scale``: median and IQR/1.349). These three
   use a uniform sample of up to 65 536 inputs per layer without each sequence's first position;
   ``buffers`` holds a matched activation's mu and sigma.
 
