@@ -317,3 +317,41 @@ def test_pairs_sample_k_per_prompt_from_a_checked_server_in_one_request_each(tin
     assert len(echoed) == 4  # the fidelity check first
     assert len(sampled) == len(SUMS) and all(r["n"] == 3 and r["temperature"] == 1.0 for r in sampled)
     assert all(r["max_tokens"] <= 128 - len(r["prompt"]) for r in sampled)  # within the model's 128 positions
+
+
+def test_served_requests_are_retried_as_the_judge_s_and_a_refusal_stops_at_once():
+    """One retry rule for every door to a server (crrelu_llm/evaluation/http.py): 429 waits its
+    Retry-After and tries again; 404 cannot succeed and stops in one line without a second try."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from crrelu_llm.errors import EvaluationError
+    from crrelu_llm.evaluation.served import ServedModel
+
+    answers, seen = [(429, {}), (200, {"choices": [{"text": "4."}]}), (404, {"error": "no such model"})], []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            status, body = answers.pop(0)
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        served = ServedModel(f"openai:m@http://127.0.0.1:{server.server_address[1]}/v1", backoff=5.0)
+        assert served.post({"prompt": "2+2="})["choices"][0]["text"] == "4."  # Retry-After 0, not 5 s
+        assert len(seen) == 2 and seen[0]["model"] == "m"
+        with pytest.raises(EvaluationError, match="refused the request \\(HTTP 404"):
+            served.post({"prompt": "2+2="})
+        assert len(seen) == 3 and not answers
+    finally:
+        server.shutdown()

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -33,6 +32,7 @@ import torch
 
 from crrelu_llm.data.encoding import ensure_pad_token
 from crrelu_llm.errors import JudgeError, UsageError
+from crrelu_llm.evaluation.http import RetriesExhausted, Unretriable, post_with_retries
 from crrelu_llm.evaluation.judge_templates import TEMPLATES, JudgeTemplate, load_template
 
 logger = logging.getLogger(__name__)
@@ -152,26 +152,6 @@ class RewardModelJudge:
 # --------------------------------------------------------------------------- pairwise LLM
 
 
-class _Permanent(Exception):
-    """An answer that retrying cannot change (401, 403, 404, other 4xx)."""
-
-
-def retry_after(response, default: float) -> float:
-    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), else ``default``."""
-    value = response.headers.get("retry-after")
-    if not value:
-        return default
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        from email.utils import parsedate_to_datetime
-
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return default
-
-
 class PairwiseLLMJudge:
     """An OpenAI-compatible ``/chat/completions`` endpoint as a pairwise judge (``httpx``).
 
@@ -231,46 +211,40 @@ class PairwiseLLMJudge:
 
     def _ask(self, content: str) -> str:
         """One answer (the judge's text), retried as the class docstring says."""
-        import httpx
+        body = {
+            "model": self.model,
+            "temperature": self.temperature,
+            "max_tokens": self.template.max_tokens,
+            "messages": [{"role": "user", "content": content}],
+        }
 
-        last_error = None
-        for attempt in range(self.max_retries + 1):
+        def stop_if_failed():  # once one question failed for good, the others stop at their next try
             if self._failure is not None:
                 raise self._failure
-            wait = self.backoff * 2**attempt
-            try:
-                response = self._http().post(
-                    "/chat/completions",
-                    json={
-                        "model": self.model,
-                        "temperature": self.temperature,
-                        "max_tokens": self.template.max_tokens,
-                        "messages": [{"role": "user", "content": content}],
-                    },
-                )
-                if response.status_code in (429, 503):
-                    wait = retry_after(response, wait)
-                    raise ValueError(f"HTTP {response.status_code}")
-                if 400 <= response.status_code < 500 and response.status_code != 408:
-                    raise _Permanent(f"HTTP {response.status_code}: {response.text[:200]}")
-                response.raise_for_status()
-                return response.json()["choices"][0]["message"]["content"] or ""
-            except _Permanent as err:
-                self._failure = JudgeError(
-                    f"judge {self.model} at {self.base_url} refused the request ({err}); "
-                    f"retrying cannot help: check the model name, the URL and "
-                    f"${self.api_key_env}"
-                )
-                raise self._failure from None
-            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as err:
-                last_error = err
-                if attempt < self.max_retries:
-                    time.sleep(wait)
-        raise JudgeError(
-            f"judge {self.model} at {self.base_url} gave no usable verdict after {self.max_retries + 1} tries "
-            f"({type(last_error).__name__}: {last_error}); {len(self.cache)} verdicts so far are cached"
-            + (f" in {self.cache_path}" if self.cache_path else "")
-        )
+
+        try:
+            return post_with_retries(
+                self._http(),
+                "/chat/completions",
+                body,
+                lambda answer: answer["choices"][0]["message"]["content"] or "",
+                self.max_retries,
+                self.backoff,
+                before=stop_if_failed,
+            )
+        except Unretriable as err:
+            self._failure = JudgeError(
+                f"judge {self.model} at {self.base_url} refused the request ({err}); "
+                f"retrying cannot help: check the model name, the URL and "
+                f"${self.api_key_env}"
+            )
+            raise self._failure from None
+        except RetriesExhausted as err:
+            raise JudgeError(
+                f"judge {self.model} at {self.base_url} gave no usable verdict after {self.max_retries + 1} tries "
+                f"({err}); {len(self.cache)} verdicts so far are cached"
+                + (f" in {self.cache_path}" if self.cache_path else "")
+            ) from None
 
     def verdict(self, prompt: str, a: str, b: str) -> str:
         """The judge's answer for one ordering (its verdict read by the template), from the cache

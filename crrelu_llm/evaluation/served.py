@@ -21,12 +21,12 @@ Example::
 from __future__ import annotations
 
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from crrelu_llm.errors import EvaluationError, UsageError
+from crrelu_llm.evaluation.http import RetriesExhausted, Unretriable, post_with_retries
 
 # a handful of fixed prompts whose own tokens the server and the model must score alike
 FIDELITY_PROMPTS = (
@@ -36,10 +36,6 @@ FIDELITY_PROMPTS = (
     "def add(a, b):\n    return a + b\n",
 )
 TOLERANCE = 0.05  # nats per token, the largest difference allowed (fp32 kernels differ by far less)
-
-
-class _Busy(Exception):
-    """429 or 503: the server asks to be asked again later."""
 
 
 def parse_served(spec: str) -> tuple[str, str]:
@@ -73,34 +69,20 @@ class ServedModel:
         )
 
     def post(self, body: dict) -> dict:
-        """One ``/completions`` request, retried as the judge's requests are."""
-        import httpx
-
-        from crrelu_llm.evaluation.judges import retry_after
-
-        last = None
-        for attempt in range(self.max_retries + 1):
-            wait = self.backoff * 2**attempt
-            try:
-                response = self.client.post("/completions", json={"model": self.model, **body})
-                if response.status_code in (429, 503):
-                    wait = retry_after(response, wait)
-                    raise _Busy(f"HTTP {response.status_code}")
-                if 400 <= response.status_code < 500 and response.status_code != 408:
-                    raise EvaluationError(
-                        f"the server at {self.base_url} refused the request (HTTP {response.status_code}: "
-                        f"{response.text[:160]}): check the model name and the URL"
-                    )
-                response.raise_for_status()
-                return response.json()
-            except (httpx.HTTPError, _Busy, ValueError, KeyError) as err:  # ValueError: a body that is no JSON
-                last = err
-                if attempt < self.max_retries:
-                    time.sleep(wait)
-        raise EvaluationError(
-            f"the server at {self.base_url} gave no answer after {self.max_retries + 1} tries "
-            f"({type(last).__name__}: {last})"
-        )
+        """One ``/completions`` request, retried as the judge's requests are
+        (:func:`crrelu_llm.evaluation.http.post_with_retries`)."""
+        try:
+            return post_with_retries(
+                self.client, "/completions", {"model": self.model, **body}, dict, self.max_retries, self.backoff
+            )
+        except Unretriable as err:
+            raise EvaluationError(
+                f"the server at {self.base_url} refused the request ({err}): check the model name and the URL"
+            ) from None
+        except RetriesExhausted as err:
+            raise EvaluationError(
+                f"the server at {self.base_url} gave no answer after {self.max_retries + 1} tries ({err})"
+            ) from None
 
     def prompt_logprobs(self, prompt: str) -> list[float]:
         """The log-probability the server gives each of the prompt's own tokens after the first."""
