@@ -96,6 +96,12 @@ def crrelu(x: torch.Tensor, eps: torch.Tensor | float = DEFAULT_EPSILON_INIT) ->
     return CRReLUFunction.apply(x, eps)
 
 
+def correction_term(x: torch.Tensor) -> torch.Tensor:
+    """``x exp(-x^2 / 2)``: the term eps multiplies, in CRReLU and in the corrections on other bases
+    (``matched_<base>`` takes it of the standardised input)."""
+    return x * torch.exp(-x * x / 2)
+
+
 def crrelu_reference(x: torch.Tensor, eps: torch.Tensor | float) -> torch.Tensor:
     """The naive expression, as the paper's snippet writes it. For tests and benchmarks only:
     autograd keeps several intermediates of this alive for backward."""
@@ -149,10 +155,7 @@ class CRReLU(nn.Module):
         with torch.no_grad():
             self.epsilon.fill_(self.epsilon_init)
 
-    @staticmethod
-    def correction(x: torch.Tensor) -> torch.Tensor:
-        """The term eps multiplies: ``x exp(-x^2 / 2)``."""
-        return x * torch.exp(-x * x / 2)
+    correction = staticmethod(correction_term)  # the term eps multiplies
 
     @torch.no_grad()
     def least_squares_init(self, x: torch.Tensor, target: torch.Tensor) -> None:
@@ -175,6 +178,6 @@ class CRReLU(nn.Module):
 def least_squares_epsilon(x: torch.Tensor, residual: torch.Tensor) -> float | None:
     """The eps that brings ``eps * g`` closest to ``residual`` (the target minus the base
     activation) in squared error, ``g = x exp(-x^2/2)``: ``sum(g d) / sum(g^2)``; None when g is 0."""
-    g = x * torch.exp(-x * x / 2)
+    g = correction_term(x)
     gg = float((g * g).sum())
     return float((g * residual).sum()) / gg if gg > 0 else None

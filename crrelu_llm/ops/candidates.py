@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from crrelu_llm.errors import PatchError
-from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT, epsilon_init_value, least_squares_epsilon
+from crrelu_llm.ops.activation import DEFAULT_EPSILON_INIT, correction_term, epsilon_init_value, least_squares_epsilon
 from crrelu_llm.ops.scalars import keep_scalars_in_state_dict
 from crrelu_llm.runtime import deepspeed_zero3_enabled
 
@@ -101,10 +101,7 @@ class CorrectedActivation(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.epsilon.to(x.dtype) * x * torch.exp(-x * x / 2)
 
-    @staticmethod
-    def correction(x: torch.Tensor) -> torch.Tensor:
-        """The term eps multiplies: ``x exp(-x^2 / 2)``."""
-        return x * torch.exp(-x * x / 2)
+    correction = staticmethod(correction_term)  # the term eps multiplies
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
@@ -238,5 +235,4 @@ class MatchedActivation(nn.Module):
 
 def _bump(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """``z exp(-z^2 / 2)``, ``z = (x - mu) / sigma``, in ``x``'s dtype."""
-    z = (x - mu.to(x.dtype)) / sigma.to(x.dtype)
-    return z * torch.exp(-z * z / 2)
+    return correction_term((x - mu.to(x.dtype)) / sigma.to(x.dtype))

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from crrelu_llm.data.encoding import check_tokenizers, encode_pairs, ensure_pad_token, model_device
 from crrelu_llm.errors import EvaluationError
-from crrelu_llm.ops.activation import CRReLU, is_patched_activation
+from crrelu_llm.ops.activation import CRReLU, correction_term, is_patched_activation
 from crrelu_llm.ops.candidates import CorrectedActivation, MatchedActivation, robust_location_scale
 from crrelu_llm.ops.entropy import base_of, binned_entropy_change, correction_cosine, entropy_change
 from crrelu_llm.patching.discovery import find_activations
@@ -120,7 +120,7 @@ class _Accumulator:
         self.zero += int((y == 0).sum())
         self.small += int((y.abs() < SMALL).sum())
         if reference is not None:
-            g = x * torch.exp(-x * x / 2)
+            g = correction_term(x)
             d = reference.forward(x) - torch.relu(x)  # forward: no hooks (it may be the probed module)
             self.gd += float((g * d).sum())
             self.gg += float((g * g).sum())

@@ -51,6 +51,9 @@ def collect(stages: dict[str, dict[str, Path]], eval_dirs: dict[str, Path] | Non
             probe = _read(PROBE.in_folder(folder))
             if probe:
                 row["probe"] = {"layers": probe["layers"], "from": str(PROBE.in_folder(folder))}
+                changes = [x["entropy_change"] for x in probe["layers"] if x.get("entropy_change") is not None]
+                if changes:  # the mechanism: exact output-entropy change against the base, mean over layers
+                    row["entropy_change_mean"] = sum(changes) / len(changes)
             if drift or row["benchmarks"] or probe:
                 rows.append(row)
     return rows
@@ -229,11 +232,7 @@ def mechanism(rows: list[dict], outcomes: dict[str, str] | None = None) -> list[
     the cosine of its shape with EAFO's entropy-lowering direction, and the sign of its learned
     parameter; then whether training moved it toward lower or higher entropy, beside each arm's
     outcome (``outcomes``: arm -> a short text of its estimates). See :mod:`crrelu_llm.ops.entropy`."""
-    probed = [
-        r
-        for r in rows
-        if any(layer.get("entropy_change") is not None for layer in r.get("probe", {}).get("layers", []))
-    ]
+    probed = [r for r in rows if r.get("entropy_change_mean") is not None]
     if not probed:
         return []
     lines = [
@@ -253,9 +252,8 @@ def mechanism(rows: list[dict], outcomes: dict[str, str] | None = None) -> list[
     means, lowering = {}, {}
     for r in probed:
         layers = [layer for layer in r["probe"]["layers"] if layer.get("entropy_change") is not None]
-        values = [layer["entropy_change"] for layer in layers]
         key = (r["arm"], r["stage"])
-        means[key] = sum(values) / len(values)
+        means[key] = r["entropy_change_mean"]
         signed = [
             layer["epsilon"] * layer["correction_cosine"]
             for layer in layers
@@ -290,7 +288,6 @@ def help_or_harm(stage_rows: list[dict]) -> list[dict]:
         layers = r.get("probe", {}).get("layers", [])
         learned = [layer["epsilon"] for layer in layers if layer["epsilon"] is not None]
         fitted = [layer["least_squares_epsilon"] for layer in layers if layer["least_squares_epsilon"] is not None]
-        changes = [layer["entropy_change"] for layer in layers if layer.get("entropy_change") is not None]
         rows.append(
             {
                 "arm": r["arm"],
@@ -302,8 +299,7 @@ def help_or_harm(stage_rows: list[dict]) -> list[dict]:
                 },
                 "epsilon_learned_mean": sum(learned) / len(learned) if learned else None,
                 "epsilon_least_squares_mean": sum(fitted) / len(fitted) if fitted else None,
-                # the mechanism: exact output-entropy change against the base, mean over layers (nats)
-                "entropy_change_mean": sum(changes) / len(changes) if changes else None,
+                "entropy_change_mean": r.get("entropy_change_mean"),
             }
         )
     return rows
