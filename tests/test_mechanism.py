@@ -108,3 +108,18 @@ def test_the_reading_sets_each_arm_s_entropy_change_beside_its_outcome():
     rows[2] = {**rows[2], "entropy_change_mean": 0.0201}  # below what three decimals show: unchanged
     assert "crrelu +0.020 -> +0.020 (unchanged)" in mechanism_reading(rows, tests, "gelu")
     assert mechanism_reading(rows[:1], tests, "gelu") is None
+
+
+def test_the_mechanism_reaches_the_trackers_and_the_report_from_one_mean():
+    """results.estimates owns the mean over layers: the trackers get it, and the report's stage rows
+    (report.md's Mechanism section, the reading) read the same number."""
+    from crrelu_llm.evaluation.results import estimates
+
+    layers = [
+        {"epsilon": -0.1, "entropy_change": -0.2, "correction_cosine": 0.5},
+        {"epsilon": 0.3, "entropy_change": 0.1, "correction_cosine": -0.25},
+        {"epsilon": None, "entropy_change": None, "correction_cosine": None},
+    ]
+    told = estimates("probe", {"layers": layers})
+    assert told["entropy_change_mean"] == {"value": pytest.approx(-0.05), "low": None, "high": None, "n": 2}
+    assert told["correction_cosine_mean"]["value"] == pytest.approx(0.125)

@@ -129,7 +129,8 @@ def estimates(kind: str, result: dict) -> dict[str, dict]:
     if kind == "probe":
         layers = result.get("layers", [])
         out = {}
-        for key in ("epsilon", "least_squares_epsilon", "output_small"):
+        # the mechanism's means over layers too (the report's stage rows read them from here)
+        for key in ("epsilon", "least_squares_epsilon", "output_small", "entropy_change", "correction_cosine"):
             values = [layer.get(key) for layer in layers if layer.get(key) is not None]
             if values:
                 out[f"{key}_mean"] = _interval(sum(values) / len(values), None, len(values))

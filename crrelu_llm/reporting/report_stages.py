@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crrelu_llm.evaluation.results import BENCHMARK, DRIFT, PROBE, eval_dir, read
+from crrelu_llm.evaluation.results import BENCHMARK, DRIFT, PROBE, estimates, eval_dir, read
 from crrelu_llm.stats import detectable_difference
 
 
@@ -51,9 +51,9 @@ def collect(stages: dict[str, dict[str, Path]], eval_dirs: dict[str, Path] | Non
             probe = _read(PROBE.in_folder(folder))
             if probe:
                 row["probe"] = {"layers": probe["layers"], "from": str(PROBE.in_folder(folder))}
-                changes = [x["entropy_change"] for x in probe["layers"] if x.get("entropy_change") is not None]
-                if changes:  # the mechanism: exact output-entropy change against the base, mean over layers
-                    row["entropy_change_mean"] = sum(changes) / len(changes)
+                mean = estimates("probe", probe).get("entropy_change_mean")  # the mechanism, mean over layers
+                if mean:
+                    row["entropy_change_mean"] = mean["value"]
             if drift or row["benchmarks"] or probe:
                 rows.append(row)
     return rows
