@@ -188,6 +188,8 @@ class MatchedActivation(nn.Module):
     def refitted_base(self, x: torch.Tensor) -> torch.Tensor:
         """The base with every folded correction added: the activation as it was at the last refit."""
         y = self.base(x)
+        if not self.folded.shape[0]:  # no refit yet (the usual case): the base alone, no loop
+            return y
         for eps, mu, sigma in self.folded:
             y = y + eps.to(x.dtype) * _bump(x, mu, sigma)
         return y
